@@ -1,0 +1,388 @@
+//! The config file as written: serde structs that mirror the TOML layout key for key and reject
+//! unknown keys, and the structural parse that fills them.
+//!
+//! Nothing here judges values. Every field is optional (required keys are reported by
+//! `validate`, together with every other problem), integers are kept as TOML's `i64` so that a
+//! negative count gets a plain "must be at least 1" instead of a serde type error, and enums,
+//! durations and sizes stay strings so their errors can list the allowed forms. The small
+//! wrapper types exist for their type-error messages ("expected a whole number", not "i64").
+//!
+//! serde stops at the first error it meets. So that an operator still sees every misspelt key
+//! in one round, a failing document is deserialized again one key at a time (each section key
+//! in a table of its own), which names each offending key exactly.
+
+use std::fmt;
+use std::ops::Range;
+
+use serde::Deserialize;
+use serde::de::{self, Deserializer, Visitor};
+use toml::Spanned;
+use toml::de::{DeTable, DeValue};
+
+use super::ConfigProblem;
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    pub state_dir: Option<String>,
+    #[serde(default)]
+    pub inbox: RawInbox,
+    #[serde(default)]
+    pub onnxruntime: RawOnnxRuntime,
+    #[serde(default)]
+    pub student: RawModel,
+    #[serde(default)]
+    pub teacher: RawModel,
+    #[serde(default)]
+    pub sampling: RawSampling,
+    #[serde(default)]
+    pub compare: RawCompare,
+    #[serde(default)]
+    pub segments: RawSegments,
+    #[serde(default)]
+    pub store: RawStore,
+    #[serde(default)]
+    pub log: RawLog,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawInbox {
+    pub dir: Option<String>,
+    pub done_dir: Option<String>,
+    pub quarantine_dir: Option<String>,
+    pub on_done: Option<String>,
+    pub max_file_size: Option<RawSize>,
+    pub quiet: Option<RawDuration>,
+    pub rescan_interval: Option<RawDuration>,
+    pub poll: Option<bool>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawOnnxRuntime {
+    pub library: Option<String>,
+}
+
+/// `[student]` and `[teacher]` share this shape.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawModel {
+    pub path: Option<String>,
+    pub threads: Option<RawInt>,
+    pub max_batch: Option<RawInt>,
+    pub max_wait: Option<RawDuration>,
+    pub inputs: Option<Vec<String>>,
+    pub output: Option<String>,
+    pub attention: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSampling {
+    pub rate: Option<f64>,
+    pub seed: Option<RawInt>,
+    pub max_per_minute: Option<RawInt>,
+    pub queue: Option<RawInt>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCompare {
+    pub task: Option<String>,
+    pub output_kind: Option<String>,
+    pub pooling: Option<String>,
+    pub mask_input: Option<String>,
+    pub non_finite: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSegments {
+    pub keys: Option<Vec<String>>,
+    pub max_values: Option<RawInt>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawStore {
+    pub path: Option<String>,
+    pub record_retention: Option<RawDuration>,
+    pub window: Option<RawDuration>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLog {
+    pub format: Option<String>,
+    pub filter: Option<String>,
+}
+
+/// A duration as written, such as `"15m"`; parsed by `validate`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RawDuration(pub String);
+
+impl<'de> Deserialize<'de> for RawDuration {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct DurationVisitor;
+
+        impl Visitor<'_> for DurationVisitor {
+            type Value = RawDuration;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(
+                    "a duration string such as \"500ms\", \"2s\", \"15m\", \"1h\" or \"30d\"",
+                )
+            }
+
+            fn visit_str<E: de::Error>(self, value: &str) -> Result<RawDuration, E> {
+                Ok(RawDuration(value.to_owned()))
+            }
+        }
+
+        deserializer.deserialize_str(DurationVisitor)
+    }
+}
+
+/// A whole number as written; its range is checked by `validate`, so that a negative count
+/// reads "must be at least 1" rather than a type error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RawInt(pub i64);
+
+impl<'de> Deserialize<'de> for RawInt {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct IntVisitor;
+
+        impl Visitor<'_> for IntVisitor {
+            type Value = RawInt;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a whole number")
+            }
+
+            fn visit_i64<E: de::Error>(self, value: i64) -> Result<RawInt, E> {
+                Ok(RawInt(value))
+            }
+
+            fn visit_u64<E: de::Error>(self, value: u64) -> Result<RawInt, E> {
+                i64::try_from(value)
+                    .map(RawInt)
+                    .map_err(|_| E::invalid_value(de::Unexpected::Unsigned(value), &self))
+            }
+        }
+
+        deserializer.deserialize_i64(IntVisitor)
+    }
+}
+
+/// A size as written: a bare TOML integer (bytes) or a string such as `"64 MiB"`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RawSize {
+    Bytes(i64),
+    Text(String),
+}
+
+impl<'de> Deserialize<'de> for RawSize {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct SizeVisitor;
+
+        impl Visitor<'_> for SizeVisitor {
+            type Value = RawSize;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a size such as \"64 MiB\" or a number of bytes")
+            }
+
+            fn visit_i64<E: de::Error>(self, value: i64) -> Result<RawSize, E> {
+                Ok(RawSize::Bytes(value))
+            }
+
+            fn visit_u64<E: de::Error>(self, value: u64) -> Result<RawSize, E> {
+                i64::try_from(value)
+                    .map(RawSize::Bytes)
+                    .map_err(|_| E::invalid_value(de::Unexpected::Unsigned(value), &self))
+            }
+
+            fn visit_str<E: de::Error>(self, value: &str) -> Result<RawSize, E> {
+                Ok(RawSize::Text(value.to_owned()))
+            }
+        }
+
+        deserializer.deserialize_any(SizeVisitor)
+    }
+}
+
+/// Parses TOML text into [`RawConfig`]; on failure returns every syntax or structural problem
+/// (unknown key, wrong type), each with its key path and line/column.
+pub fn parse(text: &str) -> Result<RawConfig, Vec<ConfigProblem>> {
+    let document = DeTable::parse(text).map_err(|error| {
+        vec![ConfigProblem {
+            path: String::new(),
+            message: with_position(text, error.message(), error.span()),
+        }]
+    })?;
+    match RawConfig::deserialize(toml::de::Deserializer::from(document.clone())) {
+        Ok(raw) => Ok(raw),
+        Err(whole) => {
+            let mut problems = isolate_problems(text, &document);
+            if problems.is_empty() {
+                // Every key passes on its own, so the document fails as a whole; say so.
+                problems.push(ConfigProblem {
+                    path: String::new(),
+                    message: with_position(text, whole.message(), whole.span()),
+                });
+            }
+            Err(problems)
+        }
+    }
+}
+
+/// Deserializes each top-level key, and each key of each section, on its own, so every
+/// structural problem is found and its key path is known by construction. Problems come back
+/// in file order.
+fn isolate_problems(text: &str, document: &Spanned<DeTable<'_>>) -> Vec<ConfigProblem> {
+    let mut found: Vec<(usize, ConfigProblem)> = Vec::new();
+    let mut report = |path: &str, message: &str, at: Range<usize>| {
+        found.push((at.start, problem(text, path, message, at)));
+    };
+    for (key, value) in document.get_ref() {
+        let Err(error) = try_alone(document.span(), key, value.clone()) else {
+            continue;
+        };
+        // The key itself may be the problem (`[studnet]`): test it with an empty table first.
+        let empty = Spanned::new(value.span(), DeValue::Table(DeTable::new()));
+        let is_section = try_alone(document.span(), key, empty).is_ok();
+        let section = match value.get_ref() {
+            DeValue::Table(section) if is_section => section,
+            // serde reads a struct from a sequence too, and then complains about the first
+            // element; `[[inbox]]` deserves a plainer word.
+            other if is_section => {
+                let message = format!("must be a table, found {}", other.type_str());
+                report(key.get_ref(), &message, value.span());
+                continue;
+            }
+            _ => {
+                report(
+                    key.get_ref(),
+                    error.message(),
+                    error.span().unwrap_or(key.span()),
+                );
+                continue;
+            }
+        };
+        for (inner_key, inner_value) in section {
+            let mut inner = DeTable::new();
+            inner.insert(inner_key.clone(), inner_value.clone());
+            let wrapped = Spanned::new(value.span(), DeValue::Table(inner));
+            if let Err(error) = try_alone(document.span(), key, wrapped) {
+                let path = format!("{}.{}", key.get_ref(), inner_key.get_ref());
+                report(
+                    &path,
+                    error.message(),
+                    error.span().unwrap_or(inner_key.span()),
+                );
+            }
+        }
+    }
+    found.sort_by_key(|(start, _)| *start);
+    found.into_iter().map(|(_, problem)| problem).collect()
+}
+
+/// Deserializes a document holding only `key = value`.
+fn try_alone<'i>(
+    span: Range<usize>,
+    key: &Spanned<std::borrow::Cow<'i, str>>,
+    value: Spanned<DeValue<'i>>,
+) -> Result<RawConfig, toml::de::Error> {
+    let mut table = DeTable::new();
+    table.insert(key.clone(), value);
+    RawConfig::deserialize(toml::de::Deserializer::from(Spanned::new(span, table)))
+}
+
+fn problem(text: &str, path: &str, message: &str, span: Range<usize>) -> ConfigProblem {
+    ConfigProblem {
+        path: path.to_owned(),
+        message: with_position(text, message, Some(span)),
+    }
+}
+
+/// Appends ` (line L, column C)` when the error has a position in `text`.
+fn with_position(text: &str, message: &str, span: Option<Range<usize>>) -> String {
+    let message = message.trim_end();
+    match span.and_then(|span| line_column(text, span.start)) {
+        Some((line, column)) => format!("{message} (line {line}, column {column})"),
+        None => message.to_owned(),
+    }
+}
+
+/// One-based line and column (in characters) of a byte offset.
+fn line_column(text: &str, offset: usize) -> Option<(usize, usize)> {
+    let before = text.get(..offset.min(text.len()))?;
+    let line = before.matches('\n').count() + 1;
+    let line_start = before.rfind('\n').map_or(0, |newline| newline + 1);
+    let column = before.get(line_start..)?.chars().count() + 1;
+    Some((line, column))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn line_column_counts_from_one() {
+        let text = "a = 1\nbé = 2\n";
+        assert_eq!(line_column(text, 0), Some((1, 1)));
+        assert_eq!(line_column(text, 6), Some((2, 1)));
+        // `é` is two bytes but one column.
+        assert_eq!(line_column(text, 9), Some((2, 3)));
+        assert_eq!(line_column(text, 100), Some((3, 1)));
+    }
+
+    #[test]
+    fn size_accepts_integer_or_string() {
+        let raw = parse("[inbox]\nmax_file_size = 1024\n").expect("valid");
+        assert_eq!(raw.inbox.max_file_size, Some(RawSize::Bytes(1024)));
+        let raw = parse("[inbox]\nmax_file_size = \"1 KiB\"\n").expect("valid");
+        assert_eq!(
+            raw.inbox.max_file_size,
+            Some(RawSize::Text("1 KiB".to_owned()))
+        );
+    }
+
+    #[test]
+    fn every_structural_problem_is_reported() {
+        let text =
+            "state_dir = 1\n[studnet]\npath = \"a\"\n[teacher]\nthreads = \"4\"\nbatch = 2\n";
+        let problems = parse(text).expect_err("invalid");
+        let paths: Vec<&str> = problems.iter().map(|p| p.path.as_str()).collect();
+        assert_eq!(
+            paths,
+            ["state_dir", "studnet", "teacher.threads", "teacher.batch"]
+        );
+        assert!(problems[1].message.contains("(line 2, column 2)"));
+        assert!(problems[2].message.contains("(line 5, column 11)"));
+        assert!(problems[3].message.contains("unknown field `batch`"));
+        assert!(problems[3].message.contains("(line 6, column 1)"));
+    }
+
+    #[test]
+    fn array_of_tables_is_not_a_section() {
+        let problems = parse("[[segments]]\nkeys = []\n").expect_err("invalid");
+        assert_eq!(problems.len(), 1);
+        assert_eq!(problems[0].path, "segments");
+        assert!(
+            problems[0]
+                .message
+                .starts_with("must be a table, found array"),
+            "{problems:?}"
+        );
+    }
+
+    #[test]
+    fn syntax_error_has_position() {
+        let problems = parse("state_dir = \"/x\"\n[inbox\n").expect_err("invalid");
+        assert_eq!(problems.len(), 1);
+        assert_eq!(problems[0].path, "");
+        assert!(problems[0].message.contains("line 2"), "{problems:?}");
+    }
+}

@@ -1,0 +1,937 @@
+//! From [`RawConfig`] to [`Config`]: defaults, ranges, enum values, durations, sizes and path
+//! resolution.
+//!
+//! Validation never stops at the first problem: each check records what is wrong under its key
+//! path and hands back a placeholder so the next check can run, and the caller gets either a
+//! complete [`Config`] or the full list. Relative paths are resolved against the directory of
+//! the config file, never the working directory, so the daemon reads the same files whoever
+//! starts it.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use super::raw::{self, RawConfig, RawDuration, RawInt, RawModel, RawSize};
+use super::{
+    CompareConfig, Config, InboxConfig, LogConfig, LogFormat, ModelConfig, NonFinitePolicy, OnDone,
+    OnnxRuntimeConfig, OutputKind, Pooling, SamplingConfig, SegmentConfig, StoreConfig, Task,
+};
+
+/// A config that cannot be used, with every problem found in it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid config {}:{}", .file.display(), ProblemLines(.problems))]
+pub struct ConfigError {
+    /// The config file the problems were found in.
+    pub file: PathBuf,
+    pub problems: Vec<ConfigProblem>,
+}
+
+/// Renders each problem on its own indented line.
+struct ProblemLines<'a>(&'a [ConfigProblem]);
+
+impl fmt::Display for ProblemLines<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for problem in self.0 {
+            write!(f, "\n  {problem}")?;
+        }
+        Ok(())
+    }
+}
+
+/// One problem in a config file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigProblem {
+    /// Dotted key path such as `student.threads`; empty for the file as a whole.
+    pub path: String,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigProblem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.path.is_empty() {
+            f.write_str(&self.message)
+        } else {
+            write!(f, "{}: {}", self.path, self.message)
+        }
+    }
+}
+
+/// Reads and validates the config file at `path`.
+pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|error| ConfigError {
+        file: path.to_path_buf(),
+        problems: vec![ConfigProblem {
+            path: String::new(),
+            message: format!("cannot read {}: {error}", path.display()),
+        }],
+    })?;
+    from_toml(&text, path)
+}
+
+/// Parses and validates TOML text as if read from `source`.
+pub fn from_toml(text: &str, source: &Path) -> Result<Config, ConfigError> {
+    let fail = |problems| ConfigError {
+        file: source.to_path_buf(),
+        problems,
+    };
+    let raw = raw::parse(text).map_err(fail)?;
+    let base = source.parent().unwrap_or(Path::new(""));
+    let mut check = Check {
+        base,
+        problems: Vec::new(),
+    };
+    let config = check.config(raw, source);
+    if check.problems.is_empty() {
+        Ok(config)
+    } else {
+        Err(fail(check.problems))
+    }
+}
+
+const KIB: u64 = 1 << 10;
+const MIB: u64 = 1 << 20;
+const GIB: u64 = 1 << 30;
+
+const DEFAULT_MAX_FILE_BYTES: u64 = 64 * MIB;
+const DEFAULT_THREADS: i64 = 1;
+const DEFAULT_MAX_BATCH: i64 = 32;
+const MAX_BATCH_LIMIT: i64 = 4096;
+const DEFAULT_MAX_WAIT: Duration = Duration::from_millis(20);
+const DEFAULT_OUTPUT: &str = "logits";
+const DEFAULT_MAX_PER_MINUTE: i64 = 600;
+const DEFAULT_QUEUE: i64 = 256;
+const DEFAULT_MAX_SEGMENT_VALUES: i64 = 100;
+const DEFAULT_LOG_FILTER: &str = "info,ort=warn";
+const SECOND: Duration = Duration::from_secs(1);
+const MINUTE: Duration = Duration::from_secs(60);
+const DAY: Duration = Duration::from_secs(86_400);
+
+/// Collects problems while building the typed config.
+struct Check<'a> {
+    /// Directory of the config file; relative paths are resolved against it.
+    base: &'a Path,
+    problems: Vec<ConfigProblem>,
+}
+
+impl Check<'_> {
+    fn problem(&mut self, path: &str, message: impl Into<String>) {
+        self.problems.push(ConfigProblem {
+            path: path.to_owned(),
+            message: message.into(),
+        });
+    }
+
+    fn config(&mut self, raw: RawConfig, source: &Path) -> Config {
+        let state_dir = match raw.state_dir {
+            Some(dir) => self.path("state_dir", dir),
+            None => {
+                self.problem(
+                    "state_dir",
+                    "required: the directory for the database, inbox and done files",
+                );
+                self.base.to_path_buf()
+            }
+        };
+
+        let inbox = raw.inbox;
+        let inbox = InboxConfig {
+            dir: self.path_or("inbox.dir", inbox.dir, || state_dir.join("inbox")),
+            done_dir: self.path_or("inbox.done_dir", inbox.done_dir, || state_dir.join("done")),
+            quarantine_dir: self.path_or("inbox.quarantine_dir", inbox.quarantine_dir, || {
+                state_dir.join("quarantine")
+            }),
+            on_done: self.choice(
+                "inbox.on_done",
+                inbox.on_done,
+                OnDone::Move,
+                &[("move", OnDone::Move), ("delete", OnDone::Delete)],
+            ),
+            max_file_bytes: self.size("inbox.max_file_size", inbox.max_file_size),
+            quiet: self.duration("inbox.quiet", inbox.quiet, 2 * SECOND, Duration::ZERO),
+            rescan_interval: self.duration(
+                "inbox.rescan_interval",
+                inbox.rescan_interval,
+                MINUTE,
+                SECOND,
+            ),
+            poll: inbox.poll.unwrap_or(false),
+        };
+
+        let onnxruntime = OnnxRuntimeConfig {
+            library: raw
+                .onnxruntime
+                .library
+                .map(|library| self.path("onnxruntime.library", library)),
+        };
+
+        let student = self.model("student", raw.student);
+        let teacher = self.model("teacher", raw.teacher);
+
+        let sampling = raw.sampling;
+        let rate = sampling.rate.unwrap_or(0.1);
+        if !(0.0..=1.0).contains(&rate) {
+            self.problem("sampling.rate", format!("must be within 0..=1, got {rate}"));
+        }
+        let sampling = SamplingConfig {
+            rate,
+            seed: self.integer("sampling.seed", sampling.seed, 0, 0, i64::MAX),
+            max_per_minute: self.integer(
+                "sampling.max_per_minute",
+                sampling.max_per_minute,
+                DEFAULT_MAX_PER_MINUTE,
+                1,
+                i64::from(u32::MAX),
+            ),
+            queue: self.integer("sampling.queue", sampling.queue, DEFAULT_QUEUE, 1, i64::MAX),
+        };
+
+        let compare = self.compare(raw.compare);
+
+        let segments = SegmentConfig {
+            keys: self.names("segments.keys", raw.segments.keys.unwrap_or_default()),
+            max_values: self.integer(
+                "segments.max_values",
+                raw.segments.max_values,
+                DEFAULT_MAX_SEGMENT_VALUES,
+                1,
+                i64::MAX,
+            ),
+        };
+
+        let store = raw.store;
+        let store = StoreConfig {
+            path: self.path_or("store.path", store.path, || state_dir.join("sensei.db")),
+            record_retention: self.duration(
+                "store.record_retention",
+                store.record_retention,
+                30 * DAY,
+                SECOND,
+            ),
+            window: self.duration("store.window", store.window, 15 * MINUTE, SECOND),
+        };
+
+        let log = LogConfig {
+            format: self.choice(
+                "log.format",
+                raw.log.format,
+                LogFormat::Auto,
+                &[
+                    ("auto", LogFormat::Auto),
+                    ("text", LogFormat::Text),
+                    ("json", LogFormat::Json),
+                ],
+            ),
+            filter: self.name("log.filter", raw.log.filter, DEFAULT_LOG_FILTER),
+        };
+
+        Config {
+            source: source.to_path_buf(),
+            state_dir,
+            inbox,
+            onnxruntime,
+            student,
+            teacher,
+            sampling,
+            compare,
+            segments,
+            store,
+            log,
+        }
+    }
+
+    fn model(&mut self, section: &str, raw: RawModel) -> ModelConfig {
+        let key = |name: &str| format!("{section}.{name}");
+        let path = match raw.path {
+            Some(path) => self.path(&key("path"), path),
+            None => {
+                self.problem(
+                    &key("path"),
+                    format!("required: the {section} model's .onnx file"),
+                );
+                PathBuf::new()
+            }
+        };
+        let threads = self.integer(&key("threads"), raw.threads, DEFAULT_THREADS, 1, 1024);
+        let max_batch = self.integer(
+            &key("max_batch"),
+            raw.max_batch,
+            DEFAULT_MAX_BATCH,
+            1,
+            MAX_BATCH_LIMIT,
+        );
+        let max_wait = self.duration(
+            &key("max_wait"),
+            raw.max_wait,
+            DEFAULT_MAX_WAIT,
+            Duration::ZERO,
+        );
+        let inputs = self.names(&key("inputs"), raw.inputs.unwrap_or_default());
+        let output = self.name(&key("output"), raw.output, DEFAULT_OUTPUT);
+        let attention = raw
+            .attention
+            .map(|attention| self.name(&key("attention"), Some(attention), ""));
+        if attention.as_deref() == Some(output.as_str()) && !output.is_empty() {
+            self.problem(
+                &key("attention"),
+                format!("must differ from {section}.output (both are \"{output}\")"),
+            );
+        }
+        ModelConfig {
+            path,
+            threads,
+            max_batch,
+            max_wait,
+            inputs,
+            output,
+            attention,
+        }
+    }
+
+    fn compare(&mut self, raw: raw::RawCompare) -> CompareConfig {
+        let task = self.choice(
+            "compare.task",
+            raw.task,
+            Task::Classification,
+            &[
+                ("classification", Task::Classification),
+                ("embedding", Task::Embedding),
+                ("regression", Task::Regression),
+            ],
+        );
+        let output_kind = self.choice(
+            "compare.output_kind",
+            raw.output_kind,
+            OutputKind::Logits,
+            &[
+                ("logits", OutputKind::Logits),
+                ("probabilities", OutputKind::Probabilities),
+            ],
+        );
+        if output_kind != OutputKind::Logits && task != Task::Classification {
+            self.problem(
+                "compare.output_kind",
+                "only applies to compare.task = \"classification\"",
+            );
+        }
+        let pooling = self.choice(
+            "compare.pooling",
+            raw.pooling,
+            Pooling::None,
+            &[("none", Pooling::None), ("mean", Pooling::Mean)],
+        );
+        if pooling != Pooling::None && task != Task::Embedding {
+            self.problem(
+                "compare.pooling",
+                "only applies to compare.task = \"embedding\"",
+            );
+        }
+        let mask_input = raw
+            .mask_input
+            .map(|mask| self.name("compare.mask_input", Some(mask), ""));
+        if mask_input.is_some() && pooling != Pooling::Mean {
+            self.problem("compare.mask_input", "requires compare.pooling = \"mean\"");
+        }
+        let non_finite = self.choice(
+            "compare.non_finite",
+            raw.non_finite,
+            NonFinitePolicy::Reject,
+            &[
+                ("reject", NonFinitePolicy::Reject),
+                ("allow", NonFinitePolicy::Allow),
+            ],
+        );
+        CompareConfig {
+            task,
+            output_kind,
+            pooling,
+            mask_input,
+            non_finite,
+        }
+    }
+
+    /// A path, resolved against the config file's directory when relative.
+    fn path(&mut self, key: &str, value: String) -> PathBuf {
+        if value.is_empty() {
+            self.problem(key, "must not be empty");
+        }
+        let path = PathBuf::from(value);
+        if path.is_absolute() {
+            path
+        } else {
+            self.base.join(path)
+        }
+    }
+
+    fn path_or(
+        &mut self,
+        key: &str,
+        value: Option<String>,
+        default: impl FnOnce() -> PathBuf,
+    ) -> PathBuf {
+        match value {
+            Some(value) => self.path(key, value),
+            None => default(),
+        }
+    }
+
+    /// An integer within `min..=max`, converted to the config's type; `default` when absent.
+    fn integer<T: TryFrom<i64> + Default>(
+        &mut self,
+        key: &str,
+        value: Option<RawInt>,
+        default: i64,
+        min: i64,
+        max: i64,
+    ) -> T {
+        let value = value.map_or(default, |RawInt(value)| value);
+        if value < min {
+            self.problem(key, format!("must be at least {min}, got {value}"));
+        } else if value > max {
+            self.problem(key, format!("must be at most {max}, got {value}"));
+        }
+        T::try_from(value).unwrap_or_default()
+    }
+
+    /// One of a fixed set of strings; the first option is the default.
+    fn choice<T: Copy>(
+        &mut self,
+        key: &str,
+        value: Option<String>,
+        default: T,
+        options: &[(&str, T)],
+    ) -> T {
+        let Some(value) = value else {
+            return default;
+        };
+        if let Some(&(_, chosen)) = options.iter().find(|(name, _)| *name == value) {
+            return chosen;
+        }
+        let allowed: Vec<String> = options
+            .iter()
+            .map(|(name, _)| format!("\"{name}\""))
+            .collect();
+        self.problem(
+            key,
+            format!(
+                "unknown value \"{value}\", expected one of {}",
+                allowed.join(", ")
+            ),
+        );
+        default
+    }
+
+    fn duration(
+        &mut self,
+        key: &str,
+        value: Option<RawDuration>,
+        default: Duration,
+        min: Duration,
+    ) -> Duration {
+        let Some(RawDuration(text)) = value else {
+            return default;
+        };
+        match parse_duration(&text) {
+            Ok(duration) if duration < min => {
+                self.problem(
+                    key,
+                    format!("must be at least {}, got \"{text}\"", show_duration(min)),
+                );
+                default
+            }
+            Ok(duration) => duration,
+            Err(message) => {
+                self.problem(key, format!("cannot parse \"{text}\": {message}"));
+                default
+            }
+        }
+    }
+
+    fn size(&mut self, key: &str, value: Option<RawSize>) -> u64 {
+        let bytes = match value {
+            None => return DEFAULT_MAX_FILE_BYTES,
+            Some(RawSize::Bytes(bytes)) => u64::try_from(bytes)
+                .map_err(|_| format!("must be a positive number of bytes, got {bytes}")),
+            Some(RawSize::Text(text)) => {
+                parse_size(&text).map_err(|message| format!("cannot parse \"{text}\": {message}"))
+            }
+        };
+        match bytes {
+            Ok(0) => {
+                self.problem(key, "must be at least 1 byte, got 0");
+                DEFAULT_MAX_FILE_BYTES
+            }
+            Ok(bytes) => bytes,
+            Err(message) => {
+                self.problem(key, message);
+                DEFAULT_MAX_FILE_BYTES
+            }
+        }
+    }
+
+    /// A non-empty name; `default` when absent.
+    fn name(&mut self, key: &str, value: Option<String>, default: &str) -> String {
+        match value {
+            None => default.to_owned(),
+            Some(value) if value.trim().is_empty() => {
+                self.problem(key, "must not be empty");
+                value
+            }
+            Some(value) => value,
+        }
+    }
+
+    /// A list of names: none empty, none twice.
+    fn names(&mut self, key: &str, values: Vec<String>) -> Vec<String> {
+        for (index, value) in values.iter().enumerate() {
+            if value.trim().is_empty() {
+                self.problem(&format!("{key}[{index}]"), "must not be empty");
+            } else if values[..index].contains(value) {
+                self.problem(
+                    &format!("{key}[{index}]"),
+                    format!("\"{value}\" is listed twice"),
+                );
+            }
+        }
+        values
+    }
+}
+
+/// Parses a duration such as `500ms`, `2s`, `15m`, `1h` or `30d`: a whole number and a unit,
+/// optionally separated by spaces.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    const EXPECTED: &str = "expected a whole number and a unit: ms, s, m, h or d (e.g. \"15m\")";
+    let (number, unit) = split_number(text).ok_or_else(|| EXPECTED.to_owned())?;
+    let seconds_per_unit: u64 = match unit {
+        "ms" => {
+            let millis = parse_count(number)?;
+            return Ok(Duration::from_millis(millis));
+        }
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        "" => return Err(format!("missing unit: {EXPECTED}")),
+        other => return Err(format!("unknown unit \"{other}\": {EXPECTED}")),
+    };
+    let seconds = parse_count(number)?
+        .checked_mul(seconds_per_unit)
+        .ok_or_else(|| "too large".to_owned())?;
+    Ok(Duration::from_secs(seconds))
+}
+
+/// Parses a size such as `1048576`, `512 KiB`, `64 MiB` or `1 GB`: a whole number of bytes with
+/// an optional binary (KiB, MiB, GiB) or decimal (KB, MB, GB) unit.
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    const EXPECTED: &str = "expected a whole number and an optional unit: B, KiB, MiB, GiB, KB, MB or GB (e.g. \"64 MiB\")";
+    let (number, unit) = split_number(text).ok_or_else(|| EXPECTED.to_owned())?;
+    let multiplier: u64 = match unit {
+        "" | "B" => 1,
+        "KiB" => KIB,
+        "MiB" => MIB,
+        "GiB" => GIB,
+        "KB" => 1_000,
+        "MB" => 1_000_000,
+        "GB" => 1_000_000_000,
+        other => return Err(format!("unknown unit \"{other}\": {EXPECTED}")),
+    };
+    parse_count(number)?
+        .checked_mul(multiplier)
+        .ok_or_else(|| "too large".to_owned())
+}
+
+/// Splits `" 15 m "` into `("15", "m")`; `None` when it does not start with a digit.
+fn split_number(text: &str) -> Option<(&str, &str)> {
+    let text = text.trim();
+    let digits = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    if digits == 0 {
+        return None;
+    }
+    let (number, unit) = text.split_at(digits);
+    Some((number, unit.trim_start()))
+}
+
+fn parse_count(digits: &str) -> Result<u64, String> {
+    digits.parse::<u64>().map_err(|_| "too large".to_owned())
+}
+
+/// Renders a duration the way the config writes it, for messages.
+fn show_duration(duration: Duration) -> String {
+    let seconds = duration.as_secs();
+    if duration.subsec_nanos() != 0 || seconds == 0 {
+        format!("{}ms", duration.as_millis())
+    } else if seconds.is_multiple_of(86_400) {
+        format!("{}d", seconds / 86_400)
+    } else if seconds.is_multiple_of(3600) {
+        format!("{}h", seconds / 3600)
+    } else if seconds.is_multiple_of(60) {
+        format!("{}m", seconds / 60)
+    } else {
+        format!("{seconds}s")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+state_dir = "/var/lib/sensei"
+[student]
+path = "/models/student.onnx"
+[teacher]
+path = "/models/teacher.onnx"
+"#;
+
+    fn problems(text: &str) -> Vec<ConfigProblem> {
+        from_toml(text, Path::new("/etc/sensei/sensei.toml"))
+            .expect_err("config should be rejected")
+            .problems
+    }
+
+    fn paths(problems: &[ConfigProblem]) -> Vec<&str> {
+        problems.iter().map(|p| p.path.as_str()).collect()
+    }
+
+    #[test]
+    fn example_config_is_valid() {
+        let text = include_str!("../../config/sensei.toml");
+        let config = from_toml(text, Path::new("/etc/sensei/sensei.toml"))
+            .unwrap_or_else(|error| panic!("{error}"));
+        assert_eq!(config.state_dir, Path::new("/var/lib/sensei"));
+    }
+
+    #[test]
+    fn minimal_config_gets_defaults() {
+        let config = from_toml(MINIMAL, Path::new("/etc/sensei/sensei.toml"))
+            .unwrap_or_else(|error| panic!("{error}"));
+        let state = Path::new("/var/lib/sensei");
+        assert_eq!(config.source, Path::new("/etc/sensei/sensei.toml"));
+        assert_eq!(
+            config.inbox,
+            InboxConfig {
+                dir: state.join("inbox"),
+                done_dir: state.join("done"),
+                quarantine_dir: state.join("quarantine"),
+                on_done: OnDone::Move,
+                max_file_bytes: 64 * 1024 * 1024,
+                quiet: Duration::from_secs(2),
+                rescan_interval: Duration::from_secs(60),
+                poll: false,
+            }
+        );
+        assert_eq!(config.onnxruntime.library, None);
+        for (model, path) in [
+            (&config.student, "/models/student.onnx"),
+            (&config.teacher, "/models/teacher.onnx"),
+        ] {
+            assert_eq!(
+                *model,
+                ModelConfig {
+                    path: PathBuf::from(path),
+                    threads: 1,
+                    max_batch: 32,
+                    max_wait: Duration::from_millis(20),
+                    inputs: Vec::new(),
+                    output: "logits".to_owned(),
+                    attention: None,
+                }
+            );
+        }
+        assert_eq!(
+            config.sampling,
+            SamplingConfig {
+                rate: 0.1,
+                seed: 0,
+                max_per_minute: 600,
+                queue: 256,
+            }
+        );
+        assert_eq!(
+            config.compare,
+            CompareConfig {
+                task: Task::Classification,
+                output_kind: OutputKind::Logits,
+                pooling: Pooling::None,
+                mask_input: None,
+                non_finite: NonFinitePolicy::Reject,
+            }
+        );
+        assert_eq!(
+            config.segments,
+            SegmentConfig {
+                keys: Vec::new(),
+                max_values: 100,
+            }
+        );
+        assert_eq!(
+            config.store,
+            StoreConfig {
+                path: state.join("sensei.db"),
+                record_retention: Duration::from_secs(30 * 86_400),
+                window: Duration::from_secs(15 * 60),
+            }
+        );
+        assert_eq!(
+            config.log,
+            LogConfig {
+                format: LogFormat::Auto,
+                filter: "info,ort=warn".to_owned(),
+            }
+        );
+    }
+
+    #[test]
+    fn unknown_key_is_rejected_with_its_path() {
+        let text = format!("{MINIMAL}threds = 4\n");
+        let problems = problems(&text);
+        assert_eq!(paths(&problems), ["teacher.threds"]);
+        assert!(problems[0].message.contains("unknown field `threds`"));
+        assert!(problems[0].message.contains("line 7, column 1"));
+    }
+
+    #[test]
+    fn wrong_type_is_reported_with_its_path() {
+        let text = MINIMAL.replace("[teacher]", "[teacher]\nthreads = \"four\"");
+        let problems = problems(&text);
+        assert_eq!(paths(&problems), ["teacher.threads"]);
+        assert!(problems[0].message.contains("invalid type"));
+    }
+
+    #[test]
+    fn every_semantic_problem_is_reported_together() {
+        let text = r#"
+[inbox]
+on_done = "archive"
+max_file_size = "12 XB"
+quiet = "5"
+[student]
+threads = 0
+max_batch = 5000
+inputs = ["x", "mask", "x", ""]
+output = ""
+[teacher]
+path = "teacher.onnx"
+max_wait = "-5ms"
+[sampling]
+rate = 1.5
+queue = -1
+[compare]
+task = "embedding"
+mask_input = "attention_mask"
+[segments]
+keys = ["line", "line"]
+max_values = 0
+[store]
+window = "500ms"
+[log]
+format = "xml"
+"#;
+        let problems = problems(text);
+        assert_eq!(
+            paths(&problems),
+            [
+                "state_dir",
+                "inbox.on_done",
+                "inbox.max_file_size",
+                "inbox.quiet",
+                "student.path",
+                "student.threads",
+                "student.max_batch",
+                "student.inputs[2]",
+                "student.inputs[3]",
+                "student.output",
+                "teacher.max_wait",
+                "sampling.rate",
+                "sampling.queue",
+                "compare.mask_input",
+                "segments.keys[1]",
+                "segments.max_values",
+                "store.window",
+                "log.format",
+            ],
+            "{problems:#?}"
+        );
+        let message = |path: &str| {
+            problems
+                .iter()
+                .find(|p| p.path == path)
+                .map(|p| p.message.as_str())
+                .unwrap_or_default()
+        };
+        assert_eq!(message("student.threads"), "must be at least 1, got 0");
+        assert_eq!(message("sampling.rate"), "must be within 0..=1, got 1.5");
+        assert_eq!(
+            message("compare.mask_input"),
+            "requires compare.pooling = \"mean\""
+        );
+        assert!(
+            message("inbox.max_file_size").starts_with("cannot parse \"12 XB\": unknown unit"),
+            "{problems:#?}"
+        );
+        assert_eq!(
+            message("inbox.on_done"),
+            "unknown value \"archive\", expected one of \"move\", \"delete\""
+        );
+        assert_eq!(
+            message("store.window"),
+            "must be at least 1s, got \"500ms\""
+        );
+    }
+
+    #[test]
+    fn error_display_lists_every_problem() {
+        let error = from_toml("[sampling]\nrate = -0.5\n", Path::new("/etc/sensei.toml"))
+            .expect_err("invalid");
+        assert_eq!(
+            error.to_string(),
+            "invalid config /etc/sensei.toml:\n  \
+             state_dir: required: the directory for the database, inbox and done files\n  \
+             student.path: required: the student model's .onnx file\n  \
+             teacher.path: required: the teacher model's .onnx file\n  \
+             sampling.rate: must be within 0..=1, got -0.5"
+        );
+    }
+
+    #[test]
+    fn relative_paths_resolve_against_the_config_directory() {
+        let text = r#"
+state_dir = "state"
+[inbox]
+dir = "../drop"
+[onnxruntime]
+library = "lib/libonnxruntime.so"
+[student]
+path = "models/student.onnx"
+[teacher]
+path = "/opt/models/teacher.onnx"
+"#;
+        let config = from_toml(text, Path::new("/srv/line4/sensei.toml"))
+            .unwrap_or_else(|error| panic!("{error}"));
+        assert_eq!(config.state_dir, Path::new("/srv/line4/state"));
+        assert_eq!(config.inbox.dir, Path::new("/srv/line4/../drop"));
+        assert_eq!(config.inbox.done_dir, Path::new("/srv/line4/state/done"));
+        assert_eq!(config.store.path, Path::new("/srv/line4/state/sensei.db"));
+        assert_eq!(
+            config.onnxruntime.library.as_deref(),
+            Some(Path::new("/srv/line4/lib/libonnxruntime.so"))
+        );
+        assert_eq!(
+            config.student.path,
+            Path::new("/srv/line4/models/student.onnx")
+        );
+        assert_eq!(config.teacher.path, Path::new("/opt/models/teacher.onnx"));
+    }
+
+    #[test]
+    fn task_specific_keys_are_checked() {
+        let text = format!(
+            "{MINIMAL}[compare]\ntask = \"regression\"\noutput_kind = \"probabilities\"\npooling = \"mean\"\n"
+        );
+        assert_eq!(
+            paths(&problems(&text)),
+            ["compare.output_kind", "compare.pooling"]
+        );
+        let text = format!(
+            "{MINIMAL}[compare]\ntask = \"embedding\"\npooling = \"mean\"\nmask_input = \"attention_mask\"\n"
+        );
+        let config = from_toml(&text, Path::new("/etc/sensei/sensei.toml"))
+            .unwrap_or_else(|error| panic!("{error}"));
+        assert_eq!(config.compare.mask_input.as_deref(), Some("attention_mask"));
+    }
+
+    #[test]
+    fn sampling_rate_accepts_both_ends() {
+        for rate in ["0.0", "1", "1.0"] {
+            let text = format!("{MINIMAL}[sampling]\nrate = {rate}\n");
+            from_toml(&text, Path::new("/etc/sensei/sensei.toml"))
+                .unwrap_or_else(|error| panic!("rate {rate}: {error}"));
+        }
+        let text = format!("{MINIMAL}[sampling]\nrate = nan\n");
+        assert_eq!(paths(&problems(&text)), ["sampling.rate"]);
+    }
+
+    #[test]
+    fn load_reports_unreadable_file() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("missing.toml");
+        let error = load(&path).expect_err("missing file");
+        assert_eq!(error.problems.len(), 1);
+        assert_eq!(error.problems[0].path, "");
+        assert!(error.problems[0].message.contains("missing.toml"));
+
+        let path = dir.path().join("sensei.toml");
+        std::fs::write(&path, MINIMAL.replace("/models/", "models/")).expect("write");
+        let config = load(&path).unwrap_or_else(|error| panic!("{error}"));
+        assert_eq!(config.student.path, dir.path().join("models/student.onnx"));
+    }
+
+    #[test]
+    fn durations_parse() {
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("2s"), Ok(Duration::from_secs(2)));
+        assert_eq!(parse_duration(" 15 m "), Ok(Duration::from_secs(900)));
+        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
+        assert_eq!(parse_duration("30d"), Ok(Duration::from_secs(2_592_000)));
+        assert_eq!(parse_duration("0s"), Ok(Duration::ZERO));
+    }
+
+    #[test]
+    fn bad_durations_are_rejected() {
+        let error = |text: &str| parse_duration(text).expect_err(text);
+        assert!(error("15").starts_with("missing unit"));
+        assert!(error("15 weeks").starts_with("unknown unit \"weeks\""));
+        assert!(error("15M").starts_with("unknown unit \"M\""));
+        assert!(error("-5s").starts_with("expected a whole number"));
+        assert!(error("1.5s").starts_with("unknown unit \".5s\""));
+        assert!(error("").starts_with("expected a whole number"));
+        assert!(error("s").starts_with("expected a whole number"));
+        assert_eq!(error("99999999999999999999s"), "too large");
+        assert_eq!(error("18446744073709551615d"), "too large");
+        assert_eq!(
+            parse_duration("18446744073709551615ms"),
+            Ok(Duration::from_millis(u64::MAX))
+        );
+    }
+
+    #[test]
+    fn sizes_parse() {
+        assert_eq!(parse_size("0"), Ok(0));
+        assert_eq!(parse_size("1048576"), Ok(1_048_576));
+        assert_eq!(parse_size("10 B"), Ok(10));
+        assert_eq!(parse_size("512KiB"), Ok(512 * 1024));
+        assert_eq!(parse_size("64 MiB"), Ok(64 * 1024 * 1024));
+        assert_eq!(parse_size("2 GiB"), Ok(2 * 1024 * 1024 * 1024));
+        assert_eq!(parse_size("3 KB"), Ok(3_000));
+        assert_eq!(parse_size("5 MB"), Ok(5_000_000));
+        assert_eq!(parse_size("1 GB"), Ok(1_000_000_000));
+    }
+
+    #[test]
+    fn bad_sizes_are_rejected() {
+        let error = |text: &str| parse_size(text).expect_err(text);
+        assert!(error("12 XB").starts_with("unknown unit \"XB\""));
+        assert!(error("12 mib").starts_with("unknown unit \"mib\""));
+        assert!(error("-1 MiB").starts_with("expected a whole number"));
+        assert!(error("MiB").starts_with("expected a whole number"));
+        assert!(error("1.5 GiB").starts_with("unknown unit \".5 GiB\""));
+        assert_eq!(error("18446744073709551616"), "too large");
+        assert_eq!(error("17179869184 GiB"), "too large");
+    }
+
+    #[test]
+    fn integer_sizes_are_bytes() {
+        let text = MINIMAL.replace("[student]", "[inbox]\nmax_file_size = 4096\n[student]");
+        let config = from_toml(&text, Path::new("/etc/sensei/sensei.toml"))
+            .unwrap_or_else(|error| panic!("{error}"));
+        assert_eq!(config.inbox.max_file_bytes, 4096);
+        for bad in ["-1", "0", "\"0 MiB\""] {
+            let text = MINIMAL.replace(
+                "[student]",
+                &format!("[inbox]\nmax_file_size = {bad}\n[student]"),
+            );
+            assert_eq!(paths(&problems(&text)), ["inbox.max_file_size"], "{bad}");
+        }
+    }
+}

@@ -1,1 +1,137 @@
-fn main() {}
+//! The `sensei` binary: parses arguments, sets up logging, and calls the library.
+
+use std::io::IsTerminal;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::Parser;
+use sensei::cli::{Cli, Command};
+use sensei::commands::{self, EX_CONFIG};
+use sensei::config::{Config, LogFormat};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match dispatch(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("sensei: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn load_config(path: &std::path::Path) -> Result<Config, ExitCode> {
+    Config::load(path).map_err(|e| {
+        eprintln!("{e}");
+        ExitCode::from(EX_CONFIG as u8)
+    })
+}
+
+fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Check => {
+            init_logging(LogFormat::Auto, "warn,ort=error");
+            let report = commands::check(&cli.config);
+            print!("{}", report.text());
+            Ok(if report.problems.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(EX_CONFIG as u8)
+            })
+        }
+        Command::Run => {
+            let config = match load_config(&cli.config) {
+                Ok(c) => c,
+                Err(code) => return Ok(code),
+            };
+            init_logging(config.log.format, &config.log.filter);
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .context("starting the async runtime")?;
+            runtime.block_on(sensei::daemon::run(config, shutdown_signal(), None))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Replay { paths } => {
+            let config = match load_config(&cli.config) {
+                Ok(c) => c,
+                Err(code) => return Ok(code),
+            };
+            init_logging(config.log.format, "warn,ort=error");
+            let report = sensei::daemon::replay(&config, &paths, None)?;
+            let status = commands::status(&config)?;
+            print!("{}", commands::replay_text(&report, &status));
+            Ok(if report.commit_errors > 0 {
+                ExitCode::FAILURE
+            } else {
+                ExitCode::SUCCESS
+            })
+        }
+        Command::Status { json } => {
+            let config = match load_config(&cli.config) {
+                Ok(c) => c,
+                Err(code) => return Ok(code),
+            };
+            let status = commands::status(&config)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&status)?);
+            } else {
+                print!("{}", status.text());
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Demo { json, models } => {
+            init_logging(LogFormat::Auto, "warn,ort=error");
+            let dir = sensei::demo::find_models_dir(models.as_deref())?;
+            let report = sensei::demo::run(&dir)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{}", report.text());
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// Logs go to stderr: text on a terminal, JSON lines otherwise (journald, files).
+fn init_logging(format: LogFormat, filter: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("SENSEI_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(filter));
+    let json = match format {
+        LogFormat::Json => true,
+        LogFormat::Text => false,
+        LogFormat::Auto => !std::io::stderr().is_terminal(),
+    };
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if json {
+        builder.json().init();
+    } else {
+        builder.with_ansi(std::io::stderr().is_terminal()).init();
+    }
+}
+
+/// Completes on SIGTERM or SIGINT. SIGHUP is caught so that it does not kill the daemon.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::hangup()),
+    ) else {
+        tracing::error!("Cannot install signal handlers; stop with SIGKILL.");
+        return std::future::pending().await;
+    };
+    loop {
+        tokio::select! {
+            _ = term.recv() => { tracing::info!("SIGTERM received."); return; }
+            _ = int.recv() => { tracing::info!("SIGINT received."); return; }
+            _ = hup.recv() => {
+                tracing::warn!("SIGHUP received: this version applies config changes only at restart.");
+            }
+        }
+    }
+}

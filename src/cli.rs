@@ -1,0 +1,49 @@
+//! Command-line arguments. Parsing only: every command is implemented in the library.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+/// sensei keeps a distilled student model honest in the field: the student answers every
+/// record, the teacher checks a sample, and drift in their agreement is measured in SQLite.
+#[derive(Debug, Parser)]
+#[command(name = "sensei", version, propagate_version = true)]
+pub struct Cli {
+    /// The config file.
+    #[arg(long, global = true, default_value = crate::config::DEFAULT_PATH, value_name = "FILE")]
+    pub config: PathBuf,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the daemon: watch the inbox, student on every record, teacher on a sample.
+    Run,
+    /// Run the daemon's pipeline over the given files (or directories), then exit with a summary.
+    /// Files are not moved; the database in the config is written.
+    Replay {
+        #[arg(required = true, value_name = "PATH")]
+        paths: Vec<PathBuf>,
+    },
+    /// Check the config, ONNX Runtime, both models and their compatibility, the database and the
+    /// directories. Lists every problem; exits 78 when there is one.
+    Check,
+    /// Show what the database holds: files, records, teacher samples, disagreement per segment.
+    Status {
+        /// Print one JSON object instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run the bundled demo teacher and student on the clean and drifted demo streams in a
+    /// temporary directory and print the agreement figures per stream.
+    Demo {
+        /// Print one JSON object instead of text.
+        #[arg(long)]
+        json: bool,
+        /// Directory with teacher.onnx, student.onnx and streams/ (default: models/demo).
+        #[arg(long, value_name = "DIR")]
+        models: Option<PathBuf>,
+    },
+}

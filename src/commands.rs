@@ -1,0 +1,305 @@
+//! The one-shot commands behind the CLI: `check`, `status`, `replay`'s summary and `demo`.
+//! Each returns what it prints, so tests read the same text an operator does.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+
+use crate::config::Config;
+use crate::daemon::{compatibility_notes, load_models};
+use crate::pipeline::WriterReport;
+use crate::stats::{Interval, weighted_rate_interval};
+use crate::store::{ALL_SEGMENTS, Reader, SCHEMA_VERSION, SegmentSummary, Summary};
+
+/// Exit code for a configuration problem (sysexits.h `EX_CONFIG`).
+pub const EX_CONFIG: i32 = 78;
+
+/// Result of `sensei check`: what was found and every problem.
+#[derive(Debug, Default)]
+pub struct CheckReport {
+    pub lines: Vec<String>,
+    pub problems: Vec<String>,
+}
+
+impl CheckReport {
+    pub fn text(&self) -> String {
+        let mut s = String::new();
+        for l in &self.lines {
+            let _ = writeln!(s, "{l}");
+        }
+        if self.problems.is_empty() {
+            let _ = writeln!(s, "OK: no problems found.");
+        } else {
+            let _ = writeln!(s, "{} problem(s):", self.problems.len());
+            for p in &self.problems {
+                let _ = writeln!(s, "  - {}", p.replace('\n', "\n    "));
+            }
+        }
+        s
+    }
+}
+
+/// Validates the config file, the ONNX Runtime library, both models and their compatibility,
+/// the database and the directories. Creates nothing.
+pub fn check(config_path: &Path) -> CheckReport {
+    let mut r = CheckReport::default();
+    let config = match Config::load(config_path) {
+        Ok(c) => c,
+        Err(e) => {
+            r.lines.push(format!("config: {}", config_path.display()));
+            r.problems.extend(e.problems.iter().map(|p| {
+                if p.path.is_empty() {
+                    p.message.clone()
+                } else {
+                    format!("{}: {}", p.path, p.message)
+                }
+            }));
+            return r;
+        }
+    };
+    r.lines
+        .push(format!("config: {} (valid)", config_path.display()));
+    match load_models(&config) {
+        Ok(models) => {
+            r.lines.push(format!(
+                "onnxruntime: {} (version {})",
+                models.runtime.library.display(),
+                models.runtime.version
+            ));
+            for m in [&models.student, &models.teacher] {
+                let inputs: Vec<String> = m
+                    .inputs
+                    .iter()
+                    .map(|i| format!("{} {} {}", i.name, i.elem_type, i.shape_display()))
+                    .collect();
+                let att = m.attention.as_ref().map_or(String::from("none"), |a| {
+                    format!("{} {}", a.name, crate::daemon::dims(&a.shape))
+                });
+                r.lines.push(format!(
+                    "{}: {} (sha256 {}, {} bytes); inputs: {}; output: {} {}; attention: {}",
+                    m.role,
+                    m.path.display(),
+                    &m.sha256[..12],
+                    m.size_bytes,
+                    inputs.join(", "),
+                    m.output.name,
+                    crate::daemon::dims(&m.output.shape),
+                    att
+                ));
+            }
+            for note in compatibility_notes(&models.student, &models.teacher) {
+                r.lines.push(format!("note: {note}"));
+            }
+        }
+        Err(problems) => r.problems.extend(problems),
+    }
+    let db = &config.store.path;
+    if db.exists() {
+        match Reader::open(db).and_then(|rd| rd.schema_version()) {
+            Ok(v) if v > SCHEMA_VERSION => r.problems.push(format!(
+                "database {}: schema version {v} is newer than this sensei ({SCHEMA_VERSION})",
+                db.display()
+            )),
+            Ok(v) => r.lines.push(format!(
+                "database: {} (schema version {v}{})",
+                db.display(),
+                if v < SCHEMA_VERSION {
+                    ", will be migrated at start"
+                } else {
+                    ""
+                }
+            )),
+            Err(e) => r.problems.push(format!("database {}: {e}", db.display())),
+        }
+    } else {
+        r.lines
+            .push(format!("database: {} (will be created)", db.display()));
+        check_creatable(db.parent(), "database directory", &mut r);
+    }
+    for (what, dir) in [
+        ("state_dir", &config.state_dir),
+        ("inbox.dir", &config.inbox.dir),
+        ("inbox.done_dir", &config.inbox.done_dir),
+        ("inbox.quarantine_dir", &config.inbox.quarantine_dir),
+    ] {
+        if dir.is_dir() {
+            if !writable(dir) {
+                r.problems
+                    .push(format!("{what} {}: not writable", dir.display()));
+            }
+        } else if dir.exists() {
+            r.problems.push(format!(
+                "{what} {}: exists but is not a directory",
+                dir.display()
+            ));
+        } else {
+            check_creatable(Some(dir), what, &mut r);
+        }
+    }
+    r
+}
+
+/// A missing directory is fine when its nearest existing ancestor is writable.
+fn check_creatable(dir: Option<&Path>, what: &str, r: &mut CheckReport) {
+    let Some(dir) = dir else { return };
+    let mut p = Some(dir);
+    while let Some(d) = p {
+        if d.exists() {
+            if !writable(d) {
+                r.problems.push(format!(
+                    "{what} {}: cannot be created ({} is not writable)",
+                    dir.display(),
+                    d.display()
+                ));
+            }
+            return;
+        }
+        p = d.parent();
+    }
+}
+
+fn writable(dir: &Path) -> bool {
+    let probe = dir.join(format!(".sensei-check-{}", std::process::id()));
+    let ok = std::fs::write(&probe, b"").is_ok();
+    let _ = std::fs::remove_file(&probe);
+    ok
+}
+
+/// One segment's figures as printed by `status`, `replay` and `demo`.
+#[derive(Debug, Clone, Serialize)]
+pub struct SegmentReport {
+    pub segment: String,
+    pub records: i64,
+    pub teacher_samples: i64,
+    pub disagreement: Option<Interval>,
+    pub kl_mean: Option<f64>,
+    pub attention_kl_mean: Option<f64>,
+    pub mean_confidence: Option<f64>,
+}
+
+impl From<&SegmentSummary> for SegmentReport {
+    fn from(s: &SegmentSummary) -> Self {
+        SegmentReport {
+            segment: s.segment.clone(),
+            records: s.records,
+            teacher_samples: s.teacher_samples,
+            disagreement: s
+                .disagreement
+                .and_then(|d| weighted_rate_interval(d, s.weight_sum, s.weight_sq_sum, 0.05)),
+            kl_mean: s.kl_mean,
+            attention_kl_mean: s.attention_kl_mean,
+            mean_confidence: s.mean_confidence,
+        }
+    }
+}
+
+/// The state of a database, for `sensei status`.
+#[derive(Debug, Clone, Serialize)]
+pub struct StatusReport {
+    pub database: PathBuf,
+    pub files_done: i64,
+    pub files_quarantined: i64,
+    pub files_duplicate: i64,
+    pub records: i64,
+    pub teacher_samples: i64,
+    pub skipped_budget: i64,
+    pub skipped_queue: i64,
+    pub segments: Vec<SegmentReport>,
+}
+
+pub fn status(config: &Config) -> anyhow::Result<StatusReport> {
+    let reader = Reader::open(&config.store.path)?;
+    let s = reader.summary()?;
+    Ok(status_of(&config.store.path, &s))
+}
+
+fn status_of(db: &Path, s: &Summary) -> StatusReport {
+    StatusReport {
+        database: db.to_path_buf(),
+        files_done: s.files_done,
+        files_quarantined: s.files_quarantined,
+        files_duplicate: s.files_duplicate,
+        records: s.records,
+        teacher_samples: s.teacher_samples,
+        skipped_budget: s.skipped_budget,
+        skipped_queue: s.skipped_queue,
+        segments: s.segments.iter().map(SegmentReport::from).collect(),
+    }
+}
+
+fn fmt_opt(v: Option<f64>, digits: usize) -> String {
+    v.map_or_else(|| "-".into(), |x| format!("{x:.digits$}"))
+}
+
+fn fmt_interval(i: &Option<Interval>) -> String {
+    match i {
+        Some(i) => format!("{:.3} [{:.3}, {:.3}]", i.estimate, i.low, i.high),
+        None => "-".into(),
+    }
+}
+
+/// The segment table printed by `status` and `replay`.
+pub fn segment_table(segments: &[SegmentReport]) -> String {
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "  {:<20} {:>9} {:>8} {:>26} {:>9} {:>9} {:>10}",
+        "segment", "records", "teacher", "disagreement [95% CI]", "KL", "attn KL", "confidence"
+    );
+    for seg in segments {
+        let name = if seg.segment == ALL_SEGMENTS {
+            "(all)".to_string()
+        } else if seg.segment.is_empty() {
+            "(none)".to_string()
+        } else {
+            seg.segment.clone()
+        };
+        let _ = writeln!(
+            s,
+            "  {:<20} {:>9} {:>8} {:>26} {:>9} {:>9} {:>10}",
+            name,
+            seg.records,
+            seg.teacher_samples,
+            fmt_interval(&seg.disagreement),
+            fmt_opt(seg.kl_mean, 4),
+            fmt_opt(seg.attention_kl_mean, 4),
+            fmt_opt(seg.mean_confidence, 3)
+        );
+    }
+    s
+}
+
+impl StatusReport {
+    pub fn text(&self) -> String {
+        let mut s = String::new();
+        let _ = writeln!(s, "database: {}", self.database.display());
+        let _ = writeln!(
+            s,
+            "files: {} done, {} quarantined, {} duplicates",
+            self.files_done, self.files_quarantined, self.files_duplicate
+        );
+        let _ = writeln!(
+            s,
+            "records: {}; teacher samples: {}; skipped for budget: {}; skipped, teacher queue full: {}",
+            self.records, self.teacher_samples, self.skipped_budget, self.skipped_queue
+        );
+        s.push_str(&segment_table(&self.segments));
+        s
+    }
+}
+
+/// Summary printed by `sensei replay`.
+pub fn replay_text(report: &WriterReport, status: &StatusReport) -> String {
+    let mut s = format!(
+        "replayed: {} files committed ({} records, {} labels), {} quarantined, {} duplicates, {} failed\n",
+        report.files_committed,
+        report.records_committed,
+        report.labels_committed,
+        report.files_quarantined,
+        report.files_duplicate,
+        report.commit_errors
+    );
+    s.push_str(&status.text());
+    s
+}

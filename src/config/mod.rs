@@ -1,0 +1,185 @@
+//! Configuration: a TOML file parsed into raw serde structs that reject unknown keys
+//! (`raw`), then validated into the typed [`Config`] below (`validate`). Validation reports every
+//! problem at once, each with its key path, so an operator fixes a config in one round.
+//!
+//! Relative paths in the file are resolved against the directory of the config file, so a
+//! config and its models can travel together.
+
+mod raw;
+mod validate;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+pub use validate::{ConfigError, ConfigProblem};
+
+/// The default config location used by every command.
+pub const DEFAULT_PATH: &str = "/etc/sensei/sensei.toml";
+
+/// The validated configuration of one sensei instance.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// The file this config was read from (for messages and reload).
+    pub source: PathBuf,
+    pub state_dir: PathBuf,
+    pub inbox: InboxConfig,
+    pub onnxruntime: OnnxRuntimeConfig,
+    pub student: ModelConfig,
+    pub teacher: ModelConfig,
+    pub sampling: SamplingConfig,
+    pub compare: CompareConfig,
+    pub segments: SegmentConfig,
+    pub store: StoreConfig,
+    pub log: LogConfig,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct InboxConfig {
+    /// The watched directory (flat, non-recursive).
+    pub dir: PathBuf,
+    /// Where processed files go when `on_done` is `Move`.
+    pub done_dir: PathBuf,
+    /// Where bad files go, each with `<name>.error.txt`.
+    pub quarantine_dir: PathBuf,
+    pub on_done: OnDone,
+    /// Files larger than this are quarantined without being read.
+    pub max_file_bytes: u64,
+    /// A file written in place is taken once it is closed and unmodified for this long.
+    pub quiet: Duration,
+    /// Full rescan of the inbox at this interval (belt and braces for lost events).
+    pub rescan_interval: Duration,
+    /// Use a polling watcher (NFS/CIFS mounts deliver no inotify events).
+    pub poll: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnDone {
+    Move,
+    Delete,
+}
+
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct OnnxRuntimeConfig {
+    /// Explicit path of `libonnxruntime.so*`; searched first when set.
+    pub library: Option<PathBuf>,
+}
+
+/// One model (student or teacher) and how to run it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModelConfig {
+    pub path: PathBuf,
+    /// Intra-op threads of this model's ONNX Runtime session.
+    pub threads: usize,
+    /// Largest batch handed to one `run`.
+    pub max_batch: usize,
+    /// Longest time a partial batch waits for more records.
+    pub max_wait: Duration,
+    /// Input names to feed; empty means all of the model's inputs.
+    pub inputs: Vec<String>,
+    /// The output compared between teacher and student (logits, probabilities, embedding or
+    /// regression value).
+    pub output: String,
+    /// The optional attention-probabilities output, `[batch, heads, seq, seq]`.
+    pub attention: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct SamplingConfig {
+    /// Probability that a record is also sent to the teacher.
+    pub rate: f64,
+    /// Seed of the sampling decision (a hash of seed and record id: restart-stable).
+    pub seed: u64,
+    /// Budget: at most this many teacher records per minute; excess samples are counted as skipped.
+    pub max_per_minute: u32,
+    /// Bounded queue in front of the teacher; when full, samples are skipped (counted).
+    pub queue: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Task {
+    Classification,
+    Embedding,
+    Regression,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutputKind {
+    /// Unnormalised scores; softmax is applied.
+    Logits,
+    /// Already probabilities.
+    Probabilities,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pooling {
+    None,
+    /// Mean over the sequence axis (axis 1), masked by `mask_input` when given.
+    Mean,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct CompareConfig {
+    pub task: Task,
+    /// Classification only.
+    pub output_kind: OutputKind,
+    /// Embedding only.
+    pub pooling: Pooling,
+    /// Embedding only: an int64 input (e.g. `attention_mask`) whose zeros are left out of pooling.
+    pub mask_input: Option<String>,
+    /// What to do with NaN/Inf in inputs.
+    pub non_finite: NonFinitePolicy,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NonFinitePolicy {
+    /// Quarantine the file.
+    Reject,
+    /// Pass them to the model.
+    Allow,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct SegmentConfig {
+    /// Segment keys kept from each record's `segment` object (others are ignored).
+    pub keys: Vec<String>,
+    /// Distinct segment values tracked; further new values are pooled as `(other)`.
+    pub max_values: usize,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoreConfig {
+    /// The SQLite database file.
+    pub path: PathBuf,
+    /// Per-record rows older than this are deleted (window aggregates are kept).
+    pub record_retention: Duration,
+    /// Length of the per-segment aggregate windows.
+    pub window: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable on a terminal, JSON otherwise.
+    Auto,
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct LogConfig {
+    pub format: LogFormat,
+    /// A `tracing` filter directive such as `info` or `sensei=debug,ort=warn`.
+    pub filter: String,
+}
+
+impl Config {
+    /// Reads and validates a config file; on failure the error lists every problem.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        validate::load(path)
+    }
+
+    /// Parses and validates TOML text as if read from `source` (relative paths resolve against
+    /// `source`'s directory).
+    pub fn from_toml(text: &str, source: &Path) -> Result<Config, ConfigError> {
+        validate::from_toml(text, source)
+    }
+}

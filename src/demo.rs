@@ -1,0 +1,252 @@
+//! `sensei demo`: the bundled demo teacher and student on the bundled clean and drifted field
+//! streams, each replayed through the real pipeline into its own SQLite file in a temporary
+//! directory. Prints, per stream, what an operator would look at first: records, teacher
+//! samples, the disagreement rate with its 95% interval, mean KL and mean attention KL.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use serde::Serialize;
+
+use crate::commands::{SegmentReport, status};
+use crate::config::Config;
+use crate::daemon::replay;
+use crate::stats::Interval;
+
+/// Where the demo looks for `teacher.onnx`, `student.onnx` and `streams/`: `--models`, else
+/// `models/demo` under the current directory, else beside the binary's repository checkout.
+pub fn find_models_dir(explicit: Option<&Path>) -> anyhow::Result<PathBuf> {
+    if let Some(dir) = explicit {
+        return Ok(dir.to_path_buf());
+    }
+    let mut candidates = vec![PathBuf::from("models/demo")];
+    if let Ok(exe) = std::env::current_exe() {
+        // target/{debug,release}/sensei → repository root
+        if let Some(root) = exe.parent().and_then(Path::parent).and_then(Path::parent) {
+            candidates.push(root.join("models/demo"));
+        }
+    }
+    for c in &candidates {
+        if c.join("student.onnx").is_file() {
+            return Ok(c.clone());
+        }
+    }
+    bail!(
+        "demo models not found (looked in {}); run from the repository root or pass --models DIR",
+        candidates
+            .iter()
+            .map(|c| c.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    )
+}
+
+/// The ONNX Runtime the setup script installs into the repository, when present.
+fn repo_runtime(models: &Path) -> Option<PathBuf> {
+    let root = models
+        .canonicalize()
+        .ok()?
+        .parent()?
+        .parent()?
+        .to_path_buf();
+    let dir = root.join(".ort");
+    let mut libs: Vec<PathBuf> = std::fs::read_dir(dir)
+        .ok()?
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .filter(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("libonnxruntime.so"))
+        })
+        .collect();
+    libs.sort();
+    libs.pop()
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct StreamReport {
+    pub name: String,
+    pub records: i64,
+    pub teacher_samples: i64,
+    pub skipped_budget: i64,
+    pub quarantined: i64,
+    pub disagreement: Option<Interval>,
+    pub kl_mean: Option<f64>,
+    pub attention_kl_mean: Option<f64>,
+    pub mean_confidence: Option<f64>,
+    pub segments: Vec<SegmentReport>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct DemoReport {
+    pub models: PathBuf,
+    pub onnxruntime: String,
+    pub sampling_rate: f64,
+    pub streams: Vec<StreamReport>,
+}
+
+/// The demo config for one stream, as TOML (what an operator would write).
+fn demo_config(models: &Path, state: &Path, library: Option<&Path>) -> String {
+    let lib = library.map_or(String::new(), |l| {
+        format!("[onnxruntime]\nlibrary = {:?}\n", l.display().to_string())
+    });
+    format!(
+        r#"state_dir = {state:?}
+{lib}
+[student]
+path = {student:?}
+output = "logits"
+attention = "attention"
+max_batch = 32
+
+[teacher]
+path = {teacher:?}
+output = "logits"
+attention = "attention"
+max_batch = 32
+
+[sampling]
+rate = 0.25
+seed = 7
+# A replay runs far faster than real time; the demo does not ration the teacher.
+max_per_minute = 1000000
+queue = 4096
+
+[segments]
+keys = ["line"]
+"#,
+        state = state.display().to_string(),
+        student = models.join("student.onnx").display().to_string(),
+        teacher = models.join("teacher.onnx").display().to_string(),
+    )
+}
+
+/// Runs the demo in a fresh temporary directory.
+pub fn run(models: &Path) -> anyhow::Result<DemoReport> {
+    let models = models
+        .canonicalize()
+        .with_context(|| format!("demo models {}", models.display()))?;
+    let streams_dir = models.join("streams");
+    let mut streams: Vec<PathBuf> = std::fs::read_dir(&streams_dir)
+        .with_context(|| format!("listing {}", streams_dir.display()))?
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .filter(|p| {
+            let n = p
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            n.ends_with(".jsonl") && !n.ends_with(".labels.jsonl")
+        })
+        .collect();
+    // clean first, then the drifted streams in name order
+    streams.sort_by_key(|p| (p.file_stem().is_none_or(|s| s != "clean"), p.clone()));
+    if streams.is_empty() {
+        bail!("no demo streams (*.jsonl) in {}", streams_dir.display());
+    }
+    let tmp = tempfile::tempdir().context("creating the demo's temporary directory")?;
+    let library = repo_runtime(&models);
+    let mut report = DemoReport {
+        models: models.clone(),
+        onnxruntime: String::new(),
+        sampling_rate: 0.0,
+        streams: Vec::new(),
+    };
+    for stream in streams {
+        let name = stream
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let state = tmp.path().join(&name);
+        let toml = demo_config(&models, &state, library.as_deref());
+        let config = Config::from_toml(&toml, &tmp.path().join(format!("{name}.toml")))
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        report.sampling_rate = config.sampling.rate;
+        let summary = replay(&config, std::slice::from_ref(&stream), None)
+            .with_context(|| format!("replaying {}", stream.display()))?;
+        if report.onnxruntime.is_empty()
+            && let Ok(rt) = crate::model::runtime(&config.onnxruntime)
+        {
+            report.onnxruntime = format!("{} ({})", rt.library.display(), rt.version);
+        }
+        let st = status(&config)?;
+        let all = st
+            .segments
+            .iter()
+            .find(|s| s.segment == crate::store::ALL_SEGMENTS)
+            .cloned();
+        report.streams.push(StreamReport {
+            name,
+            records: st.records,
+            teacher_samples: st.teacher_samples,
+            skipped_budget: st.skipped_budget,
+            quarantined: summary.files_quarantined as i64,
+            disagreement: all.as_ref().and_then(|a| a.disagreement),
+            kl_mean: all.as_ref().and_then(|a| a.kl_mean),
+            attention_kl_mean: all.as_ref().and_then(|a| a.attention_kl_mean),
+            mean_confidence: all.as_ref().and_then(|a| a.mean_confidence),
+            segments: st
+                .segments
+                .into_iter()
+                .filter(|s| s.segment != crate::store::ALL_SEGMENTS)
+                .collect(),
+        });
+    }
+    Ok(report)
+}
+
+impl DemoReport {
+    pub fn text(&self) -> String {
+        let mut s = String::new();
+        let _ = writeln!(s, "sensei demo: models {}", self.models.display());
+        let _ = writeln!(s, "ONNX Runtime: {}", self.onnxruntime);
+        let _ = writeln!(
+            s,
+            "teacher sampling rate {:.2}; disagreement = share of teacher-sampled records where the top-1 classes differ\n",
+            self.sampling_rate
+        );
+        let _ = writeln!(
+            s,
+            "{:<16} {:>8} {:>8} {:>28} {:>9} {:>9} {:>10}",
+            "stream",
+            "records",
+            "teacher",
+            "disagreement [95% CI]",
+            "mean KL",
+            "attn KL",
+            "confidence"
+        );
+        for st in &self.streams {
+            let d = st.disagreement.map_or("-".to_string(), |i| {
+                format!("{:.3} [{:.3}, {:.3}]", i.estimate, i.low, i.high)
+            });
+            let f = |v: Option<f64>, p: usize| v.map_or("-".to_string(), |x| format!("{x:.p$}"));
+            let _ = writeln!(
+                s,
+                "{:<16} {:>8} {:>8} {:>28} {:>9} {:>9} {:>10}",
+                st.name,
+                st.records,
+                st.teacher_samples,
+                d,
+                f(st.kl_mean, 4),
+                f(st.attention_kl_mean, 4),
+                f(st.mean_confidence, 3)
+            );
+        }
+        let _ = writeln!(s, "\nper segment:");
+        for st in &self.streams {
+            for seg in &st.segments {
+                let d = seg.disagreement.map_or("-".to_string(), |i| {
+                    format!("{:.3} [{:.3}, {:.3}]", i.estimate, i.low, i.high)
+                });
+                let _ = writeln!(
+                    s,
+                    "  {:<16} {:<10} {:>6} records {:>5} teacher  disagreement {}",
+                    st.name, seg.segment, seg.records, seg.teacher_samples, d
+                );
+            }
+        }
+        s
+    }
+}

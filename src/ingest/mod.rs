@@ -1,0 +1,421 @@
+//! Ingest: finds files in the inbox, reads and validates them into records, and hands them to
+//! the pipeline; moves finished files to `done/` and bad ones to `quarantine/`.
+//!
+//! Discovery (see `watch`): a notify watcher on the flat inbox, a catch-up scan at start, a
+//! rescan when the watcher reports an overflow or an error, and a periodic rescan. A file renamed
+//! into the inbox is taken at once; a file written in place is taken once it has been closed (or
+//! found by a scan) and left unmodified for the configured quiet time. Dot-files, `*.tmp` and
+//! `*.part` are never taken.
+//!
+//! Exactly-once: a file is identified by the sha256 of its content. The writer commits a file's
+//! records and its ledger row in one transaction; only then is the file moved. After a crash the
+//! file is still in the inbox and is processed again from scratch; if it had already committed,
+//! the ledger recognises it and it is only moved.
+
+pub mod format;
+mod watch;
+
+pub use watch::{IngestEvent, Watch};
+
+use std::collections::{BTreeMap, HashSet};
+use std::fs::File;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::SyncSender;
+
+use sha2::{Digest, Sha256};
+use time::OffsetDateTime;
+
+use crate::config::{Config, OnDone};
+use crate::pipeline::{
+    Disposition, FileMeta, FileWork, InFlightPaths, Prepared, WriterMsg, now_ms,
+};
+use crate::record::{FileContent, InputSpec, Origin};
+use crate::store::Reader;
+
+use format::{FileKind, FormatOptions};
+
+/// Whether a file name is one ingest ignores (temporary or hidden files being written).
+pub fn is_ignored_name(name: &str) -> bool {
+    name.starts_with('.') || name.ends_with(".tmp") || name.ends_with(".part")
+}
+
+/// Turns the record's segment object into the stored segment string: the configured keys, in
+/// configured order, `key=value` joined by commas; `""` when the record has none of them. New
+/// values beyond the configured bound are pooled into `(other)` so a producer bug cannot create
+/// unbounded state.
+#[derive(Debug, Clone)]
+pub struct Segments {
+    keys: Vec<String>,
+    max_values: usize,
+    known: HashSet<String>,
+}
+
+/// The segment string used once the bound on distinct segments is reached.
+pub const OTHER_SEGMENT: &str = "(other)";
+
+impl Segments {
+    pub fn new(
+        keys: Vec<String>,
+        max_values: usize,
+        known: impl IntoIterator<Item = String>,
+    ) -> Segments {
+        Segments {
+            keys,
+            max_values,
+            known: known.into_iter().collect(),
+        }
+    }
+
+    pub fn resolve(&mut self, segment: &BTreeMap<String, String>) -> String {
+        let parts: Vec<String> = self
+            .keys
+            .iter()
+            .filter_map(|k| segment.get(k).map(|v| format!("{k}={v}")))
+            .collect();
+        let s = parts.join(",");
+        if s.is_empty() || self.known.contains(&s) {
+            return s;
+        }
+        if self.known.len() >= self.max_values {
+            return OTHER_SEGMENT.to_string();
+        }
+        self.known.insert(s.clone());
+        s
+    }
+}
+
+/// Reads files into records and sends them on. One instance runs on the ingest thread.
+pub struct Ingest {
+    pub specs: Vec<InputSpec>,
+    pub options: FormatOptions,
+    pub max_file_bytes: u64,
+    pub segments: Segments,
+    pub done: Disposition,
+    pub quarantine_dir: Option<PathBuf>,
+    pub ledger: Option<Reader>,
+    pub work: SyncSender<FileWork>,
+    pub writer: SyncSender<WriterMsg>,
+    /// Source of `FileMeta::key`.
+    next_key: Arc<AtomicU64>,
+    pub in_flight: InFlightPaths,
+}
+
+/// The pipeline is gone (shutting down): stop reading files.
+#[derive(Debug)]
+pub struct Closed;
+
+impl Ingest {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        config: &Config,
+        specs: Vec<InputSpec>,
+        known_segments: Vec<String>,
+        done: Disposition,
+        quarantine_dir: Option<PathBuf>,
+        ledger: Option<Reader>,
+        work: SyncSender<FileWork>,
+        writer: SyncSender<WriterMsg>,
+    ) -> Ingest {
+        Ingest {
+            specs,
+            options: FormatOptions {
+                non_finite: config.compare.non_finite,
+                max_uncompressed_bytes: config.inbox.max_file_bytes.saturating_mul(4),
+            },
+            max_file_bytes: config.inbox.max_file_bytes,
+            segments: Segments::new(
+                config.segments.keys.clone(),
+                config.segments.max_values,
+                known_segments,
+            ),
+            done,
+            quarantine_dir,
+            ledger,
+            work,
+            writer,
+            next_key: Arc::new(AtomicU64::new(1)),
+            in_flight: InFlightPaths::default(),
+        }
+    }
+
+    /// The disposition the daemon uses for done files.
+    pub fn done_disposition(config: &Config) -> Disposition {
+        match config.inbox.on_done {
+            OnDone::Move => Disposition::MoveTo(config.inbox.done_dir.clone()),
+            OnDone::Delete => Disposition::Delete,
+        }
+    }
+
+    /// Reads one file and sends its records (or its quarantine) on. Errors about the file go to
+    /// quarantine; only a closed pipeline is returned as an error.
+    pub fn process(&mut self, path: &Path) -> Result<(), Closed> {
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| path.display().to_string());
+        let meta_of = |sha256: String, size: u64, kind: &'static str, records: usize, key: u64| {
+            Arc::new(FileMeta {
+                key,
+                path: path.to_path_buf(),
+                name: name.clone(),
+                sha256,
+                size,
+                kind,
+                records,
+                on_done: self.done.clone(),
+                quarantine_dir: self.quarantine_dir.clone(),
+                in_flight: self.in_flight.clone(),
+            })
+        };
+        let key = self.next_key.fetch_add(1, Ordering::Relaxed);
+        // A rescan may find a file that is still on its way through the pipeline.
+        {
+            let Ok(mut set) = self.in_flight.lock() else {
+                return Err(Closed);
+            };
+            if !set.insert(path.to_path_buf()) {
+                return Ok(());
+            }
+        }
+
+        let stat = match std::fs::symlink_metadata(path) {
+            Ok(m) => m,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                tracing::debug!(file = %name, "File vanished before it was read; skipped.");
+                self.forget(path);
+                return Ok(());
+            }
+            Err(e) => {
+                let meta = meta_of(String::new(), 0, "unknown", 0, key);
+                return self.reject(meta, format!("cannot stat the file: {e}"));
+            }
+        };
+        let ft = stat.file_type();
+        if ft.is_symlink() {
+            let meta = meta_of(String::new(), 0, "unknown", 0, key);
+            return self.reject(
+                meta,
+                "symbolic links are not followed: write or rename the file itself into the inbox"
+                    .into(),
+            );
+        }
+        if !ft.is_file() {
+            let meta = meta_of(String::new(), 0, "unknown", 0, key);
+            return self.reject(
+                meta,
+                "not a regular file (directory, FIFO, socket or device)".into(),
+            );
+        }
+        let kind = format::file_kind(&name);
+        let kind_name = kind.map_or("unknown", kind_str);
+        if stat.len() > self.max_file_bytes {
+            let meta = meta_of(String::new(), stat.len(), kind_name, 0, key);
+            return self.reject(
+                meta,
+                format!(
+                    "file is {} bytes, over the limit of {} bytes (inbox.max_file_size); it was not read",
+                    stat.len(),
+                    self.max_file_bytes
+                ),
+            );
+        }
+        let bytes = match read_limited(path, self.max_file_bytes) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                tracing::debug!(file = %name, "File vanished while it was read; skipped.");
+                self.forget(path);
+                return Ok(());
+            }
+            Err(e) => {
+                let meta = meta_of(String::new(), stat.len(), kind_name, 0, key);
+                return self.reject(meta, format!("cannot read the file: {e}"));
+            }
+        };
+        let sha256 = crate::model::hex(&Sha256::digest(&bytes));
+        let size = bytes.len() as u64;
+        if let Some(ledger) = &self.ledger
+            && ledger.is_done(&sha256).unwrap_or(false)
+        {
+            // Counted before (a re-drop, or a crash between commit and move): tell the writer,
+            // which records the duplicate and moves the file without counting it.
+            let meta = meta_of(sha256, size, kind_name, 0, key);
+            return self
+                .writer
+                .send(WriterMsg::AlreadyCounted { meta })
+                .map_err(|_| Closed);
+        }
+        if kind.is_none() {
+            let meta = meta_of(sha256, size, kind_name, 0, key);
+            return self.reject(
+                meta,
+                "unsupported file type: expected .jsonl, .ndjson, .labels.jsonl, .npy or .npz"
+                    .into(),
+            );
+        }
+        let content = match format::read_file(&name, &bytes, &self.specs, &self.options) {
+            Ok(c) => c,
+            Err(e) => {
+                let meta = meta_of(sha256, size, kind_name, 0, key);
+                return self.reject(meta, e.to_string());
+            }
+        };
+        drop(bytes);
+        match content {
+            FileContent::Labels(labels) => {
+                let meta = meta_of(sha256, size, kind_name, labels.len(), key);
+                let labels = labels.into_iter().map(|l| (l.id, l.label)).collect();
+                self.writer
+                    .send(WriterMsg::Labels { meta, labels })
+                    .map_err(|_| Closed)
+            }
+            FileContent::Records(records) => {
+                let meta = meta_of(sha256.clone(), size, kind_name, records.len(), key);
+                let now = now_ms();
+                let prefix = &sha256[..12];
+                let mut seen_ids = HashSet::with_capacity(records.len());
+                let mut prepared = Vec::with_capacity(records.len());
+                for record in records {
+                    let record_id = match &record.id {
+                        Some(id) => id.clone(),
+                        None => match record.origin {
+                            Origin::Line(n) => format!("{prefix}:{n}"),
+                            Origin::Index(n) => format!("{prefix}:{n}"),
+                        },
+                    };
+                    if !seen_ids.insert(record_id.clone()) {
+                        return self.reject(
+                            meta,
+                            format!(
+                                "{}: duplicate record id '{record_id}' within the file",
+                                record.origin
+                            ),
+                        );
+                    }
+                    let ts_ms = record
+                        .ts
+                        .map(|t: OffsetDateTime| (t.unix_timestamp_nanos() / 1_000_000) as i64)
+                        .unwrap_or(now);
+                    prepared.push(Prepared {
+                        record_id,
+                        ts_ms,
+                        segment: self.segments.resolve(&record.segment),
+                        label: record.label,
+                        record,
+                    });
+                }
+                self.work
+                    .send(FileWork {
+                        meta,
+                        records: prepared,
+                    })
+                    .map_err(|_| Closed)
+            }
+        }
+    }
+
+    fn forget(&self, path: &Path) {
+        if let Ok(mut set) = self.in_flight.lock() {
+            set.remove(path);
+        }
+    }
+
+    fn reject(&mut self, meta: Arc<FileMeta>, reason: String) -> Result<(), Closed> {
+        tracing::warn!(file = %meta.name, reason = %reason, "File quarantined.");
+        quarantine(&meta, &reason);
+        self.writer
+            .send(WriterMsg::Quarantined { meta, reason })
+            .map_err(|_| Closed)
+    }
+}
+
+fn kind_str(kind: FileKind) -> &'static str {
+    match kind {
+        FileKind::JsonLines => "jsonl",
+        FileKind::Labels => "labels",
+        FileKind::Npy => "npy",
+        FileKind::Npz => "npz",
+    }
+}
+
+/// Reads at most `limit` bytes; a file that grew past the limit since it was measured is an error.
+fn read_limited(path: &Path, limit: u64) -> std::io::Result<Vec<u8>> {
+    let file = File::open(path)?;
+    let mut bytes = Vec::new();
+    file.take(limit + 1).read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > limit {
+        return Err(std::io::Error::other(format!(
+            "file grew past the limit of {limit} bytes while being read"
+        )));
+    }
+    Ok(bytes)
+}
+
+/// Moves (or deletes) a finished file per its disposition. Failure is logged, not fatal: the
+/// ledger already has the truth and a later scan will only move it.
+pub fn dispose(meta: &FileMeta) {
+    let result = match &meta.on_done {
+        Disposition::Keep => Ok(()),
+        Disposition::Delete => std::fs::remove_file(&meta.path),
+        Disposition::MoveTo(dir) => move_into(&meta.path, dir).map(|_| ()),
+    };
+    match result {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => {
+            tracing::error!(file = %meta.name, error = %e, "Could not move the finished file out of the inbox.")
+        }
+    }
+}
+
+/// Moves a bad file to quarantine with `<name>.error.txt` beside it.
+pub fn quarantine(meta: &FileMeta, reason: &str) {
+    let Some(dir) = &meta.quarantine_dir else {
+        return;
+    };
+    let target = match move_into(&meta.path, dir) {
+        Ok(t) => t,
+        Err(e) => {
+            tracing::error!(file = %meta.name, error = %e, "Could not move the file to quarantine.");
+            return;
+        }
+    };
+    let mut note = target.clone().into_os_string();
+    note.push(".error.txt");
+    let when = OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default();
+    let text = format!(
+        "file: {}\nsha256: {}\nsize: {} bytes\nquarantined: {when}\nreason: {reason}\n",
+        meta.name,
+        if meta.sha256.is_empty() {
+            "(not read)"
+        } else {
+            &meta.sha256
+        },
+        meta.size
+    );
+    if let Err(e) = std::fs::write(&note, text) {
+        tracing::error!(file = %meta.name, error = %e, "Could not write the quarantine note.");
+    }
+}
+
+/// Renames `path` into `dir`, adding `.1`, `.2`, … when the name is taken. Returns the new path.
+fn move_into(path: &Path, dir: &Path) -> std::io::Result<PathBuf> {
+    std::fs::create_dir_all(dir)?;
+    let name = path
+        .file_name()
+        .ok_or_else(|| std::io::Error::other("path has no file name"))?;
+    let mut target = dir.join(name);
+    let mut n = 0;
+    while target.exists() {
+        n += 1;
+        let mut alt = name.to_os_string();
+        alt.push(format!(".{n}"));
+        target = dir.join(alt);
+    }
+    std::fs::rename(path, &target)?;
+    Ok(target)
+}

@@ -1,0 +1,753 @@
+//! The record pipeline behind ingest: the student worker (every record, batched), the teacher
+//! worker (sampled records, budgeted) and the writer (the one SQLite connection).
+//!
+//! ```text
+//! ingest ──files──▶ student ──rows──────────────────▶ writer ──▶ SQLite, then done/ or quarantine/
+//!                      └──sampled (try_send)──▶ teacher ──rows──▶ ┘
+//! ```
+//!
+//! Channels are bounded, so a slow writer or student pushes back on ingest. The teacher's queue is
+//! the exception: the student never waits for it; a sample it cannot take is counted as skipped.
+//! A file commits only when every one of its records has its student row and every queued teacher
+//! sample has come back, in one transaction with its ledger row: a crash at any point before that
+//! commit leaves the file in the inbox to be processed again, whole.
+
+use std::collections::{HashMap, VecDeque};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crate::compare::{Comparer, attention_kl};
+use crate::model::{BatchOutput, Model};
+use crate::record::Record;
+use crate::sampler::{Decision, Sampler};
+use crate::store::{CommitOutcome, FileCommit, LabelsOutcome, RecordRow, Store, TeacherRow};
+
+/// What happens to a file in the inbox once sensei is done with it.
+#[derive(Debug, Clone)]
+pub enum Disposition {
+    /// Move to this directory (`done/`).
+    MoveTo(PathBuf),
+    Delete,
+    /// Leave the file where it is (replay of the operator's own files).
+    Keep,
+}
+
+/// Paths sent into the pipeline and not yet finished, shared by ingest (which skips them when a
+/// rescan finds them again) and the writer (which removes them once the file is disposed of).
+pub type InFlightPaths = std::sync::Arc<std::sync::Mutex<std::collections::HashSet<PathBuf>>>;
+
+/// A file on its way through the pipeline.
+#[derive(Debug)]
+pub struct FileMeta {
+    /// In-process sequence number of the file (not stored).
+    pub key: u64,
+    pub path: PathBuf,
+    pub name: String,
+    pub sha256: String,
+    pub size: u64,
+    pub kind: &'static str,
+    pub records: usize,
+    pub on_done: Disposition,
+    pub quarantine_dir: Option<PathBuf>,
+    pub in_flight: InFlightPaths,
+}
+
+/// A record ready for the models: validated, with its final id, time and segment.
+#[derive(Debug)]
+pub struct Prepared {
+    pub record_id: String,
+    pub ts_ms: i64,
+    pub segment: String,
+    pub label: Option<i64>,
+    pub record: Record,
+}
+
+/// Work for the student worker.
+pub struct FileWork {
+    pub meta: Arc<FileMeta>,
+    pub records: Vec<Prepared>,
+}
+
+/// Messages to the writer.
+pub enum WriterMsg {
+    Student {
+        meta: Arc<FileMeta>,
+        rows: Vec<(usize, StudentRow)>,
+    },
+    Teacher {
+        meta: Arc<FileMeta>,
+        rows: Vec<(usize, Option<TeacherRow>)>,
+    },
+    Labels {
+        meta: Arc<FileMeta>,
+        labels: Vec<(String, i64)>,
+    },
+    /// A file whose content the ledger already counted.
+    AlreadyCounted { meta: Arc<FileMeta> },
+    /// A file rejected before inference (its move to quarantine already happened).
+    Quarantined { meta: Arc<FileMeta>, reason: String },
+}
+
+/// The student's result for one record, plus whether a teacher result will follow.
+pub struct StudentRow {
+    pub row: Result<RecordRow, String>,
+    pub teacher_pending: bool,
+}
+
+/// Counters the pipeline shares with `status`, tests and the demo summary.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct WriterReport {
+    pub files_committed: u64,
+    pub files_quarantined: u64,
+    pub files_duplicate: u64,
+    pub records_committed: u64,
+    pub labels_committed: u64,
+    /// Commits that failed (the file stays in the inbox and is retried on restart).
+    pub commit_errors: u64,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Student worker
+
+pub struct StudentWorker {
+    pub model: Model,
+    pub comparer: Comparer,
+    pub sampler: Sampler,
+    pub max_batch: usize,
+    pub max_wait: Duration,
+}
+
+struct Pending {
+    meta: Arc<FileMeta>,
+    index: usize,
+    prepared: Prepared,
+}
+
+impl StudentWorker {
+    /// Runs until `input` is closed and drained.
+    pub fn spawn(
+        mut self,
+        input: Receiver<FileWork>,
+        teacher: Option<SyncSender<TeacherJob>>,
+        writer: SyncSender<WriterMsg>,
+    ) -> std::io::Result<JoinHandle<()>> {
+        std::thread::Builder::new()
+            .name("student".into())
+            .spawn(move || self.run(input, teacher, writer))
+    }
+
+    fn run(
+        &mut self,
+        input: Receiver<FileWork>,
+        teacher: Option<SyncSender<TeacherJob>>,
+        writer: SyncSender<WriterMsg>,
+    ) {
+        let mut pending: VecDeque<Pending> = VecDeque::new();
+        let mut closed = false;
+        let mut deadline = Instant::now();
+        loop {
+            if pending.is_empty() {
+                if closed {
+                    return;
+                }
+                match input.recv() {
+                    Ok(work) => push_work(&mut pending, work),
+                    Err(_) => return,
+                }
+                deadline = Instant::now() + self.max_wait;
+            }
+            // Gather more until a full batch, the wait is over, or ingest is done.
+            while !closed && pending.len() < self.max_batch {
+                let left = deadline.saturating_duration_since(Instant::now());
+                match input.recv_timeout(left) {
+                    Ok(work) => push_work(&mut pending, work),
+                    Err(RecvTimeoutError::Timeout) => break,
+                    Err(RecvTimeoutError::Disconnected) => closed = true,
+                }
+            }
+            // Run full batches; a partial one only when its wait is over or input closed.
+            while !pending.is_empty() {
+                let n = same_shape_prefix(&pending, self.max_batch);
+                if n < self.max_batch && !closed && Instant::now() < deadline && n == pending.len()
+                {
+                    break;
+                }
+                let batch: Vec<Pending> = pending.drain(..n).collect();
+                if self.run_batch(batch, teacher.as_ref(), &writer).is_err() {
+                    return; // the writer is gone: shutting down
+                }
+            }
+            deadline = Instant::now() + self.max_wait;
+        }
+    }
+
+    fn run_batch(
+        &mut self,
+        batch: Vec<Pending>,
+        teacher: Option<&SyncSender<TeacherJob>>,
+        writer: &SyncSender<WriterMsg>,
+    ) -> Result<(), ()> {
+        let records: Vec<&Record> = batch.iter().map(|p| &p.prepared.record).collect();
+        let result = self.model.run(&records);
+        drop(records);
+        // Group rows by file so the writer gets one message per file per batch.
+        let mut by_file: Vec<(Arc<FileMeta>, Vec<(usize, StudentRow)>)> = Vec::new();
+        let mut push =
+            |meta: &Arc<FileMeta>, index: usize, row: StudentRow| match by_file.last_mut() {
+                Some((m, rows)) if m.key == meta.key => rows.push((index, row)),
+                _ => by_file.push((meta.clone(), vec![(index, row)])),
+            };
+        match result {
+            Err(e) => {
+                tracing::error!(error = %e, records = batch.len(), "Student inference failed; the files involved go to quarantine.");
+                for p in &batch {
+                    let row = StudentRow {
+                        row: Err(format!("student inference failed: {e}")),
+                        teacher_pending: false,
+                    };
+                    push(&p.meta, p.index, row);
+                }
+            }
+            Ok(out) => {
+                let per_record_us = (out.elapsed.as_micros() as i64) / (out.batch.max(1) as i64);
+                let now = Instant::now();
+                for (i, p) in batch.into_iter().enumerate() {
+                    let student_output = out.output_of(i);
+                    let stats = self.comparer.stats(student_output);
+                    let mut decision = self.sampler.decide(&p.prepared.record_id, now);
+                    let mut teacher_pending = false;
+                    if let Decision::Sampled { weight } = decision {
+                        match teacher {
+                            None => decision = self.sampler.queue_refused(),
+                            Some(tx) => {
+                                let job = TeacherJob {
+                                    meta: p.meta.clone(),
+                                    index: p.index,
+                                    weight,
+                                    student_output: student_output.to_vec(),
+                                    output_shape: out.output_shape.clone(),
+                                    student_attention: attention_of(&out, i),
+                                    record: p.prepared.record,
+                                };
+                                match tx.try_send(job) {
+                                    Ok(()) => teacher_pending = true,
+                                    Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
+                                        decision = self.sampler.queue_refused();
+                                    }
+                                }
+                            }
+                        }
+                    }
+                    let row = RecordRow {
+                        record_id: p.prepared.record_id,
+                        ts_ms: p.prepared.ts_ms,
+                        segment: p.prepared.segment,
+                        prediction: stats.prediction,
+                        confidence: stats.confidence,
+                        entropy: stats.entropy,
+                        value: stats.value,
+                        latency_us: per_record_us,
+                        sampled: decision.code(),
+                        label: p.prepared.label,
+                        teacher: None,
+                    };
+                    push(
+                        &p.meta,
+                        p.index,
+                        StudentRow {
+                            row: Ok(row),
+                            teacher_pending,
+                        },
+                    );
+                }
+            }
+        }
+        for (meta, rows) in by_file {
+            writer
+                .send(WriterMsg::Student { meta, rows })
+                .map_err(|_| ())?;
+        }
+        Ok(())
+    }
+}
+
+fn attention_of(out: &BatchOutput, i: usize) -> Option<(Vec<usize>, Vec<f32>)> {
+    let (shape, _) = out.attention.as_ref()?;
+    Some((shape.clone(), out.attention_of(i)?.to_vec()))
+}
+
+fn push_work(pending: &mut VecDeque<Pending>, work: FileWork) {
+    let meta = work.meta;
+    for (index, prepared) in work.records.into_iter().enumerate() {
+        pending.push_back(Pending {
+            meta: meta.clone(),
+            index,
+            prepared,
+        });
+    }
+}
+
+/// Length of the longest prefix (≤ `max`) whose records have identical input shapes: one ONNX
+/// Runtime call needs one shape per input.
+fn same_shape_prefix(pending: &VecDeque<Pending>, max: usize) -> usize {
+    let Some(first) = pending.front() else {
+        return 0;
+    };
+    let shapes = |p: &Pending| -> Vec<Vec<usize>> {
+        p.prepared
+            .record
+            .inputs
+            .values()
+            .map(|t| t.shape.clone())
+            .collect()
+    };
+    let reference = shapes(first);
+    pending
+        .iter()
+        .take(max)
+        .take_while(|p| {
+            p.prepared
+                .record
+                .inputs
+                .values()
+                .zip(&reference)
+                .all(|(t, s)| &t.shape == s)
+        })
+        .count()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Teacher worker
+
+/// A sampled record on its way to the teacher.
+pub struct TeacherJob {
+    pub meta: Arc<FileMeta>,
+    pub index: usize,
+    pub weight: f64,
+    pub record: Record,
+    pub student_output: Vec<f32>,
+    pub output_shape: Vec<usize>,
+    pub student_attention: Option<(Vec<usize>, Vec<f32>)>,
+}
+
+pub struct TeacherWorker {
+    pub model: Model,
+    pub comparer: Comparer,
+    pub max_batch: usize,
+    /// Name of the int64 mask input used for embedding pooling, if any.
+    pub mask_input: Option<String>,
+}
+
+impl TeacherWorker {
+    pub fn spawn(
+        mut self,
+        input: Receiver<TeacherJob>,
+        writer: SyncSender<WriterMsg>,
+    ) -> std::io::Result<JoinHandle<()>> {
+        std::thread::Builder::new()
+            .name("teacher".into())
+            .spawn(move || self.run(input, writer))
+    }
+
+    fn run(&mut self, input: Receiver<TeacherJob>, writer: SyncSender<WriterMsg>) {
+        while let Ok(first) = input.recv() {
+            // Take what is already queued, up to a batch; never wait for more: the samples are
+            // already late by design and the student does not depend on them.
+            let mut jobs = vec![first];
+            while jobs.len() < self.max_batch {
+                match input.try_recv() {
+                    Ok(j) => jobs.push(j),
+                    Err(_) => break,
+                }
+            }
+            // Batch only equal shapes; run the rest one group at a time.
+            while !jobs.is_empty() {
+                let n = jobs
+                    .iter()
+                    .take_while(|j| {
+                        j.record
+                            .inputs
+                            .values()
+                            .zip(jobs[0].record.inputs.values())
+                            .all(|(a, b)| a.shape == b.shape)
+                    })
+                    .count();
+                let group: Vec<TeacherJob> = jobs.drain(..n).collect();
+                if self.run_group(group, &writer).is_err() {
+                    return;
+                }
+            }
+        }
+    }
+
+    fn run_group(
+        &mut self,
+        group: Vec<TeacherJob>,
+        writer: &SyncSender<WriterMsg>,
+    ) -> Result<(), ()> {
+        let records: Vec<&Record> = group.iter().map(|j| &j.record).collect();
+        let result = self.model.run(&records);
+        drop(records);
+        let mut by_file: Vec<(Arc<FileMeta>, Vec<(usize, Option<TeacherRow>)>)> = Vec::new();
+        let out = match result {
+            Ok(out) => Some(out),
+            Err(e) => {
+                tracing::error!(error = %e, samples = group.len(), "Teacher inference failed; these samples are recorded as teacher errors.");
+                None
+            }
+        };
+        let per_record_us = out
+            .as_ref()
+            .map_or(0, |o| o.elapsed.as_micros() as i64 / o.batch.max(1) as i64);
+        for (i, job) in group.into_iter().enumerate() {
+            let row = out.as_ref().map(|out| {
+                let teacher_output = out.output_of(i);
+                let mask = self.mask_input.as_ref().and_then(|name| {
+                    match &job.record.inputs.get(name)?.data {
+                        crate::record::TensorData::I64(v) => Some(v.clone()),
+                        _ => None,
+                    }
+                });
+                let mut comparison = self.comparer.compare(
+                    teacher_output,
+                    &job.student_output,
+                    &job.output_shape,
+                    mask.as_deref(),
+                );
+                let teacher_attention = attention_of(out, i);
+                if let (Some((ts, td)), Some((ss, sd))) =
+                    (&teacher_attention, &job.student_attention)
+                {
+                    comparison.attention_kl = attention_kl(td, ts, sd, ss);
+                }
+                let stats = self.comparer.stats(teacher_output);
+                TeacherRow {
+                    weight: job.weight,
+                    teacher_prediction: stats.prediction,
+                    teacher_confidence: stats.confidence,
+                    comparison,
+                    latency_us: per_record_us,
+                    output_shape: out.output_shape.clone(),
+                    teacher_output: teacher_output.to_vec(),
+                    student_output: job.student_output.clone(),
+                    teacher_attention,
+                    inputs: job.record.inputs.into_iter().collect(),
+                }
+            });
+            match by_file.last_mut() {
+                Some((m, rows)) if m.key == job.meta.key => rows.push((job.index, row)),
+                _ => by_file.push((job.meta.clone(), vec![(job.index, row)])),
+            }
+        }
+        for (meta, rows) in by_file {
+            writer
+                .send(WriterMsg::Teacher { meta, rows })
+                .map_err(|_| ())?;
+        }
+        Ok(())
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Writer
+
+/// Per-file state while its rows come in.
+struct InFlight {
+    meta: Arc<FileMeta>,
+    rows: Vec<Option<Result<RecordRow, String>>>,
+    student_done: usize,
+    /// Teacher rows still expected (may dip below zero when a teacher row overtakes its student row).
+    teacher_outstanding: i64,
+    teacher_rows: HashMap<usize, Option<TeacherRow>>,
+}
+
+pub struct Writer {
+    pub store: Store,
+    pub student_sha: String,
+    pub teacher_sha: String,
+    pub window_ms: i64,
+    /// Called after each file is committed or quarantined (tests and `replay` count with it).
+    pub on_file: Option<Box<dyn FnMut(&FileMeta, &FileOutcome) + Send>>,
+}
+
+/// What became of a file.
+#[derive(Debug, Clone, PartialEq)]
+pub enum FileOutcome {
+    Committed {
+        records: usize,
+    },
+    Labels {
+        labels: usize,
+        matched: usize,
+    },
+    Duplicate,
+    Quarantined {
+        reason: String,
+    },
+    /// The database refused the commit; the file stays in the inbox for the next start.
+    Failed {
+        error: String,
+    },
+}
+
+impl Writer {
+    pub fn spawn(
+        mut self,
+        input: Receiver<WriterMsg>,
+    ) -> std::io::Result<JoinHandle<WriterReport>> {
+        std::thread::Builder::new()
+            .name("writer".into())
+            .spawn(move || self.run(input))
+    }
+
+    fn run(&mut self, input: Receiver<WriterMsg>) -> WriterReport {
+        let mut report = WriterReport::default();
+        let mut in_flight: HashMap<u64, InFlight> = HashMap::new();
+        while let Ok(msg) = input.recv() {
+            match msg {
+                WriterMsg::Student { meta, rows } => {
+                    let f = in_flight
+                        .entry(meta.key)
+                        .or_insert_with(|| InFlight::new(meta.clone()));
+                    for (index, row) in rows {
+                        if row.teacher_pending {
+                            f.teacher_outstanding += 1;
+                        }
+                        if let Some(slot) = f.rows.get_mut(index) {
+                            *slot = Some(row.row);
+                            f.student_done += 1;
+                        }
+                    }
+                }
+                WriterMsg::Teacher { meta, rows } => {
+                    let f = in_flight
+                        .entry(meta.key)
+                        .or_insert_with(|| InFlight::new(meta.clone()));
+                    for (index, row) in rows {
+                        f.teacher_outstanding -= 1;
+                        f.teacher_rows.insert(index, row);
+                    }
+                }
+                WriterMsg::Labels { meta, labels } => {
+                    let outcome = self.commit_labels(&meta, &labels);
+                    self.finish(&meta, outcome, &mut report);
+                    continue;
+                }
+                WriterMsg::AlreadyCounted { meta } => {
+                    let outcome = match self.store.note_duplicate(
+                        &meta.name,
+                        &meta.sha256,
+                        meta.size,
+                        meta.kind,
+                        now_ms(),
+                    ) {
+                        Ok(_) => FileOutcome::Duplicate,
+                        Err(e) => FileOutcome::Failed {
+                            error: e.to_string(),
+                        },
+                    };
+                    self.finish(&meta, outcome, &mut report);
+                    continue;
+                }
+                WriterMsg::Quarantined { meta, reason } => {
+                    let now = now_ms();
+                    if let Err(e) = self.store.record_quarantine(
+                        &meta.name,
+                        &meta.sha256,
+                        meta.size,
+                        meta.kind,
+                        &reason,
+                        now,
+                    ) {
+                        tracing::error!(file = %meta.name, error = %e, "Could not record the quarantined file in the ledger.");
+                    }
+                    report.files_quarantined += 1;
+                    if let Ok(mut set) = meta.in_flight.lock() {
+                        set.remove(&meta.path);
+                    }
+                    if let Some(cb) = self.on_file.as_mut() {
+                        cb(&meta, &FileOutcome::Quarantined { reason });
+                    }
+                    continue;
+                }
+            }
+            let complete: Vec<u64> = in_flight
+                .iter()
+                .filter(|(_, f)| f.student_done == f.rows.len() && f.teacher_outstanding == 0)
+                .map(|(k, _)| *k)
+                .collect();
+            for key in complete {
+                if let Some(f) = in_flight.remove(&key) {
+                    let meta = f.meta.clone();
+                    let outcome = self.commit(f);
+                    self.finish(&meta, outcome, &mut report);
+                }
+            }
+        }
+        if !in_flight.is_empty() {
+            tracing::warn!(
+                files = in_flight.len(),
+                "Stopped with files in flight; they stay in the inbox and are processed at the next start."
+            );
+        }
+        report
+    }
+
+    fn commit(&mut self, f: InFlight) -> FileOutcome {
+        let InFlight {
+            meta,
+            rows,
+            mut teacher_rows,
+            ..
+        } = f;
+        let mut records = Vec::with_capacity(rows.len());
+        for (index, row) in rows.into_iter().enumerate() {
+            match row {
+                Some(Ok(mut r)) => {
+                    if let Some(t) = teacher_rows.remove(&index) {
+                        match t {
+                            Some(t) => r.teacher = Some(t),
+                            None => r.sampled = crate::sampler::TEACHER_FAILED,
+                        }
+                    }
+                    if r.label.is_none() {
+                        r.label = self.store.pending_label(&r.record_id).ok().flatten();
+                    }
+                    records.push(r);
+                }
+                Some(Err(reason)) => {
+                    return FileOutcome::Quarantined {
+                        reason: format!("record {index}: {reason}"),
+                    };
+                }
+                None => {
+                    return FileOutcome::Failed {
+                        error: format!("record {index} has no student result"),
+                    };
+                }
+            }
+        }
+        let commit = FileCommit {
+            name: meta.name.clone(),
+            sha256: meta.sha256.clone(),
+            size: meta.size,
+            kind: meta.kind,
+            student: self.student_sha.clone(),
+            teacher: self.teacher_sha.clone(),
+            records,
+        };
+        match self.store.commit_file(&commit, self.window_ms, now_ms()) {
+            Ok(CommitOutcome::Committed { records, .. }) => FileOutcome::Committed { records },
+            Ok(CommitOutcome::Duplicate { .. }) => FileOutcome::Duplicate,
+            Err(e) => FileOutcome::Failed {
+                error: e.to_string(),
+            },
+        }
+    }
+
+    fn commit_labels(&mut self, meta: &FileMeta, labels: &[(String, i64)]) -> FileOutcome {
+        match self
+            .store
+            .commit_labels(&meta.name, &meta.sha256, meta.size, labels, now_ms())
+        {
+            Ok(LabelsOutcome::Committed {
+                labels, matched, ..
+            }) => FileOutcome::Labels { labels, matched },
+            Ok(LabelsOutcome::Duplicate { .. }) => FileOutcome::Duplicate,
+            Err(e) => FileOutcome::Failed {
+                error: e.to_string(),
+            },
+        }
+    }
+
+    /// Moves the file where it belongs after the database has the truth, and reports.
+    fn finish(&mut self, meta: &FileMeta, mut outcome: FileOutcome, report: &mut WriterReport) {
+        match &outcome {
+            FileOutcome::Committed { records } => {
+                report.files_committed += 1;
+                report.records_committed += *records as u64;
+                tracing::info!(file = %meta.name, records, "File committed.");
+                crate::ingest::dispose(meta);
+            }
+            FileOutcome::Labels { labels, matched } => {
+                report.files_committed += 1;
+                report.labels_committed += *labels as u64;
+                tracing::info!(file = %meta.name, labels, matched, "Late labels committed.");
+                crate::ingest::dispose(meta);
+            }
+            FileOutcome::Duplicate => {
+                report.files_duplicate += 1;
+                tracing::info!(file = %meta.name, sha256 = %meta.sha256, "Same content was already counted; not counted again.");
+                crate::ingest::dispose(meta);
+            }
+            FileOutcome::Quarantined { reason } => {
+                let reason = reason.clone();
+                crate::ingest::quarantine(meta, &reason);
+                if let Err(e) = self.store.record_quarantine(
+                    &meta.name,
+                    &meta.sha256,
+                    meta.size,
+                    meta.kind,
+                    &reason,
+                    now_ms(),
+                ) {
+                    tracing::error!(file = %meta.name, error = %e, "Could not record the quarantined file in the ledger.");
+                }
+                report.files_quarantined += 1;
+            }
+            FileOutcome::Failed { error } => {
+                report.commit_errors += 1;
+                tracing::error!(file = %meta.name, error = %error, "Commit failed; the file stays in the inbox and is retried at the next start.");
+                outcome = FileOutcome::Failed {
+                    error: error.clone(),
+                };
+            }
+        }
+        if let Ok(mut set) = meta.in_flight.lock() {
+            set.remove(&meta.path);
+        }
+        if let Some(cb) = self.on_file.as_mut() {
+            cb(meta, &outcome);
+        }
+    }
+}
+
+impl InFlight {
+    fn new(meta: Arc<FileMeta>) -> InFlight {
+        let n = meta.records;
+        InFlight {
+            meta,
+            rows: (0..n).map(|_| None).collect(),
+            student_done: 0,
+            teacher_outstanding: 0,
+            teacher_rows: HashMap::new(),
+        }
+    }
+}
+
+/// Wall-clock now in unix milliseconds.
+pub fn now_ms() -> i64 {
+    (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64
+}
+
+/// Bounded channel capacities. Files are big units, so few are buffered; rows are small.
+pub const FILE_QUEUE: usize = 2;
+pub const WRITER_QUEUE: usize = 1024;
+
+/// Creates the channels of one pipeline.
+pub fn channels(
+    teacher_queue: usize,
+) -> (
+    (SyncSender<FileWork>, Receiver<FileWork>),
+    (SyncSender<TeacherJob>, Receiver<TeacherJob>),
+    (SyncSender<WriterMsg>, Receiver<WriterMsg>),
+) {
+    (
+        mpsc::sync_channel(FILE_QUEUE),
+        mpsc::sync_channel(teacher_queue.max(1)),
+        mpsc::sync_channel(WRITER_QUEUE),
+    )
+}

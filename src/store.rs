@@ -1,0 +1,915 @@
+//! SQLite: the connection, migrations and every query. No other module writes SQL.
+//!
+//! One thread owns the writing [`Store`] (a `rusqlite::Connection` is not `Sync`); readers
+//! (ingest's ledger check, `sensei status`) open their own connections, which WAL lets run beside
+//! the writer. A file's records, teacher samples, window sums and ledger row commit in one
+//! transaction, which is what makes "counted exactly once" hold across crashes.
+//!
+//! Migrations are `migrations/NNNN_*.sql`, applied in order inside one transaction and tracked
+//! by `PRAGMA user_version` (append-only: never edit a released migration).
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+use rusqlite::{Connection, OpenFlags, OptionalExtension, Transaction, params};
+use serde::Serialize;
+
+use crate::compare::Comparison;
+use crate::record::{Tensor, TensorData};
+
+/// The migrations, in order. `build.rs` makes cargo rebuild when the directory changes.
+const MIGRATIONS: &[(&str, &str)] = &[(
+    "0001_initial",
+    include_str!("../migrations/0001_initial.sql"),
+)];
+
+/// The schema version this binary writes.
+pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
+
+/// The segment name of the all-segments aggregate.
+pub const ALL_SEGMENTS: &str = "*";
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database {path}: {source}")]
+    Open {
+        path: String,
+        source: rusqlite::Error,
+    },
+    #[error(
+        "database schema version {found} is newer than this sensei supports ({supported}); upgrade sensei"
+    )]
+    TooNew { found: i64, supported: i64 },
+    #[error("migration {name} failed: {source}")]
+    Migration {
+        name: String,
+        source: rusqlite::Error,
+    },
+    #[error(transparent)]
+    Sql(#[from] rusqlite::Error),
+}
+
+pub type Result<T> = std::result::Result<T, StoreError>;
+
+/// The writing connection.
+pub struct Store {
+    conn: Connection,
+}
+
+fn configure(conn: &Connection) -> rusqlite::Result<()> {
+    conn.busy_timeout(Duration::from_secs(10))?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(None, "synchronous", "NORMAL")?;
+    conn.pragma_update(None, "foreign_keys", "ON")?;
+    Ok(())
+}
+
+fn migrate(conn: &mut Connection) -> Result<()> {
+    let current: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+    if current > SCHEMA_VERSION {
+        return Err(StoreError::TooNew {
+            found: current,
+            supported: SCHEMA_VERSION,
+        });
+    }
+    if current == SCHEMA_VERSION {
+        return Ok(());
+    }
+    let tx = conn.transaction()?;
+    for (i, (name, sql)) in MIGRATIONS.iter().enumerate().skip(current as usize) {
+        tx.execute_batch(sql)
+            .map_err(|source| StoreError::Migration {
+                name: (*name).to_string(),
+                source,
+            })?;
+        tx.pragma_update(None, "user_version", (i + 1) as i64)?;
+    }
+    tx.commit()?;
+    Ok(())
+}
+
+/// A file that finished ingest and inference, ready to commit.
+#[derive(Debug)]
+pub struct FileCommit {
+    pub name: String,
+    pub sha256: String,
+    pub size: u64,
+    pub kind: &'static str,
+    pub student: String,
+    pub teacher: String,
+    pub records: Vec<RecordRow>,
+}
+
+#[derive(Debug)]
+pub struct RecordRow {
+    pub record_id: String,
+    pub ts_ms: i64,
+    pub segment: String,
+    pub prediction: Option<i64>,
+    pub confidence: Option<f64>,
+    pub entropy: Option<f64>,
+    pub value: Option<f64>,
+    pub latency_us: i64,
+    /// [`crate::sampler::Decision::code`].
+    pub sampled: i64,
+    pub label: Option<i64>,
+    pub teacher: Option<TeacherRow>,
+}
+
+#[derive(Debug)]
+pub struct TeacherRow {
+    pub weight: f64,
+    pub teacher_prediction: Option<i64>,
+    pub teacher_confidence: Option<f64>,
+    pub comparison: Comparison,
+    pub latency_us: i64,
+    pub output_shape: Vec<usize>,
+    pub teacher_output: Vec<f32>,
+    pub student_output: Vec<f32>,
+    pub teacher_attention: Option<(Vec<usize>, Vec<f32>)>,
+    pub inputs: Vec<(String, Tensor)>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CommitOutcome {
+    Committed {
+        file_id: i64,
+        records: usize,
+    },
+    /// A file with the same content was already counted.
+    Duplicate {
+        of_id: i64,
+        of_name: String,
+    },
+}
+
+/// Outcome of a late-labels file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LabelsOutcome {
+    Committed {
+        file_id: i64,
+        labels: usize,
+        matched: usize,
+    },
+    Duplicate {
+        of_id: i64,
+    },
+}
+
+fn f32_blob(v: &[f32]) -> Vec<u8> {
+    v.iter().flat_map(|x| x.to_le_bytes()).collect()
+}
+
+fn tensor_blob(t: &Tensor) -> (&'static str, Vec<u8>) {
+    match &t.data {
+        TensorData::F32(v) => ("float32", f32_blob(v)),
+        TensorData::I64(v) => ("int64", v.iter().flat_map(|x| x.to_le_bytes()).collect()),
+    }
+}
+
+fn shape_json(shape: &[usize]) -> String {
+    serde_json::to_string(shape).unwrap_or_else(|_| "[]".into())
+}
+
+/// Running sums for one (window, segment) cell.
+#[derive(Debug, Default, Clone)]
+struct WindowSums {
+    records: i64,
+    confidence: f64,
+    entropy: f64,
+    latency_us: i64,
+    teacher_samples: i64,
+    skipped_budget: i64,
+    skipped_queue: i64,
+    weight: f64,
+    disagreement: f64,
+    kl: f64,
+    total_variation: f64,
+    attention_kl: f64,
+    attention_kl_weight: f64,
+    cosine_distance: f64,
+    abs_error: f64,
+    teacher_latency_us: i64,
+}
+
+impl WindowSums {
+    fn add(&mut self, r: &RecordRow) {
+        self.records += 1;
+        self.confidence += r.confidence.unwrap_or(0.0);
+        self.entropy += r.entropy.unwrap_or(0.0);
+        self.latency_us += r.latency_us;
+        match r.sampled {
+            2 => self.skipped_budget += 1,
+            3 => self.skipped_queue += 1,
+            _ => {}
+        }
+        if let Some(t) = &r.teacher {
+            let w = t.weight;
+            let c = &t.comparison;
+            self.teacher_samples += 1;
+            self.weight += w;
+            self.disagreement += w * c.disagreement.map_or(0.0, |d| d as u8 as f64);
+            self.kl += w * c.kl.unwrap_or(0.0);
+            self.total_variation += w * c.total_variation.unwrap_or(0.0);
+            if let Some(a) = c.attention_kl {
+                self.attention_kl += w * a;
+                self.attention_kl_weight += w;
+            }
+            self.cosine_distance += w * c.cosine_distance.unwrap_or(0.0);
+            self.abs_error += w * c.abs_error.unwrap_or(0.0);
+            self.teacher_latency_us += t.latency_us;
+        }
+    }
+}
+
+impl Store {
+    /// Opens (creating if needed) the database and applies pending migrations.
+    pub fn open(path: &Path) -> Result<Store> {
+        if let Some(dir) = path.parent()
+            && !dir.as_os_str().is_empty()
+        {
+            let _ = std::fs::create_dir_all(dir);
+        }
+        let open_err = |source| StoreError::Open {
+            path: path.display().to_string(),
+            source,
+        };
+        let mut conn = Connection::open(path).map_err(open_err)?;
+        configure(&conn).map_err(open_err)?;
+        migrate(&mut conn)?;
+        Ok(Store { conn })
+    }
+
+    /// The current schema version (`PRAGMA user_version`).
+    pub fn schema_version(&self) -> Result<i64> {
+        Ok(self
+            .conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))?)
+    }
+
+    /// Commits one file: ledger row, records, teacher samples and window sums in one
+    /// transaction. A file whose content was already counted is recorded as a duplicate instead.
+    pub fn commit_file(
+        &mut self,
+        file: &FileCommit,
+        window_ms: i64,
+        now_ms: i64,
+    ) -> Result<CommitOutcome> {
+        let tx = self.conn.transaction()?;
+        if let Some((of_id, of_name)) = done_file(&tx, &file.sha256)? {
+            insert_file(
+                &tx,
+                &file.name,
+                &file.sha256,
+                file.size,
+                file.kind,
+                "duplicate",
+                0,
+                Some(&format!("same content as file #{of_id} ({of_name})")),
+                now_ms,
+            )?;
+            tx.commit()?;
+            return Ok(CommitOutcome::Duplicate { of_id, of_name });
+        }
+        let file_id = insert_file(
+            &tx,
+            &file.name,
+            &file.sha256,
+            file.size,
+            file.kind,
+            "done",
+            file.records.len() as i64,
+            None,
+            now_ms,
+        )?;
+        let mut windows: BTreeMap<(i64, String), WindowSums> = BTreeMap::new();
+        {
+            let mut ins_record = tx.prepare_cached(
+                "INSERT INTO records (file_id, record_id, ts, segment, student, prediction, confidence,
+                                      entropy, value, latency_us, sampled, label)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+            )?;
+            let mut ins_teacher = tx.prepare_cached(
+                "INSERT INTO teacher_samples (seq, record_id, ts, segment, weight, teacher, student,
+                    student_prediction, teacher_prediction, teacher_confidence, disagreement, kl,
+                    total_variation, attention_kl, cosine_distance, abs_error, teacher_latency_us,
+                    teacher_output, student_output, output_shape, teacher_attention, attention_shape, label)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17,
+                         ?18, ?19, ?20, ?21, ?22, ?23)",
+            )?;
+            let mut ins_input = tx.prepare_cached(
+                "INSERT INTO teacher_sample_inputs (seq, name, dtype, shape, data) VALUES (?1, ?2, ?3, ?4, ?5)",
+            )?;
+            for r in &file.records {
+                ins_record.execute(params![
+                    file_id,
+                    r.record_id,
+                    r.ts_ms,
+                    r.segment,
+                    file.student,
+                    r.prediction,
+                    r.confidence,
+                    r.entropy,
+                    r.value,
+                    r.latency_us,
+                    r.sampled,
+                    r.label,
+                ])?;
+                let seq = tx.last_insert_rowid();
+                if let Some(t) = &r.teacher {
+                    let c = &t.comparison;
+                    let (att, att_shape) = match &t.teacher_attention {
+                        Some((shape, data)) => (Some(f32_blob(data)), Some(shape_json(shape))),
+                        None => (None, None),
+                    };
+                    ins_teacher.execute(params![
+                        seq,
+                        r.record_id,
+                        r.ts_ms,
+                        r.segment,
+                        t.weight,
+                        file.teacher,
+                        file.student,
+                        r.prediction,
+                        t.teacher_prediction,
+                        t.teacher_confidence,
+                        c.disagreement.map(|d| d as i64),
+                        c.kl,
+                        c.total_variation,
+                        c.attention_kl,
+                        c.cosine_distance,
+                        c.abs_error,
+                        t.latency_us,
+                        f32_blob(&t.teacher_output),
+                        f32_blob(&t.student_output),
+                        shape_json(&t.output_shape),
+                        att,
+                        att_shape,
+                        r.label,
+                    ])?;
+                    for (name, tensor) in &t.inputs {
+                        let (dtype, blob) = tensor_blob(tensor);
+                        ins_input.execute(params![
+                            seq,
+                            name,
+                            dtype,
+                            shape_json(&tensor.shape),
+                            blob
+                        ])?;
+                    }
+                }
+                let start = r.ts_ms.div_euclid(window_ms) * window_ms;
+                windows
+                    .entry((start, ALL_SEGMENTS.to_string()))
+                    .or_default()
+                    .add(r);
+                windows
+                    .entry((start, r.segment.clone()))
+                    .or_default()
+                    .add(r);
+            }
+        }
+        upsert_windows(&tx, &windows)?;
+        tx.commit()?;
+        Ok(CommitOutcome::Committed {
+            file_id,
+            records: file.records.len(),
+        })
+    }
+
+    /// Records that a file with already-counted content arrived again. A file with the same name
+    /// and content as the counted one is the counted file itself, left in the inbox by a crash
+    /// between commit and move: nothing new is recorded. Returns the counted file's id.
+    pub fn note_duplicate(
+        &mut self,
+        name: &str,
+        sha256: &str,
+        size: u64,
+        kind: &str,
+        now_ms: i64,
+    ) -> Result<Option<i64>> {
+        let tx = self.conn.transaction()?;
+        let Some((of_id, of_name)) = done_file(&tx, sha256)? else {
+            return Ok(None);
+        };
+        if of_name != name {
+            let reason = format!("same content as file #{of_id} ({of_name})");
+            insert_file(
+                &tx,
+                name,
+                sha256,
+                size,
+                kind,
+                "duplicate",
+                0,
+                Some(&reason),
+                now_ms,
+            )?;
+        }
+        tx.commit()?;
+        Ok(Some(of_id))
+    }
+
+    /// Records a quarantined file in the ledger.
+    pub fn record_quarantine(
+        &mut self,
+        name: &str,
+        sha256: &str,
+        size: u64,
+        kind: &str,
+        reason: &str,
+        now_ms: i64,
+    ) -> Result<i64> {
+        let tx = self.conn.transaction()?;
+        let id = insert_file(
+            &tx,
+            name,
+            sha256,
+            size,
+            kind,
+            "quarantined",
+            0,
+            Some(reason),
+            now_ms,
+        )?;
+        tx.commit()?;
+        Ok(id)
+    }
+
+    /// Commits a late-labels file: stores each label and writes it onto the records (and teacher
+    /// samples) with that id. Labels for ids not seen yet wait in `late_labels`; records arriving
+    /// later pick them up in [`Store::commit_file`]'s caller via [`Store::pending_label`].
+    pub fn commit_labels(
+        &mut self,
+        name: &str,
+        sha256: &str,
+        size: u64,
+        labels: &[(String, i64)],
+        now_ms: i64,
+    ) -> Result<LabelsOutcome> {
+        let tx = self.conn.transaction()?;
+        if let Some((of_id, of_name)) = done_file(&tx, sha256)? {
+            insert_file(
+                &tx,
+                name,
+                sha256,
+                size,
+                "labels",
+                "duplicate",
+                0,
+                Some(&format!("same content as file #{of_id} ({of_name})")),
+                now_ms,
+            )?;
+            tx.commit()?;
+            return Ok(LabelsOutcome::Duplicate { of_id });
+        }
+        let file_id = insert_file(
+            &tx,
+            name,
+            sha256,
+            size,
+            "labels",
+            "done",
+            labels.len() as i64,
+            None,
+            now_ms,
+        )?;
+        let mut matched_total = 0;
+        {
+            let mut upd_records =
+                tx.prepare_cached("UPDATE records SET label = ?2 WHERE record_id = ?1")?;
+            let mut upd_samples =
+                tx.prepare_cached("UPDATE teacher_samples SET label = ?2 WHERE record_id = ?1")?;
+            let mut ins = tx.prepare_cached(
+                "INSERT INTO late_labels (record_id, label, file_id, received_at, matched)
+                 VALUES (?1, ?2, ?3, ?4, ?5)
+                 ON CONFLICT (record_id) DO UPDATE SET label = excluded.label, file_id = excluded.file_id,
+                     received_at = excluded.received_at, matched = excluded.matched",
+            )?;
+            for (id, label) in labels {
+                let matched = upd_records.execute(params![id, label])?;
+                upd_samples.execute(params![id, label])?;
+                ins.execute(params![id, label, file_id, now_ms, matched as i64])?;
+                matched_total += matched;
+            }
+        }
+        tx.commit()?;
+        Ok(LabelsOutcome::Committed {
+            file_id,
+            labels: labels.len(),
+            matched: matched_total,
+        })
+    }
+
+    /// A late label that arrived before its record.
+    pub fn pending_label(&self, record_id: &str) -> Result<Option<i64>> {
+        Ok(self
+            .conn
+            .prepare_cached("SELECT label FROM late_labels WHERE record_id = ?1")?
+            .query_row([record_id], |r| r.get(0))
+            .optional()?)
+    }
+
+    /// Deletes per-record rows older than `cutoff_ms`; window sums and teacher samples stay.
+    pub fn apply_retention(&mut self, cutoff_ms: i64) -> Result<usize> {
+        Ok(self
+            .conn
+            .execute("DELETE FROM records WHERE ts < ?1", [cutoff_ms])?)
+    }
+
+    /// Whether a file with this content was already counted.
+    pub fn is_done(&self, sha256: &str) -> Result<bool> {
+        Ok(done_file(&self.conn, sha256)?.is_some())
+    }
+
+    /// The distinct segments seen so far (for the segment bound after a restart).
+    pub fn known_segments(&self) -> Result<Vec<String>> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT DISTINCT segment FROM windows WHERE segment != ?1")?;
+        let rows = stmt.query_map([ALL_SEGMENTS], |r| r.get(0))?;
+        Ok(rows.collect::<rusqlite::Result<Vec<String>>>()?)
+    }
+
+    pub fn summary(&self) -> Result<Summary> {
+        summary(&self.conn)
+    }
+}
+
+/// A read-only connection for readers beside the running writer.
+pub struct Reader {
+    conn: Connection,
+}
+
+impl Reader {
+    pub fn open(path: &Path) -> Result<Reader> {
+        let open_err = |source| StoreError::Open {
+            path: path.display().to_string(),
+            source,
+        };
+        let conn = Connection::open_with_flags(
+            path,
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(open_err)?;
+        conn.busy_timeout(Duration::from_secs(10))
+            .map_err(open_err)?;
+        Ok(Reader { conn })
+    }
+
+    pub fn is_done(&self, sha256: &str) -> Result<bool> {
+        Ok(done_file(&self.conn, sha256)?.is_some())
+    }
+
+    pub fn summary(&self) -> Result<Summary> {
+        summary(&self.conn)
+    }
+
+    pub fn schema_version(&self) -> Result<i64> {
+        Ok(self
+            .conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))?)
+    }
+}
+
+fn done_file(conn: &Connection, sha256: &str) -> Result<Option<(i64, String)>> {
+    Ok(conn
+        .prepare_cached("SELECT id, name FROM files WHERE sha256 = ?1 AND status = 'done'")?
+        .query_row([sha256], |r| Ok((r.get(0)?, r.get(1)?)))
+        .optional()?)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn insert_file(
+    tx: &Transaction<'_>,
+    name: &str,
+    sha256: &str,
+    size: u64,
+    kind: &str,
+    status: &str,
+    records: i64,
+    reason: Option<&str>,
+    now_ms: i64,
+) -> Result<i64> {
+    tx.prepare_cached(
+        "INSERT INTO files (name, sha256, size, kind, status, records, reason, processed_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+    )?
+    .execute(params![
+        name,
+        sha256,
+        size as i64,
+        kind,
+        status,
+        records,
+        reason,
+        now_ms
+    ])?;
+    Ok(tx.last_insert_rowid())
+}
+
+fn upsert_windows(
+    tx: &Transaction<'_>,
+    windows: &BTreeMap<(i64, String), WindowSums>,
+) -> Result<()> {
+    let mut stmt = tx.prepare_cached(
+        "INSERT INTO windows (start, segment, records, confidence_sum, entropy_sum, latency_us_sum,
+            teacher_samples, skipped_budget, skipped_queue, weight_sum, disagreement_wsum, kl_wsum,
+            total_variation_wsum, attention_kl_wsum, attention_kl_weight, cosine_distance_wsum,
+            abs_error_wsum, teacher_latency_us_sum)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18)
+         ON CONFLICT (start, segment) DO UPDATE SET
+            records = records + excluded.records,
+            confidence_sum = confidence_sum + excluded.confidence_sum,
+            entropy_sum = entropy_sum + excluded.entropy_sum,
+            latency_us_sum = latency_us_sum + excluded.latency_us_sum,
+            teacher_samples = teacher_samples + excluded.teacher_samples,
+            skipped_budget = skipped_budget + excluded.skipped_budget,
+            skipped_queue = skipped_queue + excluded.skipped_queue,
+            weight_sum = weight_sum + excluded.weight_sum,
+            disagreement_wsum = disagreement_wsum + excluded.disagreement_wsum,
+            kl_wsum = kl_wsum + excluded.kl_wsum,
+            total_variation_wsum = total_variation_wsum + excluded.total_variation_wsum,
+            attention_kl_wsum = attention_kl_wsum + excluded.attention_kl_wsum,
+            attention_kl_weight = attention_kl_weight + excluded.attention_kl_weight,
+            cosine_distance_wsum = cosine_distance_wsum + excluded.cosine_distance_wsum,
+            abs_error_wsum = abs_error_wsum + excluded.abs_error_wsum,
+            teacher_latency_us_sum = teacher_latency_us_sum + excluded.teacher_latency_us_sum",
+    )?;
+    for ((start, segment), w) in windows {
+        stmt.execute(params![
+            start,
+            segment,
+            w.records,
+            w.confidence,
+            w.entropy,
+            w.latency_us,
+            w.teacher_samples,
+            w.skipped_budget,
+            w.skipped_queue,
+            w.weight,
+            w.disagreement,
+            w.kl,
+            w.total_variation,
+            w.attention_kl,
+            w.attention_kl_weight,
+            w.cosine_distance,
+            w.abs_error,
+            w.teacher_latency_us,
+        ])?;
+    }
+    Ok(())
+}
+
+/// Totals for `sensei status`, `replay` and `demo`.
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct Summary {
+    pub files_done: i64,
+    pub files_quarantined: i64,
+    pub files_duplicate: i64,
+    pub records: i64,
+    pub teacher_samples: i64,
+    pub skipped_budget: i64,
+    pub skipped_queue: i64,
+    pub segments: Vec<SegmentSummary>,
+}
+
+/// Teacher-comparison totals of one segment (or `*` for all).
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct SegmentSummary {
+    pub segment: String,
+    pub records: i64,
+    pub teacher_samples: i64,
+    /// Sum of the samples' inverse-probability weights.
+    pub weight_sum: f64,
+    /// Sum of squared weights (for the effective sample size of weighted estimates).
+    pub weight_sq_sum: f64,
+    /// Weighted disagreement rate (classification).
+    pub disagreement: Option<f64>,
+    pub kl_mean: Option<f64>,
+    pub attention_kl_mean: Option<f64>,
+    pub mean_confidence: Option<f64>,
+}
+
+fn summary(conn: &Connection) -> Result<Summary> {
+    let mut s = Summary::default();
+    {
+        let mut stmt = conn.prepare("SELECT status, COUNT(*) FROM files GROUP BY status")?;
+        let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?;
+        for row in rows {
+            let (status, n) = row?;
+            match status.as_str() {
+                "done" => s.files_done = n,
+                "quarantined" => s.files_quarantined = n,
+                "duplicate" => s.files_duplicate = n,
+                _ => {}
+            }
+        }
+    }
+    // Totals come from the window sums, which retention never deletes.
+    let (records, samples, budget, queue): (i64, i64, i64, i64) = conn.query_row(
+        "SELECT COALESCE(SUM(records), 0), COALESCE(SUM(teacher_samples), 0),
+                COALESCE(SUM(skipped_budget), 0), COALESCE(SUM(skipped_queue), 0)
+         FROM windows WHERE segment = ?1",
+        [ALL_SEGMENTS],
+        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+    )?;
+    s.records = records;
+    s.teacher_samples = samples;
+    s.skipped_budget = budget;
+    s.skipped_queue = queue;
+    let mut stmt = conn.prepare(
+        "SELECT w.segment, SUM(w.records), SUM(w.teacher_samples), SUM(w.weight_sum),
+                SUM(w.disagreement_wsum) / NULLIF(SUM(w.weight_sum), 0),
+                SUM(w.kl_wsum) / NULLIF(SUM(w.weight_sum), 0),
+                SUM(w.attention_kl_wsum) / NULLIF(SUM(w.attention_kl_weight), 0),
+                SUM(w.confidence_sum) / NULLIF(SUM(w.records), 0),
+                (SELECT SUM(t.weight * t.weight) FROM teacher_samples t
+                  WHERE w.segment = '*' OR t.segment = w.segment)
+         FROM windows w GROUP BY w.segment ORDER BY w.segment",
+    )?;
+    let rows = stmt.query_map([], |r| {
+        Ok(SegmentSummary {
+            segment: r.get(0)?,
+            records: r.get(1)?,
+            teacher_samples: r.get(2)?,
+            weight_sum: r.get(3)?,
+            disagreement: r.get(4)?,
+            kl_mean: r.get(5)?,
+            attention_kl_mean: r.get(6)?,
+            mean_confidence: r.get(7)?,
+            weight_sq_sum: r.get::<_, Option<f64>>(8)?.unwrap_or(0.0),
+        })
+    })?;
+    for row in rows {
+        s.segments.push(row?);
+    }
+    Ok(s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(id: &str, segment: &str, ts_ms: i64, teacher: Option<TeacherRow>) -> RecordRow {
+        RecordRow {
+            record_id: id.into(),
+            ts_ms,
+            segment: segment.into(),
+            prediction: Some(1),
+            confidence: Some(0.9),
+            entropy: Some(0.2),
+            value: None,
+            latency_us: 100,
+            sampled: if teacher.is_some() { 1 } else { 0 },
+            label: None,
+            teacher,
+        }
+    }
+
+    fn sample(disagree: bool, weight: f64) -> TeacherRow {
+        TeacherRow {
+            weight,
+            teacher_prediction: Some(if disagree { 0 } else { 1 }),
+            teacher_confidence: Some(0.8),
+            comparison: Comparison {
+                disagreement: Some(disagree),
+                kl: Some(0.5),
+                total_variation: Some(0.1),
+                attention_kl: Some(0.2),
+                ..Comparison::default()
+            },
+            latency_us: 1000,
+            output_shape: vec![2],
+            teacher_output: vec![0.1, 0.9],
+            student_output: vec![0.2, 0.8],
+            teacher_attention: None,
+            inputs: vec![("x".into(), Tensor::f32(vec![2], vec![1.0, 2.0]))],
+        }
+    }
+
+    fn file(name: &str, sha: &str, records: Vec<RecordRow>) -> FileCommit {
+        FileCommit {
+            name: name.into(),
+            sha256: sha.into(),
+            size: 10,
+            kind: "jsonl",
+            student: "s".into(),
+            teacher: "t".into(),
+            records,
+        }
+    }
+
+    #[test]
+    fn migrating_twice_is_a_no_op() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.db");
+        let store = Store::open(&path).unwrap();
+        assert_eq!(store.schema_version().unwrap(), SCHEMA_VERSION);
+        drop(store);
+        let store = Store::open(&path).unwrap();
+        assert_eq!(store.schema_version().unwrap(), SCHEMA_VERSION);
+    }
+
+    #[test]
+    fn a_newer_schema_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.db");
+        drop(Store::open(&path).unwrap());
+        let conn = Connection::open(&path).unwrap();
+        conn.pragma_update(None, "user_version", SCHEMA_VERSION + 1)
+            .unwrap();
+        drop(conn);
+        assert!(matches!(Store::open(&path), Err(StoreError::TooNew { .. })));
+    }
+
+    #[test]
+    fn same_content_counts_once_and_windows_sum_per_segment() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::open(&dir.path().join("s.db")).unwrap();
+        let a = file(
+            "a.jsonl",
+            "abc",
+            vec![
+                record("r1", "line=A", 1_000, Some(sample(true, 2.0))),
+                record("r2", "line=B", 2_000, Some(sample(false, 2.0))),
+                record("r3", "line=A", 3_000, None),
+            ],
+        );
+        assert_eq!(
+            store.commit_file(&a, 60_000, 0).unwrap(),
+            CommitOutcome::Committed {
+                file_id: 1,
+                records: 3
+            }
+        );
+        let again = file(
+            "a-copy.jsonl",
+            "abc",
+            vec![record("r1", "line=A", 1_000, None)],
+        );
+        assert!(matches!(
+            store.commit_file(&again, 60_000, 0).unwrap(),
+            CommitOutcome::Duplicate { of_id: 1, .. }
+        ));
+        let s = store.summary().unwrap();
+        assert_eq!(
+            (
+                s.files_done,
+                s.files_duplicate,
+                s.records,
+                s.teacher_samples
+            ),
+            (1, 1, 3, 2)
+        );
+        let all = s.segments.iter().find(|x| x.segment == "*").unwrap();
+        assert_eq!(all.disagreement, Some(0.5));
+        assert_eq!(all.weight_sq_sum, 8.0);
+        let a_seg = s.segments.iter().find(|x| x.segment == "line=A").unwrap();
+        assert_eq!(
+            (a_seg.records, a_seg.teacher_samples, a_seg.disagreement),
+            (2, 1, Some(1.0))
+        );
+        assert_eq!(a_seg.weight_sq_sum, 4.0);
+    }
+
+    #[test]
+    fn late_labels_join_records_by_id() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::open(&dir.path().join("s.db")).unwrap();
+        let a = file(
+            "a.jsonl",
+            "abc",
+            vec![record("r1", "", 0, Some(sample(false, 1.0)))],
+        );
+        store.commit_file(&a, 60_000, 0).unwrap();
+        let out = store
+            .commit_labels(
+                "a.labels.jsonl",
+                "def",
+                5,
+                &[("r1".into(), 3), ("r9".into(), 4)],
+                0,
+            )
+            .unwrap();
+        assert_eq!(
+            out,
+            LabelsOutcome::Committed {
+                file_id: 2,
+                labels: 2,
+                matched: 1
+            }
+        );
+        let label: Option<i64> = store
+            .conn
+            .query_row(
+                "SELECT label FROM teacher_samples WHERE record_id = 'r1'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(label, Some(3));
+        assert_eq!(store.pending_label("r9").unwrap(), Some(4));
+    }
+}

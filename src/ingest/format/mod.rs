@@ -10,11 +10,12 @@
 //! A file is all-or-nothing: the first problem rejects the whole file. Half-ingesting a file
 //! would leave the producer unsure which records were counted when they fix and resend it.
 //!
-//! Formats (see `docs` / DESIGN "Field data"):
-//! - JSON Lines (`*.jsonl`, `*.ndjson`), one record per line: [`jsonl`].
-//! - Late labels (`*.labels.jsonl`), `{"id": ..., "label": ...}` per line: [`jsonl`].
-//! - NumPy `.npy` for single-input models, `.npz` archives of one array per input: [`npy`],
-//!   [`npz`].
+//! Formats, one submodule each:
+//! - `jsonl`: JSON Lines records (`*.jsonl`, `*.ndjson`), one object per line, and late labels
+//!   (`*.labels.jsonl`), `{"id": ..., "label": ...}` per line;
+//! - `npy`: NumPy `.npy` arrays of shape `[N, ...input shape]` for single-input models;
+//! - `npz`: `.npz` archives of one array per input plus optional `id`, `label`, `ts` and
+//!   `segment.<key>` columns.
 
 mod jsonl;
 mod npy;

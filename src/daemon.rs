@@ -18,8 +18,7 @@ use crate::config::{Config, ModelConfig, Task};
 use crate::ingest::{Closed, Ingest, IngestEvent, Watch};
 use crate::model::{Model, Runtime};
 use crate::pipeline::{
-    Disposition, FileMeta, FileOutcome, StudentWorker, TeacherWorker, Writer, WriterReport,
-    channels,
+    Channels, Disposition, FileCallback, StudentWorker, TeacherWorker, Writer, WriterReport,
 };
 use crate::record::InputSpec;
 use crate::sampler::Sampler;
@@ -157,9 +156,6 @@ pub fn dims(shape: &[Option<usize>]) -> String {
     .shape_display()
 }
 
-/// Called by the writer for every finished file.
-pub type FileCallback = Box<dyn FnMut(&FileMeta, &FileOutcome) + Send>;
-
 /// The running threads of one pipeline.
 struct Threads {
     student: JoinHandle<()>,
@@ -201,8 +197,11 @@ fn start(
     ledger: Option<Reader>,
     on_file: Option<FileCallback>,
 ) -> anyhow::Result<(Ingest, Threads)> {
-    let ((work_tx, work_rx), (teacher_tx, teacher_rx), (writer_tx, writer_rx)) =
-        channels(config.sampling.queue);
+    let Channels {
+        work: (work_tx, work_rx),
+        teacher: (teacher_tx, teacher_rx),
+        writer: (writer_tx, writer_rx),
+    } = Channels::new(config.sampling.queue);
     let known_segments = store.known_segments().unwrap_or_default();
     let specs = models.student.inputs.clone();
     let comparer = model_worker_parts(config);

@@ -193,13 +193,9 @@ impl StudentWorker {
         let records: Vec<&Record> = batch.iter().map(|p| &p.prepared.record).collect();
         let result = self.model.run(&records);
         drop(records);
-        // Group rows by file so the writer gets one message per file per batch.
-        let mut by_file: Vec<(Arc<FileMeta>, Vec<(usize, StudentRow)>)> = Vec::new();
+        let mut by_file = ByFile::new();
         let mut push =
-            |meta: &Arc<FileMeta>, index: usize, row: StudentRow| match by_file.last_mut() {
-                Some((m, rows)) if m.key == meta.key => rows.push((index, row)),
-                _ => by_file.push((meta.clone(), vec![(index, row)])),
-            };
+            |meta: &Arc<FileMeta>, index: usize, row: StudentRow| by_file.push(meta, index, row);
         match result {
             Err(e) => {
                 tracing::error!(error = %e, records = batch.len(), "Student inference failed; the files involved go to quarantine.");
@@ -265,12 +261,31 @@ impl StudentWorker {
                 }
             }
         }
-        for (meta, rows) in by_file {
+        for (meta, rows) in by_file.0 {
             writer
                 .send(WriterMsg::Student { meta, rows })
                 .map_err(|_| ())?;
         }
         Ok(())
+    }
+}
+
+/// Rows grouped by file in arrival order, so the writer gets one message per file per batch.
+struct ByFile<T>(Vec<FileRows<T>>);
+
+/// One file's rows: (record index in the file, row).
+type FileRows<T> = (Arc<FileMeta>, Vec<(usize, T)>);
+
+impl<T> ByFile<T> {
+    fn new() -> Self {
+        ByFile(Vec::new())
+    }
+
+    fn push(&mut self, meta: &Arc<FileMeta>, index: usize, row: T) {
+        match self.0.last_mut() {
+            Some((m, rows)) if m.key == meta.key => rows.push((index, row)),
+            _ => self.0.push((meta.clone(), vec![(index, row)])),
+        }
     }
 }
 
@@ -391,7 +406,7 @@ impl TeacherWorker {
         let records: Vec<&Record> = group.iter().map(|j| &j.record).collect();
         let result = self.model.run(&records);
         drop(records);
-        let mut by_file: Vec<(Arc<FileMeta>, Vec<(usize, Option<TeacherRow>)>)> = Vec::new();
+        let mut by_file = ByFile::new();
         let out = match result {
             Ok(out) => Some(out),
             Err(e) => {
@@ -437,12 +452,9 @@ impl TeacherWorker {
                     inputs: job.record.inputs.into_iter().collect(),
                 }
             });
-            match by_file.last_mut() {
-                Some((m, rows)) if m.key == job.meta.key => rows.push((job.index, row)),
-                _ => by_file.push((job.meta.clone(), vec![(job.index, row)])),
-            }
+            by_file.push(&job.meta, job.index, row);
         }
-        for (meta, rows) in by_file {
+        for (meta, rows) in by_file.0 {
             writer
                 .send(WriterMsg::Teacher { meta, rows })
                 .map_err(|_| ())?;
@@ -470,8 +482,11 @@ pub struct Writer {
     pub teacher_sha: String,
     pub window_ms: i64,
     /// Called after each file is committed or quarantined (tests and `replay` count with it).
-    pub on_file: Option<Box<dyn FnMut(&FileMeta, &FileOutcome) + Send>>,
+    pub on_file: Option<FileCallback>,
 }
+
+/// Called by the writer for every finished file.
+pub type FileCallback = Box<dyn FnMut(&FileMeta, &FileOutcome) + Send>;
 
 /// What became of a file.
 #[derive(Debug, Clone, PartialEq)]
@@ -737,17 +752,19 @@ pub fn now_ms() -> i64 {
 pub const FILE_QUEUE: usize = 2;
 pub const WRITER_QUEUE: usize = 1024;
 
-/// Creates the channels of one pipeline.
-pub fn channels(
-    teacher_queue: usize,
-) -> (
-    (SyncSender<FileWork>, Receiver<FileWork>),
-    (SyncSender<TeacherJob>, Receiver<TeacherJob>),
-    (SyncSender<WriterMsg>, Receiver<WriterMsg>),
-) {
-    (
-        mpsc::sync_channel(FILE_QUEUE),
-        mpsc::sync_channel(teacher_queue.max(1)),
-        mpsc::sync_channel(WRITER_QUEUE),
-    )
+/// The bounded channels of one pipeline.
+pub struct Channels {
+    pub work: (SyncSender<FileWork>, Receiver<FileWork>),
+    pub teacher: (SyncSender<TeacherJob>, Receiver<TeacherJob>),
+    pub writer: (SyncSender<WriterMsg>, Receiver<WriterMsg>),
+}
+
+impl Channels {
+    pub fn new(teacher_queue: usize) -> Channels {
+        Channels {
+            work: mpsc::sync_channel(FILE_QUEUE),
+            teacher: mpsc::sync_channel(teacher_queue.max(1)),
+            writer: mpsc::sync_channel(WRITER_QUEUE),
+        }
+    }
 }

@@ -15,7 +15,7 @@ pub struct Interval {
 /// `k` and `n` may be fractional: for inverse-probability-weighted samples pass the effective
 /// sample size `n_eff = (Σw)² / Σw²` and `k = p̂ · n_eff` (Kish).
 pub fn clopper_pearson(k: f64, n: f64, alpha: f64) -> Option<Interval> {
-    if !(n > 0.0) || k < 0.0 || k > n {
+    if n.is_nan() || n <= 0.0 || k < 0.0 || k > n {
         return None;
     }
     let estimate = k / n;

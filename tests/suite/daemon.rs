@@ -1,0 +1,297 @@
+//! The running daemon: files dropped into its inbox, duplicates, crashes, bad input.
+
+use std::time::Duration;
+
+use crate::common::{Site, jsonl, wait_until};
+
+const WAIT: Duration = Duration::from_secs(60);
+
+#[test]
+fn a_file_renamed_into_the_inbox_is_processed_and_moved_to_done() {
+    let site = Site::new();
+    site.write_config("");
+    let daemon = site.start();
+    site.deliver("batch-001.jsonl", &jsonl("a", 200));
+    wait_until(WAIT, "200 records committed", || site.records() == 200);
+    wait_until(WAIT, "file moved to done/", || {
+        site.done().join("batch-001.jsonl").is_file()
+    });
+    assert!(!site.inbox().join("batch-001.jsonl").exists());
+    // Teacher samples carry every comparison metric and what re-distillation needs.
+    let samples = site.query_i64("SELECT COUNT(*) FROM teacher_samples");
+    assert!(
+        samples > 50 && samples < 150,
+        "rate 0.5 of 200 gave {samples}"
+    );
+    assert_eq!(
+        site.query_i64(
+            "SELECT COUNT(*) FROM teacher_samples WHERE kl IS NULL OR attention_kl IS NULL
+             OR disagreement IS NULL OR total_variation IS NULL OR teacher_attention IS NULL"
+        ),
+        0
+    );
+    assert_eq!(
+        site.query_i64(
+            "SELECT COUNT(*) FROM teacher_sample_inputs WHERE name = 'x' AND length(data) = 256"
+        ),
+        samples
+    );
+    // Per-segment windows add up to the all-segments row.
+    assert_eq!(
+        site.query_i64("SELECT SUM(records) FROM windows WHERE segment = '*'"),
+        200
+    );
+    assert_eq!(
+        site.query_i64("SELECT SUM(records) FROM windows WHERE segment = 'line=A'"),
+        100
+    );
+    assert!(daemon.stop().success());
+}
+
+#[test]
+fn the_same_file_dropped_twice_counts_once() {
+    let site = Site::new();
+    site.write_config("");
+    let daemon = site.start();
+    let content = jsonl("dup", 120);
+    site.deliver("first.jsonl", &content);
+    wait_until(WAIT, "first file done", || {
+        site.done().join("first.jsonl").is_file()
+    });
+    // Same content under another name, then under the same name again.
+    site.deliver("second.jsonl", &content);
+    wait_until(WAIT, "second file moved", || {
+        site.done().join("second.jsonl").is_file()
+    });
+    site.deliver("first.jsonl", &content);
+    wait_until(WAIT, "re-dropped file moved", || {
+        site.done().join("first.jsonl.1").is_file()
+    });
+    assert_eq!(site.records(), 120);
+    assert_eq!(site.ledger_count("done"), 1);
+    assert_eq!(site.ledger_count("duplicate"), 1);
+    assert!(daemon.stop().success());
+}
+
+#[test]
+fn a_daemon_killed_mid_stream_and_restarted_counts_every_record_once() {
+    let site = Site::new();
+    site.write_config("[inbox]\nquiet = \"300ms\"\nmax_file_size = \"16 MiB\"\n");
+    let files = 8;
+    let per_file = 1500;
+    let daemon = site.start();
+    for f in 0..files {
+        site.deliver(
+            &format!("part-{f:02}.jsonl"),
+            &jsonl(&format!("k{f}"), per_file),
+        );
+    }
+    // Kill once some, but not all, files have committed.
+    wait_until(WAIT, "a first commit", || site.ledger_count("done") >= 1);
+    daemon.kill();
+    let committed_before = site.ledger_count("done");
+    let daemon = site.start();
+    wait_until(Duration::from_secs(180), "every file done", || {
+        site.ledger_count("done") == files
+    });
+    let total = files * per_file as i64;
+    assert_eq!(
+        site.records(),
+        total,
+        "killed after {committed_before} files"
+    );
+    assert_eq!(
+        site.query_i64("SELECT COUNT(DISTINCT record_id) FROM records"),
+        total
+    );
+    assert_eq!(
+        site.query_i64("SELECT SUM(records) FROM windows WHERE segment = '*'"),
+        total
+    );
+    wait_until(WAIT, "inbox empty", || {
+        std::fs::read_dir(site.inbox()).unwrap().count() == 0
+    });
+    let ok: String = site
+        .db()
+        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(ok, "ok");
+    assert!(daemon.stop().success());
+}
+
+/// One bad file of each kind the issue names; each must be quarantined with a reason that says
+/// what was wrong, while a good file delivered after them is still processed.
+#[test]
+fn bad_files_are_quarantined_with_a_reason_and_the_daemon_goes_on() {
+    let site = Site::new();
+    site.write_config("[inbox]\nquiet = \"300ms\"\nmax_file_size = \"64 KiB\"\n");
+    let mut daemon = site.start();
+    let row = |x: &str| format!("{{\"id\": \"r\", \"inputs\": {{\"x\": {x}}}}}\n");
+    let good_x = serde_json::to_string(&crate::common::input(1)).unwrap();
+    let nan_npy = {
+        let header = "{'descr': '<f4', 'fortran_order': False, 'shape': (1, 8, 8), }";
+        let mut h = header.to_string();
+        while !(10 + h.len() + 1).is_multiple_of(64) {
+            h.push(' ');
+        }
+        h.push('\n');
+        let mut b = b"\x93NUMPY\x01\x00".to_vec();
+        b.extend((h.len() as u16).to_le_bytes());
+        b.extend(h.as_bytes());
+        for i in 0..64 {
+            let v = if i == 10 { f32::NAN } else { 0.5 };
+            b.extend(v.to_le_bytes());
+        }
+        b
+    };
+    let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+        (
+            "malformed.jsonl",
+            format!("{}{{\"inputs\": {{\"x\": [[1,2\n", row(&good_x)).into_bytes(),
+            "line 2",
+        ),
+        (
+            "wrong_shape.jsonl",
+            row("[[1.0, 2.0], [3.0, 4.0]]").into_bytes(),
+            "expected shape [8, 8]",
+        ),
+        (
+            "wrong_dtype.jsonl",
+            row(&good_x.replacen("0.", "\"a\" ,0.", 1)).into_bytes(),
+            "expected float32",
+        ),
+        ("nan.npy", nan_npy, "NaN"),
+        ("empty.jsonl", Vec::new(), "empty"),
+        (
+            "garbage.jsonl",
+            (0..2000u32)
+                .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+                .collect(),
+            "line 1",
+        ),
+        ("too_big.jsonl", vec![b' '; 70 * 1024], "over the limit"),
+        (
+            "missing_input.jsonl",
+            b"{\"id\": \"r\", \"inputs\": {}}\n".to_vec(),
+            "missing input 'x'",
+        ),
+        (
+            "unknown_input.jsonl",
+            format!("{{\"inputs\": {{\"x\": {good_x}, \"y\": [1]}}}}\n").into_bytes(),
+            "unknown input 'y'",
+        ),
+    ];
+    for (name, content, _) in &cases {
+        site.deliver(name, content);
+    }
+    site.deliver("good.jsonl", &jsonl("good", 10));
+    wait_until(WAIT, "good file done", || {
+        site.done().join("good.jsonl").is_file()
+    });
+    wait_until(WAIT, "every bad file quarantined", || {
+        site.ledger_count("quarantined") == cases.len() as i64
+    });
+    for (name, _, expected) in &cases {
+        let note = site.quarantine().join(format!("{name}.error.txt"));
+        let text = std::fs::read_to_string(&note)
+            .unwrap_or_else(|e| panic!("{name}: no quarantine note {}: {e}", note.display()));
+        assert!(
+            text.contains(expected),
+            "{name}: note does not mention {expected:?}:\n{text}"
+        );
+        assert!(
+            site.quarantine().join(name).is_file(),
+            "{name} not moved to quarantine"
+        );
+    }
+    assert_eq!(site.records(), 10);
+    assert!(daemon.alive());
+    assert!(daemon.stop().success());
+}
+
+#[test]
+fn a_file_written_in_place_is_taken_once_quiet_and_temporary_names_are_ignored() {
+    let site = Site::new();
+    site.write_config("");
+    let daemon = site.start();
+    std::fs::write(site.inbox().join(".hidden.jsonl"), jsonl("h", 5)).unwrap();
+    std::fs::write(site.inbox().join("upload.jsonl.part"), jsonl("p", 5)).unwrap();
+    std::fs::write(site.inbox().join("upload.tmp"), jsonl("t", 5)).unwrap();
+    std::fs::write(site.inbox().join("inplace.jsonl"), jsonl("inplace", 30)).unwrap();
+    wait_until(WAIT, "in-place file done", || {
+        site.done().join("inplace.jsonl").is_file()
+    });
+    assert_eq!(site.records(), 30);
+    for ignored in [".hidden.jsonl", "upload.jsonl.part", "upload.tmp"] {
+        assert!(
+            site.inbox().join(ignored).is_file(),
+            "{ignored} was touched"
+        );
+    }
+    assert!(daemon.stop().success());
+}
+
+#[test]
+fn files_present_at_start_are_caught_up() {
+    let site = Site::new();
+    site.write_config("");
+    std::fs::create_dir_all(site.inbox()).unwrap();
+    std::fs::write(site.inbox().join("backlog-1.jsonl"), jsonl("b1", 40)).unwrap();
+    std::fs::write(site.inbox().join("backlog-2.jsonl"), jsonl("b2", 40)).unwrap();
+    let daemon = site.start();
+    wait_until(WAIT, "backlog done", || site.ledger_count("done") == 2);
+    assert_eq!(site.records(), 80);
+    assert!(daemon.stop().success());
+}
+
+#[test]
+fn late_labels_join_records_by_id_in_either_order() {
+    let site = Site::new();
+    site.write_config("");
+    let daemon = site.start();
+    site.deliver("early.labels.jsonl", b"{\"id\": \"lab-3\", \"label\": 7}\n");
+    wait_until(WAIT, "early labels done", || site.ledger_count("done") == 1);
+    site.deliver("records.jsonl", &jsonl("lab", 10));
+    wait_until(WAIT, "records done", || site.records() == 10);
+    site.deliver(
+        "late.labels.jsonl",
+        b"{\"id\": \"lab-1\", \"label\": 4}\n{\"id\": 2, \"label\": 1}\n",
+    );
+    wait_until(WAIT, "late labels done", || site.ledger_count("done") == 3);
+    assert_eq!(
+        site.query_i64("SELECT label FROM records WHERE record_id = 'lab-3'"),
+        7
+    );
+    assert_eq!(
+        site.query_i64("SELECT label FROM records WHERE record_id = 'lab-1'"),
+        4
+    );
+    assert_eq!(
+        site.query_i64("SELECT COUNT(*) FROM records WHERE label IS NOT NULL"),
+        2
+    );
+    assert_eq!(
+        site.query_i64("SELECT matched FROM late_labels WHERE record_id = '2'"),
+        0
+    );
+    assert!(daemon.stop().success());
+}
+
+#[test]
+fn the_teacher_budget_holds_and_skipped_samples_are_counted() {
+    let site = Site::new();
+    site.write_config("[sampling]\nrate = 1.0\nmax_per_minute = 10\nqueue = 1000\n");
+    let daemon = site.start();
+    site.deliver("burst.jsonl", &jsonl("burst", 300));
+    wait_until(WAIT, "burst done", || site.records() == 300);
+    let samples = site.query_i64("SELECT COUNT(*) FROM teacher_samples");
+    let skipped = site.query_i64("SELECT COUNT(*) FROM records WHERE sampled = 2");
+    // 10 tokens at start, plus at most a fraction refilled while the burst ran.
+    assert!((10..=11).contains(&samples), "{samples} teacher samples");
+    assert_eq!(samples + skipped, 300);
+    assert_eq!(
+        site.query_i64("SELECT SUM(skipped_budget) FROM windows WHERE segment = '*'"),
+        skipped
+    );
+    assert!(daemon.stop().success());
+}

@@ -129,12 +129,19 @@ def read_dataset(path: Path) -> Dataset:
     except (ValueError, UnicodeDecodeError) as e:
         raise DatasetError(f"{mpath}: not valid JSON: {e}") from None
     _need(isinstance(manifest, dict), f"{mpath}: top level must be an object")
-    for key in ("schema_version", "inputs", "count", "record_ids"):
+    for key in ("schema_version", "created", "inputs", "models", "record_ids", "time_range", "trigger", "count"):
         _need(key in manifest, f"{mpath}: missing key {key!r}")
     _need(manifest["schema_version"] == SCHEMA_VERSION,
           f"{mpath}: schema_version {manifest['schema_version']!r} is not supported (expected {SCHEMA_VERSION})")
-    if "created" in manifest:
-        _check_rfc3339(manifest["created"], f"{mpath}: created")
+    _check_rfc3339(manifest["created"], f"{mpath}: created")
+    models = manifest["models"]
+    _need(isinstance(models, dict), f"{mpath}: models must be an object")
+    for role in ("teacher", "student"):
+        m = models.get(role)
+        _need(isinstance(m, dict) and isinstance(m.get("path"), str) and isinstance(m.get("sha256"), str),
+              f"{mpath}: models.{role} must be an object with string 'path' and 'sha256'")
+    trig = manifest["trigger"]
+    _need(isinstance(trig, dict) and isinstance(trig.get("reason"), str), f"{mpath}: trigger.reason must be a string")
     inputs = manifest["inputs"]
     _need(isinstance(inputs, list) and inputs and all(isinstance(s, str) for s in inputs),
           f"{mpath}: inputs must be a non-empty list of input names")
@@ -142,11 +149,10 @@ def read_dataset(path: Path) -> Dataset:
     _need(isinstance(n, int) and not isinstance(n, bool) and n > 0, f"{mpath}: count must be a positive integer, got {n!r}")
     ids = manifest["record_ids"]
     _need(isinstance(ids, list) and len(ids) == n, f"{mpath}: record_ids must be a list of count={n} ids")
-    tr = manifest.get("time_range")
-    if tr is not None:
-        _need(isinstance(tr, dict) and "from" in tr and "to" in tr, f"{mpath}: time_range must have 'from' and 'to'")
-        _check_rfc3339(tr["from"], f"{mpath}: time_range.from")
-        _check_rfc3339(tr["to"], f"{mpath}: time_range.to")
+    tr = manifest["time_range"]
+    _need(isinstance(tr, dict) and "from" in tr and "to" in tr, f"{mpath}: time_range must have 'from' and 'to'")
+    _check_rfc3339(tr["from"], f"{mpath}: time_range.from")
+    _check_rfc3339(tr["to"], f"{mpath}: time_range.to")
     try:
         t = load_file(str(dpath))
     except (SafetensorError, OSError, ValueError, RuntimeError) as e:

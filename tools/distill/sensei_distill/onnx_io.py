@@ -6,7 +6,7 @@ float32 [batch, H, T, T] (the last layer's attention probabilities).
 
 The model's architecture is stored in the ONNX metadata under
 `sensei.distill.config`; every weight is an initializer named after its
-PyTorch parameter.  `load_torch_from_onnx` rebuilds the PyTorch module from
+PyTorch parameter (equal-valued parameters are not merged).  `load_torch_from_onnx` rebuilds the PyTorch module from
 those two things, so a student exported by build_demo.py or by an earlier
 redistill.py run can always be fine-tuned again.
 """
@@ -47,9 +47,16 @@ def export_onnx(model: EncoderClassifier, path: Path, role: str, extra_meta: dic
             dynamic_axes={"x": {0: "batch"}, "logits": {0: "batch"}, "attention": {0: "batch"}},
             opset_version=OPSET,
             do_constant_folding=True,
+            # True turns off the exporter's merging of equal-valued initializers, which
+            # would lose parameter names; the extra graph inputs are removed below.
+            keep_initializers_as_inputs=True,
             dynamo=False,
         )
     proto = onnx.load_from_string(buf.getvalue())
+    init_names = {t.name for t in proto.graph.initializer}
+    keep = [i for i in proto.graph.input if i.name not in init_names]
+    del proto.graph.input[:]
+    proto.graph.input.extend(keep)
     meta = {CONFIG_KEY: cfg.to_json(), ROLE_KEY: role}
     meta.update(extra_meta or {})
     del proto.metadata_props[:]

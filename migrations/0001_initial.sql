@@ -35,6 +35,7 @@ CREATE TABLE records (
 );
 CREATE INDEX records_record_id ON records (record_id);
 CREATE INDEX records_ts ON records (ts);
+CREATE INDEX records_file_id ON records (file_id);
 
 -- Every record the teacher also answered, with every comparison metric and what
 -- re-distillation needs. Kept independently of `records` retention.

@@ -211,6 +211,11 @@ fn start(
         student_sha: models.student.sha256[..12].to_string(),
         teacher_sha: models.teacher.sha256[..12].to_string(),
         window_ms: config.store.window.as_millis().max(1) as i64,
+        retention_ms: config
+            .store
+            .record_retention
+            .as_millis()
+            .min(i64::MAX as u128) as i64,
         on_file,
     }
     .spawn(writer_rx)

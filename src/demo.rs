@@ -107,7 +107,7 @@ attention = "attention"
 max_batch = 32
 
 [sampling]
-rate = 0.25
+rate = 0.5
 seed = 7
 # A replay runs far faster than real time; the demo does not ration the teacher.
 max_per_minute = 1000000

@@ -481,6 +481,8 @@ pub struct Writer {
     pub student_sha: String,
     pub teacher_sha: String,
     pub window_ms: i64,
+    /// Per-record rows are kept this long after they were received.
+    pub retention_ms: i64,
     /// Called after each file is committed or quarantined (tests and `replay` count with it).
     pub on_file: Option<FileCallback>,
 }
@@ -521,7 +523,18 @@ impl Writer {
     fn run(&mut self, input: Receiver<WriterMsg>) -> WriterReport {
         let mut report = WriterReport::default();
         let mut in_flight: HashMap<u64, InFlight> = HashMap::new();
+        let mut next_retention = Instant::now();
         while let Ok(msg) = input.recv() {
+            if Instant::now() >= next_retention {
+                next_retention = Instant::now() + RETENTION_EVERY;
+                match self.store.apply_retention(now_ms() - self.retention_ms) {
+                    Ok(0) => {}
+                    Ok(n) => {
+                        tracing::info!(records = n, "Deleted per-record rows past their retention.")
+                    }
+                    Err(e) => tracing::error!(error = %e, "Applying record retention failed."),
+                }
+            }
             match msg {
                 WriterMsg::Student { meta, rows } => {
                     let f = in_flight
@@ -747,6 +760,9 @@ impl InFlight {
 pub fn now_ms() -> i64 {
     (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64
 }
+
+/// How often the writer deletes per-record rows past their retention.
+const RETENTION_EVERY: Duration = Duration::from_secs(600);
 
 /// Bounded channel capacities. Files are big units, so few are buffered; rows are small.
 pub const FILE_QUEUE: usize = 2;

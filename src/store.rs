@@ -511,11 +511,14 @@ impl Store {
             .optional()?)
     }
 
-    /// Deletes per-record rows older than `cutoff_ms`; window sums and teacher samples stay.
+    /// Deletes per-record rows of files processed before `cutoff_ms` (retention counts from
+    /// when sensei received a record, not from the record's own timestamp, so a backfill of old
+    /// data is kept as long as fresh data). Window sums and teacher samples stay.
     pub fn apply_retention(&mut self, cutoff_ms: i64) -> Result<usize> {
-        Ok(self
-            .conn
-            .execute("DELETE FROM records WHERE ts < ?1", [cutoff_ms])?)
+        Ok(self.conn.execute(
+            "DELETE FROM records WHERE file_id IN (SELECT id FROM files WHERE processed_at < ?1)",
+            [cutoff_ms],
+        )?)
     }
 
     /// Whether a file with this content was already counted.
@@ -872,6 +875,38 @@ mod tests {
             (2, 1, Some(1.0))
         );
         assert_eq!(a_seg.weight_sq_sum, 4.0);
+    }
+
+    #[test]
+    fn retention_deletes_records_by_receipt_time_and_keeps_windows() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::open(&dir.path().join("s.db")).unwrap();
+        // An old record (ts 0) received at t=1000, a fresh one received at t=5000.
+        store
+            .commit_file(
+                &file("old.jsonl", "a", vec![record("r1", "", 0, None)]),
+                60_000,
+                1_000,
+            )
+            .unwrap();
+        store
+            .commit_file(
+                &file("new.jsonl", "b", vec![record("r2", "", 0, None)]),
+                60_000,
+                5_000,
+            )
+            .unwrap();
+        assert_eq!(store.apply_retention(2_000).unwrap(), 1);
+        let left: String = store
+            .conn
+            .query_row("SELECT record_id FROM records", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(left, "r2");
+        assert_eq!(
+            store.summary().unwrap().records,
+            2,
+            "window sums keep the history"
+        );
     }
 
     #[test]

@@ -295,3 +295,74 @@ fn the_teacher_budget_holds_and_skipped_samples_are_counted() {
     );
     assert!(daemon.stop().success());
 }
+
+/// Every file of the malformed-input corpus (`tests/corpus/EXPECTED.tsv`) plus filesystem
+/// oddities dropped into one running daemon: each is quarantined with its reason, and the valid
+/// files beside them are all counted.
+#[test]
+fn the_bad_input_corpus_is_quarantined_and_valid_files_still_count() {
+    let site = Site::new();
+    site.write_config("[inbox]\nquiet = \"300ms\"\nmax_file_size = \"2 MiB\"\n");
+    let corpus = crate::common::repo().join("tests/corpus");
+    let expected: Vec<(String, String)> = std::fs::read_to_string(corpus.join("EXPECTED.tsv"))
+        .unwrap()
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .map(|l| {
+            let (f, e) = l.split_once('\t').expect("file<TAB>expected");
+            (f.to_string(), e.to_string())
+        })
+        .collect();
+    assert!(expected.len() >= 30, "corpus has {} cases", expected.len());
+    let daemon = site.start();
+    for (file, _) in &expected {
+        site.deliver(file, &std::fs::read(corpus.join(file)).unwrap());
+    }
+    // Filesystem oddities: a symlink pointing out of the inbox and a FIFO.
+    let outside = site.root().join("outside.jsonl");
+    std::fs::write(&outside, jsonl("outside", 3)).unwrap();
+    std::os::unix::fs::symlink(&outside, site.inbox().join("link.jsonl")).unwrap();
+    let fifo = site.inbox().join("pipe.jsonl");
+    assert!(
+        std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap()
+            .success()
+    );
+    let mut valid = 0;
+    for entry in std::fs::read_dir(corpus.join("valid")).unwrap() {
+        let path = entry.unwrap().path();
+        let name = format!("valid-{}", path.file_name().unwrap().to_string_lossy());
+        site.deliver(&name, &std::fs::read(&path).unwrap());
+        valid += 1;
+    }
+    let bad = expected.len() as i64 + 2;
+    wait_until(WAIT, "every corpus file quarantined", || {
+        site.ledger_count("quarantined") == bad
+    });
+    wait_until(WAIT, "every valid file done", || {
+        site.ledger_count("done") == valid
+    });
+    for (file, fragment) in &expected {
+        let note = std::fs::read_to_string(site.quarantine().join(format!("{file}.error.txt")))
+            .unwrap_or_else(|e| panic!("{file}: no quarantine note: {e}"));
+        assert!(
+            note.contains(fragment.as_str()),
+            "{file}: expected {fragment:?} in\n{note}"
+        );
+    }
+    let link_note =
+        std::fs::read_to_string(site.quarantine().join("link.jsonl.error.txt")).unwrap();
+    assert!(
+        link_note.contains("symbolic links are not followed"),
+        "{link_note}"
+    );
+    let fifo_note =
+        std::fs::read_to_string(site.quarantine().join("pipe.jsonl.error.txt")).unwrap();
+    assert!(fifo_note.contains("not a regular file"), "{fifo_note}");
+    // The symlink was moved, not its target.
+    assert!(outside.is_file());
+    assert!(site.records() > 0);
+    assert!(daemon.stop().success());
+}

@@ -79,3 +79,67 @@ fn npz_records_carry_ids_segments_and_labels() {
         3
     );
 }
+
+/// `sensei demo --json` on the bundled models: every stream fully counted, and the drift the
+/// streams carry shows in the teacher–student agreement.
+#[test]
+fn the_demo_reports_every_stream_and_sees_the_drift() {
+    let out = std::process::Command::new(crate::common::sensei_bin())
+        .args(["demo", "--json", "--models"])
+        .arg(crate::common::repo().join("models/demo"))
+        .env("ORT_DYLIB_PATH", crate::common::ort_library())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let streams = v["streams"].as_array().unwrap();
+    assert!(streams.len() >= 4, "{} streams", streams.len());
+    assert_eq!(streams[0]["name"], "clean");
+    let streams_dir = crate::common::repo().join("models/demo/streams");
+    for s in streams {
+        let name = s["name"].as_str().unwrap();
+        let lines = std::fs::read_to_string(streams_dir.join(format!("{name}.jsonl")))
+            .unwrap()
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .count();
+        assert_eq!(s["records"].as_u64().unwrap() as usize, lines, "{name}");
+        assert!(s["teacher_samples"].as_u64().unwrap() > 0, "{name}");
+        assert!(
+            s["kl_mean"].as_f64().is_some() && s["attention_kl_mean"].as_f64().is_some(),
+            "{name}"
+        );
+    }
+    let clean_high = streams[0]["disagreement"]["high"].as_f64().unwrap();
+    let worst = streams[1..]
+        .iter()
+        .map(|s| s["disagreement"]["estimate"].as_f64().unwrap())
+        .fold(0.0, f64::max);
+    assert!(
+        worst > clean_high,
+        "worst drifted {worst} vs clean upper bound {clean_high}"
+    );
+    // The stream that drifts on one line only: that line's disagreement exceeds the other's.
+    if let Some(s) = streams.iter().find(|s| s["name"] == "line_b_drift") {
+        let seg = |name: &str| {
+            s["segments"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|x| x["segment"] == name)
+                .unwrap()["disagreement"]["estimate"]
+                .as_f64()
+                .unwrap()
+        };
+        assert!(
+            seg("line=B") > seg("line=A"),
+            "line B {} vs line A {}",
+            seg("line=B"),
+            seg("line=A")
+        );
+    }
+}

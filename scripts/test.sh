@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# The whole test suite, from a fresh checkout: installs what the tests need (the pinned ONNX
+# Runtime library, the Python packages of the reference distiller), then runs the Rust tests
+# (unit and integration, against the real ONNX Runtime and real SQLite files) and the Python
+# tests of tools/distill.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+echo "== ONNX Runtime"
+scripts/setup-onnxruntime.sh
+
+echo "== Python packages (tools/distill/requirements.txt)"
+python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore \
+  -r tools/distill/requirements.txt
+
+echo "== Rust: format, lint, tests"
+cargo fmt --all -- --check
+cargo clippy --locked --all-targets -- -D warnings
+cargo test --locked
+
+echo "== Python: tools/distill"
+python3 -m pytest tools/distill/tests -q

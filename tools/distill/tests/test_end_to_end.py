@@ -35,7 +35,7 @@ def tiny(tmp_path_factory):
     train.train_teacher(teacher, tr.x[:500], tr.y[:500], epochs=6, lr=3e-3, seed=7)
     student = EncoderClassifier(ModelConfig(dim=8, heads=2, layers=1, ffn=16))
     targets = train.teacher_targets(teacher, tr.x[:500], tr.y[:500])
-    hist = train.distill(student, targets, LossWeights(), epochs=4, lr=5e-3, seed=8)
+    hist = train.distill(student, targets, LossWeights(), epochs=12, lr=1e-2, seed=8)
     onnx_io.export_onnx(teacher, tmp / "teacher.onnx", "teacher")
     onnx_io.export_onnx(student, tmp / "student.onnx", "student")
     rec = data.make_stream(data.STREAM_BY_NAME["gain_drift"], sp["field"], 3)

@@ -18,7 +18,8 @@ use crate::config::{Config, ModelConfig, Task};
 use crate::ingest::{Closed, Ingest, IngestEvent, Watch};
 use crate::model::{Model, Runtime};
 use crate::pipeline::{
-    Channels, Disposition, FileCallback, StudentWorker, TeacherWorker, Writer, WriterReport,
+    Channels, Dispatcher, Disposition, FileCallback, StudentWorker, TeacherWorker, Writer,
+    WriterReport,
 };
 use crate::record::InputSpec;
 use crate::sampler::Sampler;
@@ -159,6 +160,7 @@ pub fn dims(shape: &[Option<usize>]) -> String {
 /// The running threads of one pipeline.
 struct Threads {
     student: JoinHandle<()>,
+    dispatcher: JoinHandle<()>,
     teacher: JoinHandle<()>,
     writer: JoinHandle<WriterReport>,
 }
@@ -168,6 +170,9 @@ impl Threads {
         self.student
             .join()
             .map_err(|_| anyhow!("student worker panicked"))?;
+        self.dispatcher
+            .join()
+            .map_err(|_| anyhow!("dispatcher panicked"))?;
         self.teacher
             .join()
             .map_err(|_| anyhow!("teacher worker panicked"))?;
@@ -199,6 +204,7 @@ fn start(
 ) -> anyhow::Result<(Ingest, Threads)> {
     let Channels {
         work: (work_tx, work_rx),
+        scored: (scored_tx, scored_rx),
         teacher: (teacher_tx, teacher_rx),
         writer: (writer_tx, writer_rx),
     } = Channels::new(config.sampling.queue);
@@ -228,14 +234,18 @@ fn start(
     }
     .spawn(teacher_rx, writer_tx.clone())
     .context("starting the teacher thread")?;
-    let student = StudentWorker {
-        model: models.student,
+    let dispatcher = Dispatcher {
         comparer,
         sampler: Sampler::new(&config.sampling),
+    }
+    .spawn(scored_rx, Some(teacher_tx), writer_tx.clone())
+    .context("starting the dispatch thread")?;
+    let student = StudentWorker {
+        model: models.student,
         max_batch,
         max_wait,
     }
-    .spawn(work_rx, Some(teacher_tx), writer_tx.clone())
+    .spawn(work_rx, scored_tx)
     .context("starting the student thread")?;
     let ingest = Ingest::new(
         config,
@@ -251,6 +261,7 @@ fn start(
         ingest,
         Threads {
             student,
+            dispatcher,
             teacher,
             writer,
         },

@@ -28,6 +28,14 @@ pub struct Runtime {
     pub version: String,
 }
 
+impl Runtime {
+    /// The ONNX Runtime environment, for code that builds its own sessions (the benchmarks'
+    /// plain-ONNX-Runtime baseline).
+    pub fn environment(&self) -> &Environment {
+        &self.env
+    }
+}
+
 impl std::fmt::Debug for Runtime {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Runtime")

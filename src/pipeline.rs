@@ -112,15 +112,29 @@ pub struct WriterReport {
 // ---------------------------------------------------------------------------------------------
 // Student worker
 
+/// Runs the student on every record. It does nothing but batch and call ONNX Runtime: all
+/// per-record work after inference happens on the [`Dispatcher`]'s thread, so the student's
+/// core is spent on the model (the throughput benchmark compares it with a bare inference loop).
 pub struct StudentWorker {
     pub model: Model,
-    pub comparer: Comparer,
-    pub sampler: Sampler,
     pub max_batch: usize,
     pub max_wait: Duration,
 }
 
-struct Pending {
+/// A batch the student has answered, on its way to the dispatcher.
+pub struct Scored {
+    batch: Vec<Pending>,
+    result: Result<BatchOutput, String>,
+}
+
+/// Turns student outputs into rows: per-record statistics, the sampling decision, the hand-off
+/// of sampled records to the teacher, and the rows for the writer.
+pub struct Dispatcher {
+    pub comparer: Comparer,
+    pub sampler: Sampler,
+}
+
+pub struct Pending {
     meta: Arc<FileMeta>,
     index: usize,
     prepared: Prepared,
@@ -131,20 +145,14 @@ impl StudentWorker {
     pub fn spawn(
         mut self,
         input: Receiver<FileWork>,
-        teacher: Option<SyncSender<TeacherJob>>,
-        writer: SyncSender<WriterMsg>,
+        output: SyncSender<Scored>,
     ) -> std::io::Result<JoinHandle<()>> {
         std::thread::Builder::new()
             .name("student".into())
-            .spawn(move || self.run(input, teacher, writer))
+            .spawn(move || self.run(input, output))
     }
 
-    fn run(
-        &mut self,
-        input: Receiver<FileWork>,
-        teacher: Option<SyncSender<TeacherJob>>,
-        writer: SyncSender<WriterMsg>,
-    ) {
+    fn run(&mut self, input: Receiver<FileWork>, output: SyncSender<Scored>) {
         let mut pending: VecDeque<Pending> = VecDeque::new();
         let mut closed = false;
         let mut deadline = Instant::now();
@@ -176,23 +184,46 @@ impl StudentWorker {
                     break;
                 }
                 let batch: Vec<Pending> = pending.drain(..n).collect();
-                if self.run_batch(batch, teacher.as_ref(), &writer).is_err() {
-                    return; // the writer is gone: shutting down
+                let records: Vec<&Record> = batch.iter().map(|p| &p.prepared.record).collect();
+                let result = self.model.run(&records).map_err(|e| e.to_string());
+                drop(records);
+                if output.send(Scored { batch, result }).is_err() {
+                    return; // the dispatcher is gone: shutting down
                 }
             }
             deadline = Instant::now() + self.max_wait;
         }
     }
+}
 
-    fn run_batch(
+impl Dispatcher {
+    pub fn spawn(
+        mut self,
+        input: Receiver<Scored>,
+        teacher: Option<SyncSender<TeacherJob>>,
+        writer: SyncSender<WriterMsg>,
+    ) -> std::io::Result<JoinHandle<()>> {
+        std::thread::Builder::new()
+            .name("dispatch".into())
+            .spawn(move || {
+                while let Ok(Scored { batch, result }) = input.recv() {
+                    if self
+                        .dispatch(batch, result, teacher.as_ref(), &writer)
+                        .is_err()
+                    {
+                        return; // the writer is gone: shutting down
+                    }
+                }
+            })
+    }
+
+    fn dispatch(
         &mut self,
         batch: Vec<Pending>,
+        result: Result<BatchOutput, String>,
         teacher: Option<&SyncSender<TeacherJob>>,
         writer: &SyncSender<WriterMsg>,
     ) -> Result<(), ()> {
-        let records: Vec<&Record> = batch.iter().map(|p| &p.prepared.record).collect();
-        let result = self.model.run(&records);
-        drop(records);
         let mut by_file = ByFile::new();
         let mut push =
             |meta: &Arc<FileMeta>, index: usize, row: StudentRow| by_file.push(meta, index, row);
@@ -767,10 +798,13 @@ const RETENTION_EVERY: Duration = Duration::from_secs(600);
 /// Bounded channel capacities. Files are big units, so few are buffered; rows are small.
 pub const FILE_QUEUE: usize = 2;
 pub const WRITER_QUEUE: usize = 1024;
+/// Student batches waiting for the dispatcher.
+pub const SCORED_QUEUE: usize = 64;
 
 /// The bounded channels of one pipeline.
 pub struct Channels {
     pub work: (SyncSender<FileWork>, Receiver<FileWork>),
+    pub scored: (SyncSender<Scored>, Receiver<Scored>),
     pub teacher: (SyncSender<TeacherJob>, Receiver<TeacherJob>),
     pub writer: (SyncSender<WriterMsg>, Receiver<WriterMsg>),
 }
@@ -779,6 +813,7 @@ impl Channels {
     pub fn new(teacher_queue: usize) -> Channels {
         Channels {
             work: mpsc::sync_channel(FILE_QUEUE),
+            scored: mpsc::sync_channel(SCORED_QUEUE),
             teacher: mpsc::sync_channel(teacher_queue.max(1)),
             writer: mpsc::sync_channel(WRITER_QUEUE),
         }

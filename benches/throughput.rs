@@ -1,0 +1,202 @@
+//! Replay throughput against a plain ONNX Runtime loop, measured in the same run.
+//!
+//!     cargo bench --bench throughput            # 100k records; BENCH_RECORDS=N to change
+//!
+//! 1. Baselines: a plain loop of `Session::run` over the same records, pre-stacked into batches
+//!    of 32, with the same session options (1 intra-op thread) — for the student (t_student per
+//!    record) and the teacher (t_teacher per record).
+//! 2. `sensei replay` (the library call behind the command: ingest, validation, student,
+//!    sampler, teacher, SQLite writer) over the same records as .npz and as .jsonl files of
+//!    1000 records, teacher off (rate 0), each into a fresh database.
+//! 3. The same with teacher rate r, against the ideal 1 / (t_student + r × t_teacher).
+//!
+//! Each figure is the median of 3 runs. Results print as a Markdown table for docs/performance.md.
+
+mod support;
+
+use std::path::Path;
+use std::time::Instant;
+
+use ort::session::Session;
+use ort::session::builder::GraphOptimizationLevel;
+use ort::value::TensorRef;
+use sensei::config::Config;
+
+use support::*;
+
+const BATCH: usize = 32;
+const RUNS: usize = 3;
+
+/// The same session options as sensei's (`model::open_session`).
+fn open(rt: &sensei::model::Runtime, model: &Path) -> ort::Result<Session> {
+    Session::builder(rt.environment())?
+        .with_optimization_level(GraphOptimizationLevel::Level3)?
+        .with_intra_threads(1)?
+        .with_inter_threads(1)?
+        .commit_from_file(model)
+}
+
+fn plain_loop(rt: &sensei::model::Runtime, model: &Path, rows: &[Vec<f32>], records: usize) -> f64 {
+    let mut session = open(rt, model).expect("session");
+    let batches: Vec<Vec<f32>> = (0..records.div_ceil(BATCH))
+        .map(|b| {
+            let n = BATCH.min(records - b * BATCH);
+            (b * BATCH..b * BATCH + n)
+                .flat_map(|i| row(rows, i).iter().copied())
+                .collect()
+        })
+        .collect();
+    let start = Instant::now();
+    let mut checksum = 0.0f32;
+    {
+        for buf in &batches {
+            let n = buf.len() / 64;
+            let input = TensorRef::from_array_view(([n, 8, 8], buf.as_slice())).expect("tensor");
+            let out = session.run(ort::inputs!["x" => input]).expect("run");
+            let (_, logits) = out["logits"].try_extract_tensor::<f32>().expect("logits");
+            checksum += logits[0];
+        }
+    }
+    std::hint::black_box(checksum);
+    start.elapsed().as_secs_f64() / records as f64
+}
+
+/// Seconds per record of sensei's own model wrapper (`Model::run`) in a loop on this thread:
+/// separates the cost of the wrapper from the cost of the pipeline around it.
+fn model_loop(config: &Config, rows: &[Vec<f32>], records: usize) -> f64 {
+    let rt = sensei::model::runtime(&config.onnxruntime).expect("runtime");
+    let mut model = sensei::model::Model::load(rt, "student", &config.student).expect("student");
+    let recs: Vec<sensei::record::Record> = (0..records)
+        .map(|i| sensei::record::Record {
+            id: None,
+            ts: None,
+            segment: Default::default(),
+            inputs: [(
+                "x".to_string(),
+                sensei::record::Tensor::f32(vec![8, 8], row(rows, i).to_vec()),
+            )]
+            .into(),
+            label: None,
+            origin: sensei::record::Origin::Index(i),
+        })
+        .collect();
+    let start = Instant::now();
+    for chunk in recs.chunks(BATCH) {
+        let refs: Vec<&sensei::record::Record> = chunk.iter().collect();
+        std::hint::black_box(model.run(&refs).expect("run"));
+    }
+    start.elapsed().as_secs_f64() / records as f64
+}
+
+fn write_files(dir: &Path, rows: &[Vec<f32>], records: usize, json: bool) {
+    std::fs::create_dir_all(dir).unwrap();
+    for (f, first) in (0..records).step_by(1000).enumerate() {
+        let count = 1000.min(records - first);
+        let (name, bytes) = if json {
+            (format!("part-{f:05}.jsonl"), jsonl(rows, "b", first, count))
+        } else {
+            (format!("part-{f:05}.npz"), npz(rows, "b", first, count))
+        };
+        std::fs::write(dir.join(name), bytes).unwrap();
+    }
+}
+
+/// Seconds per record of `sensei replay` over `data`, teacher rate `rate`, into a fresh database.
+fn replay(tmp: &Path, data: &Path, rate: f64, records: usize) -> f64 {
+    let state = tmp.join("state");
+    std::fs::remove_dir_all(&state).ok();
+    let config =
+        Config::from_toml(&config_toml(&state, rate, ""), &tmp.join("bench.toml")).expect("config");
+    let start = Instant::now();
+    let report = sensei::daemon::replay(&config, &[data.to_path_buf()], None).expect("replay");
+    let t = start.elapsed().as_secs_f64() / records as f64;
+    assert_eq!(
+        report.records_committed as usize, records,
+        "every record committed"
+    );
+    t
+}
+
+fn main() {
+    // `cargo bench` passes --bench; there are no other options.
+    let records: usize = std::env::var("BENCH_RECORDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(100_000);
+    let rate = 0.1;
+    let rows = field_rows();
+    let tmp = tempfile::tempdir().unwrap();
+    let npz_dir = tmp.path().join("npz");
+    let json_dir = tmp.path().join("jsonl");
+    write_files(&npz_dir, &rows, records, false);
+    write_files(&json_dir, &rows, records, true);
+
+    let probe = Config::from_toml(
+        &config_toml(&tmp.path().join("probe"), 0.0, ""),
+        &tmp.path().join("p.toml"),
+    )
+    .unwrap();
+    let rt = sensei::model::runtime(&probe.onnxruntime)
+        .expect("ONNX Runtime (run scripts/setup-onnxruntime.sh)");
+    eprintln!("ONNX Runtime {} at {}", rt.version, rt.library.display());
+
+    // Rounds interleave every measurement, so that slow drifts of the machine (other load, disk
+    // write-back of the generated files) hit the baseline and sensei alike; each ratio is taken
+    // within a round, and the median over rounds is reported.
+    let (mut ts, mut tt, mut tm) = (Vec::new(), Vec::new(), Vec::new());
+    let mut ratios: [Vec<f64>; 4] = Default::default();
+    let mut speeds: [Vec<f64>; 4] = Default::default();
+    for _ in 0..RUNS {
+        let t_student = plain_loop(rt, &demo_model("student.onnx"), &rows, records);
+        let t_teacher = plain_loop(rt, &demo_model("teacher.onnx"), &rows, 4096.min(records));
+        tm.push(model_loop(&probe, &rows, records));
+        let plain = 1.0 / t_student;
+        let ideal = 1.0 / (t_student + rate * t_teacher);
+        let runs = [
+            (&npz_dir, 0.0, plain),
+            (&json_dir, 0.0, plain),
+            (&npz_dir, rate, ideal),
+            (&json_dir, rate, ideal),
+        ];
+        for (k, (dir, r, baseline)) in runs.into_iter().enumerate() {
+            let speed = 1.0 / replay(tmp.path(), dir, r, records);
+            speeds[k].push(speed);
+            ratios[k].push(speed / baseline);
+        }
+        ts.push(t_student);
+        tt.push(t_teacher);
+    }
+    let (t_student, t_teacher, t_model) = (median(ts), median(tt), median(tm));
+    let plain = 1.0 / t_student;
+    let ideal = 1.0 / (t_student + rate * t_teacher);
+    let speeds = speeds.map(median);
+    let ratios = ratios.map(median);
+
+    println!(
+        "records: {records}; batch {BATCH}; 1 intra-op thread per model; {RUNS} interleaved rounds, medians; ratio = median of per-round ratios"
+    );
+    println!(
+        "t_student = {:.1} µs/record, t_teacher = {:.1} µs/record (plain ONNX Runtime loop)",
+        t_student * 1e6,
+        t_teacher * 1e6
+    );
+    println!(
+        "sensei's Model::run alone in a loop: {:.1} µs/record\n",
+        t_model * 1e6
+    );
+    println!("| measure | sensei records/s | baseline records/s | ratio |");
+    println!("|---|---:|---:|---:|");
+    let names = [
+        "replay .npz, teacher off, vs plain loop".to_string(),
+        "replay .jsonl, teacher off, vs plain loop".to_string(),
+        format!("replay .npz, teacher rate {rate}, vs 1/(t_s + r·t_t)"),
+        format!("replay .jsonl, teacher rate {rate}, vs 1/(t_s + r·t_t)"),
+    ];
+    let baselines = [plain, plain, ideal, ideal];
+    for k in 0..4 {
+        println!(
+            "| {} | {:.0} | {:.0} | {:.3} |",
+            names[k], speeds[k], baselines[k], ratios[k]
+        );
+    }
+}

@@ -200,3 +200,7 @@ fn main() {
         );
     }
 }
+
+// The same allocator as the `sensei` binary.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;

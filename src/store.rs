@@ -19,10 +19,10 @@ use crate::compare::Comparison;
 use crate::record::{Tensor, TensorData};
 
 /// The migrations, in order. `build.rs` makes cargo rebuild when the directory changes.
-const MIGRATIONS: &[(&str, &str)] = &[(
-    "0001_initial",
-    include_str!("../migrations/0001_initial.sql"),
-)];
+const MIGRATIONS: &[(&str, &str)] = &[
+    ("0001_initial", include_str!("../migrations/0001_initial.sql")),
+    ("0002_drift", include_str!("../migrations/0002_drift.sql")),
+];
 
 /// The schema version this binary writes.
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;

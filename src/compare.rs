@@ -327,3 +327,51 @@ mod tests {
         assert_eq!(r.abs_error, Some(1.5));
     }
 }
+
+/// The input summary of one record: for every float32 input, the mean over all axes but the
+/// last, i.e. one value per feature (channel) — `[T, C]` gives C values. At most
+/// [`MAX_FEATURES`] values in all, so a model with wide inputs does not carry thousands of
+/// drift tests; int64 inputs (token ids) have no meaningful mean and are skipped.
+pub fn input_features(record: &crate::record::Record) -> Vec<f64> {
+    let mut out = Vec::new();
+    for tensor in record.inputs.values() {
+        let crate::record::TensorData::F32(data) = &tensor.data else {
+            continue;
+        };
+        let width = tensor.shape.last().copied().unwrap_or(1).max(1);
+        let rows = data.len() / width;
+        if rows == 0 {
+            continue;
+        }
+        for f in 0..width {
+            if out.len() >= MAX_FEATURES {
+                return out;
+            }
+            let sum: f64 = (0..rows).map(|r| data[r * width + f] as f64).sum();
+            out.push(sum / rows as f64);
+        }
+    }
+    out
+}
+
+/// Upper bound on the input features summarised per record.
+pub const MAX_FEATURES: usize = 64;
+
+#[cfg(test)]
+mod feature_tests {
+    use super::*;
+    use crate::record::{Origin, Record, Tensor};
+
+    #[test]
+    fn features_are_per_channel_means() {
+        let record = Record {
+            id: None,
+            ts: None,
+            segment: Default::default(),
+            inputs: [("x".to_string(), Tensor::f32(vec![2, 3], vec![1.0, 2.0, 3.0, 3.0, 4.0, 5.0]))].into(),
+            label: None,
+            origin: Origin::Index(0),
+        };
+        assert_eq!(input_features(&record), vec![2.0, 3.0, 4.0]);
+    }
+}

@@ -15,6 +15,7 @@
 //! - [`daemon`]: wiring and shutdown; `run` (the daemon) and `replay`.
 //! - [`commands`], [`demo`]: `check`, `status`, `demo`; [`cli`]: argument definitions.
 
+pub mod baseline;
 pub mod cli;
 pub mod commands;
 pub mod compare;

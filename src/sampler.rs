@@ -142,6 +142,8 @@ mod tests {
 
     fn config(rate: f64, per_minute: u32) -> SamplingConfig {
         SamplingConfig {
+            policy: crate::config::SamplingPolicy::Uniform,
+            floor: 0.2,
             rate,
             seed: 7,
             max_per_minute: per_minute,

@@ -31,6 +31,30 @@ pub struct Config {
     pub segments: SegmentConfig,
     pub store: StoreConfig,
     pub log: LogConfig,
+    pub detect: DetectConfig,
+}
+
+/// Drift detection settings (`[detect]`; the method is in docs/detection.md).
+#[derive(Debug, Clone, PartialEq)]
+pub struct DetectConfig {
+    /// Expected samples between false alarms of one detector (in-control average run length).
+    pub arl0: u64,
+    /// Bernoulli CUSUM on disagreement: p1 = p0 + this.
+    pub min_shift_disagreement: f64,
+    /// Bernoulli CUSUM on student/teacher error rates: p1 = p0 + this.
+    pub min_shift_error: f64,
+    /// Real-valued CUSUMs: the smallest shift worth an alert, in baseline standard deviations.
+    pub min_shift_sd: f64,
+    /// Windowed tests run every this many records of a segment.
+    pub window_records: usize,
+    /// Family-wise false-alarm level of one round of windowed tests (segments × signals).
+    pub family_alpha: f64,
+    /// Effect-size thresholds of the windowed tests.
+    pub min_ks: f64,
+    pub min_class_shift: f64,
+    pub min_psi: f64,
+    /// Seed of calibration simulations.
+    pub seed: u64,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -83,8 +107,20 @@ pub struct ModelConfig {
     pub attention: Option<String>,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SamplingPolicy {
+    /// Every record has the same inclusion probability, `rate`.
+    Uniform,
+    /// Inclusion probability rises with the student's uncertainty, never below `floor`, with
+    /// `rate` the expected share on lab data (docs/detection.md).
+    Uncertainty,
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct SamplingConfig {
+    pub policy: SamplingPolicy,
+    /// Uncertainty policy: the smallest inclusion probability, as a fraction of `rate`.
+    pub floor: f64,
     /// Probability that a record is also sent to the teacher.
     pub rate: f64,
     /// Seed of the sampling decision (a hash of seed and record id: restart-stable).

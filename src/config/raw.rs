@@ -43,6 +43,8 @@ pub struct RawConfig {
     pub store: RawStore,
     #[serde(default)]
     pub log: RawLog,
+    #[serde(default)]
+    pub detect: RawDetect,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -79,7 +81,24 @@ pub struct RawModel {
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
+pub struct RawDetect {
+    pub arl0: Option<RawInt>,
+    pub min_shift_disagreement: Option<f64>,
+    pub min_shift_error: Option<f64>,
+    pub min_shift_sd: Option<f64>,
+    pub window_records: Option<RawInt>,
+    pub family_alpha: Option<f64>,
+    pub min_ks: Option<f64>,
+    pub min_class_shift: Option<f64>,
+    pub min_psi: Option<f64>,
+    pub seed: Option<RawInt>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct RawSampling {
+    pub policy: Option<String>,
+    pub floor: Option<f64>,
     pub rate: Option<f64>,
     pub seed: Option<RawInt>,
     pub max_per_minute: Option<RawInt>,

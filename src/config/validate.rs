@@ -14,7 +14,7 @@ use std::time::Duration;
 use super::raw::{self, RawConfig, RawDuration, RawInt, RawModel, RawSize};
 use super::{
     CompareConfig, Config, InboxConfig, LogConfig, LogFormat, ModelConfig, NonFinitePolicy, OnDone,
-    OnnxRuntimeConfig, OutputKind, Pooling, SamplingConfig, SegmentConfig, StoreConfig, Task,
+    OnnxRuntimeConfig, OutputKind, Pooling, SamplingConfig, SamplingPolicy, DetectConfig, SegmentConfig, StoreConfig, Task,
 };
 
 /// A config that cannot be used, with every problem found in it.
@@ -172,7 +172,21 @@ impl Check<'_> {
         if !(0.0..=1.0).contains(&rate) {
             self.problem("sampling.rate", format!("must be within 0..=1, got {rate}"));
         }
+        let floor = sampling.floor.unwrap_or(0.2);
+        if !(0.0..=1.0).contains(&floor) {
+            self.problem("sampling.floor", format!("must be within 0..=1, got {floor}"));
+        }
         let sampling = SamplingConfig {
+            policy: self.choice(
+                "sampling.policy",
+                sampling.policy,
+                SamplingPolicy::Uniform,
+                &[
+                    ("uniform", SamplingPolicy::Uniform),
+                    ("uncertainty", SamplingPolicy::Uncertainty),
+                ],
+            ),
+            floor,
             rate,
             seed: self.integer("sampling.seed", sampling.seed, 0, 0, i64::MAX),
             max_per_minute: self.integer(
@@ -224,7 +238,10 @@ impl Check<'_> {
             filter: self.name("log.filter", raw.log.filter, DEFAULT_LOG_FILTER),
         };
 
+        let detect = self.detect(raw.detect);
+
         Config {
+            detect,
             source: source.to_path_buf(),
             state_dir,
             inbox,
@@ -237,6 +254,41 @@ impl Check<'_> {
             store,
             log,
         }
+    }
+
+    fn detect(&mut self, raw: raw::RawDetect) -> DetectConfig {
+        DetectConfig {
+            arl0: self.integer("detect.arl0", raw.arl0, 10_000, 100, 10_000_000),
+            min_shift_disagreement: self.fraction("detect.min_shift_disagreement", raw.min_shift_disagreement, 0.05),
+            min_shift_error: self.fraction("detect.min_shift_error", raw.min_shift_error, 0.05),
+            min_shift_sd: self.positive("detect.min_shift_sd", raw.min_shift_sd, 1.0),
+            window_records: self.integer("detect.window_records", raw.window_records, 200, 20, 1_000_000),
+            family_alpha: self.fraction("detect.family_alpha", raw.family_alpha, 0.01),
+            min_ks: self.fraction("detect.min_ks", raw.min_ks, 0.15),
+            min_class_shift: self.fraction("detect.min_class_shift", raw.min_class_shift, 0.1),
+            min_psi: self.positive("detect.min_psi", raw.min_psi, 0.2),
+            seed: self.integer("detect.seed", raw.seed, 1, 0, i64::MAX),
+        }
+    }
+
+    /// A number strictly between 0 and 1; `default` when absent.
+    fn fraction(&mut self, key: &str, value: Option<f64>, default: f64) -> f64 {
+        let value = value.unwrap_or(default);
+        if !(value > 0.0 && value < 1.0) {
+            self.problem(key, format!("must be strictly between 0 and 1, got {value}"));
+            return default;
+        }
+        value
+    }
+
+    /// A finite number above 0; `default` when absent.
+    fn positive(&mut self, key: &str, value: Option<f64>, default: f64) -> f64 {
+        let value = value.unwrap_or(default);
+        if !(value.is_finite() && value > 0.0) {
+            self.problem(key, format!("must be a positive number, got {value}"));
+            return default;
+        }
+        value
     }
 
     fn model(&mut self, section: &str, raw: RawModel) -> ModelConfig {
@@ -642,6 +694,8 @@ path = "/models/teacher.onnx"
         assert_eq!(
             config.sampling,
             SamplingConfig {
+                policy: SamplingPolicy::Uniform,
+                floor: 0.2,
                 rate: 0.1,
                 seed: 0,
                 max_per_minute: 600,

@@ -24,6 +24,7 @@ pub mod daemon;
 pub mod demo;
 pub mod ingest;
 pub mod model;
+pub mod monitor;
 pub mod pipeline;
 pub mod record;
 pub mod sampler;

@@ -77,6 +77,12 @@ impl BaselineError {
     }
 }
 
+/// Mean and sample standard deviation of a baseline sample, refusing empty, non-finite and
+/// constant samples (for reports and benchmarks; the detectors call it internally).
+pub fn mean_sd_of(values: &[f64]) -> Result<(f64, f64), BaselineError> {
+    mean_sd(values, "values")
+}
+
 /// Mean and sample standard deviation, refusing empty, non-finite and constant samples.
 pub(crate) fn mean_sd(values: &[f64], what: &str) -> Result<(f64, f64), BaselineError> {
     if values.len() < 2 {

@@ -19,7 +19,7 @@ CREATE INDEX files_processed_at ON files (processed_at);
 
 -- Every record the student answered.
 CREATE TABLE records (
-    seq        INTEGER PRIMARY KEY,             -- record sequence number, increasing
+    seq        INTEGER PRIMARY KEY AUTOINCREMENT, -- record sequence number, never reused
     file_id    INTEGER NOT NULL REFERENCES files (id),
     record_id  TEXT    NOT NULL,                -- producer's id, or '<sha256[:12]>:<n>'
     ts         INTEGER NOT NULL,                -- record time (or ingest time), unix ms

@@ -55,7 +55,11 @@ fn data_files(paths: &[PathBuf]) -> anyhow::Result<Vec<PathBuf>> {
                         !crate::ingest::is_ignored_name(&n)
                             && matches!(
                                 format::file_kind(&n),
-                                Some(format::FileKind::JsonLines | format::FileKind::Npy | format::FileKind::Npz)
+                                Some(
+                                    format::FileKind::JsonLines
+                                        | format::FileKind::Npy
+                                        | format::FileKind::Npz
+                                )
                             )
                     })
                 })
@@ -89,7 +93,10 @@ pub fn run_lab(config: &Config, paths: &[PathBuf]) -> anyhow::Result<LabRun> {
     let mut records: Vec<Record> = Vec::new();
     for file in &files {
         let bytes = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
-        let name = file.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let name = file
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
         match format::read_file(&name, &bytes, &models.student.inputs, &options)
             .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?
         {
@@ -109,9 +116,18 @@ pub fn run_lab(config: &Config, paths: &[PathBuf]) -> anyhow::Result<LabRun> {
         // Equal shapes per call: split the chunk where a shape changes.
         let mut start = 0;
         while start < chunk.len() {
-            let shape = |r: &Record| r.inputs.values().map(|t| t.shape.clone()).collect::<Vec<_>>();
+            let shape = |r: &Record| {
+                r.inputs
+                    .values()
+                    .map(|t| t.shape.clone())
+                    .collect::<Vec<_>>()
+            };
             let first = shape(&chunk[start]);
-            let end = start + chunk[start..].iter().take_while(|r| shape(r) == first).count();
+            let end = start
+                + chunk[start..]
+                    .iter()
+                    .take_while(|r| shape(r) == first)
+                    .count();
             let group: Vec<&Record> = chunk[start..end].iter().collect();
             let t0 = Instant::now();
             let s = models.student.run(&group)?;

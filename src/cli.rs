@@ -27,9 +27,26 @@ pub enum Command {
         #[arg(required = true, value_name = "PATH")]
         paths: Vec<PathBuf>,
     },
+    /// The lab stage: run both models on the lab reference set, measure the reference profile,
+    /// calibrate every drift detector to the configured false-alarm rate, and store it as a new
+    /// baseline version, which becomes the active one (a running daemon picks it up at restart).
+    Baseline {
+        #[arg(required = true, value_name = "DATA")]
+        paths: Vec<PathBuf>,
+        /// Print one JSON object instead of text.
+        #[arg(long)]
+        json: bool,
+    },
     /// Check the config, ONNX Runtime, both models and their compatibility, the database and the
     /// directories. Lists every problem; exits 78 when there is one.
     Check,
+    /// Write the dashboard as one self-contained HTML file, with the lab-vs-field gap per signal
+    /// and the return on investment (student vs teacher latency, size and agreement).
+    Report {
+        /// The HTML file to write.
+        #[arg(long, value_name = "FILE.html")]
+        out: PathBuf,
+    },
     /// Show what the database holds: files, records, teacher samples, disagreement per segment.
     Status {
         /// Print one JSON object instead of text.

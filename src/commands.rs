@@ -303,3 +303,101 @@ pub fn replay_text(report: &WriterReport, status: &StatusReport) -> String {
     s.push_str(&status.text());
     s
 }
+
+/// What `sensei baseline` stored.
+#[derive(Debug, Clone, Serialize)]
+pub struct BaselineReport {
+    pub version: i64,
+    pub records: u64,
+    pub sources: Vec<PathBuf>,
+    pub reference: crate::drift::Reference,
+}
+
+/// Runs the lab stage and stores the result as the new active baseline.
+pub fn baseline(config: &Config, paths: &[PathBuf]) -> anyhow::Result<BaselineReport> {
+    let run = crate::baseline::run_lab(config, paths)?;
+    let reference = crate::drift::build_reference(&run, config)
+        .map_err(|e| anyhow::anyhow!("baseline refused: {e}"))?;
+    if let Some(parent) = config.store.path.parent() {
+        std::fs::create_dir_all(parent).ok();
+    }
+    let mut store = crate::store::Store::open(&config.store.path)?;
+    let version = store.insert_baseline(
+        &run.student_sha,
+        &run.teacher_sha,
+        run.records() as i64,
+        &crate::baseline::sources_json(&run.sources),
+        &serde_json::to_string(&reference)?,
+        crate::pipeline::now_ms(),
+    )?;
+    Ok(BaselineReport {
+        version,
+        records: run.records() as u64,
+        sources: run.sources,
+        reference,
+    })
+}
+
+impl BaselineReport {
+    pub fn text(&self) -> String {
+        let r = &self.reference;
+        let mut s = String::new();
+        let _ = writeln!(
+            s,
+            "baseline version {} (active), {} lab records",
+            self.version, self.records
+        );
+        let pct = |v: Option<f64>| v.map_or("-".to_string(), |x| format!("{:.1}%", 100.0 * x));
+        let _ = writeln!(
+            s,
+            "accuracy: student {}, teacher {}; top-1 agreement {:.1}%",
+            pct(r.student_accuracy),
+            pct(r.teacher_accuracy),
+            100.0 * r.agreement
+        );
+        let _ = writeln!(
+            s,
+            "latency per record: student {:.1} µs, teacher {:.1} µs",
+            r.student_latency_us, r.teacher_latency_us
+        );
+        let _ = writeln!(
+            s,
+            "detectors calibrated to ARL0 = {} samples between false alarms:",
+            r.arl0
+        );
+        let rate = |name: &str, x: &Option<crate::drift::RateReference>, s: &mut String| {
+            if let Some(x) = x {
+                let _ = writeln!(
+                    s,
+                    "  {name:<14} Bernoulli CUSUM  p0 {:.4} → p1 {:.4}  h {:.3}  (simulated ARL0 {:.0})",
+                    x.p0, x.p1, x.threshold, x.simulated_arl0
+                );
+            }
+        };
+        let value = |name: &str, x: &Option<crate::drift::ValueReference>, s: &mut String| {
+            if let Some(x) = x {
+                let _ = writeln!(
+                    s,
+                    "  {name:<14} CUSUM  mean {:.4} sd {:.4} k {:.4}  h {:.3}  (simulated ARL0 {:.0})",
+                    x.mean, x.sd, x.k, x.threshold, x.simulated_arl0
+                );
+            }
+        };
+        rate("disagreement", &r.disagreement, &mut s);
+        value("kl", &r.kl, &mut s);
+        value("attention_kl", &r.attention_kl, &mut s);
+        value("1-confidence", &r.uncertainty, &mut s);
+        rate("student_error", &r.student_error, &mut s);
+        rate("teacher_error", &r.teacher_error, &mut s);
+        let _ = writeln!(
+            s,
+            "windowed tests: KS on confidence, chi-square on {} classes, PSI on {} input features",
+            r.class_counts.len(),
+            r.features.iter().filter(|f| f.is_some()).count()
+        );
+        for w in &r.warnings {
+            let _ = writeln!(s, "warning: {w}");
+        }
+        s
+    }
+}

@@ -368,7 +368,11 @@ mod feature_tests {
             id: None,
             ts: None,
             segment: Default::default(),
-            inputs: [("x".to_string(), Tensor::f32(vec![2, 3], vec![1.0, 2.0, 3.0, 3.0, 4.0, 5.0]))].into(),
+            inputs: [(
+                "x".to_string(),
+                Tensor::f32(vec![2, 3], vec![1.0, 2.0, 3.0, 3.0, 4.0, 5.0]),
+            )]
+            .into(),
             label: None,
             origin: Origin::Index(0),
         };

@@ -1,24 +1,30 @@
 //! Wiring: loads the models, opens the store, starts the pipeline threads and the inbox watcher,
-//! and stops them in order. [`run`] is the daemon (it returns when the shutdown future
-//! completes); [`replay`] is the same pipeline over given files, returning when they are done.
+//! and stops them in order. [`run`] is the daemon (it returns when asked to stop through its
+//! [`Control`] channel); [`replay`] is the same pipeline over given files, returning when they
+//! are done.
 //!
 //! Shutdown drains: ingest stops taking files, then each stage finishes what it holds and closes
 //! its output, so the writer commits every file whose records are all through and leaves the
-//! rest in the inbox for the next start.
+//! rest in the inbox for the next start. The drain is bounded by `[daemon] drain_timeout`; a
+//! second stop request cuts it short. A reload is a drain followed by a fresh start in the same
+//! process. [`run`] also owns the service side: sd_notify READY/RELOADING/STOPPING, the watchdog
+//! pings (only while the pipeline's heartbeat advances) and the HTTP server.
 
-use std::future::Future;
 use std::path::PathBuf;
-use std::sync::mpsc;
+use std::sync::{Arc, mpsc};
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 use anyhow::{Context, anyhow};
 
 use crate::compare::Comparer;
 use crate::config::{Config, ModelConfig, Task};
+use crate::drift::{DriftMonitor, Reference};
 use crate::ingest::{Closed, Ingest, IngestEvent, Watch};
 use crate::model::{Model, Runtime};
+use crate::metrics::Metrics;
 use crate::pipeline::{
-    Channels, Dispatcher, Disposition, FileCallback, StudentWorker, TeacherWorker, Writer,
+    Channels, Dispatcher, Disposition, FileCallback, InFlightPaths, StudentWorker, TeacherWorker, Writer,
     WriterReport,
 };
 use crate::record::InputSpec;
@@ -192,6 +198,42 @@ fn batch_limits(m: &ModelConfig) -> (usize, std::time::Duration) {
     (m.max_batch.max(1), m.max_wait)
 }
 
+/// The detectors of the active baseline, with their persisted state; `None` (detection off,
+/// said in the log) when no baseline has been made yet.
+pub fn drift_monitor(config: &Config, store: &Store) -> Option<DriftMonitor> {
+    let baseline = match store.active_baseline() {
+        Ok(Some(b)) => b,
+        Ok(None) => {
+            tracing::warn!(
+                "No active baseline: drift detection is off. Run `sensei baseline DATA…` on the lab reference set."
+            );
+            return None;
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "Cannot read the active baseline: drift detection is off.");
+            return None;
+        }
+    };
+    let reference: Reference = match serde_json::from_str(&baseline.profile) {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::error!(version = baseline.version, error = %e, "The active baseline's profile is unreadable: drift detection is off.");
+            return None;
+        }
+    };
+    let mut monitor = DriftMonitor::new(baseline.version, reference, config);
+    match store.detector_states(baseline.version) {
+        Ok(rows) => monitor.restore(rows),
+        Err(e) => tracing::error!(error = %e, "Cannot read detector state; detectors start fresh."),
+    }
+    tracing::info!(
+        version = baseline.version,
+        records = baseline.records,
+        "Drift detection armed on the active baseline."
+    );
+    Some(monitor)
+}
+
 /// Starts student, teacher and writer; returns the ingest side and the threads.
 fn start(
     config: &Config,
@@ -201,6 +243,7 @@ fn start(
     quarantine_dir: Option<PathBuf>,
     ledger: Option<Reader>,
     on_file: Option<FileCallback>,
+    metrics: Arc<Metrics>,
 ) -> anyhow::Result<(Ingest, Threads)> {
     let Channels {
         work: (work_tx, work_rx),
@@ -212,7 +255,9 @@ fn start(
     let specs = models.student.inputs.clone();
     let comparer = model_worker_parts(config);
     let (max_batch, max_wait) = batch_limits(&config.student);
+    let monitor = drift_monitor(config, &store);
     let writer = Writer {
+        monitor,
         store,
         student_sha: models.student.sha256[..12].to_string(),
         teacher_sha: models.teacher.sha256[..12].to_string(),
@@ -223,6 +268,7 @@ fn start(
             .as_millis()
             .min(i64::MAX as u128) as i64,
         on_file,
+        metrics: metrics.clone(),
     }
     .spawn(writer_rx)
     .context("starting the writer thread")?;
@@ -231,6 +277,7 @@ fn start(
         comparer: comparer.clone(),
         max_batch: config.teacher.max_batch.max(1),
         mask_input: config.compare.mask_input.clone(),
+        metrics: metrics.clone(),
     }
     .spawn(teacher_rx, writer_tx.clone())
     .context("starting the teacher thread")?;
@@ -244,6 +291,7 @@ fn start(
         model: models.student,
         max_batch,
         max_wait,
+        metrics,
     }
     .spawn(work_rx, scored_tx)
     .context("starting the student thread")?;
@@ -280,15 +328,117 @@ fn prepare_dirs(config: &Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Runs the daemon until `shutdown` completes, then drains and returns.
-pub async fn run(
-    config: Config,
-    shutdown: impl Future<Output = ()>,
-    on_file: Option<FileCallback>,
-) -> anyhow::Result<WriterReport> {
-    prepare_dirs(&config)?;
-    let store = Store::open(&config.store.path)?;
-    let models = load_models(&config).map_err(|p| anyhow!("{}", p.join("\n")))?;
+/// What the daemon is asked to do: `main` turns signals into these; tests send them directly.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Control {
+    /// SIGHUP: read the config file again and apply it if it is valid.
+    Reload,
+    /// SIGTERM, SIGINT: stop taking files, drain, exit.
+    Shutdown,
+    /// A second SIGTERM: give up draining now.
+    Force,
+}
+
+/// Why the daemon stopped without draining cleanly. The files it did not finish stay in the
+/// inbox and are processed, whole, at the next start.
+#[derive(Debug, thiserror::Error)]
+pub enum StopError {
+    #[error("the pipeline did not drain within {0:?} ([daemon] drain_timeout); exiting anyway")]
+    DrainTimeout(Duration),
+    #[error("forced exit (second stop signal) while draining")]
+    Forced,
+}
+
+/// One running pipeline: the inbox watcher, the ingest thread and the pipeline threads.
+struct Running {
+    watcher: Box<dyn notify::Watcher + Send>,
+    events: mpsc::Sender<IngestEvent>,
+    ingest: JoinHandle<Result<(), Closed>>,
+    threads: Threads,
+    in_flight: InFlightPaths,
+}
+
+impl Running {
+    /// Opens the store, starts the pipeline threads, registers the watcher and starts the
+    /// ingest thread, whose first act is the catch-up scan.
+    fn start(
+        config: &Config,
+        models: Models,
+        metrics: &Arc<Metrics>,
+        on_file: Option<FileCallback>,
+    ) -> anyhow::Result<Running> {
+        prepare_dirs(config)?;
+        let store = Store::open(&config.store.path)?;
+        let ledger = Reader::open(&config.store.path)?;
+        let (mut ingest, threads) = start(
+            config,
+            models,
+            store,
+            Ingest::done_disposition(config),
+            Some(config.inbox.quarantine_dir.clone()),
+            Some(ledger),
+            on_file,
+            metrics.clone(),
+        )?;
+        let in_flight = ingest.in_flight.clone();
+        let inbox = config
+            .inbox
+            .dir
+            .canonicalize()
+            .with_context(|| format!("inbox {}", config.inbox.dir.display()))?;
+        let watch = Watch {
+            dir: inbox.clone(),
+            quiet: config.inbox.quiet,
+            rescan_interval: config.inbox.rescan_interval,
+            poll: config.inbox.poll,
+        };
+        let (events, events_rx) = mpsc::channel();
+        let watcher = watch
+            .start(events.clone())
+            .with_context(|| format!("watching {}", inbox.display()))?;
+        tracing::info!(inbox = %inbox.display(), "Watching the inbox.");
+        let ingest = std::thread::Builder::new()
+            .name("ingest".into())
+            .spawn(move || {
+                let result = watch.run(&mut ingest, events_rx);
+                drop(ingest); // closes the pipeline's input
+                result
+            })
+            .context("starting the ingest thread")?;
+        Ok(Running {
+            watcher,
+            events,
+            ingest,
+            threads,
+            in_flight,
+        })
+    }
+
+    /// Stops taking files and waits (on a blocking thread) until every stage has finished what
+    /// it holds.
+    fn drain(self) -> tokio::task::JoinHandle<anyhow::Result<WriterReport>> {
+        let Running {
+            watcher,
+            events,
+            ingest,
+            threads,
+            ..
+        } = self;
+        drop(watcher);
+        let _ = events.send(IngestEvent::Stop);
+        tokio::task::spawn_blocking(move || {
+            match ingest.join() {
+                Ok(Ok(())) | Ok(Err(Closed)) => {}
+                Err(_) => return Err(anyhow!("ingest thread panicked")),
+            }
+            threads.join()
+        })
+    }
+}
+
+/// Loads the models of `config` and logs what was loaded.
+fn load_models_logged(config: &Config) -> anyhow::Result<Models> {
+    let models = load_models(config).map_err(|p| anyhow!("{}", p.join("\n")))?;
     tracing::info!(
         library = %models.runtime.library.display(),
         version = %models.runtime.version,
@@ -296,54 +446,149 @@ pub async fn run(
         teacher = %config.teacher.path.display(),
         "Models loaded."
     );
-    let ledger = Reader::open(&config.store.path)?;
-    let (mut ingest, threads) = start(
-        &config,
-        models,
-        store,
-        Ingest::done_disposition(&config),
-        Some(config.inbox.quarantine_dir.clone()),
-        Some(ledger),
-        on_file,
-    )?;
-    let inbox = config
-        .inbox
-        .dir
-        .canonicalize()
-        .with_context(|| format!("inbox {}", config.inbox.dir.display()))?;
-    let watch = Watch {
-        dir: inbox.clone(),
-        quiet: config.inbox.quiet,
-        rescan_interval: config.inbox.rescan_interval,
-        poll: config.inbox.poll,
-    };
-    let (events_tx, events_rx) = mpsc::channel();
-    let watcher = watch
-        .start(events_tx.clone())
-        .with_context(|| format!("watching {}", inbox.display()))?;
-    tracing::info!(inbox = %inbox.display(), "Watching the inbox.");
-    let ingest_thread = std::thread::Builder::new()
-        .name("ingest".into())
-        .spawn(move || {
-            let result = watch.run(&mut ingest, events_rx);
-            drop(ingest); // closes the pipeline's input
-            result
-        })
-        .context("starting the ingest thread")?;
+    Ok(models)
+}
 
-    shutdown.await;
-    tracing::info!("Shutting down: no new files; draining the pipeline.");
-    drop(watcher);
-    let _ = events_tx.send(IngestEvent::Stop);
-    let report = tokio::task::spawn_blocking(move || -> anyhow::Result<WriterReport> {
-        match ingest_thread.join() {
-            Ok(Ok(())) | Ok(Err(Closed)) => {}
-            Err(_) => return Err(anyhow!("ingest thread panicked")),
+/// Waits for a drain, at most `limit`; a `Force` cuts it short. Other requests are ignored.
+async fn drain_within(
+    running: Running,
+    limit: Duration,
+    control: &mut tokio::sync::mpsc::Receiver<Control>,
+) -> anyhow::Result<WriterReport> {
+    let mut drain = running.drain();
+    let deadline = tokio::time::sleep(limit);
+    tokio::pin!(deadline);
+    let mut listening = true;
+    loop {
+        tokio::select! {
+            joined = &mut drain => return joined.context("joining the pipeline")?,
+            _ = &mut deadline => return Err(StopError::DrainTimeout(limit).into()),
+            c = control.recv(), if listening => match c {
+                Some(Control::Force) => return Err(StopError::Forced.into()),
+                Some(other) => tracing::info!(request = ?other, "Ignored while draining."),
+                None => listening = false,
+            },
         }
-        threads.join()
-    })
-    .await
-    .context("joining the pipeline")??;
+    }
+}
+
+/// Pings the systemd watchdog at half its interval while the pipeline makes progress: its
+/// heartbeat advanced within the last interval, or it holds no file (idle is healthy). A
+/// pipeline stuck with work in hand stops the pings, and systemd restarts the daemon.
+async fn watchdog(
+    interval: Duration,
+    metrics: Arc<Metrics>,
+    in_flight: Arc<std::sync::Mutex<InFlightPaths>>,
+) {
+    let mut tick = tokio::time::interval(interval / 2);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_beat = metrics.heartbeat();
+    let mut last_progress = tokio::time::Instant::now();
+    let mut stalled = false;
+    loop {
+        tick.tick().await;
+        let now = tokio::time::Instant::now();
+        let beat = metrics.heartbeat();
+        let idle = in_flight
+            .lock()
+            .map(|set| set.lock().map(|files| files.is_empty()).unwrap_or(false))
+            .unwrap_or(false);
+        if beat != last_beat || idle {
+            last_beat = beat;
+            last_progress = now;
+        }
+        if now.duration_since(last_progress) < interval {
+            if stalled {
+                tracing::info!("The pipeline progresses again; watchdog pings resumed.");
+                stalled = false;
+            }
+            crate::notify::watchdog_ping();
+        } else if !stalled {
+            stalled = true;
+            tracing::error!(
+                seconds = now.duration_since(last_progress).as_secs(),
+                "The pipeline holds files but has made no progress; watchdog pings stopped."
+            );
+        }
+    }
+}
+
+/// Runs the daemon until a [`Control::Shutdown`] arrives (or `control` closes), then drains and
+/// returns. A [`Control::Reload`] re-reads the config file: an invalid config, or models that do
+/// not load, are rejected and logged and the running pipeline goes on; a valid one is applied by
+/// draining the pipeline and starting it again in this process (the ONNX Runtime environment is
+/// process-wide and reused). `[http]` changes apply at the next start.
+///
+/// READY is sent once the pipeline runs: migrations applied, models loaded, the watcher
+/// registered and the catch-up scan under way.
+pub async fn run(
+    config: Config,
+    mut control: tokio::sync::mpsc::Receiver<Control>,
+    on_file: Option<FileCallback>,
+) -> anyhow::Result<WriterReport> {
+    let metrics = Metrics::new(config.store.path.clone());
+    let shared = Arc::new(std::sync::RwLock::new(Arc::new(config.clone())));
+    let (http_stop, http_stopped) = tokio::sync::watch::channel(false);
+    let http = crate::http::Server::new(&config.http, shared.clone(), metrics.clone())
+        .map(|server| tokio::spawn(server.serve(http_stopped)));
+    crate::notify::status("loading models");
+    let mut config = config;
+    let models = load_models_logged(&config)?;
+    let mut running = Running::start(&config, models, &metrics, on_file)?;
+    let in_flight = Arc::new(std::sync::Mutex::new(running.in_flight.clone()));
+    let watchdog = crate::notify::watchdog_interval().map(|interval| {
+        tracing::info!(
+            seconds = interval.as_secs_f64(),
+            "systemd watchdog enabled."
+        );
+        tokio::spawn(watchdog(interval, metrics.clone(), in_flight.clone()))
+    });
+    metrics.set_ready(true);
+    crate::notify::ready("processing the inbox");
+
+    let result = loop {
+        match control.recv().await {
+            Some(Control::Reload) => {
+                crate::notify::reloading();
+                match reload(config, running, &metrics, &mut control).await {
+                    Ok((c, r)) => {
+                        config = c;
+                        running = r;
+                        if let Ok(mut slot) = in_flight.lock() {
+                            *slot = running.in_flight.clone();
+                        }
+                        if let Ok(mut slot) = shared.write() {
+                            *slot = Arc::new(config.clone());
+                        }
+                        metrics.set_database(config.store.path.clone());
+                        metrics.set_ready(true);
+                        crate::notify::ready("processing the inbox");
+                    }
+                    Err(e) => {
+                        metrics.set_ready(false);
+                        break Err(e);
+                    }
+                }
+            }
+            Some(Control::Shutdown) | Some(Control::Force) | None => {
+                crate::notify::stopping("draining the pipeline");
+                metrics.set_ready(false);
+                tracing::info!(
+                    limit_seconds = config.daemon.drain_timeout.as_secs_f64(),
+                    "Shutting down: no new files; draining the pipeline."
+                );
+                break drain_within(running, config.daemon.drain_timeout, &mut control).await;
+            }
+        }
+    };
+    if let Some(w) = watchdog {
+        w.abort();
+    }
+    let _ = http_stop.send(true);
+    if let Some(task) = http {
+        let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
+    }
+    let report = result?;
     tracing::info!(
         files = report.files_committed,
         records = report.records_committed,
@@ -351,6 +596,63 @@ pub async fn run(
         "Stopped."
     );
     Ok(report)
+}
+
+/// Applies a reload request; returns the config and pipeline now running. Only an error that
+/// leaves no pipeline running is returned as `Err`.
+async fn reload(
+    old: Config,
+    running: Running,
+    metrics: &Arc<Metrics>,
+    control: &mut tokio::sync::mpsc::Receiver<Control>,
+) -> anyhow::Result<(Config, Running)> {
+    tracing::info!(config = %old.source.display(), "SIGHUP: reloading the config.");
+    let new = match Config::load(&old.source) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(error = %e, "The new config is invalid; keeping the running one.");
+            metrics.reload(false);
+            return Ok((old, running));
+        }
+    };
+    if new == old {
+        tracing::info!("The config is unchanged; nothing to apply.");
+        metrics.reload(true);
+        return Ok((old, running));
+    }
+    if new.http != old.http {
+        tracing::warn!("[http] changes apply at the next start; the HTTP server keeps its settings.");
+    }
+    // Load the new models beside the running ones: if they fail, nothing has stopped.
+    let models = match load_models_logged(&new) {
+        Ok(m) => m,
+        Err(e) => {
+            tracing::error!(error = %e, "The new config's models do not load; keeping the running config.");
+            metrics.reload(false);
+            return Ok((old, running));
+        }
+    };
+    metrics.set_ready(false);
+    let report = drain_within(running, old.daemon.drain_timeout, control).await?;
+    tracing::info!(
+        files = report.files_committed,
+        records = report.records_committed,
+        "Pipeline drained for the reload."
+    );
+    match Running::start(&new, models, metrics, None) {
+        Ok(r) => {
+            tracing::info!("The new config is applied.");
+            metrics.reload(true);
+            Ok((new, r))
+        }
+        Err(e) => {
+            tracing::error!(error = %format!("{e:#}"), "Starting with the new config failed; going back to the previous one.");
+            metrics.reload(false);
+            let models = load_models_logged(&old)?;
+            let r = Running::start(&old, models, metrics, None)?;
+            Ok((old, r))
+        }
+    }
 }
 
 /// Runs the daemon's pipeline over the given files (directories: their files, sorted), then
@@ -373,6 +675,7 @@ pub fn replay(
         None,
         Some(ledger),
         on_file,
+        Metrics::new(config.store.path.clone()),
     )?;
     let files = expand(paths)?;
     for file in &files {

@@ -14,6 +14,10 @@
 //! - [`stats`]: intervals for the reported rates.
 //! - [`daemon`]: wiring and shutdown; `run` (the daemon) and `replay`.
 //! - [`commands`], [`demo`]: `check`, `status`, `demo`; [`cli`]: argument definitions.
+//! - [`http`]: `/metrics`, `/healthz`, `/readyz`, the JSON API and the dashboard (loopback).
+//! - [`metrics`]: in-process Prometheus metrics, the database collector, the pipeline heartbeat.
+//! - [`report`]: the dashboard's data and page; `sensei report`.
+//! - [`notify`]: systemd notifications (READY, RELOADING, STOPPING, watchdog).
 
 pub mod baseline;
 pub mod cli;
@@ -22,11 +26,16 @@ pub mod compare;
 pub mod config;
 pub mod daemon;
 pub mod demo;
+pub mod drift;
+pub mod http;
 pub mod ingest;
+pub mod metrics;
 pub mod model;
 pub mod monitor;
+pub mod notify;
 pub mod pipeline;
 pub mod record;
+pub mod report;
 pub mod sampler;
 pub mod stats;
 pub mod store;

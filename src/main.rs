@@ -50,7 +50,35 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 .enable_all()
                 .build()
                 .context("starting the async runtime")?;
-            runtime.block_on(sensei::daemon::run(config, shutdown_signal(), None))?;
+            let result = runtime.block_on(async {
+                let (tx, rx) = tokio::sync::mpsc::channel(8);
+                tokio::spawn(forward_signals(tx));
+                sensei::daemon::run(config, rx, None).await
+            });
+            match result {
+                Ok(_) => Ok(ExitCode::SUCCESS),
+                Err(e) => {
+                    tracing::error!(error = %format!("{e:#}"), "The daemon stopped with an error.");
+                    // Pipeline threads may still hold work; leave them to process exit rather
+                    // than wait for them (the database is consistent at every commit).
+                    runtime.shutdown_background();
+                    Err(e)
+                }
+            }
+        }
+        Command::Report { out } => {
+            let config = match load_config(&cli.config) {
+                Ok(c) => c,
+                Err(code) => return Ok(code),
+            };
+            init_logging(LogFormat::Auto, "warn,ort=error");
+            let data = sensei::report::write_report(&config, &out)?;
+            println!(
+                "wrote {} ({}: {})",
+                out.display(),
+                data.health.level,
+                data.health.summary
+            );
             Ok(ExitCode::SUCCESS)
         }
         Command::Replay { paths } => {
@@ -67,6 +95,20 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             } else {
                 ExitCode::SUCCESS
             })
+        }
+        Command::Baseline { paths, json } => {
+            let config = match load_config(&cli.config) {
+                Ok(c) => c,
+                Err(code) => return Ok(code),
+            };
+            init_logging(config.log.format, "warn,ort=error");
+            let report = commands::baseline(&config, &paths)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{}", report.text());
+            }
+            Ok(ExitCode::SUCCESS)
         }
         Command::Status { json } => {
             let config = match load_config(&cli.config) {
@@ -114,8 +156,10 @@ fn init_logging(format: LogFormat, filter: &str) {
     }
 }
 
-/// Completes on SIGTERM or SIGINT. SIGHUP is caught so that it does not kill the daemon.
-async fn shutdown_signal() {
+/// Turns signals into daemon requests: the first SIGTERM or SIGINT drains, a second one forces
+/// the exit, SIGHUP reloads the config.
+async fn forward_signals(tx: tokio::sync::mpsc::Sender<sensei::daemon::Control>) {
+    use sensei::daemon::Control;
     use tokio::signal::unix::{SignalKind, signal};
     let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
         signal(SignalKind::terminate()),
@@ -125,13 +169,21 @@ async fn shutdown_signal() {
         tracing::error!("Cannot install signal handlers; stop with SIGKILL.");
         return std::future::pending().await;
     };
+    let mut stopping = false;
     loop {
-        tokio::select! {
-            _ = term.recv() => { tracing::info!("SIGTERM received."); return; }
-            _ = int.recv() => { tracing::info!("SIGINT received."); return; }
-            _ = hup.recv() => {
-                tracing::warn!("SIGHUP received: this version applies config changes only at restart.");
-            }
+        let request = tokio::select! {
+            _ = term.recv() => { tracing::info!("SIGTERM received."); if stopping { Control::Force } else { Control::Shutdown } }
+            _ = int.recv() => { tracing::info!("SIGINT received."); if stopping { Control::Force } else { Control::Shutdown } }
+            _ = hup.recv() => { tracing::info!("SIGHUP received."); Control::Reload }
+        };
+        if request == Control::Shutdown {
+            stopping = true;
+        }
+        if request == Control::Force {
+            tracing::warn!("Second stop signal: exiting without finishing the drain.");
+        }
+        if tx.send(request).await.is_err() {
+            return;
         }
     }
 }

@@ -20,10 +20,13 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crate::compare::{Comparer, attention_kl};
+use crate::drift::{DriftMonitor, MonitorDelta, Observation};
 use crate::model::{BatchOutput, Model};
 use crate::record::Record;
 use crate::sampler::{Decision, Sampler};
-use crate::store::{CommitOutcome, FileCommit, LabelsOutcome, RecordRow, Store, TeacherRow};
+use crate::store::{
+    CommitOutcome, FileCommit, LabelJoin, LabelsOutcome, RecordRow, Store, TeacherRow,
+};
 
 /// What happens to a file in the inbox once sensei is done with it.
 #[derive(Debug, Clone)]
@@ -119,6 +122,7 @@ pub struct StudentWorker {
     pub model: Model,
     pub max_batch: usize,
     pub max_wait: Duration,
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// A batch the student has answered, on its way to the dispatcher.
@@ -185,7 +189,10 @@ impl StudentWorker {
                 }
                 let batch: Vec<Pending> = pending.drain(..n).collect();
                 let records: Vec<&Record> = batch.iter().map(|p| &p.prepared.record).collect();
+                let started = Instant::now();
                 let result = self.model.run(&records).map_err(|e| e.to_string());
+                self.metrics
+                    .batch("student", started.elapsed(), records.len());
                 drop(records);
                 if output.send(Scored { batch, result }).is_err() {
                     return; // the dispatcher is gone: shutting down
@@ -244,6 +251,7 @@ impl Dispatcher {
                 for (i, p) in batch.into_iter().enumerate() {
                     let student_output = out.output_of(i);
                     let stats = self.comparer.stats(student_output);
+                    let features = crate::compare::input_features(&p.prepared.record);
                     let mut decision = self.sampler.decide(&p.prepared.record_id, now);
                     let mut teacher_pending = false;
                     if let Decision::Sampled { weight } = decision {
@@ -269,6 +277,7 @@ impl Dispatcher {
                         }
                     }
                     let row = RecordRow {
+                        features,
                         record_id: p.prepared.record_id,
                         ts_ms: p.prepared.ts_ms,
                         segment: p.prepared.segment,
@@ -385,6 +394,7 @@ pub struct TeacherWorker {
     pub max_batch: usize,
     /// Name of the int64 mask input used for embedding pooling, if any.
     pub mask_input: Option<String>,
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl TeacherWorker {
@@ -435,7 +445,10 @@ impl TeacherWorker {
         writer: &SyncSender<WriterMsg>,
     ) -> Result<(), ()> {
         let records: Vec<&Record> = group.iter().map(|j| &j.record).collect();
+        let started = Instant::now();
         let result = self.model.run(&records);
+        self.metrics
+            .batch("teacher", started.elapsed(), records.len());
         drop(records);
         let mut by_file = ByFile::new();
         let out = match result {
@@ -516,6 +529,9 @@ pub struct Writer {
     pub retention_ms: i64,
     /// Called after each file is committed or quarantined (tests and `replay` count with it).
     pub on_file: Option<FileCallback>,
+    /// The drift detectors of the active baseline (none until `sensei baseline` has run).
+    pub monitor: Option<DriftMonitor>,
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// Called by the writer for every finished file.
@@ -627,8 +643,10 @@ impl Writer {
                     if let Ok(mut set) = meta.in_flight.lock() {
                         set.remove(&meta.path);
                     }
+                    let outcome = FileOutcome::Quarantined { reason };
+                    self.metrics.file_finished(&meta, &outcome);
                     if let Some(cb) = self.on_file.as_mut() {
-                        cb(&meta, &FileOutcome::Quarantined { reason });
+                        cb(&meta, &outcome);
                     }
                     continue;
                 }
@@ -689,7 +707,50 @@ impl Writer {
                 }
             }
         }
+        let first_seq = match self.store.next_seq() {
+            Ok(seq) => seq,
+            Err(e) => {
+                return FileOutcome::Failed {
+                    error: e.to_string(),
+                };
+            }
+        };
+        // Detectors see the file's records in order; their changes commit with the records. A
+        // failed commit puts the detectors back as they were, so nothing is observed twice.
+        let snapshot = self.monitor.clone();
+        let now = now_ms();
+        let delta = self.monitor.as_mut().map(|m| {
+            let mut delta = MonitorDelta::default();
+            for (i, r) in records.iter().enumerate() {
+                let seq = first_seq + i as i64;
+                let c = r.teacher.as_ref().map(|t| &t.comparison);
+                m.observe(
+                    &Observation {
+                        seq,
+                        segment: &r.segment,
+                        confidence: r.confidence,
+                        prediction: r.prediction,
+                        features: &r.features,
+                        disagreement: c.and_then(|c| c.disagreement),
+                        kl: c.and_then(|c| c.kl),
+                        attention_kl: c.and_then(|c| c.attention_kl),
+                    },
+                    now,
+                    &mut delta,
+                );
+                if let (Some(label), Some(p)) = (r.label, r.prediction) {
+                    let teacher_wrong = r
+                        .teacher
+                        .as_ref()
+                        .and_then(|t| t.teacher_prediction)
+                        .map(|t| t != label);
+                    m.observe_label(seq, &r.segment, p != label, teacher_wrong, now, &mut delta);
+                }
+            }
+            (m.baseline_version, delta)
+        });
         let commit = FileCommit {
+            first_seq,
             name: meta.name.clone(),
             sha256: meta.sha256.clone(),
             size: meta.size,
@@ -698,20 +759,67 @@ impl Writer {
             teacher: self.teacher_sha.clone(),
             records,
         };
-        match self.store.commit_file(&commit, self.window_ms, now_ms()) {
-            Ok(CommitOutcome::Committed { records, .. }) => FileOutcome::Committed { records },
-            Ok(CommitOutcome::Duplicate { .. }) => FileOutcome::Duplicate,
-            Err(e) => FileOutcome::Failed {
-                error: e.to_string(),
-            },
+        let result = self.store.commit_file(
+            &commit,
+            self.window_ms,
+            now,
+            delta.as_ref().map(|(v, d)| (*v, d)),
+        );
+        match result {
+            Ok(CommitOutcome::Committed { records, .. }) => {
+                if let Some((_, d)) = &delta {
+                    log_drift(d);
+                }
+                FileOutcome::Committed { records }
+            }
+            Ok(CommitOutcome::Duplicate { .. }) => {
+                self.monitor = snapshot;
+                FileOutcome::Duplicate
+            }
+            Err(e) => {
+                self.monitor = snapshot;
+                FileOutcome::Failed {
+                    error: e.to_string(),
+                }
+            }
         }
     }
 
     fn commit_labels(&mut self, meta: &FileMeta, labels: &[(String, i64)]) -> FileOutcome {
-        match self
-            .store
-            .commit_labels(&meta.name, &meta.sha256, meta.size, labels, now_ms())
-        {
+        let snapshot = self.monitor.clone();
+        let now = now_ms();
+        let monitor = &mut self.monitor;
+        let mut joined = |joins: &[LabelJoin]| {
+            let m = monitor.as_mut()?;
+            let mut delta = MonitorDelta::default();
+            for j in joins {
+                if let Some(p) = j.prediction {
+                    let teacher_wrong = j.teacher_prediction.map(|t| t != j.label);
+                    m.observe_label(
+                        j.seq,
+                        &j.segment,
+                        p != j.label,
+                        teacher_wrong,
+                        now,
+                        &mut delta,
+                    );
+                }
+            }
+            log_drift(&delta);
+            Some((m.baseline_version, delta))
+        };
+        let result = self.store.commit_labels(
+            &meta.name,
+            &meta.sha256,
+            meta.size,
+            labels,
+            now,
+            &mut joined,
+        );
+        if !matches!(result, Ok(LabelsOutcome::Committed { .. })) {
+            self.monitor = snapshot;
+        }
+        match result {
             Ok(LabelsOutcome::Committed {
                 labels, matched, ..
             }) => FileOutcome::Labels { labels, matched },
@@ -724,6 +832,7 @@ impl Writer {
 
     /// Moves the file where it belongs after the database has the truth, and reports.
     fn finish(&mut self, meta: &FileMeta, mut outcome: FileOutcome, report: &mut WriterReport) {
+        self.metrics.file_finished(meta, &outcome);
         match &outcome {
             FileOutcome::Committed { records } => {
                 report.files_committed += 1;
@@ -784,6 +893,23 @@ impl InFlight {
             teacher_outstanding: 0,
             teacher_rows: HashMap::new(),
         }
+    }
+}
+
+fn log_drift(delta: &MonitorDelta) {
+    for e in &delta.events {
+        tracing::warn!(
+            signal = %e.signal,
+            segment = %e.segment,
+            detector = e.detector,
+            record = e.detected_at_record,
+            baseline = e.baseline_value,
+            current = e.current_value,
+            "Drift detected."
+        );
+    }
+    for (signal, segment, detector) in &delta.resolved {
+        tracing::info!(%signal, %segment, detector, "Drift resolved: the signal is back in control.");
     }
 }
 

@@ -16,11 +16,15 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension, Transaction, params};
 use serde::Serialize;
 
 use crate::compare::Comparison;
+use crate::drift::MonitorDelta;
 use crate::record::{Tensor, TensorData};
 
 /// The migrations, in order. `build.rs` makes cargo rebuild when the directory changes.
 const MIGRATIONS: &[(&str, &str)] = &[
-    ("0001_initial", include_str!("../migrations/0001_initial.sql")),
+    (
+        "0001_initial",
+        include_str!("../migrations/0001_initial.sql"),
+    ),
     ("0002_drift", include_str!("../migrations/0002_drift.sql")),
 ];
 
@@ -92,6 +96,8 @@ fn migrate(conn: &mut Connection) -> Result<()> {
 /// A file that finished ingest and inference, ready to commit.
 #[derive(Debug)]
 pub struct FileCommit {
+    /// `records.seq` of the first record; the others follow in order.
+    pub first_seq: i64,
     pub name: String,
     pub sha256: String,
     pub size: u64,
@@ -104,6 +110,8 @@ pub struct FileCommit {
 #[derive(Debug)]
 pub struct RecordRow {
     pub record_id: String,
+    /// The record's input summary (for the drift detectors; not stored).
+    pub features: Vec<f64>,
     pub ts_ms: i64,
     pub segment: String,
     pub prediction: Option<i64>,
@@ -255,6 +263,7 @@ impl Store {
         file: &FileCommit,
         window_ms: i64,
         now_ms: i64,
+        drift: Option<(i64, &MonitorDelta)>,
     ) -> Result<CommitOutcome> {
         let tx = self.conn.transaction()?;
         if let Some((of_id, of_name)) = done_file(&tx, &file.sha256)? {
@@ -287,8 +296,8 @@ impl Store {
         {
             let mut ins_record = tx.prepare_cached(
                 "INSERT INTO records (file_id, record_id, ts, segment, student, prediction, confidence,
-                                      entropy, value, latency_us, sampled, label)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+                                      entropy, value, latency_us, sampled, label, seq)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
             )?;
             let mut ins_teacher = tx.prepare_cached(
                 "INSERT INTO teacher_samples (seq, record_id, ts, segment, weight, teacher, student,
@@ -301,7 +310,7 @@ impl Store {
             let mut ins_input = tx.prepare_cached(
                 "INSERT INTO teacher_sample_inputs (seq, name, dtype, shape, data) VALUES (?1, ?2, ?3, ?4, ?5)",
             )?;
-            for r in &file.records {
+            for (i, r) in file.records.iter().enumerate() {
                 ins_record.execute(params![
                     file_id,
                     r.record_id,
@@ -315,8 +324,9 @@ impl Store {
                     r.latency_us,
                     r.sampled,
                     r.label,
+                    file.first_seq + i as i64,
                 ])?;
-                let seq = tx.last_insert_rowid();
+                let seq = file.first_seq + i as i64;
                 if let Some(t) = &r.teacher {
                     let c = &t.comparison;
                     let (att, att_shape) = match &t.teacher_attention {
@@ -371,6 +381,9 @@ impl Store {
             }
         }
         upsert_windows(&tx, &windows)?;
+        if let Some((version, delta)) = drift {
+            write_delta(&tx, version, delta, now_ms)?;
+        }
         tx.commit()?;
         Ok(CommitOutcome::Committed {
             file_id,
@@ -440,6 +453,10 @@ impl Store {
     /// Commits a late-labels file: stores each label and writes it onto the records (and teacher
     /// samples) with that id. Labels for ids not seen yet wait in `late_labels`; records arriving
     /// later pick them up in [`Store::commit_file`]'s caller via [`Store::pending_label`].
+    ///
+    /// `joined` is called for every record a label reaches, with what the drift detectors need
+    /// (seq, segment, student prediction, teacher prediction when sampled, label); it returns
+    /// the detectors' changes, which commit in the same transaction.
     pub fn commit_labels(
         &mut self,
         name: &str,
@@ -447,6 +464,7 @@ impl Store {
         size: u64,
         labels: &[(String, i64)],
         now_ms: i64,
+        joined: &mut dyn FnMut(&[LabelJoin]) -> Option<(i64, MonitorDelta)>,
     ) -> Result<LabelsOutcome> {
         let tx = self.conn.transaction()?;
         if let Some((of_id, of_name)) = done_file(&tx, sha256)? {
@@ -487,11 +505,34 @@ impl Store {
                  ON CONFLICT (record_id) DO UPDATE SET label = excluded.label, file_id = excluded.file_id,
                      received_at = excluded.received_at, matched = excluded.matched",
             )?;
+            let mut lookup = tx.prepare_cached(
+                "SELECT r.seq, r.segment, r.prediction, t.teacher_prediction
+                 FROM records r LEFT JOIN teacher_samples t ON t.seq = r.seq
+                 WHERE r.record_id = ?1 ORDER BY r.seq",
+            )?;
+            let mut joins = Vec::new();
             for (id, label) in labels {
                 let matched = upd_records.execute(params![id, label])?;
                 upd_samples.execute(params![id, label])?;
                 ins.execute(params![id, label, file_id, now_ms, matched as i64])?;
                 matched_total += matched;
+                if matched > 0 {
+                    let rows = lookup.query_map([id], |r| {
+                        Ok(LabelJoin {
+                            seq: r.get(0)?,
+                            segment: r.get(1)?,
+                            prediction: r.get(2)?,
+                            teacher_prediction: r.get(3)?,
+                            label: *label,
+                        })
+                    })?;
+                    for row in rows {
+                        joins.push(row?);
+                    }
+                }
+            }
+            if let Some((version, delta)) = joined(&joins) {
+                write_delta(&tx, version, &delta, now_ms)?;
             }
         }
         tx.commit()?;
@@ -500,6 +541,57 @@ impl Store {
             labels: labels.len(),
             matched: matched_total,
         })
+    }
+
+    /// The `records.seq` the next record gets (sequence numbers are never reused, even after
+    /// retention deleted the rows).
+    pub fn next_seq(&self) -> Result<i64> {
+        let last: Option<i64> = self
+            .conn
+            .query_row(
+                "SELECT seq FROM sqlite_sequence WHERE name = 'records'",
+                [],
+                |r| r.get(0),
+            )
+            .optional()?;
+        Ok(last.unwrap_or(0) + 1)
+    }
+
+    /// Stores a new baseline version and makes it the active one.
+    pub fn insert_baseline(
+        &mut self,
+        student: &str,
+        teacher: &str,
+        records: i64,
+        sources: &str,
+        profile: &str,
+        now_ms: i64,
+    ) -> Result<i64> {
+        let tx = self.conn.transaction()?;
+        tx.execute("UPDATE baselines SET active = 0 WHERE active = 1", [])?;
+        tx.execute(
+            "INSERT INTO baselines (created_at, active, student, teacher, records, sources, profile)
+             VALUES (?1, 1, ?2, ?3, ?4, ?5, ?6)",
+            params![now_ms, student, teacher, records, sources, profile],
+        )?;
+        let version = tx.last_insert_rowid();
+        tx.commit()?;
+        Ok(version)
+    }
+
+    pub fn active_baseline(&self) -> Result<Option<BaselineRow>> {
+        active_baseline(&self.conn)
+    }
+
+    /// Persisted detector states of a baseline version: (signal, segment, detector, json).
+    pub fn detector_states(&self, version: i64) -> Result<Vec<(String, String, String, String)>> {
+        let mut stmt = self.conn.prepare(
+            "SELECT signal, segment, detector, state FROM detector_state WHERE baseline_version = ?1",
+        )?;
+        let rows = stmt.query_map([version], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
     /// A late label that arrived before its record.
@@ -540,6 +632,201 @@ impl Store {
     }
 }
 
+/// A label joined to a record it belongs to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LabelJoin {
+    pub seq: i64,
+    pub segment: String,
+    pub prediction: Option<i64>,
+    pub teacher_prediction: Option<i64>,
+    pub label: i64,
+}
+
+/// Writes a drift monitor's changes: new events, resolutions, detector states.
+fn write_delta(
+    tx: &Transaction<'_>,
+    version: i64,
+    delta: &MonitorDelta,
+    now_ms: i64,
+) -> Result<()> {
+    let mut ins = tx.prepare_cached(
+        "INSERT INTO drift_events (signal, segment, detector, detected_at, detected_at_record,
+            estimated_change_record, statistic, threshold, baseline_value, current_value, current_low,
+            current_high, p_value, effect_size, baseline_version)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
+    )?;
+    for e in &delta.events {
+        ins.execute(params![
+            e.signal,
+            e.segment,
+            e.detector,
+            e.detected_at_ms,
+            e.detected_at_record,
+            e.estimated_change_record,
+            finite(e.statistic),
+            finite(e.threshold),
+            e.baseline_value.map(finite),
+            e.current_value.map(finite),
+            e.current_low.map(finite),
+            e.current_high.map(finite),
+            e.p_value.map(finite),
+            e.effect_size.map(finite),
+            version,
+        ])?;
+    }
+    let mut resolve = tx.prepare_cached(
+        "UPDATE drift_events SET resolved_at = ?4
+         WHERE signal = ?1 AND segment = ?2 AND detector = ?3 AND resolved_at IS NULL",
+    )?;
+    for (signal, segment, detector) in &delta.resolved {
+        resolve.execute(params![signal, segment, detector, now_ms])?;
+    }
+    let mut state = tx.prepare_cached(
+        "INSERT INTO detector_state (signal, segment, detector, baseline_version, samples, statistic,
+            threshold, state, updated_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
+         ON CONFLICT (signal, segment, detector) DO UPDATE SET baseline_version = excluded.baseline_version,
+            samples = excluded.samples, statistic = excluded.statistic, threshold = excluded.threshold,
+            state = excluded.state, updated_at = excluded.updated_at",
+    )?;
+    for ((signal, segment, detector), (samples, statistic, threshold, json)) in &delta.states {
+        state.execute(params![
+            signal,
+            segment,
+            detector,
+            version,
+            *samples as i64,
+            finite(*statistic),
+            finite(*threshold),
+            json,
+            now_ms
+        ])?;
+    }
+    Ok(())
+}
+
+/// SQLite stores NaN as NULL, which a NOT NULL column refuses: never let one through.
+fn finite(x: f64) -> f64 {
+    if x.is_finite() { x } else { 0.0 }
+}
+
+/// One stored baseline version.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct BaselineRow {
+    pub version: i64,
+    pub created_at: i64,
+    pub active: bool,
+    pub student: String,
+    pub teacher: String,
+    pub records: i64,
+    #[serde(skip)]
+    pub profile: String,
+}
+
+/// A drift event as stored.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct DriftEventRow {
+    pub id: i64,
+    pub signal: String,
+    pub segment: String,
+    pub detector: String,
+    pub detected_at: i64,
+    pub detected_at_record: i64,
+    pub estimated_change_record: Option<i64>,
+    pub statistic: f64,
+    pub threshold: f64,
+    pub baseline_value: Option<f64>,
+    pub current_value: Option<f64>,
+    pub current_low: Option<f64>,
+    pub current_high: Option<f64>,
+    pub p_value: Option<f64>,
+    pub effect_size: Option<f64>,
+    pub resolved_at: Option<i64>,
+}
+
+/// A detector's current standing, for status.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct DetectorRow {
+    pub signal: String,
+    pub segment: String,
+    pub detector: String,
+    pub samples: i64,
+    pub statistic: f64,
+    pub threshold: f64,
+}
+
+fn active_baseline(conn: &Connection) -> Result<Option<BaselineRow>> {
+    Ok(conn
+        .prepare_cached(
+            "SELECT version, created_at, active, student, teacher, records, profile
+             FROM baselines WHERE active = 1",
+        )?
+        .query_row([], |r| {
+            Ok(BaselineRow {
+                version: r.get(0)?,
+                created_at: r.get(1)?,
+                active: r.get::<_, i64>(2)? == 1,
+                student: r.get(3)?,
+                teacher: r.get(4)?,
+                records: r.get(5)?,
+                profile: r.get(6)?,
+            })
+        })
+        .optional()?)
+}
+
+fn recent_events(conn: &Connection, limit: i64) -> Result<Vec<DriftEventRow>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT id, signal, segment, detector, detected_at, detected_at_record, estimated_change_record,
+                statistic, threshold, baseline_value, current_value, current_low, current_high, p_value,
+                effect_size, resolved_at
+         FROM drift_events ORDER BY id DESC LIMIT ?1",
+    )?;
+    let rows = stmt.query_map([limit], |r| {
+        Ok(DriftEventRow {
+            id: r.get(0)?,
+            signal: r.get(1)?,
+            segment: r.get(2)?,
+            detector: r.get(3)?,
+            detected_at: r.get(4)?,
+            detected_at_record: r.get(5)?,
+            estimated_change_record: r.get(6)?,
+            statistic: r.get(7)?,
+            threshold: r.get(8)?,
+            baseline_value: r.get(9)?,
+            current_value: r.get(10)?,
+            current_low: r.get(11)?,
+            current_high: r.get(12)?,
+            p_value: r.get(13)?,
+            effect_size: r.get(14)?,
+            resolved_at: r.get(15)?,
+        })
+    })?;
+    let mut out: Vec<DriftEventRow> = rows.collect::<rusqlite::Result<_>>()?;
+    out.reverse();
+    Ok(out)
+}
+
+fn detectors(conn: &Connection) -> Result<Vec<DetectorRow>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT d.signal, d.segment, d.detector, d.samples, d.statistic, d.threshold
+         FROM detector_state d JOIN baselines b ON b.version = d.baseline_version AND b.active = 1
+         WHERE d.detector NOT IN ('window')
+         ORDER BY d.signal, d.segment, d.detector",
+    )?;
+    let rows = stmt.query_map([], |r| {
+        Ok(DetectorRow {
+            signal: r.get(0)?,
+            segment: r.get(1)?,
+            detector: r.get(2)?,
+            samples: r.get(3)?,
+            statistic: r.get(4)?,
+            threshold: r.get(5)?,
+        })
+    })?;
+    Ok(rows.collect::<rusqlite::Result<_>>()?)
+}
+
 /// A read-only connection for readers beside the running writer.
 pub struct Reader {
     conn: Connection,
@@ -574,6 +861,262 @@ impl Reader {
             .conn
             .pragma_query_value(None, "user_version", |r| r.get(0))?)
     }
+
+    pub fn active_baseline(&self) -> Result<Option<BaselineRow>> {
+        active_baseline(&self.conn)
+    }
+
+    /// The latest `limit` drift events, oldest first.
+    pub fn recent_events(&self, limit: i64) -> Result<Vec<DriftEventRow>> {
+        recent_events(&self.conn, limit)
+    }
+
+    /// Every detector of the active baseline with its statistic and threshold.
+    pub fn detectors(&self) -> Result<Vec<DetectorRow>> {
+        detectors(&self.conn)
+    }
+
+    // --- Queries for /metrics, the JSON API, the dashboard and `sensei report`. ---
+
+    /// Whether a table exists (tables of later migrations, read before they are applied).
+    pub fn table_exists(&self, name: &str) -> Result<bool> {
+        Ok(self
+            .conn
+            .prepare_cached("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?1")?
+            .exists([name])?)
+    }
+
+    /// `window_stats` rows, oldest first: one segment (or all when `None`), windows starting at
+    /// or after `since_ms`, at most the latest `limit`.
+    pub fn windows(
+        &self,
+        segment: Option<&str>,
+        since_ms: Option<i64>,
+        limit: i64,
+    ) -> Result<Vec<WindowRow>> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT * FROM (
+                SELECT start, segment, records, teacher_samples, skipped_budget, skipped_queue,
+                       mean_confidence, mean_entropy, mean_latency_us, disagreement_rate, mean_kl,
+                       mean_total_variation, mean_attention_kl, mean_teacher_latency_us
+                FROM window_stats
+                WHERE (?1 IS NULL OR segment = ?1) AND start >= ?2
+                ORDER BY start DESC, segment LIMIT ?3)
+             ORDER BY start, segment",
+        )?;
+        let rows = stmt.query_map(
+            params![segment, since_ms.unwrap_or(i64::MIN), limit],
+            window_row,
+        )?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// The latest window with teacher samples of every segment (what "now" looks like).
+    pub fn latest_windows(&self) -> Result<Vec<WindowRow>> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT w.start, w.segment, w.records, w.teacher_samples, w.skipped_budget,
+                    w.skipped_queue, w.mean_confidence, w.mean_entropy, w.mean_latency_us,
+                    w.disagreement_rate, w.mean_kl, w.mean_total_variation, w.mean_attention_kl,
+                    w.mean_teacher_latency_us
+             FROM window_stats w
+             JOIN (SELECT segment, MAX(start) AS start FROM windows WHERE teacher_samples > 0
+                   GROUP BY segment) l ON l.segment = w.segment AND l.start = w.start
+             ORDER BY w.segment",
+        )?;
+        let rows = stmt.query_map([], window_row)?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// Drift events per signal and segment: all, and those not yet resolved.
+    pub fn drift_event_counts(&self) -> Result<Vec<DriftEventCount>> {
+        if !self.table_exists("drift_events")? {
+            return Ok(Vec::new());
+        }
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT signal, segment, COUNT(*), SUM(resolved_at IS NULL)
+             FROM drift_events GROUP BY signal, segment ORDER BY signal, segment",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            Ok(DriftEventCount {
+                signal: r.get(0)?,
+                segment: r.get(1)?,
+                total: r.get(2)?,
+                open: r.get(3)?,
+            })
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// Drift events detected at or after `since_ms`, newest first, at most `limit`.
+    pub fn drift_events_since(&self, since_ms: i64, limit: i64) -> Result<Vec<DriftEventRow>> {
+        if !self.table_exists("drift_events")? {
+            return Ok(Vec::new());
+        }
+        let mut events = self.recent_events(limit.max(0))?;
+        events.retain(|e| e.detected_at >= since_ms);
+        events.sort_by_key(|e| std::cmp::Reverse(e.id));
+        Ok(events)
+    }
+
+    /// Alerts firing and the outbox backlog, once the alert tables exist (`None` before).
+    pub fn alert_counts(&self) -> Option<AlertCounts> {
+        if !self.table_exists("alerts").ok()? {
+            return None;
+        }
+        let firing = self
+            .conn
+            .query_row(
+                "SELECT COUNT(*) FROM alerts WHERE state = 'firing'",
+                [],
+                |r| r.get(0),
+            )
+            .ok()?;
+        let outbox_backlog = if self.table_exists("outbox").ok()? {
+            self.conn
+                .query_row(
+                    "SELECT COUNT(*) FROM outbox WHERE delivered_at IS NULL",
+                    [],
+                    |r| r.get(0),
+                )
+                .ok()
+        } else {
+            None
+        };
+        Some(AlertCounts {
+            firing,
+            outbox_backlog,
+        })
+    }
+
+    /// Rows of a table added by a later migration (alerts, re-distillation jobs), newest first,
+    /// as JSON objects; empty while the table does not exist.
+    pub fn recent_rows(&self, table: &str, order_by: &str, limit: i64) -> Vec<serde_json::Value> {
+        let known = matches!(table, "alerts" | "redistill_jobs" | "jobs" | "models")
+            && order_by
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_');
+        if !known || !self.table_exists(table).unwrap_or(false) {
+            return Vec::new();
+        }
+        let sql = format!("SELECT * FROM {table} ORDER BY {order_by} DESC LIMIT ?1");
+        let Ok(mut stmt) = self.conn.prepare(&sql) else {
+            return Vec::new();
+        };
+        let names: Vec<String> = stmt.column_names().iter().map(|c| c.to_string()).collect();
+        let rows = stmt.query_map([limit], |r| {
+            let mut obj = serde_json::Map::new();
+            for (i, name) in names.iter().enumerate() {
+                use rusqlite::types::ValueRef;
+                let v = match r.get_ref(i)? {
+                    ValueRef::Null | ValueRef::Blob(_) => serde_json::Value::Null,
+                    ValueRef::Integer(n) => n.into(),
+                    ValueRef::Real(x) => serde_json::Number::from_f64(x)
+                        .map_or(serde_json::Value::Null, serde_json::Value::Number),
+                    ValueRef::Text(t) => String::from_utf8_lossy(t).into_owned().into(),
+                };
+                obj.insert(name.clone(), v);
+            }
+            Ok(serde_json::Value::Object(obj))
+        });
+        match rows {
+            Ok(rows) => rows.filter_map(|r| r.ok()).collect(),
+            Err(_) => Vec::new(),
+        }
+    }
+
+    /// The model pairs that answered teacher samples, with their time span (newest first).
+    pub fn model_versions(&self) -> Result<Vec<ModelVersion>> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT student, teacher, COUNT(*), MIN(ts), MAX(ts), AVG(teacher_latency_us)
+             FROM teacher_samples GROUP BY student, teacher ORDER BY MAX(ts) DESC",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            Ok(ModelVersion {
+                student: r.get(0)?,
+                teacher: r.get(1)?,
+                teacher_samples: r.get(2)?,
+                first_ts: r.get(3)?,
+                last_ts: r.get(4)?,
+                mean_teacher_latency_us: r.get(5)?,
+            })
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// Mean student latency per record over all windows (µs).
+    pub fn mean_student_latency_us(&self) -> Result<Option<f64>> {
+        Ok(self.conn.query_row(
+            "SELECT SUM(latency_us_sum) * 1.0 / NULLIF(SUM(records), 0) FROM windows WHERE segment = ?1",
+            [ALL_SEGMENTS],
+            |r| r.get(0),
+        )?)
+    }
+}
+
+/// A `window_stats` row (rates and means of one window and segment).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct WindowRow {
+    pub start: i64,
+    pub segment: String,
+    pub records: i64,
+    pub teacher_samples: i64,
+    pub skipped_budget: i64,
+    pub skipped_queue: i64,
+    pub mean_confidence: Option<f64>,
+    pub mean_entropy: Option<f64>,
+    pub mean_latency_us: Option<f64>,
+    pub disagreement_rate: Option<f64>,
+    pub mean_kl: Option<f64>,
+    pub mean_total_variation: Option<f64>,
+    pub mean_attention_kl: Option<f64>,
+    pub mean_teacher_latency_us: Option<f64>,
+}
+
+fn window_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<WindowRow> {
+    Ok(WindowRow {
+        start: r.get(0)?,
+        segment: r.get(1)?,
+        records: r.get(2)?,
+        teacher_samples: r.get(3)?,
+        skipped_budget: r.get(4)?,
+        skipped_queue: r.get(5)?,
+        mean_confidence: r.get(6)?,
+        mean_entropy: r.get(7)?,
+        mean_latency_us: r.get(8)?,
+        disagreement_rate: r.get(9)?,
+        mean_kl: r.get(10)?,
+        mean_total_variation: r.get(11)?,
+        mean_attention_kl: r.get(12)?,
+        mean_teacher_latency_us: r.get(13)?,
+    })
+}
+
+/// Drift events of one signal and segment.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct DriftEventCount {
+    pub signal: String,
+    pub segment: String,
+    pub total: i64,
+    pub open: i64,
+}
+
+/// Alert state, once the alert tables exist.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AlertCounts {
+    pub firing: i64,
+    /// Notifications not yet delivered (`None` while the outbox table does not exist).
+    pub outbox_backlog: Option<i64>,
+}
+
+/// A student/teacher pair seen in the teacher samples.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ModelVersion {
+    pub student: String,
+    pub teacher: String,
+    pub teacher_samples: i64,
+    pub first_ts: i64,
+    pub last_ts: i64,
+    pub mean_teacher_latency_us: Option<f64>,
 }
 
 fn done_file(conn: &Connection, sha256: &str) -> Result<Option<(i64, String)>> {
@@ -757,6 +1300,7 @@ mod tests {
 
     fn record(id: &str, segment: &str, ts_ms: i64, teacher: Option<TeacherRow>) -> RecordRow {
         RecordRow {
+            features: Vec::new(),
             record_id: id.into(),
             ts_ms,
             segment: segment.into(),
@@ -792,8 +1336,20 @@ mod tests {
         }
     }
 
+    /// Commits with the next free sequence numbers, as the writer does.
+    fn commit(
+        store: &mut Store,
+        mut file: FileCommit,
+        window_ms: i64,
+        now_ms: i64,
+    ) -> Result<CommitOutcome> {
+        file.first_seq = store.next_seq()?;
+        store.commit_file(&file, window_ms, now_ms, None)
+    }
+
     fn file(name: &str, sha: &str, records: Vec<RecordRow>) -> FileCommit {
         FileCommit {
+            first_seq: 0,
             name: name.into(),
             sha256: sha.into(),
             size: 10,
@@ -841,7 +1397,7 @@ mod tests {
             ],
         );
         assert_eq!(
-            store.commit_file(&a, 60_000, 0).unwrap(),
+            commit(&mut store, a, 60_000, 0).unwrap(),
             CommitOutcome::Committed {
                 file_id: 1,
                 records: 3
@@ -853,7 +1409,7 @@ mod tests {
             vec![record("r1", "line=A", 1_000, None)],
         );
         assert!(matches!(
-            store.commit_file(&again, 60_000, 0).unwrap(),
+            commit(&mut store, again, 60_000, 0).unwrap(),
             CommitOutcome::Duplicate { of_id: 1, .. }
         ));
         let s = store.summary().unwrap();
@@ -882,21 +1438,16 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut store = Store::open(&dir.path().join("s.db")).unwrap();
         // An old record (ts 0) received at t=1000, a fresh one received at t=5000.
-        store
-            .commit_file(
-                &file("old.jsonl", "a", vec![record("r1", "", 0, None)]),
-                60_000,
-                1_000,
-            )
-            .unwrap();
-        store
-            .commit_file(
-                &file("new.jsonl", "b", vec![record("r2", "", 0, None)]),
-                60_000,
-                5_000,
-            )
-            .unwrap();
+        let old = file("old.jsonl", "a", vec![record("r1", "", 0, None)]);
+        commit(&mut store, old, 60_000, 1_000).unwrap();
+        let new = file("new.jsonl", "b", vec![record("r2", "", 0, None)]);
+        commit(&mut store, new, 60_000, 5_000).unwrap();
+        // Sequence numbers are never reused, even once the rows are gone.
         assert_eq!(store.apply_retention(2_000).unwrap(), 1);
+        store.conn.execute("DELETE FROM records", []).unwrap();
+        assert_eq!(store.next_seq().unwrap(), 3);
+        let again = file("again.jsonl", "c", vec![record("r2", "", 0, None)]);
+        commit(&mut store, again, 60_000, 5_000).unwrap();
         let left: String = store
             .conn
             .query_row("SELECT record_id FROM records", [], |r| r.get(0))
@@ -904,7 +1455,7 @@ mod tests {
         assert_eq!(left, "r2");
         assert_eq!(
             store.summary().unwrap().records,
-            2,
+            3,
             "window sums keep the history"
         );
     }
@@ -918,7 +1469,7 @@ mod tests {
             "abc",
             vec![record("r1", "", 0, Some(sample(false, 1.0)))],
         );
-        store.commit_file(&a, 60_000, 0).unwrap();
+        commit(&mut store, a, 60_000, 0).unwrap();
         let out = store
             .commit_labels(
                 "a.labels.jsonl",
@@ -926,6 +1477,18 @@ mod tests {
                 5,
                 &[("r1".into(), 3), ("r9".into(), 4)],
                 0,
+                &mut |joins| {
+                    assert_eq!(joins.len(), 1);
+                    assert_eq!(
+                        (
+                            joins[0].prediction,
+                            joins[0].teacher_prediction,
+                            joins[0].label
+                        ),
+                        (Some(1), Some(1), 3)
+                    );
+                    None
+                },
             )
             .unwrap();
         assert_eq!(

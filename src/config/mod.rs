@@ -32,6 +32,8 @@ pub struct Config {
     pub store: StoreConfig,
     pub log: LogConfig,
     pub detect: DetectConfig,
+    pub http: HttpConfig,
+    pub daemon: DaemonConfig,
 }
 
 /// Drift detection settings (`[detect]`; the method is in docs/detection.md).
@@ -205,6 +207,46 @@ pub struct LogConfig {
     pub format: LogFormat,
     /// A `tracing` filter directive such as `info` or `sensei=debug,ort=warn`.
     pub filter: String,
+}
+
+/// The HTTP server (`[http]`): metrics, health, the JSON API and the dashboard.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HttpConfig {
+    /// Where to listen; `None` turns HTTP off (`listen = ""`).
+    pub listen: Option<std::net::SocketAddr>,
+    /// Bearer token required on every endpoint but `/healthz` and `/readyz`.
+    pub token: Option<Secret>,
+    /// Serve a non-loopback address without a token (validation refuses it otherwise).
+    pub allow_non_loopback_without_token: bool,
+}
+
+/// The daemon's own settings (`[daemon]`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct DaemonConfig {
+    /// How long SIGTERM waits for the pipeline to drain before giving up (exit non-zero; the
+    /// unfinished files stay in the inbox and are processed again at the next start).
+    pub drain_timeout: Duration,
+}
+
+/// A secret from the config (a token): never shown by `Debug` and never logged.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: String) -> Secret {
+        Secret(value)
+    }
+
+    /// The secret itself, for the one place that compares it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(***)")
+    }
 }
 
 impl Config {

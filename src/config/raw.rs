@@ -45,6 +45,10 @@ pub struct RawConfig {
     pub log: RawLog,
     #[serde(default)]
     pub detect: RawDetect,
+    #[serde(default)]
+    pub http: RawHttp,
+    #[serde(default)]
+    pub daemon: RawDaemon,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -135,6 +139,21 @@ pub struct RawStore {
 pub struct RawLog {
     pub format: Option<String>,
     pub filter: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHttp {
+    pub listen: Option<String>,
+    pub token_file: Option<String>,
+    pub token_credential: Option<String>,
+    pub allow_non_loopback_without_token: Option<bool>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDaemon {
+    pub drain_timeout: Option<RawDuration>,
 }
 
 /// A duration as written, such as `"15m"`; parsed by `validate`.

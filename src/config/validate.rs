@@ -13,9 +13,11 @@ use std::time::Duration;
 
 use super::raw::{self, RawConfig, RawDuration, RawInt, RawModel, RawSize};
 use super::{
-    CompareConfig, Config, InboxConfig, LogConfig, LogFormat, ModelConfig, NonFinitePolicy, OnDone,
-    OnnxRuntimeConfig, OutputKind, Pooling, SamplingConfig, SamplingPolicy, DetectConfig, SegmentConfig, StoreConfig, Task,
+    CompareConfig, Config, DetectConfig, InboxConfig, LogConfig, LogFormat, ModelConfig,
+    NonFinitePolicy, OnDone, OnnxRuntimeConfig, OutputKind, Pooling, SamplingConfig,
+    SamplingPolicy, SegmentConfig, StoreConfig, Task,
 };
+use super::{DaemonConfig, HttpConfig, Secret};
 
 /// A config that cannot be used, with every problem found in it.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -174,7 +176,10 @@ impl Check<'_> {
         }
         let floor = sampling.floor.unwrap_or(0.2);
         if !(0.0..=1.0).contains(&floor) {
-            self.problem("sampling.floor", format!("must be within 0..=1, got {floor}"));
+            self.problem(
+                "sampling.floor",
+                format!("must be within 0..=1, got {floor}"),
+            );
         }
         let sampling = SamplingConfig {
             policy: self.choice(
@@ -239,6 +244,15 @@ impl Check<'_> {
         };
 
         let detect = self.detect(raw.detect);
+        let http = self.http(raw.http);
+        let daemon = DaemonConfig {
+            drain_timeout: self.duration(
+                "daemon.drain_timeout",
+                raw.daemon.drain_timeout,
+                30 * SECOND,
+                SECOND,
+            ),
+        };
 
         Config {
             detect,
@@ -253,16 +267,28 @@ impl Check<'_> {
             segments,
             store,
             log,
+            http,
+            daemon,
         }
     }
 
     fn detect(&mut self, raw: raw::RawDetect) -> DetectConfig {
         DetectConfig {
             arl0: self.integer("detect.arl0", raw.arl0, 10_000, 100, 10_000_000),
-            min_shift_disagreement: self.fraction("detect.min_shift_disagreement", raw.min_shift_disagreement, 0.05),
+            min_shift_disagreement: self.fraction(
+                "detect.min_shift_disagreement",
+                raw.min_shift_disagreement,
+                0.05,
+            ),
             min_shift_error: self.fraction("detect.min_shift_error", raw.min_shift_error, 0.05),
             min_shift_sd: self.positive("detect.min_shift_sd", raw.min_shift_sd, 1.0),
-            window_records: self.integer("detect.window_records", raw.window_records, 200, 20, 1_000_000),
+            window_records: self.integer(
+                "detect.window_records",
+                raw.window_records,
+                200,
+                20,
+                1_000_000,
+            ),
             family_alpha: self.fraction("detect.family_alpha", raw.family_alpha, 0.01),
             min_ks: self.fraction("detect.min_ks", raw.min_ks, 0.15),
             min_class_shift: self.fraction("detect.min_class_shift", raw.min_class_shift, 0.1),
@@ -275,7 +301,10 @@ impl Check<'_> {
     fn fraction(&mut self, key: &str, value: Option<f64>, default: f64) -> f64 {
         let value = value.unwrap_or(default);
         if !(value > 0.0 && value < 1.0) {
-            self.problem(key, format!("must be strictly between 0 and 1, got {value}"));
+            self.problem(
+                key,
+                format!("must be strictly between 0 and 1, got {value}"),
+            );
             return default;
         }
         value
@@ -621,6 +650,105 @@ fn show_duration(duration: Duration) -> String {
         format!("{}m", seconds / 60)
     } else {
         format!("{seconds}s")
+    }
+}
+
+/// The default `[http] listen` address: loopback only.
+pub const DEFAULT_HTTP_LISTEN: &str = "127.0.0.1:9477";
+
+impl Check<'_> {
+    /// `[http]`: the address, the optional bearer token (read now, so a missing file is a config
+    /// problem like any other) and the rule that a non-loopback address needs a token.
+    fn http(&mut self, raw: raw::RawHttp) -> HttpConfig {
+        let listen_text = raw.listen.unwrap_or_else(|| DEFAULT_HTTP_LISTEN.to_owned());
+        let listen = if listen_text.is_empty() {
+            None
+        } else {
+            match listen_text.parse::<std::net::SocketAddr>() {
+                Ok(addr) => Some(addr),
+                Err(_) => {
+                    self.problem(
+                        "http.listen",
+                        format!(
+                            "cannot parse \"{listen_text}\": expected an IP address and port such as \"{DEFAULT_HTTP_LISTEN}\" or \"[::1]:9477\", or \"\" to turn HTTP off"
+                        ),
+                    );
+                    None
+                }
+            }
+        };
+        let token = match (raw.token_file, raw.token_credential) {
+            (Some(_), Some(_)) => {
+                self.problem(
+                    "http.token_credential",
+                    "set either http.token_file or http.token_credential, not both",
+                );
+                None
+            }
+            (Some(file), None) => {
+                let path = self.path("http.token_file", file);
+                self.token("http.token_file", &path)
+            }
+            (None, Some(name)) => match std::env::var_os("CREDENTIALS_DIRECTORY") {
+                Some(dir) if !name.is_empty() && !name.contains('/') => {
+                    self.token("http.token_credential", &PathBuf::from(dir).join(name))
+                }
+                Some(_) => {
+                    self.problem(
+                        "http.token_credential",
+                        format!("\"{name}\" is not a credential name (no slashes, not empty)"),
+                    );
+                    None
+                }
+                None => {
+                    self.problem(
+                        "http.token_credential",
+                        format!(
+                            "credential \"{name}\" is set but $CREDENTIALS_DIRECTORY is not (it is set by systemd's LoadCredential=)"
+                        ),
+                    );
+                    None
+                }
+            },
+            (None, None) => None,
+        };
+        let allow_open = raw.allow_non_loopback_without_token.unwrap_or(false);
+        if let Some(addr) = listen
+            && !addr.ip().is_loopback()
+            && token.is_none()
+            && !allow_open
+        {
+            self.problem(
+                "http.listen",
+                format!(
+                    "{addr} is not a loopback address and no token is set: set http.token_file (or http.token_credential), or http.allow_non_loopback_without_token = true to serve the API to the network unauthenticated"
+                ),
+            );
+        }
+        HttpConfig {
+            listen,
+            token,
+            allow_non_loopback_without_token: allow_open,
+        }
+    }
+
+    /// Reads a bearer token: the first line of the file, which must not be empty.
+    fn token(&mut self, key: &str, path: &Path) -> Option<Secret> {
+        match std::fs::read_to_string(path) {
+            Ok(text) => {
+                let token = text.lines().next().unwrap_or("").trim().to_owned();
+                if token.is_empty() {
+                    self.problem(key, format!("{} is empty", path.display()));
+                    None
+                } else {
+                    Some(Secret::new(token))
+                }
+            }
+            Err(e) => {
+                self.problem(key, format!("cannot read {}: {e}", path.display()));
+                None
+            }
+        }
     }
 }
 

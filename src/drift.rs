@@ -1,0 +1,836 @@
+//! Drift detection in the running pipeline: the reference measured on the lab set (the active
+//! baseline), and the detectors that compare the field with it, per segment and overall.
+//!
+//! The statistics live in [`crate::monitor`] (pure state machines and calibration); this module
+//! decides which detector watches which signal, turns alarms into drift events, and keeps the
+//! state that the writer persists with every file, in the same transaction as the file's
+//! records — so a restart neither resets a detector nor re-fires an event.
+//!
+//! Sequential detectors (one observation at a time):
+//! - `disagreement`: Bernoulli CUSUM on teacher-sampled records, p0 from the lab set;
+//! - `kl`, `attention_kl`: CUSUM on the per-sample divergences;
+//! - `confidence`: CUSUM on 1 − confidence of every record (a rise in student uncertainty);
+//! - `student_error`, `teacher_error`: Bernoulli CUSUM on labelled records.
+//!
+//! Windowed tests, in rounds of `[detect] window_records` records: KS on confidence, chi-square
+//! on the class mix, PSI on each input feature — every segment's window in one round, Holm
+//! corrected across segments × signals, and an alarm only when the corrected p-value and the
+//! effect size both pass.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::baseline::LabRun;
+use crate::config::Config;
+use crate::monitor::window::{
+    FeatureBins, RoundTest, WindowTest, class_mix_test, evaluate_round, ks_test, psi_test,
+};
+use crate::monitor::{
+    Alarm, BaselineError, BernoulliCusum, Cusum, CusumParams, calibrate_bernoulli, calibrate_cusum,
+};
+use crate::stats::clopper_pearson;
+use crate::store::ALL_SEGMENTS;
+
+/// Values kept from the lab set for bootstrap calibration and KS tests.
+pub const MAX_REFERENCE_VALUES: usize = 5000;
+/// Lab records needed before a baseline is accepted.
+pub const MIN_LAB_RECORDS: usize = 100;
+/// Bins per input feature for PSI.
+pub const PSI_BINS: usize = 10;
+/// A segment's window enters a round only with at least this many records.
+pub const MIN_WINDOW_RECORDS: usize = 30;
+
+/// A Bernoulli signal's reference: the rate and what it was measured on.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RateReference {
+    pub rate: f64,
+    pub events: u64,
+    pub trials: u64,
+    /// The CUSUM's p0 and p1 and calibrated threshold.
+    pub p0: f64,
+    pub p1: f64,
+    pub threshold: f64,
+    pub simulated_arl0: f64,
+}
+
+/// A real-valued signal's reference.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ValueReference {
+    pub mean: f64,
+    pub sd: f64,
+    pub k: f64,
+    pub threshold: f64,
+    pub simulated_arl0: f64,
+    /// Up to [`MAX_REFERENCE_VALUES`] lab values (evenly thinned).
+    pub values: Vec<f64>,
+}
+
+/// The reference profile of one baseline version (stored as `baselines.profile`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Reference {
+    pub records: u64,
+    pub classes: usize,
+    pub arl0: f64,
+    pub disagreement: Option<RateReference>,
+    pub kl: Option<ValueReference>,
+    pub attention_kl: Option<ValueReference>,
+    /// Of 1 − confidence.
+    pub uncertainty: Option<ValueReference>,
+    pub confidence_values: Vec<f64>,
+    pub class_counts: Vec<u64>,
+    pub features: Vec<Option<FeatureBins>>,
+    pub student_error: Option<RateReference>,
+    pub teacher_error: Option<RateReference>,
+    pub student_accuracy: Option<f64>,
+    pub teacher_accuracy: Option<f64>,
+    pub agreement: f64,
+    pub student_latency_us: f64,
+    pub teacher_latency_us: f64,
+    /// Why a signal has no detector (too few lab records, no attention, no labels, …).
+    pub warnings: Vec<String>,
+}
+
+/// The value, or `None` with the reason added to the warnings.
+fn keep<T>(warnings: &mut Vec<String>, r: Result<T, String>) -> Option<T> {
+    match r {
+        Ok(v) => Some(v),
+        Err(e) => {
+            warnings.push(e);
+            None
+        }
+    }
+}
+
+fn thin(values: &[f64]) -> Vec<f64> {
+    if values.len() <= MAX_REFERENCE_VALUES {
+        return values.to_vec();
+    }
+    let step = values.len() as f64 / MAX_REFERENCE_VALUES as f64;
+    (0..MAX_REFERENCE_VALUES)
+        .map(|i| values[(i as f64 * step) as usize])
+        .collect()
+}
+
+/// p0 for a Bernoulli CUSUM from `k` events in `n` trials. A lab set with no event at all
+/// (k = 0) has no likelihood ratio at p0 = 0; the Jeffreys estimate (k + ½)/(n + 1) is used
+/// instead, which is what one such lab set supports.
+fn rate_reference(
+    what: &str,
+    k: u64,
+    n: u64,
+    shift: f64,
+    arl0: f64,
+    seed: u64,
+) -> Result<RateReference, String> {
+    if n < MIN_LAB_RECORDS as u64 {
+        return Err(format!(
+            "{what}: {n} lab samples, at least {MIN_LAB_RECORDS} needed"
+        ));
+    }
+    let rate = k as f64 / n as f64;
+    let p0 = (k as f64 + 0.5) / (n as f64 + 1.0);
+    let p1 = (p0 + shift).min(0.999);
+    if p1 <= p0 {
+        return Err(format!(
+            "{what}: baseline rate {rate:.3} leaves no room for a shift of {shift}"
+        ));
+    }
+    let cal = calibrate_bernoulli(p0, p1, arl0, seed).map_err(|e| format!("{what}: {e}"))?;
+    Ok(RateReference {
+        rate,
+        events: k,
+        trials: n,
+        p0,
+        p1,
+        threshold: cal.threshold,
+        simulated_arl0: cal.arl0,
+    })
+}
+
+fn value_reference(
+    what: &str,
+    values: &[f64],
+    shift_sd: f64,
+    arl0: f64,
+    seed: u64,
+) -> Result<ValueReference, String> {
+    if values.len() < MIN_LAB_RECORDS {
+        return Err(format!(
+            "{what}: {} lab values, at least {MIN_LAB_RECORDS} needed",
+            values.len()
+        ));
+    }
+    let params =
+        CusumParams::from_baseline(values, shift_sd).map_err(|e| format!("{what}: {e}"))?;
+    let kept = thin(values);
+    let cal = calibrate_cusum(&kept, params.k, arl0, seed).map_err(|e| format!("{what}: {e}"))?;
+    Ok(ValueReference {
+        mean: params.mean,
+        sd: params.sd,
+        k: params.k,
+        threshold: cal.threshold,
+        simulated_arl0: cal.arl0,
+        values: kept,
+    })
+}
+
+/// Builds and calibrates the reference from a lab run. Signals the lab set cannot support get
+/// no detector and a warning that says why; a lab set too small for anything is an error.
+pub fn build_reference(run: &LabRun, config: &Config) -> Result<Reference, String> {
+    let n = run.records();
+    if n < MIN_LAB_RECORDS {
+        return Err(format!(
+            "the lab set has {n} records; a baseline needs at least {MIN_LAB_RECORDS} to estimate rates and calibrate thresholds"
+        ));
+    }
+    let d = &config.detect;
+    let arl0 = d.arl0 as f64;
+    let mut warnings = Vec::new();
+    let disagreements = run.disagreement.iter().filter(|&&x| x).count() as u64;
+    let disagreement = keep(
+        &mut warnings,
+        rate_reference(
+            "disagreement",
+            disagreements,
+            n as u64,
+            d.min_shift_disagreement,
+            arl0,
+            d.seed,
+        ),
+    );
+    let kl = keep(
+        &mut warnings,
+        value_reference("kl", &run.kl, d.min_shift_sd, arl0, d.seed ^ 1),
+    );
+    let attention_kl = if run.attention_kl.is_empty() {
+        warnings.push(
+            "attention_kl: the models expose no comparable attention; no attention detector".into(),
+        );
+        None
+    } else {
+        keep(
+            &mut warnings,
+            value_reference(
+                "attention_kl",
+                &run.attention_kl,
+                d.min_shift_sd,
+                arl0,
+                d.seed ^ 2,
+            ),
+        )
+    };
+    let uncertainty_values: Vec<f64> = run.confidence.iter().map(|c| 1.0 - c).collect();
+    let uncertainty = keep(
+        &mut warnings,
+        value_reference(
+            "confidence",
+            &uncertainty_values,
+            d.min_shift_sd,
+            arl0,
+            d.seed ^ 3,
+        ),
+    );
+    let mut class_counts = vec![0u64; run.classes.max(1)];
+    for &p in &run.prediction {
+        if let Some(c) = class_counts.get_mut(p.max(0) as usize) {
+            *c += 1;
+        }
+    }
+    let never: Vec<usize> = (0..class_counts.len())
+        .filter(|&c| class_counts[c] == 0)
+        .collect();
+    if !never.is_empty() {
+        warnings.push(format!(
+            "class_mix: classes {never:?} never occur in the lab predictions; the chi-square test smooths them and a field occurrence counts as a shift"
+        ));
+    }
+    let width = run.features.iter().map(Vec::len).min().unwrap_or(0);
+    let mut features = Vec::with_capacity(width);
+    for f in 0..width {
+        let values: Vec<f64> = run.features.iter().map(|v| v[f]).collect();
+        match FeatureBins::from_baseline(&values, PSI_BINS, &format!("input feature {f}")) {
+            Ok(b) => features.push(Some(b)),
+            Err(e) => {
+                warnings.push(format!("input_psi: {e}; no PSI test for this feature"));
+                features.push(None);
+            }
+        }
+    }
+    let labelled: Vec<(usize, i64)> = run
+        .labels
+        .iter()
+        .enumerate()
+        .filter_map(|(i, l)| l.map(|l| (i, l)))
+        .collect();
+    let (student_error, teacher_error, student_accuracy, teacher_accuracy) = if labelled.is_empty()
+    {
+        warnings.push(
+            "student_error, teacher_error: the lab set has no labels; no error-rate detectors"
+                .into(),
+        );
+        (None, None, None, None)
+    } else {
+        let m = labelled.len() as u64;
+        let s_err = labelled
+            .iter()
+            .filter(|&&(i, l)| run.prediction[i] != l)
+            .count() as u64;
+        let t_err = labelled
+            .iter()
+            .filter(|&&(i, l)| run.teacher_prediction[i] != l)
+            .count() as u64;
+        (
+            keep(
+                &mut warnings,
+                rate_reference(
+                    "student_error",
+                    s_err,
+                    m,
+                    d.min_shift_error,
+                    arl0,
+                    d.seed ^ 4,
+                ),
+            ),
+            keep(
+                &mut warnings,
+                rate_reference(
+                    "teacher_error",
+                    t_err,
+                    m,
+                    d.min_shift_error,
+                    arl0,
+                    d.seed ^ 5,
+                ),
+            ),
+            Some(1.0 - s_err as f64 / m as f64),
+            Some(1.0 - t_err as f64 / m as f64),
+        )
+    };
+    Ok(Reference {
+        records: n as u64,
+        classes: run.classes,
+        arl0,
+        disagreement,
+        kl,
+        attention_kl,
+        uncertainty,
+        confidence_values: thin(&run.confidence),
+        class_counts,
+        features,
+        student_error,
+        teacher_error,
+        student_accuracy,
+        teacher_accuracy,
+        agreement: 1.0 - disagreements as f64 / n as f64,
+        student_latency_us: run.student_latency_us,
+        teacher_latency_us: run.teacher_latency_us,
+        warnings,
+    })
+}
+
+/// A drift event on its way to the database.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct NewEvent {
+    pub signal: String,
+    pub segment: String,
+    pub detector: &'static str,
+    pub detected_at_ms: i64,
+    pub detected_at_record: i64,
+    pub estimated_change_record: Option<i64>,
+    pub statistic: f64,
+    pub threshold: f64,
+    pub baseline_value: Option<f64>,
+    pub current_value: Option<f64>,
+    pub current_low: Option<f64>,
+    pub current_high: Option<f64>,
+    pub p_value: Option<f64>,
+    pub effect_size: Option<f64>,
+}
+
+/// What one batch of observations changed: new events, events resolved, and the detector
+/// states to persist.
+#[derive(Debug, Default)]
+pub struct MonitorDelta {
+    pub events: Vec<NewEvent>,
+    /// (signal, segment, detector) whose open event is resolved.
+    pub resolved: Vec<(String, String, &'static str)>,
+    /// (signal, segment, detector) → (samples, statistic, threshold, JSON state).
+    pub states: BTreeMap<(String, String, String), (u64, f64, f64, String)>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+enum Sequential {
+    Rate(BernoulliCusum),
+    Value(Cusum),
+}
+
+/// One sequential detector and its episode bookkeeping: while an event is open, further alarms
+/// extend it instead of opening new ones; it resolves after a quiet stretch.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Watch {
+    detector: Sequential,
+    open: bool,
+    /// Observations since the last alarm.
+    since_alarm: u64,
+}
+
+/// Per-segment window accumulators for the windowed tests.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+struct Window {
+    confidence: Vec<f64>,
+    classes: Vec<u64>,
+    /// Per feature, counts in the reference bins.
+    features: Vec<Vec<u64>>,
+    records: usize,
+}
+
+/// The detectors of one pipeline, for one baseline version.
+#[derive(Debug, Clone)]
+pub struct DriftMonitor {
+    pub baseline_version: i64,
+    reference: Reference,
+    window_records: usize,
+    family_alpha: f64,
+    min_ks: f64,
+    min_class_shift: f64,
+    min_psi: f64,
+    watches: BTreeMap<(String, String), Watch>,
+    windows: BTreeMap<String, Window>,
+    open_windowed: BTreeMap<(String, String), bool>,
+}
+
+/// What the monitor learns from one record.
+#[derive(Debug, Clone, Default)]
+pub struct Observation<'a> {
+    pub seq: i64,
+    pub segment: &'a str,
+    pub confidence: Option<f64>,
+    pub prediction: Option<i64>,
+    pub features: &'a [f64],
+    pub disagreement: Option<bool>,
+    pub kl: Option<f64>,
+    pub attention_kl: Option<f64>,
+}
+
+const WINDOW_KEY: &str = "window";
+
+impl DriftMonitor {
+    pub fn new(baseline_version: i64, reference: Reference, config: &Config) -> DriftMonitor {
+        let d = &config.detect;
+        DriftMonitor {
+            baseline_version,
+            reference,
+            window_records: d.window_records,
+            family_alpha: d.family_alpha,
+            min_ks: d.min_ks,
+            min_class_shift: d.min_class_shift,
+            min_psi: d.min_psi,
+            watches: BTreeMap::new(),
+            windows: BTreeMap::new(),
+            open_windowed: BTreeMap::new(),
+        }
+    }
+
+    pub fn reference(&self) -> &Reference {
+        &self.reference
+    }
+
+    /// Restores persisted state rows `(signal, segment, detector, json)`.
+    pub fn restore(&mut self, rows: Vec<(String, String, String, String)>) {
+        for (signal, segment, detector, json) in rows {
+            if detector == WINDOW_KEY {
+                if let Ok(w) = serde_json::from_str::<Window>(&json) {
+                    self.windows.insert(segment, w);
+                }
+            } else if detector.starts_with("windowed:") {
+                self.open_windowed.insert((signal, segment), json == "open");
+            } else if let Ok(w) = serde_json::from_str::<Watch>(&json) {
+                self.watches.insert((signal, segment), w);
+            }
+        }
+    }
+
+    fn watch(&mut self, signal: &str, segment: &str) -> Option<&mut Watch> {
+        let key = (signal.to_string(), segment.to_string());
+        if !self.watches.contains_key(&key) {
+            let r = &self.reference;
+            let detector = match signal {
+                "disagreement" => rate_detector(r.disagreement.as_ref())?,
+                "student_error" => rate_detector(r.student_error.as_ref())?,
+                "teacher_error" => rate_detector(r.teacher_error.as_ref())?,
+                "kl" => value_detector(r.kl.as_ref())?,
+                "attention_kl" => value_detector(r.attention_kl.as_ref())?,
+                "confidence" => value_detector(r.uncertainty.as_ref())?,
+                _ => return None,
+            };
+            self.watches.insert(
+                key.clone(),
+                Watch {
+                    detector,
+                    open: false,
+                    since_alarm: 0,
+                },
+            );
+        }
+        self.watches.get_mut(&key)
+    }
+
+    fn step(
+        &mut self,
+        signal: &str,
+        segment: &str,
+        value: Value,
+        seq: i64,
+        now_ms: i64,
+        out: &mut MonitorDelta,
+    ) {
+        let quiet_after = self.window_records as u64;
+        let Some(w) = self.watch(signal, segment) else {
+            return;
+        };
+        let alarm = match (&mut w.detector, value) {
+            (Sequential::Rate(d), Value::Flag(x)) => d.update(x, seq as u64),
+            (Sequential::Value(d), Value::Real(x)) => d.update(x, seq as u64),
+            _ => None,
+        };
+        let detector_name = match w.detector {
+            Sequential::Rate(_) => "bernoulli_cusum",
+            Sequential::Value(_) => "cusum",
+        };
+        match alarm {
+            Some(a) => {
+                w.since_alarm = 0;
+                if !w.open {
+                    w.open = true;
+                    out.events.push(event_from_alarm(
+                        signal,
+                        segment,
+                        detector_name,
+                        &a,
+                        now_ms,
+                        matches!(w.detector, Sequential::Rate(_)),
+                    ));
+                }
+            }
+            None => {
+                w.since_alarm += 1;
+                if w.open && w.since_alarm >= quiet_after {
+                    w.open = false;
+                    out.resolved
+                        .push((signal.to_string(), segment.to_string(), detector_name));
+                }
+            }
+        }
+        let (samples, statistic, threshold) = match &w.detector {
+            Sequential::Rate(d) => (d.observed(), d.statistic(), d.threshold()),
+            Sequential::Value(d) => (d.observed(), d.statistic(), d.threshold()),
+        };
+        let json = serde_json::to_string(&*w).unwrap_or_default();
+        out.states.insert(
+            (
+                signal.to_string(),
+                segment.to_string(),
+                detector_name.to_string(),
+            ),
+            (samples, statistic, threshold, json),
+        );
+    }
+
+    /// Feeds one record to every detector of its segment and of the whole fleet.
+    pub fn observe(&mut self, obs: &Observation<'_>, now_ms: i64, out: &mut MonitorDelta) {
+        let segments: &[&str] = if obs.segment == ALL_SEGMENTS {
+            &[ALL_SEGMENTS]
+        } else {
+            &[obs.segment, ALL_SEGMENTS]
+        };
+        for &segment in segments {
+            if let Some(d) = obs.disagreement {
+                self.step(
+                    "disagreement",
+                    segment,
+                    Value::Flag(d),
+                    obs.seq,
+                    now_ms,
+                    out,
+                );
+            }
+            if let Some(kl) = obs.kl {
+                self.step("kl", segment, Value::Real(kl), obs.seq, now_ms, out);
+            }
+            if let Some(a) = obs.attention_kl {
+                self.step(
+                    "attention_kl",
+                    segment,
+                    Value::Real(a),
+                    obs.seq,
+                    now_ms,
+                    out,
+                );
+            }
+            if let Some(c) = obs.confidence {
+                self.step(
+                    "confidence",
+                    segment,
+                    Value::Real(1.0 - c),
+                    obs.seq,
+                    now_ms,
+                    out,
+                );
+            }
+            self.accumulate(segment, obs);
+        }
+        let round_full = self
+            .windows
+            .get(ALL_SEGMENTS)
+            .is_some_and(|w| w.records >= self.window_records);
+        if round_full {
+            self.round(obs.seq, now_ms, out);
+        } else {
+            for &segment in segments {
+                if let Some(w) = self.windows.get(segment) {
+                    let json = serde_json::to_string(w).unwrap_or_default();
+                    out.states.insert(
+                        (
+                            WINDOW_KEY.to_string(),
+                            segment.to_string(),
+                            WINDOW_KEY.to_string(),
+                        ),
+                        (w.records as u64, 0.0, 0.0, json),
+                    );
+                }
+            }
+        }
+    }
+
+    /// Feeds one labelled record to the error-rate detectors.
+    pub fn observe_label(
+        &mut self,
+        seq: i64,
+        segment: &str,
+        student_wrong: bool,
+        teacher_wrong: Option<bool>,
+        now_ms: i64,
+        out: &mut MonitorDelta,
+    ) {
+        let segments: Vec<&str> = if segment == ALL_SEGMENTS {
+            vec![ALL_SEGMENTS]
+        } else {
+            vec![segment, ALL_SEGMENTS]
+        };
+        for s in segments {
+            self.step(
+                "student_error",
+                s,
+                Value::Flag(student_wrong),
+                seq,
+                now_ms,
+                out,
+            );
+            if let Some(t) = teacher_wrong {
+                self.step("teacher_error", s, Value::Flag(t), seq, now_ms, out);
+            }
+        }
+    }
+
+    fn accumulate(&mut self, segment: &str, obs: &Observation<'_>) {
+        let r = &self.reference;
+        let w = self.windows.entry(segment.to_string()).or_default();
+        if w.classes.len() != r.class_counts.len() {
+            w.classes = vec![0; r.class_counts.len()];
+        }
+        if w.features.len() != r.features.len() {
+            w.features = r
+                .features
+                .iter()
+                .map(|b| vec![0; b.as_ref().map_or(0, |b| b.counts.len())])
+                .collect();
+        }
+        w.records += 1;
+        if let Some(c) = obs.confidence {
+            w.confidence.push(c);
+        }
+        if let Some(p) = obs.prediction
+            && let Some(slot) = w.classes.get_mut(p.max(0) as usize)
+        {
+            *slot += 1;
+        }
+        for (f, bins) in r.features.iter().enumerate() {
+            if let (Some(bins), Some(&x)) = (bins, obs.features.get(f))
+                && let Some(slot) = w.features[f].get_mut(bins.bin_of(x))
+            {
+                *slot += 1;
+            }
+        }
+    }
+
+    /// One round of windowed tests over every segment's window, Holm-corrected together.
+    fn round(&mut self, seq: i64, now_ms: i64, out: &mut MonitorDelta) {
+        let r = &self.reference;
+        let mut tests: Vec<RoundTest> = Vec::new();
+        for (segment, w) in &self.windows {
+            if w.records < MIN_WINDOW_RECORDS {
+                continue;
+            }
+            let mut push =
+                |signal: String, result: Result<WindowTest, BaselineError>, min_effect: f64| {
+                    if let Ok(test) = result {
+                        tests.push(RoundTest {
+                            segment: segment.clone(),
+                            signal,
+                            test,
+                            min_effect,
+                        });
+                    }
+                };
+            if !r.confidence_values.is_empty() && !w.confidence.is_empty() {
+                push(
+                    "confidence_ks".into(),
+                    ks_test(&r.confidence_values, &w.confidence),
+                    self.min_ks,
+                );
+            }
+            if w.classes.iter().sum::<u64>() > 0 {
+                push(
+                    "class_mix".into(),
+                    class_mix_test(&r.class_counts, &w.classes),
+                    self.min_class_shift,
+                );
+            }
+            for (f, bins) in r.features.iter().enumerate() {
+                if let Some(bins) = bins {
+                    push(
+                        format!("input_psi[{f}]"),
+                        psi_test(bins, &w.features[f]),
+                        self.min_psi,
+                    );
+                }
+            }
+        }
+        let decisions = evaluate_round(&tests, self.family_alpha);
+        for (d, t) in decisions.iter().zip(&tests) {
+            let key = (d.signal.clone(), d.segment.clone());
+            let was_open = self.open_windowed.get(&key).copied().unwrap_or(false);
+            let detector = match t.test.kind {
+                crate::monitor::window::TestKind::KolmogorovSmirnov => "ks",
+                crate::monitor::window::TestKind::ChiSquare => "chi_square",
+                crate::monitor::window::TestKind::Psi => "psi",
+            };
+            if d.alarm && !was_open {
+                out.events.push(NewEvent {
+                    signal: d.signal.clone(),
+                    segment: d.segment.clone(),
+                    detector,
+                    detected_at_ms: now_ms,
+                    detected_at_record: seq,
+                    estimated_change_record: None,
+                    statistic: t.test.statistic,
+                    threshold: self.family_alpha,
+                    baseline_value: None,
+                    current_value: Some(d.effect_size),
+                    current_low: None,
+                    current_high: None,
+                    p_value: Some(d.adjusted_p_value),
+                    effect_size: Some(d.effect_size),
+                });
+            } else if !d.alarm && was_open {
+                out.resolved
+                    .push((d.signal.clone(), d.segment.clone(), detector));
+            }
+            self.open_windowed.insert(key.clone(), d.alarm);
+            out.states.insert(
+                (
+                    d.signal.clone(),
+                    d.segment.clone(),
+                    format!("windowed:{detector}"),
+                ),
+                (
+                    t.test.n_window,
+                    d.adjusted_p_value,
+                    self.family_alpha,
+                    if d.alarm {
+                        "open".into()
+                    } else {
+                        "closed".into()
+                    },
+                ),
+            );
+        }
+        // A new round starts empty everywhere.
+        for (segment, w) in self.windows.iter_mut() {
+            *w = Window::default();
+            out.states.insert(
+                (
+                    WINDOW_KEY.to_string(),
+                    segment.clone(),
+                    WINDOW_KEY.to_string(),
+                ),
+                (0, 0.0, 0.0, serde_json::to_string(&*w).unwrap_or_default()),
+            );
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Value {
+    Flag(bool),
+    Real(f64),
+}
+
+fn rate_detector(r: Option<&RateReference>) -> Option<Sequential> {
+    let r = r?;
+    BernoulliCusum::new(r.p0, r.p1, r.threshold)
+        .ok()
+        .map(Sequential::Rate)
+}
+
+fn value_detector(r: Option<&ValueReference>) -> Option<Sequential> {
+    let r = r?;
+    Cusum::new(r.mean, r.k, r.threshold)
+        .ok()
+        .map(Sequential::Value)
+}
+
+fn event_from_alarm(
+    signal: &str,
+    segment: &str,
+    detector: &'static str,
+    a: &Alarm,
+    now_ms: i64,
+    rate: bool,
+) -> NewEvent {
+    let (low, high) = if rate {
+        let n = a.observations_since_change as f64;
+        clopper_pearson(a.current_value * n, n, 0.05)
+            .map_or((None, None), |i| (Some(i.low), Some(i.high)))
+    } else {
+        (None, None)
+    };
+    let (current_value, baseline_value) = if signal == "confidence" {
+        // The detector watches 1 − confidence; report confidence itself.
+        (1.0 - a.current_value, 1.0 - a.baseline_value)
+    } else {
+        (a.current_value, a.baseline_value)
+    };
+    let (low, high) = if signal == "confidence" {
+        (high.map(|h| 1.0 - h), low.map(|l| 1.0 - l))
+    } else {
+        (low, high)
+    };
+    NewEvent {
+        signal: signal.to_string(),
+        segment: segment.to_string(),
+        detector,
+        detected_at_ms: now_ms,
+        detected_at_record: a.detected_at as i64,
+        estimated_change_record: Some(a.estimated_change as i64),
+        statistic: a.statistic,
+        threshold: a.threshold,
+        baseline_value: Some(baseline_value),
+        current_value: Some(current_value),
+        current_low: low,
+        current_high: high,
+        p_value: None,
+        effect_size: None,
+    }
+}

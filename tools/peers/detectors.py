@@ -103,7 +103,7 @@ def alibi_fet(streams, reference):
     from alibi_detect.cd import FETDriftOnline
 
     t = time.time()
-    det = FETDriftOnline(x_ref=reference, ert=ARL0, window_sizes=[100, 400], n_bootstraps=3000,
+    det = FETDriftOnline(x_ref=reference, ert=ARL0, window_sizes=[100, 400], n_bootstraps=25_000,
                          alternative="greater", verbose=False)
     print(f"(FETDriftOnline configured in {time.time() - t:.0f} s)", file=sys.stderr)
     rows = []

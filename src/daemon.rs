@@ -21,11 +21,11 @@ use crate::compare::Comparer;
 use crate::config::{Config, ModelConfig, Task};
 use crate::drift::{DriftMonitor, Reference};
 use crate::ingest::{Closed, Ingest, IngestEvent, Watch};
-use crate::model::{Model, Runtime};
 use crate::metrics::Metrics;
+use crate::model::{Model, Runtime};
 use crate::pipeline::{
-    Channels, Dispatcher, Disposition, FileCallback, InFlightPaths, StudentWorker, TeacherWorker, Writer,
-    WriterReport,
+    Channels, Dispatcher, Disposition, FileCallback, InFlightPaths, StudentWorker, TeacherWorker,
+    Writer, WriterReport,
 };
 use crate::record::InputSpec;
 use crate::sampler::Sampler;
@@ -235,6 +235,7 @@ pub fn drift_monitor(config: &Config, store: &Store) -> Option<DriftMonitor> {
 }
 
 /// Starts student, teacher and writer; returns the ingest side and the threads.
+#[allow(clippy::too_many_arguments)]
 fn start(
     config: &Config,
     models: Models,
@@ -621,7 +622,9 @@ async fn reload(
         return Ok((old, running));
     }
     if new.http != old.http {
-        tracing::warn!("[http] changes apply at the next start; the HTTP server keeps its settings.");
+        tracing::warn!(
+            "[http] changes apply at the next start; the HTTP server keeps its settings."
+        );
     }
     // Load the new models beside the running ones: if they fail, nothing has stopped.
     let models = match load_models_logged(&new) {

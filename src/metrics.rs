@@ -1,0 +1,509 @@
+//! Prometheus metrics and the pipeline's heartbeat.
+//!
+//! Two sources feed `/metrics`. What only the running process knows — inference batch latency
+//! per model, files finished per outcome, ingest lag, reloads — lives in the in-process
+//! [`Metrics`], updated by the pipeline threads. Everything the database already knows — records,
+//! teacher samples, disagreement, KL, detector statistics, drift events, alerts — is read from
+//! SQLite at scrape time ([`DatabaseCollector`]), so the numbers agree with `sensei status` and
+//! survive restarts, and nothing is counted twice.
+//!
+//! The heartbeat is a counter bumped by every student batch, teacher batch and finished file.
+//! The systemd watchdog is pinged only while it advances (or while the pipeline is idle), so a
+//! stuck pipeline gets the daemon restarted.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, SystemTime};
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::DescriptorEncoder;
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+use crate::pipeline::{FileMeta, FileOutcome};
+use crate::store::Reader;
+
+type Labels = Vec<(String, String)>;
+
+fn labels(pairs: &[(&str, &str)]) -> Labels {
+    pairs
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect()
+}
+
+/// The in-process metrics and the heartbeat, shared (in an `Arc`) by the pipeline threads, the
+/// watchdog and the HTTP server.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    batch_seconds: Family<Labels, Histogram>,
+    inference_records: Family<Labels, Counter>,
+    files: Family<Labels, Counter>,
+    ingest_lag: Histogram,
+    reloads: Family<Labels, Counter>,
+    ready: Gauge,
+    heartbeat: AtomicU64,
+    running: AtomicBool,
+    db_path: Arc<RwLock<PathBuf>>,
+}
+
+impl Metrics {
+    /// Metrics reading the database at `db_path` on each scrape.
+    pub fn new(db_path: PathBuf) -> Arc<Metrics> {
+        let mut registry = Registry::with_prefix("sensei");
+        let batch_seconds = Family::<Labels, Histogram>::new_with_constructor(|| {
+            // 0.25 ms .. 8 s
+            Histogram::new(exponential_buckets(0.000_25, 2.0, 16))
+        });
+        registry.register(
+            "inference_batch_seconds",
+            "Wall time of one ONNX Runtime call, per model (student, teacher)",
+            batch_seconds.clone(),
+        );
+        let inference_records = Family::<Labels, Counter>::default();
+        registry.register(
+            "inference_records",
+            "Records run through each model by this process",
+            inference_records.clone(),
+        );
+        let files = Family::<Labels, Counter>::default();
+        registry.register(
+            "files_finished",
+            "Inbox files finished by this process, by outcome (committed, labels, duplicate, quarantined, failed)",
+            files.clone(),
+        );
+        // 0.1 s .. about 15 h
+        let ingest_lag = Histogram::new(exponential_buckets(0.1, 3.0, 13));
+        registry.register(
+            "ingest_lag_seconds",
+            "Time from a file's last modification (its arrival) to its commit",
+            ingest_lag.clone(),
+        );
+        let reloads = Family::<Labels, Counter>::default();
+        registry.register(
+            "config_reloads",
+            "SIGHUP config reloads, by result (applied, rejected)",
+            reloads.clone(),
+        );
+        let ready = Gauge::default();
+        registry.register(
+            "ready",
+            "1 while the models are loaded and the pipeline runs",
+            ready.clone(),
+        );
+        let db_path = Arc::new(RwLock::new(db_path));
+        registry.register_collector(Box::new(DatabaseCollector {
+            db_path: db_path.clone(),
+        }));
+        Arc::new(Metrics {
+            registry,
+            batch_seconds,
+            inference_records,
+            files,
+            ingest_lag,
+            reloads,
+            ready,
+            heartbeat: AtomicU64::new(0),
+            running: AtomicBool::new(false),
+            db_path,
+        })
+    }
+
+    /// One ONNX Runtime call of `model` ("student" or "teacher") over `records` records.
+    pub fn batch(&self, model: &str, elapsed: Duration, records: usize) {
+        let l = labels(&[("model", model)]);
+        self.batch_seconds
+            .get_or_create(&l)
+            .observe(elapsed.as_secs_f64());
+        self.inference_records
+            .get_or_create(&l)
+            .inc_by(records as u64);
+        self.beat();
+    }
+
+    /// A file finished; call before it is moved out of the inbox (its mtime gives the lag).
+    pub fn file_finished(&self, meta: &FileMeta, outcome: &FileOutcome) {
+        let name = match outcome {
+            FileOutcome::Committed { .. } => "committed",
+            FileOutcome::Labels { .. } => "labels",
+            FileOutcome::Duplicate => "duplicate",
+            FileOutcome::Quarantined { .. } => "quarantined",
+            FileOutcome::Failed { .. } => "failed",
+        };
+        self.files
+            .get_or_create(&labels(&[("outcome", name)]))
+            .inc();
+        if matches!(
+            outcome,
+            FileOutcome::Committed { .. } | FileOutcome::Labels { .. }
+        ) && let Some(age) = std::fs::symlink_metadata(&meta.path)
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| SystemTime::now().duration_since(t).ok())
+        {
+            self.ingest_lag.observe(age.as_secs_f64());
+        }
+        self.beat();
+    }
+
+    /// A config reload was applied or rejected.
+    pub fn reload(&self, applied: bool) {
+        let result = if applied { "applied" } else { "rejected" };
+        self.reloads
+            .get_or_create(&labels(&[("result", result)]))
+            .inc();
+    }
+
+    /// Marks pipeline progress.
+    pub fn beat(&self) {
+        self.heartbeat.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The heartbeat: changes whenever the pipeline makes progress.
+    pub fn heartbeat(&self) -> u64 {
+        self.heartbeat.load(Ordering::Relaxed)
+    }
+
+    /// Whether the pipeline runs with its models loaded (`/readyz`).
+    pub fn is_ready(&self) -> bool {
+        self.running.load(Ordering::Relaxed)
+    }
+
+    pub fn set_ready(&self, ready: bool) {
+        self.running.store(ready, Ordering::Relaxed);
+        self.ready.set(i64::from(ready));
+    }
+
+    /// The database read at scrape time (changes on reload).
+    pub fn set_database(&self, path: PathBuf) {
+        if let Ok(mut p) = self.db_path.write() {
+            *p = path;
+        }
+    }
+
+    /// The Prometheus text exposition of every metric. Reads the database: call it off the
+    /// async threads.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        if let Err(e) =
+            prometheus_client::encoding::prometheus_text::encode(&mut out, &self.registry)
+        {
+            tracing::error!(error = %e, "Encoding the metrics failed.");
+        }
+        out
+    }
+}
+
+/// Reads what the database knows at each scrape.
+#[derive(Debug)]
+struct DatabaseCollector {
+    db_path: Arc<RwLock<PathBuf>>,
+}
+
+/// One metric family of several labelled samples.
+struct FamilyOut {
+    name: &'static str,
+    help: &'static str,
+    kind: MetricType,
+    samples: Vec<(Labels, f64)>,
+}
+
+impl FamilyOut {
+    fn new(name: &'static str, help: &'static str, kind: MetricType) -> FamilyOut {
+        FamilyOut {
+            name,
+            help,
+            kind,
+            samples: Vec::new(),
+        }
+    }
+
+    fn push(&mut self, labels: Labels, value: f64) {
+        if value.is_finite() {
+            self.samples.push((labels, value));
+        }
+    }
+
+    fn encode(&self, encoder: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        if self.samples.is_empty() {
+            return Ok(());
+        }
+        let help = format!("{}.", self.help);
+        let mut metric = encoder.encode_descriptor(self.name, &help, None, self.kind)?;
+        for (l, v) in &self.samples {
+            let mut sample = metric.encode_family(l)?;
+            match self.kind {
+                MetricType::Counter => sample.encode_counter::<Labels, f64, f64>(v, None)?,
+                _ => sample.encode_gauge(v)?,
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Collector for DatabaseCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let path = self.db_path.read().map(|p| p.clone()).unwrap_or_default();
+        let families = match database_families(&path) {
+            Ok(f) => f,
+            Err(e) => {
+                tracing::warn!(error = %e, "Reading the database for /metrics failed.");
+                let mut up = FamilyOut::new(
+                    "database_readable",
+                    "1 when the last scrape could read the database",
+                    MetricType::Gauge,
+                );
+                up.push(Vec::new(), 0.0);
+                vec![up]
+            }
+        };
+        for family in &families {
+            family.encode(&mut encoder)?;
+        }
+        Ok(())
+    }
+}
+
+fn seg(segment: &str) -> Labels {
+    labels(&[("segment", segment)])
+}
+
+fn database_families(path: &std::path::Path) -> anyhow::Result<Vec<FamilyOut>> {
+    let reader = Reader::open(path)?;
+    let summary = reader.summary()?;
+    let mut out = Vec::new();
+
+    let mut readable = FamilyOut::new(
+        "database_readable",
+        "1 when the last scrape could read the database",
+        MetricType::Gauge,
+    );
+    readable.push(Vec::new(), 1.0);
+    out.push(readable);
+
+    let mut files = FamilyOut::new(
+        "files",
+        "Inbox files in the ledger, by status (done, quarantined, duplicate)",
+        MetricType::Counter,
+    );
+    files.push(labels(&[("status", "done")]), summary.files_done as f64);
+    files.push(
+        labels(&[("status", "quarantined")]),
+        summary.files_quarantined as f64,
+    );
+    files.push(
+        labels(&[("status", "duplicate")]),
+        summary.files_duplicate as f64,
+    );
+    out.push(files);
+
+    let mut skipped = FamilyOut::new(
+        "teacher_samples_skipped",
+        "Records sampled for the teacher but not run, by reason (budget, queue)",
+        MetricType::Counter,
+    );
+    skipped.push(
+        labels(&[("reason", "budget")]),
+        summary.skipped_budget as f64,
+    );
+    skipped.push(labels(&[("reason", "queue")]), summary.skipped_queue as f64);
+    out.push(skipped);
+
+    let mut records = FamilyOut::new(
+        "records",
+        "Records the student answered, per segment ('*' is all segments)",
+        MetricType::Counter,
+    );
+    let mut samples = FamilyOut::new(
+        "teacher_samples",
+        "Records the teacher also answered, per segment",
+        MetricType::Counter,
+    );
+    let mut disagreement = FamilyOut::new(
+        "disagreement_rate",
+        "Weighted top-1 disagreement rate between teacher and student over all time, per segment",
+        MetricType::Gauge,
+    );
+    let mut kl = FamilyOut::new(
+        "kl_mean",
+        "Weighted mean KL(teacher || student) over all time, nats, per segment",
+        MetricType::Gauge,
+    );
+    let mut att = FamilyOut::new(
+        "attention_kl_mean",
+        "Weighted mean attention KL over all time, nats, per segment",
+        MetricType::Gauge,
+    );
+    for s in &summary.segments {
+        records.push(seg(&s.segment), s.records as f64);
+        samples.push(seg(&s.segment), s.teacher_samples as f64);
+        if let Some(v) = s.disagreement {
+            disagreement.push(seg(&s.segment), v);
+        }
+        if let Some(v) = s.kl_mean {
+            kl.push(seg(&s.segment), v);
+        }
+        if let Some(v) = s.attention_kl_mean {
+            att.push(seg(&s.segment), v);
+        }
+    }
+    out.extend([records, samples, disagreement, kl, att]);
+
+    let mut w_dis = FamilyOut::new(
+        "window_disagreement_rate",
+        "Disagreement rate in the latest window with teacher samples, per segment",
+        MetricType::Gauge,
+    );
+    let mut w_kl = FamilyOut::new(
+        "window_kl_mean",
+        "Mean KL in the latest window with teacher samples, per segment",
+        MetricType::Gauge,
+    );
+    let mut w_att = FamilyOut::new(
+        "window_attention_kl_mean",
+        "Mean attention KL in the latest window with teacher samples, per segment",
+        MetricType::Gauge,
+    );
+    let mut w_conf = FamilyOut::new(
+        "window_confidence_mean",
+        "Mean student confidence in the latest window, per segment",
+        MetricType::Gauge,
+    );
+    for w in reader.latest_windows()? {
+        if let Some(v) = w.disagreement_rate {
+            w_dis.push(seg(&w.segment), v);
+        }
+        if let Some(v) = w.mean_kl {
+            w_kl.push(seg(&w.segment), v);
+        }
+        if let Some(v) = w.mean_attention_kl {
+            w_att.push(seg(&w.segment), v);
+        }
+        if let Some(v) = w.mean_confidence {
+            w_conf.push(seg(&w.segment), v);
+        }
+    }
+    out.extend([w_dis, w_kl, w_att, w_conf]);
+
+    let mut stat = FamilyOut::new(
+        "detector_statistic",
+        "Current statistic of each drift detector",
+        MetricType::Gauge,
+    );
+    let mut thr = FamilyOut::new(
+        "detector_threshold",
+        "Alarm threshold of each drift detector (it fires when the statistic reaches it)",
+        MetricType::Gauge,
+    );
+    let mut dsamples = FamilyOut::new(
+        "detector_samples",
+        "Observations since each drift detector was armed",
+        MetricType::Gauge,
+    );
+    for d in reader.detectors().unwrap_or_default() {
+        let l = labels(&[
+            ("signal", &d.signal),
+            ("segment", &d.segment),
+            ("detector", &d.detector),
+        ]);
+        stat.push(l.clone(), d.statistic);
+        thr.push(l.clone(), d.threshold);
+        dsamples.push(l, d.samples as f64);
+    }
+    out.extend([stat, thr, dsamples]);
+
+    let mut events = FamilyOut::new(
+        "drift_events",
+        "Drift events detected, per signal and segment",
+        MetricType::Counter,
+    );
+    let mut open = FamilyOut::new(
+        "drift_events_open",
+        "Drift events not yet resolved, per signal and segment",
+        MetricType::Gauge,
+    );
+    for e in reader.drift_event_counts()? {
+        let l = labels(&[("signal", &e.signal), ("segment", &e.segment)]);
+        events.push(l.clone(), e.total as f64);
+        open.push(l, e.open as f64);
+    }
+    out.extend([events, open]);
+
+    if let Some(a) = reader.alert_counts() {
+        let mut firing = FamilyOut::new(
+            "alerts_firing",
+            "Alerts currently firing",
+            MetricType::Gauge,
+        );
+        firing.push(Vec::new(), a.firing as f64);
+        out.push(firing);
+        if let Some(backlog) = a.outbox_backlog {
+            let mut ob = FamilyOut::new(
+                "alert_outbox_backlog",
+                "Alert notifications waiting in the outbox for delivery",
+                MetricType::Gauge,
+            );
+            ob.push(Vec::new(), backlog as f64);
+            out.push(ob);
+        }
+    }
+
+    let mut size = FamilyOut::new(
+        "database_size_bytes",
+        "Size of the SQLite database file and its write-ahead log",
+        MetricType::Gauge,
+    );
+    let wal = {
+        let mut p = path.as_os_str().to_owned();
+        p.push("-wal");
+        PathBuf::from(p)
+    };
+    let bytes: u64 = [path.to_path_buf(), wal]
+        .iter()
+        .filter_map(|p| std::fs::metadata(p).ok())
+        .map(|m| m.len())
+        .sum();
+    size.push(Vec::new(), bytes as f64);
+    out.push(size);
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn in_process_metrics_encode_as_prometheus_text() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("s.db");
+        drop(crate::store::Store::open(&db).unwrap());
+        let m = Metrics::new(db);
+        m.batch("student", Duration::from_millis(3), 16);
+        m.set_ready(true);
+        let before = m.heartbeat();
+        m.beat();
+        assert!(m.heartbeat() > before);
+        let text = m.encode();
+        assert!(
+            text.contains("sensei_inference_batch_seconds_count{model=\"student\"} 1"),
+            "{text}"
+        );
+        assert!(text.contains("sensei_inference_records_total{model=\"student\"} 16"));
+        assert!(text.contains("sensei_ready 1"));
+        assert!(text.contains("sensei_database_readable 1"), "{text}");
+        assert!(text.contains("sensei_files_total{status=\"done\"} 0"));
+    }
+
+    #[test]
+    fn an_unreadable_database_is_reported_not_fatal() {
+        let m = Metrics::new(PathBuf::from("/nonexistent/sensei.db"));
+        let text = m.encode();
+        assert!(text.contains("sensei_database_readable 0"), "{text}");
+    }
+}

@@ -206,12 +206,118 @@ pub struct StatusReport {
     pub skipped_budget: i64,
     pub skipped_queue: i64,
     pub segments: Vec<SegmentReport>,
+    /// The active baseline, if `sensei baseline` has run.
+    pub baseline: Option<crate::store::BaselineRow>,
+    /// Every monitored signal per segment: baseline value, current value, detector standing.
+    pub signals: Vec<SignalStatus>,
+    /// The latest drift events, oldest first.
+    pub recent_events: Vec<crate::store::DriftEventRow>,
 }
+
+/// One signal of one segment, as `status` shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct SignalStatus {
+    pub signal: String,
+    pub segment: String,
+    pub baseline_value: Option<f64>,
+    pub current: Option<Interval>,
+    pub detector: Option<String>,
+    pub statistic: Option<f64>,
+    pub threshold: Option<f64>,
+    pub samples: Option<i64>,
+    /// An unresolved drift event exists for this signal and segment.
+    pub drifting: bool,
+}
+
+/// How many recent drift events `status` lists.
+pub const RECENT_EVENTS: i64 = 20;
 
 pub fn status(config: &Config) -> anyhow::Result<StatusReport> {
     let reader = Reader::open(&config.store.path)?;
     let s = reader.summary()?;
-    Ok(status_of(&config.store.path, &s))
+    let mut report = status_of(&config.store.path, &s);
+    report.baseline = reader.active_baseline()?;
+    report.recent_events = reader.recent_events(RECENT_EVENTS)?;
+    let reference: Option<crate::drift::Reference> = report
+        .baseline
+        .as_ref()
+        .and_then(|b| serde_json::from_str(&b.profile).ok());
+    let detectors = reader.detectors()?;
+    let open: Vec<(String, String)> = reader
+        .open_events()?
+        .into_iter()
+        .map(|e| (e.signal, e.segment))
+        .collect();
+    for seg in &report.segments {
+        let r = reference.as_ref();
+        let rows: [(&str, Option<f64>, Option<Interval>); 4] = [
+            (
+                "disagreement",
+                r.and_then(|r| r.disagreement.as_ref().map(|d| d.rate)),
+                seg.disagreement,
+            ),
+            (
+                "kl",
+                r.and_then(|r| r.kl.as_ref().map(|d| d.mean)),
+                point(seg.kl_mean),
+            ),
+            (
+                "attention_kl",
+                r.and_then(|r| r.attention_kl.as_ref().map(|d| d.mean)),
+                point(seg.attention_kl_mean),
+            ),
+            (
+                "confidence",
+                r.and_then(|r| r.uncertainty.as_ref().map(|d| 1.0 - d.mean)),
+                point(seg.mean_confidence),
+            ),
+        ];
+        for (signal, baseline_value, current) in rows {
+            let det = detectors
+                .iter()
+                .find(|d| d.signal == signal && d.segment == seg.segment);
+            report.signals.push(SignalStatus {
+                signal: signal.to_string(),
+                segment: seg.segment.clone(),
+                baseline_value,
+                current,
+                detector: det.map(|d| d.detector.clone()),
+                statistic: det.map(|d| d.statistic),
+                threshold: det.map(|d| d.threshold),
+                samples: det.map(|d| d.samples),
+                drifting: open.iter().any(|(s, g)| s == signal && g == &seg.segment),
+            });
+        }
+    }
+    // Error-rate detectors only exist once labels arrived.
+    for det in detectors.iter().filter(|d| d.signal.ends_with("_error")) {
+        let baseline_value = reference.as_ref().and_then(|r| match det.signal.as_str() {
+            "student_error" => r.student_error.as_ref().map(|e| e.rate),
+            _ => r.teacher_error.as_ref().map(|e| e.rate),
+        });
+        report.signals.push(SignalStatus {
+            signal: det.signal.clone(),
+            segment: det.segment.clone(),
+            baseline_value,
+            current: None,
+            detector: Some(det.detector.clone()),
+            statistic: Some(det.statistic),
+            threshold: Some(det.threshold),
+            samples: Some(det.samples),
+            drifting: open
+                .iter()
+                .any(|(s, g)| s == &det.signal && g == &det.segment),
+        });
+    }
+    Ok(report)
+}
+
+fn point(v: Option<f64>) -> Option<Interval> {
+    v.map(|x| Interval {
+        estimate: x,
+        low: x,
+        high: x,
+    })
 }
 
 fn status_of(db: &Path, s: &Summary) -> StatusReport {
@@ -225,6 +331,9 @@ fn status_of(db: &Path, s: &Summary) -> StatusReport {
         skipped_budget: s.skipped_budget,
         skipped_queue: s.skipped_queue,
         segments: s.segments.iter().map(SegmentReport::from).collect(),
+        baseline: None,
+        signals: Vec::new(),
+        recent_events: Vec::new(),
     }
 }
 
@@ -285,7 +394,96 @@ impl StatusReport {
             self.records, self.teacher_samples, self.skipped_budget, self.skipped_queue
         );
         s.push_str(&segment_table(&self.segments));
+        match &self.baseline {
+            None => {
+                let _ = writeln!(
+                    s,
+                    "\nbaseline: none — drift detection is off; run `sensei baseline DATA…` on the lab set"
+                );
+            }
+            Some(b) => {
+                let _ = writeln!(
+                    s,
+                    "\nbaseline: version {} ({} lab records, student {}, teacher {})",
+                    b.version, b.records, b.student, b.teacher
+                );
+                let _ = writeln!(
+                    s,
+                    "  {:<14} {:<12} {:>9} {:>26} {:>16} {:>18}",
+                    "signal",
+                    "segment",
+                    "baseline",
+                    "current [95% CI]",
+                    "detector",
+                    "statistic/limit"
+                );
+                for sig in &self.signals {
+                    let current = match sig.current {
+                        Some(i) if i.low != i.high => {
+                            format!("{:.4} [{:.4}, {:.4}]", i.estimate, i.low, i.high)
+                        }
+                        Some(i) => format!("{:.4}", i.estimate),
+                        None => "-".into(),
+                    };
+                    let standing = match (sig.statistic, sig.threshold) {
+                        (Some(st), Some(th)) => format!("{st:.2}/{th:.2}"),
+                        _ => "-".into(),
+                    };
+                    let _ = writeln!(
+                        s,
+                        "  {:<14} {:<12} {:>9} {:>26} {:>16} {:>18}{}",
+                        sig.signal,
+                        segment_name(&sig.segment),
+                        fmt_opt(sig.baseline_value, 4),
+                        current,
+                        sig.detector.as_deref().unwrap_or("-"),
+                        standing,
+                        if sig.drifting { "  DRIFT" } else { "" }
+                    );
+                }
+            }
+        }
+        if self.recent_events.is_empty() {
+            let _ = writeln!(s, "\ndrift events: none");
+        } else {
+            let _ = writeln!(s, "\nrecent drift events:");
+            for e in &self.recent_events {
+                let when = time::OffsetDateTime::from_unix_timestamp(e.detected_at / 1000)
+                    .ok()
+                    .and_then(|t| {
+                        t.format(&time::format_description::well_known::Rfc3339)
+                            .ok()
+                    })
+                    .unwrap_or_default();
+                let _ = writeln!(
+                    s,
+                    "  #{} {when} {} on {} ({}) at record {}{}: baseline {} → current {}{}",
+                    e.id,
+                    e.signal,
+                    segment_name(&e.segment),
+                    e.detector,
+                    e.detected_at_record,
+                    e.estimated_change_record
+                        .map_or(String::new(), |c| format!(", change from ~{c}")),
+                    fmt_opt(e.baseline_value, 4),
+                    fmt_opt(e.current_value, 4),
+                    if e.resolved_at.is_some() {
+                        " (resolved)"
+                    } else {
+                        ""
+                    }
+                );
+            }
+        }
         s
+    }
+}
+
+fn segment_name(segment: &str) -> String {
+    match segment {
+        ALL_SEGMENTS => "(all)".into(),
+        "" => "(none)".into(),
+        s => s.into(),
     }
 }
 

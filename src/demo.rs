@@ -64,9 +64,24 @@ fn repo_runtime(models: &Path) -> Option<PathBuf> {
     libs.pop()
 }
 
+/// One drift event as the demo reports it; record numbers count from 0 within the stream.
+#[derive(Debug, Clone, Serialize)]
+pub struct DemoEvent {
+    pub signal: String,
+    pub segment: String,
+    pub detector: String,
+    pub detected_at_record: i64,
+    pub estimated_change_record: Option<i64>,
+    pub baseline_value: Option<f64>,
+    pub current_value: Option<f64>,
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct StreamReport {
     pub name: String,
+    /// Where the stream's documented drift begins (`models/demo/metrics.json`); null when clean.
+    pub drift_starts_at_record: Option<i64>,
+    pub drift_events: Vec<DemoEvent>,
     pub records: i64,
     pub teacher_samples: i64,
     pub skipped_budget: i64,
@@ -81,9 +96,34 @@ pub struct StreamReport {
 #[derive(Debug, Clone, Serialize)]
 pub struct DemoReport {
     pub models: PathBuf,
+    /// The lab baseline every stream is compared with.
+    pub baseline: BaselineSummary,
     pub onnxruntime: String,
     pub sampling_rate: f64,
     pub streams: Vec<StreamReport>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct BaselineSummary {
+    pub records: u64,
+    pub agreement: f64,
+    pub student_accuracy: Option<f64>,
+    pub teacher_accuracy: Option<f64>,
+    pub arl0: f64,
+}
+
+/// The documented drift start of each stream, from the model card's measurements.
+fn drift_starts(models: &Path) -> std::collections::BTreeMap<String, Option<i64>> {
+    let text = std::fs::read_to_string(models.join("metrics.json")).unwrap_or_default();
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+    v["streams"]
+        .as_object()
+        .map(|o| {
+            o.iter()
+                .map(|(k, s)| (k.clone(), s["drift_start"].as_i64()))
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// The demo config for one stream, as TOML (what an operator would write).
@@ -147,7 +187,23 @@ pub fn run(models: &Path) -> anyhow::Result<DemoReport> {
     }
     let tmp = tempfile::tempdir().context("creating the demo's temporary directory")?;
     let library = repo_runtime(&models);
+    let starts = drift_starts(&models);
+    // The lab stage, once: both models on the lab set, detectors calibrated.
+    let lab_config = Config::from_toml(
+        &demo_config(&models, &tmp.path().join("lab"), library.as_deref()),
+        &tmp.path().join("lab.toml"),
+    )
+    .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let lab = crate::commands::baseline(&lab_config, &[models.join("lab.jsonl")])?;
+    let profile = serde_json::to_string(&lab.reference)?;
     let mut report = DemoReport {
+        baseline: BaselineSummary {
+            records: lab.records,
+            agreement: lab.reference.agreement,
+            student_accuracy: lab.reference.student_accuracy,
+            teacher_accuracy: lab.reference.teacher_accuracy,
+            arl0: lab.reference.arl0,
+        },
         models: models.clone(),
         onnxruntime: String::new(),
         sampling_rate: 0.0,
@@ -163,6 +219,18 @@ pub fn run(models: &Path) -> anyhow::Result<DemoReport> {
         let config = Config::from_toml(&toml, &tmp.path().join(format!("{name}.toml")))
             .map_err(|e| anyhow::anyhow!("{e}"))?;
         report.sampling_rate = config.sampling.rate;
+        {
+            std::fs::create_dir_all(&config.state_dir)?;
+            let mut store = crate::store::Store::open(&config.store.path)?;
+            store.insert_baseline(
+                "demo",
+                "demo",
+                lab.records as i64,
+                "[\"lab.jsonl\"]",
+                &profile,
+                crate::pipeline::now_ms(),
+            )?;
+        }
         let summary = replay(&config, std::slice::from_ref(&stream), None)
             .with_context(|| format!("replaying {}", stream.display()))?;
         if report.onnxruntime.is_empty()
@@ -176,7 +244,22 @@ pub fn run(models: &Path) -> anyhow::Result<DemoReport> {
             .iter()
             .find(|s| s.segment == crate::store::ALL_SEGMENTS)
             .cloned();
+        let events = crate::store::Reader::open(&config.store.path)?.recent_events(i64::MAX)?;
         report.streams.push(StreamReport {
+            drift_starts_at_record: starts.get(&name).copied().flatten(),
+            drift_events: events
+                .into_iter()
+                .map(|e| DemoEvent {
+                    signal: e.signal,
+                    segment: e.segment,
+                    detector: e.detector,
+                    // A fresh database numbers the stream's records from 1.
+                    detected_at_record: e.detected_at_record - 1,
+                    estimated_change_record: e.estimated_change_record.map(|c| c - 1),
+                    baseline_value: e.baseline_value,
+                    current_value: e.current_value,
+                })
+                .collect(),
             name,
             records: st.records,
             teacher_samples: st.teacher_samples,
@@ -233,6 +316,52 @@ impl DemoReport {
                 f(st.attention_kl_mean, 4),
                 f(st.mean_confidence, 3)
             );
+        }
+        let _ = writeln!(
+            s,
+            "\ndrift detection (baseline: {} lab records, agreement {:.1}%; every detector calibrated to one false alarm per {} samples):",
+            self.baseline.records,
+            100.0 * self.baseline.agreement,
+            self.baseline.arl0
+        );
+        for st in &self.streams {
+            let start = st
+                .drift_starts_at_record
+                .map_or("no drift".to_string(), |r| format!("drift from record {r}"));
+            match st.drift_events.iter().min_by_key(|e| e.detected_at_record) {
+                None => {
+                    let _ = writeln!(s, "  {:<16} {start:<22} no drift event", st.name);
+                }
+                Some(first) => {
+                    let segments: std::collections::BTreeSet<&str> =
+                        st.drift_events.iter().map(|e| e.segment.as_str()).collect();
+                    let _ = writeln!(
+                        s,
+                        "  {:<16} {start:<22} {} events; first: {} on {} at record {} (estimated change from {}); segments: {}",
+                        st.name,
+                        st.drift_events.len(),
+                        first.signal,
+                        if first.segment == crate::store::ALL_SEGMENTS {
+                            "(all)"
+                        } else {
+                            &first.segment
+                        },
+                        first.detected_at_record,
+                        first
+                            .estimated_change_record
+                            .map_or("-".to_string(), |c| c.to_string()),
+                        segments
+                            .into_iter()
+                            .map(|x| if x == crate::store::ALL_SEGMENTS {
+                                "(all)"
+                            } else {
+                                x
+                            })
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    );
+                }
+            }
         }
         let _ = writeln!(s, "\nper segment:");
         for st in &self.streams {

@@ -355,8 +355,20 @@ pub struct MonitorDelta {
     pub events: Vec<NewEvent>,
     /// (signal, segment, detector) whose open event is resolved.
     pub resolved: Vec<(String, String, &'static str)>,
-    /// (signal, segment, detector) → (samples, statistic, threshold, JSON state).
-    pub states: BTreeMap<(String, String, String), (u64, f64, f64, String)>,
+    /// (signal, segment, detector) → its state.
+    pub states: BTreeMap<StateKey, StateRow>,
+}
+
+/// (signal, segment, detector).
+pub type StateKey = (String, String, String);
+
+/// One detector's persisted state (`detector_state`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct StateRow {
+    pub samples: u64,
+    pub statistic: f64,
+    pub threshold: f64,
+    pub json: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -533,7 +545,12 @@ impl DriftMonitor {
                 segment.to_string(),
                 detector_name.to_string(),
             ),
-            (samples, statistic, threshold, json),
+            StateRow {
+                samples,
+                statistic,
+                threshold,
+                json,
+            },
         );
     }
 
@@ -596,7 +613,12 @@ impl DriftMonitor {
                             segment.to_string(),
                             WINDOW_KEY.to_string(),
                         ),
-                        (w.records as u64, 0.0, 0.0, json),
+                        StateRow {
+                            samples: w.records as u64,
+                            statistic: 0.0,
+                            threshold: 0.0,
+                            json,
+                        },
                     );
                 }
             }
@@ -744,16 +766,16 @@ impl DriftMonitor {
                     d.segment.clone(),
                     format!("windowed:{detector}"),
                 ),
-                (
-                    t.test.n_window,
-                    d.adjusted_p_value,
-                    self.family_alpha,
-                    if d.alarm {
+                StateRow {
+                    samples: t.test.n_window,
+                    statistic: d.adjusted_p_value,
+                    threshold: self.family_alpha,
+                    json: if d.alarm {
                         "open".into()
                     } else {
                         "closed".into()
                     },
-                ),
+                },
             );
         }
         // A new round starts empty everywhere.
@@ -765,7 +787,12 @@ impl DriftMonitor {
                     segment.clone(),
                     WINDOW_KEY.to_string(),
                 ),
-                (0, 0.0, 0.0, serde_json::to_string(&*w).unwrap_or_default()),
+                StateRow {
+                    samples: 0,
+                    statistic: 0.0,
+                    threshold: 0.0,
+                    json: serde_json::to_string(&*w).unwrap_or_default(),
+                },
             );
         }
     }

@@ -26,6 +26,7 @@ const MIGRATIONS: &[(&str, &str)] = &[
         include_str!("../migrations/0001_initial.sql"),
     ),
     ("0002_drift", include_str!("../migrations/0002_drift.sql")),
+    ("0003_alerts", include_str!("../migrations/0003_alerts.sql")),
 ];
 
 /// The schema version this binary writes.
@@ -464,7 +465,7 @@ impl Store {
         size: u64,
         labels: &[(String, i64)],
         now_ms: i64,
-        joined: &mut dyn FnMut(&[LabelJoin]) -> Option<(i64, MonitorDelta)>,
+        joined: &mut LabelObserver<'_>,
     ) -> Result<LabelsOutcome> {
         let tx = self.conn.transaction()?;
         if let Some((of_id, of_name)) = done_file(&tx, sha256)? {
@@ -632,6 +633,9 @@ impl Store {
     }
 }
 
+/// Called with the records a labels file reached; returns the drift detectors' changes.
+pub type LabelObserver<'a> = dyn FnMut(&[LabelJoin]) -> Option<(i64, MonitorDelta)> + 'a;
+
 /// A label joined to a record it belongs to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LabelJoin {
@@ -689,16 +693,16 @@ fn write_delta(
             samples = excluded.samples, statistic = excluded.statistic, threshold = excluded.threshold,
             state = excluded.state, updated_at = excluded.updated_at",
     )?;
-    for ((signal, segment, detector), (samples, statistic, threshold, json)) in &delta.states {
+    for ((signal, segment, detector), row) in &delta.states {
         state.execute(params![
             signal,
             segment,
             detector,
             version,
-            *samples as i64,
-            finite(*statistic),
-            finite(*threshold),
-            json,
+            row.samples as i64,
+            finite(row.statistic),
+            finite(row.threshold),
+            row.json,
             now_ms
         ])?;
     }
@@ -874,6 +878,14 @@ impl Reader {
     /// Every detector of the active baseline with its statistic and threshold.
     pub fn detectors(&self) -> Result<Vec<DetectorRow>> {
         detectors(&self.conn)
+    }
+
+    /// Drift events not yet resolved.
+    pub fn open_events(&self) -> Result<Vec<DriftEventRow>> {
+        Ok(recent_events(&self.conn, i64::MAX)?
+            .into_iter()
+            .filter(|e| e.resolved_at.is_none())
+            .collect())
     }
 
     // --- Queries for /metrics, the JSON API, the dashboard and `sensei report`. ---

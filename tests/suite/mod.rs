@@ -1,3 +1,4 @@
 mod check;
 mod daemon;
+mod drift;
 mod replay;

@@ -123,6 +123,40 @@ fn the_demo_reports_every_stream_and_sees_the_drift() {
         worst > clean_high,
         "worst drifted {worst} vs clean upper bound {clean_high}"
     );
+    // Drift detection: the clean stream raises no event; every drifted stream raises at least one,
+    // after its documented drift start.
+    for s in streams {
+        let name = s["name"].as_str().unwrap();
+        let events = s["drift_events"].as_array().unwrap();
+        match s["drift_starts_at_record"].as_i64() {
+            None => assert!(events.is_empty(), "{name}: {events:?}"),
+            Some(start) => {
+                assert!(!events.is_empty(), "{name}: no drift event");
+                let first = events
+                    .iter()
+                    .map(|e| e["detected_at_record"].as_i64().unwrap())
+                    .min()
+                    .unwrap();
+                assert!(
+                    first >= start,
+                    "{name}: first event at {first}, before the drift start {start}"
+                );
+            }
+        }
+    }
+    // A drift confined to line B is reported on line B (and the fleet), never on line A.
+    let line_b = streams
+        .iter()
+        .find(|s| s["name"] == "line_b_drift")
+        .expect("line_b_drift stream");
+    let segments: Vec<&str> = line_b["drift_events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["segment"].as_str().unwrap())
+        .collect();
+    assert!(segments.contains(&"line=B"), "{segments:?}");
+    assert!(!segments.contains(&"line=A"), "{segments:?}");
     // The stream that drifts on one line only: that line's disagreement exceeds the other's.
     if let Some(s) = streams.iter().find(|s| s["name"] == "line_b_drift") {
         let seg = |name: &str| {

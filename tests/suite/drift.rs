@@ -1,0 +1,188 @@
+//! Drift detection end to end: `sensei baseline` on the lab set, then the daemon's pipeline on
+//! the demo field streams, with the demo teacher and student.
+
+use std::path::PathBuf;
+
+use crate::common::{Site, repo};
+
+fn demo(name: &str) -> PathBuf {
+    repo().join("models/demo").join(name)
+}
+
+/// A site on the demo models, with a baseline from the demo lab set.
+fn site_with_baseline() -> Site {
+    let site = Site::with_models(demo("student.onnx"), demo("teacher.onnx"));
+    site.write_config(
+        "[sampling]\nrate = 0.5\nseed = 7\nmax_per_minute = 1000000\nqueue = 100000\n",
+    );
+    let out = site.sensei(&["baseline", demo("lab.jsonl").to_str().unwrap()]);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("baseline version 1 (active), 270 lab records"),
+        "{text}"
+    );
+    site
+}
+
+/// (signal, segment, detector, detected_at_record) of every event, in order.
+fn events(site: &Site) -> Vec<(String, String, String, i64)> {
+    let db = site.db();
+    let mut stmt = db
+        .prepare(
+            "SELECT signal, segment, detector, detected_at_record FROM drift_events ORDER BY id",
+        )
+        .unwrap();
+    stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect()
+}
+
+/// Writes the stream's lines `[from, to)` to a file of its own.
+fn part(site: &Site, stream: &str, from: usize, to: usize) -> PathBuf {
+    let text = std::fs::read_to_string(demo(&format!("streams/{stream}.jsonl"))).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    let path = site.root().join(format!("{stream}-{from}-{to}.jsonl"));
+    std::fs::write(&path, lines[from..to.min(lines.len())].join("\n") + "\n").unwrap();
+    path
+}
+
+#[test]
+fn the_clean_stream_raises_no_event_and_a_drifted_one_does_after_its_start() {
+    let clean = site_with_baseline();
+    let out = clean.sensei(&["replay", demo("streams/clean.jsonl").to_str().unwrap()]);
+    assert!(out.status.success());
+    assert_eq!(events(&clean), Vec::new());
+
+    let drifted = site_with_baseline();
+    let out = drifted.sensei(&[
+        "replay",
+        demo("streams/offset_drift.jsonl").to_str().unwrap(),
+    ]);
+    assert!(out.status.success());
+    let found = events(&drifted);
+    assert!(found.iter().any(|e| e.0 == "disagreement"), "{found:?}");
+    // Records are numbered from 1; the drift starts at stream index 200, i.e. record 201.
+    assert!(found.iter().all(|e| e.3 >= 201), "{found:?}");
+    // Every event carries its statistic, threshold and the values it compares.
+    let incomplete = drifted.query_i64(
+        "SELECT COUNT(*) FROM drift_events WHERE detector IN ('cusum', 'bernoulli_cusum')
+         AND (baseline_value IS NULL OR current_value IS NULL OR estimated_change_record IS NULL
+              OR statistic < threshold)",
+    );
+    assert_eq!(incomplete, 0);
+    // status shows the baseline, the detectors and the events.
+    let status = drifted.sensei(&["status"]);
+    let text = String::from_utf8_lossy(&status.stdout).into_owned();
+    assert!(text.contains("baseline: version 1"), "{text}");
+    assert!(
+        text.contains("DRIFT") && text.contains("recent drift events:"),
+        "{text}"
+    );
+}
+
+/// Processing a stream in two runs (a restart in between) gives exactly the events of one
+/// uninterrupted run: detector state survives, and nothing fires twice.
+#[test]
+fn a_restart_neither_resets_nor_refires_a_detector() {
+    let whole = site_with_baseline();
+    let first = part(&whole, "gain_drift", 0, 300);
+    let second = part(&whole, "gain_drift", 300, 450);
+    let out = whole.sensei(&["replay", first.to_str().unwrap(), second.to_str().unwrap()]);
+    assert!(out.status.success());
+
+    let split = site_with_baseline();
+    let first = part(&split, "gain_drift", 0, 300);
+    let second = part(&split, "gain_drift", 300, 450);
+    assert!(
+        split
+            .sensei(&["replay", first.to_str().unwrap()])
+            .status
+            .success()
+    );
+    assert!(
+        split
+            .sensei(&["replay", second.to_str().unwrap()])
+            .status
+            .success()
+    );
+    // Replaying the first part again is a duplicate: it must not feed the detectors again.
+    assert!(
+        split
+            .sensei(&["replay", first.to_str().unwrap()])
+            .status
+            .success()
+    );
+
+    let expected = events(&whole);
+    assert!(!expected.is_empty());
+    assert_eq!(events(&split), expected);
+}
+
+#[test]
+fn a_baseline_from_too_few_records_is_refused_clearly() {
+    let site = Site::with_models(demo("student.onnx"), demo("teacher.onnx"));
+    site.write_config("");
+    let text = std::fs::read_to_string(demo("lab.jsonl")).unwrap();
+    let few = site.root().join("few.jsonl");
+    std::fs::write(
+        &few,
+        text.lines().take(40).collect::<Vec<_>>().join("\n") + "\n",
+    )
+    .unwrap();
+    let out = site.sensei(&["baseline", few.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!out.status.success());
+    assert!(
+        err.contains("the lab set has 40 records; a baseline needs at least 100"),
+        "{err}"
+    );
+    // Nothing was stored: the daemon would run without drift detection, and says so.
+    assert_eq!(site.query_i64("SELECT COUNT(*) FROM baselines"), 0);
+}
+
+#[test]
+fn a_class_that_never_occurs_in_the_lab_set_is_a_warning_not_a_nan() {
+    let site = Site::with_models(demo("student.onnx"), demo("teacher.onnx"));
+    site.write_config("");
+    // Keep only lab records of labels 0..=4: the student rarely predicts 5..=9.
+    let text = std::fs::read_to_string(demo("lab.jsonl")).unwrap();
+    let kept: Vec<&str> = text
+        .lines()
+        .filter(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            v["label"].as_i64().unwrap() < 5
+        })
+        .collect();
+    let path = site.root().join("half.jsonl");
+    std::fs::write(&path, kept.join("\n") + "\n").unwrap();
+    let out = site.sensei(&["baseline", "--json", path.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let warnings = v["reference"]["warnings"].as_array().unwrap();
+    assert!(
+        warnings.iter().any(|w| w
+            .as_str()
+            .unwrap()
+            .contains("never occur in the lab predictions")),
+        "{warnings:?}"
+    );
+    // The field then sees those classes: the class-mix test reports, with finite numbers.
+    let out = site.sensei(&["replay", demo("streams/clean.jsonl").to_str().unwrap()]);
+    assert!(out.status.success());
+    let nan = site.query_i64(
+        "SELECT COUNT(*) FROM drift_events WHERE statistic != statistic OR p_value != p_value
+         OR effect_size != effect_size",
+    );
+    assert_eq!(nan, 0);
+    assert!(site.query_i64("SELECT COUNT(*) FROM drift_events WHERE signal = 'class_mix'") > 0);
+}

@@ -53,6 +53,11 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Alerts: send a test notification, or show the outbox.
+    Alert {
+        #[command(subcommand)]
+        command: AlertCommand,
+    },
     /// Run the bundled demo teacher and student on the clean and drifted demo streams in a
     /// temporary directory and print the agreement figures per stream.
     Demo {
@@ -62,5 +67,21 @@ pub enum Command {
         /// Directory with teacher.onnx, student.onnx and streams/ (default: models/demo).
         #[arg(long, value_name = "DIR")]
         models: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AlertCommand {
+    /// Send a test notification to one receiver now, and say whether it was accepted.
+    Test {
+        /// The receiver, as in `[receivers.NAME]`.
+        #[arg(long, value_name = "NAME")]
+        receiver: String,
+    },
+    /// Show the outbox per receiver: sent, pending, and undelivered notifications.
+    Outbox {
+        /// Print one JSON object instead of text.
+        #[arg(long)]
+        json: bool,
     },
 }

@@ -546,6 +546,7 @@ pub async fn run(
     });
     metrics.set_ready(true);
     crate::notify::ready("processing the inbox");
+    let alerts = crate::alert::AlertTask::start(&config.alerts, &config.store.path);
 
     let result = loop {
         match control.recv().await {
@@ -585,6 +586,7 @@ pub async fn run(
     if let Some(w) = watchdog {
         w.abort();
     }
+    alerts.stop().await;
     let _ = http_stop.send(true);
     if let Some(task) = http {
         let _ = tokio::time::timeout(Duration::from_secs(5), task).await;

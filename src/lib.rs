@@ -12,6 +12,8 @@
 //! - [`pipeline`]: the student worker, the teacher worker and the writer thread.
 //! - [`store`]: SQLite, migrations and every query.
 //! - [`stats`]: intervals for the reported rates.
+//! - [`alert`]: rules over drift events, the durable outbox, email/webhook/Alertmanager/command
+//!   receivers.
 //! - [`daemon`]: wiring and shutdown; `run` (the daemon) and `replay`.
 //! - [`commands`], [`demo`]: `check`, `status`, `demo`; [`cli`]: argument definitions.
 //! - [`http`]: `/metrics`, `/healthz`, `/readyz`, the JSON API and the dashboard (loopback).
@@ -19,6 +21,7 @@
 //! - [`report`]: the dashboard's data and page; `sensei report`.
 //! - [`notify`]: systemd notifications (READY, RELOADING, STOPPING, watchdog).
 
+pub mod alert;
 pub mod baseline;
 pub mod cli;
 pub mod commands;

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Parser;
-use sensei::cli::{Cli, Command};
+use sensei::cli::{AlertCommand, Cli, Command};
 use sensei::commands::{self, EX_CONFIG};
 use sensei::config::{Config, LogFormat};
 
@@ -123,6 +123,14 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Command::Alert { command } => {
+            let config = match load_config(&cli.config) {
+                Ok(c) => c,
+                Err(code) => return Ok(code),
+            };
+            init_logging(LogFormat::Auto, "warn,ort=error");
+            alert_command(&config, command)
+        }
         Command::Demo { json, models } => {
             init_logging(LogFormat::Auto, "warn,ort=error");
             let dir = sensei::demo::find_models_dir(models.as_deref())?;
@@ -131,6 +139,45 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {
                 print!("{}", report.text());
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// `sensei alert test` and `sensei alert outbox`.
+fn alert_command(config: &Config, command: AlertCommand) -> anyhow::Result<ExitCode> {
+    match command {
+        AlertCommand::Test { receiver } => {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .context("starting the async runtime")?;
+            match runtime.block_on(sensei::alert::send_test(&config.alerts, &receiver)) {
+                Ok(doc) => {
+                    println!(
+                        "sent: test notification to {receiver} (dedup key {})",
+                        doc.dedup_key
+                    );
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(e) => {
+                    eprintln!("sensei: test notification not delivered: {e:#}");
+                    Ok(ExitCode::FAILURE)
+                }
+            }
+        }
+        AlertCommand::Outbox { json } => {
+            let summary = if config.store.path.exists() {
+                sensei::alert::outbox_summary(&config.store.path)
+                    .with_context(|| format!("reading {}", config.store.path.display()))?
+            } else {
+                sensei::alert::OutboxSummary::default()
+            };
+            if json {
+                println!("{}", serde_json::to_string_pretty(&summary)?);
+            } else {
+                print!("{}", summary.text(sensei::alert::time::now_ms()));
             }
             Ok(ExitCode::SUCCESS)
         }

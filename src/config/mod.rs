@@ -11,7 +11,7 @@ mod validate;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-pub use validate::{ConfigError, ConfigProblem};
+pub use validate::{ConfigError, ConfigProblem, parse_duration};
 
 /// The default config location used by every command.
 pub const DEFAULT_PATH: &str = "/etc/sensei/sensei.toml";
@@ -34,6 +34,8 @@ pub struct Config {
     pub detect: DetectConfig,
     pub http: HttpConfig,
     pub daemon: DaemonConfig,
+    /// `[alerts]`, `[receivers.NAME]` and `[[rules]]` (see `crate::alert::config`).
+    pub alerts: crate::alert::AlertConfig,
 }
 
 /// Drift detection settings (`[detect]`; the method is in docs/detection.md).

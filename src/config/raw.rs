@@ -49,6 +49,12 @@ pub struct RawConfig {
     pub http: RawHttp,
     #[serde(default)]
     pub daemon: RawDaemon,
+    #[serde(default)]
+    pub alerts: crate::alert::config::RawAlerts,
+    #[serde(default)]
+    pub receivers: std::collections::BTreeMap<String, crate::alert::config::RawReceiver>,
+    #[serde(default)]
+    pub rules: Vec<crate::alert::config::RawRule>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -245,6 +245,13 @@ impl Check<'_> {
 
         let detect = self.detect(raw.detect);
         let http = self.http(raw.http);
+        let alerts = crate::alert::config::validate(
+            raw.alerts,
+            raw.receivers,
+            raw.rules,
+            self.base,
+            &mut self.problems,
+        );
         let daemon = DaemonConfig {
             drain_timeout: self.duration(
                 "daemon.drain_timeout",
@@ -269,6 +276,7 @@ impl Check<'_> {
             log,
             http,
             daemon,
+            alerts,
         }
     }
 

@@ -1,0 +1,519 @@
+//! Alerts: turning drift events into notifications that reach people, once, even when a mail
+//! server is down for an hour.
+//!
+//! - [`config`]: `[alerts]`, `[receivers.NAME]` and `[[rules]]`, raw and validated.
+//! - [`rule`]: the pure state machine (inactive → pending → firing → resolved) per rule.
+//! - [`notification`]: the notification document and its renderings (subject, text, HTML).
+//! - [`store`]: the alert tables: rule state, the outbox, requested actions.
+//! - [`receiver`]: email, webhook, Alertmanager and command delivery.
+//!
+//! The alert task runs in the daemon. Every `evaluation_interval` it reads the drift events it
+//! has not seen (and every open one), runs each rule's state machine and, in one transaction,
+//! writes the new states, the notifications they made (one outbox row per receiver) and the
+//! actions they requested. One delivery worker per receiver sends that receiver's outbox rows in
+//! order, each attempt bounded by a timeout, retrying with exponential backoff (capped) for as
+//! long as it takes; undelivered rows stay visible ([`outbox_summary`]).
+
+pub mod config;
+pub mod notification;
+pub mod receiver;
+pub mod rule;
+pub mod store;
+pub mod time;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::{Notify, watch};
+use tokio::task::JoinHandle;
+
+pub use config::AlertConfig;
+pub use store::{OutboxSummary, ReceiverOutbox, outbox_summary, outbox_summary_conn};
+
+use config::{Rule, Severity};
+use notification::{ActionNote, Notification, VERSION, summarize};
+use receiver::Sender;
+use rule::{Drift, DriftEvent, GroupState, Kind, Policy};
+use store::{AlertDb, EvaluationCommit, NewAction, NewNotification};
+use time::now_ms;
+
+/// The running alert task; [`AlertTask::stop`] ends it.
+pub struct AlertTask {
+    stop: watch::Sender<bool>,
+    handle: Option<JoinHandle<()>>,
+}
+
+impl AlertTask {
+    /// Starts evaluating rules and delivering the outbox of the database at `db`. With no
+    /// rules and no receivers there is nothing to do and nothing is started.
+    pub fn start(alerts: &AlertConfig, db: &Path) -> AlertTask {
+        let (stop, stopped) = watch::channel(false);
+        let handle = if alerts.rules.is_empty() && alerts.receivers.is_empty() {
+            None
+        } else {
+            tracing::info!(
+                rules = alerts.rules.len(),
+                receivers = alerts.receivers.len(),
+                interval_seconds = alerts.evaluation_interval.as_secs_f64(),
+                "Alerting started."
+            );
+            Some(tokio::spawn(run(alerts.clone(), db.to_path_buf(), stopped)))
+        };
+        AlertTask { stop, handle }
+    }
+
+    /// Stops the task; a delivery in progress may finish within a few seconds (or is retried
+    /// at the next start, with the same dedup key).
+    pub async fn stop(self) {
+        let _ = self.stop.send(true);
+        if let Some(handle) = self.handle {
+            let abort = handle.abort_handle();
+            if tokio::time::timeout(Duration::from_secs(5), handle)
+                .await
+                .is_err()
+            {
+                abort.abort();
+            }
+        }
+    }
+}
+
+/// How long an alert posted to Alertmanager stays active unless posted again.
+fn alertmanager_lifetime(alerts: &AlertConfig) -> Duration {
+    (alerts.evaluation_interval * 4).max(Duration::from_secs(300))
+}
+
+type Db = Arc<Mutex<AlertDb>>;
+
+/// Runs blocking database work off the async threads.
+async fn with_db<T: Send + 'static>(
+    db: &Db,
+    f: impl FnOnce(&mut AlertDb) -> rusqlite::Result<T> + Send + 'static,
+) -> anyhow::Result<T> {
+    let db = db.clone();
+    tokio::task::spawn_blocking(move || {
+        let mut guard = db.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        f(&mut guard)
+    })
+    .await?
+    .map_err(anyhow::Error::from)
+}
+
+async fn run(alerts: AlertConfig, path: PathBuf, mut stopped: watch::Receiver<bool>) {
+    let alerts = Arc::new(alerts);
+    let db = loop {
+        let p = path.clone();
+        match tokio::task::spawn_blocking(move || AlertDb::open(&p)).await {
+            Ok(Ok(db)) => break Arc::new(Mutex::new(db)),
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, db = %path.display(), "Alerting cannot open the database; retrying.")
+            }
+            Err(e) => tracing::error!(error = %e, "Alerting cannot open the database; retrying."),
+        }
+        tokio::select! {
+            _ = stopped.changed() => return,
+            _ = tokio::time::sleep(alerts.evaluation_interval) => {}
+        }
+    };
+    let lifetime = alertmanager_lifetime(&alerts);
+    let mut wakers: BTreeMap<String, Arc<Notify>> = BTreeMap::new();
+    let mut workers = Vec::new();
+    for receiver in alerts.receivers.values() {
+        let sender = match Sender::new(receiver, lifetime) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(receiver = %receiver.name, error = %e, "Receiver cannot be set up; its notifications wait in the outbox.");
+                continue;
+            }
+        };
+        let wake = Arc::new(Notify::new());
+        wakers.insert(receiver.name.clone(), wake.clone());
+        workers.push(tokio::spawn(deliver(
+            sender,
+            alerts.clone(),
+            db.clone(),
+            wake,
+            stopped.clone(),
+        )));
+    }
+    loop {
+        let (a, now) = (alerts.clone(), now_ms());
+        match with_db(&db, move |db| evaluate(db, &a, now)).await {
+            Ok(enqueued) => {
+                for r in enqueued {
+                    if let Some(w) = wakers.get(&r) {
+                        w.notify_one();
+                    }
+                }
+            }
+            Err(e) => tracing::error!(error = %e, "Alert evaluation failed; retrying."),
+        }
+        tokio::select! {
+            _ = stopped.changed() => break,
+            _ = tokio::time::sleep(alerts.evaluation_interval) => {}
+        }
+    }
+    for w in workers {
+        let abort = w.abort_handle();
+        if tokio::time::timeout(Duration::from_secs(5), w)
+            .await
+            .is_err()
+        {
+            abort.abort();
+        }
+    }
+}
+
+/// One evaluation of every rule, committed in one transaction. Returns the receivers that got
+/// new notifications.
+pub fn evaluate(db: &mut AlertDb, alerts: &AlertConfig, now: i64) -> rusqlite::Result<Vec<String>> {
+    let tx = db.transaction()?;
+    let cursor = store::cursor(&tx)?.map(|(last, _)| last);
+    // On the very first evaluation, drifts that are already over are history: only open ones.
+    let max_before = store::max_event_id(&tx)?;
+    let events = store::events(&tx, cursor.unwrap_or(max_before))?;
+    let new_cursor = events
+        .iter()
+        .map(|e| e.id)
+        .chain([cursor.unwrap_or(max_before)])
+        .max()
+        .unwrap_or(0);
+    let mut commit = EvaluationCommit {
+        cursor: new_cursor,
+        ..EvaluationCommit::default()
+    };
+    let mut documents: Vec<(&Rule, Notification)> = Vec::new();
+    for rule in &alerts.rules {
+        let state = store::state(&tx, &rule.name)?;
+        let members = rule::members(rule, &events, cursor);
+        let policy = Policy::new(rule, alerts.group_interval);
+        let (next, notice) = rule::evaluate(&policy, &state, &members, now);
+        if let Some(notice) = notice {
+            let alert_id = alert_id(&rule.name, notice.fired_at);
+            if notice.kind == Kind::Firing
+                && let Some(action) = rule.action
+            {
+                let drifts_json = serde_json::to_string(&notice.members)
+                    .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
+                let id = store::request_action(
+                    &tx,
+                    &NewAction {
+                        action: action.as_str(),
+                        rule: &rule.name,
+                        alert_id: &alert_id,
+                        drifts_json,
+                    },
+                    now,
+                )?;
+                tracing::warn!(rule = %rule.name, action = action.as_str(), id, "Alert action requested.");
+            }
+            let action = store::action_of(&tx, &alert_id)?;
+            let doc = document(
+                alerts,
+                rule,
+                &next,
+                notice.kind,
+                notice.dedup_key(&rule.name),
+                notice.members,
+                action,
+                now,
+            );
+            tracing::warn!(
+                rule = %rule.name,
+                kind = notice.kind.as_str(),
+                dedup_key = %doc.dedup_key,
+                "Alert {}: {}.",
+                doc.status,
+                doc.summary
+            );
+            documents.push((rule, doc));
+        }
+        if next != state {
+            commit.states.push((&rule.name, next));
+        }
+    }
+    for (rule, doc) in &documents {
+        commit.notifications.push(NewNotification {
+            receivers: &rule.receivers,
+            notification: doc,
+        });
+    }
+    store::write_evaluation(&tx, &commit, now)?;
+    tx.commit()?;
+    let receivers: BTreeSet<String> = documents
+        .iter()
+        .flat_map(|(r, _)| r.receivers.iter().cloned())
+        .collect();
+    Ok(receivers.into_iter().collect())
+}
+
+fn alert_id(rule: &str, fired_at: i64) -> String {
+    format!("{rule}.{fired_at}")
+}
+
+/// The notification document for a rule's state.
+#[allow(clippy::too_many_arguments)]
+fn document(
+    alerts: &AlertConfig,
+    rule: &Rule,
+    state: &GroupState,
+    kind: Kind,
+    dedup_key: String,
+    drifts: Vec<Drift>,
+    action: Option<(i64, String, String)>,
+    now: i64,
+) -> Notification {
+    let fired_at = state.fired_at.unwrap_or(now);
+    Notification {
+        version: VERSION,
+        dedup_key,
+        alert_id: alert_id(&rule.name, fired_at),
+        status: if kind == Kind::Resolved {
+            "resolved"
+        } else {
+            "firing"
+        }
+        .to_owned(),
+        kind,
+        rule: rule.name.clone(),
+        severity: rule.severity,
+        instance: alerts.instance.clone(),
+        summary: summarize(&drifts),
+        fired_at,
+        resolved_at: (kind == Kind::Resolved).then_some(state.resolved_at.unwrap_or(now)),
+        created_at: now,
+        dashboard_url: alerts.dashboard_url.clone(),
+        action: action.map(|(id, action, status)| ActionNote { action, id, status }),
+        drifts,
+    }
+}
+
+/// The delivery worker of one receiver: sends its outbox rows in order, retrying failures with
+/// exponential backoff; for Alertmanager, also re-posts firing alerts so they stay active.
+async fn deliver(
+    sender: Sender,
+    alerts: Arc<AlertConfig>,
+    db: Db,
+    wake: Arc<Notify>,
+    mut stopped: watch::Receiver<bool>,
+) {
+    let name = sender.name().to_owned();
+    let refresh_every = sender.alert_lifetime / 4;
+    let mut last_refresh = now_ms();
+    loop {
+        if *stopped.borrow() {
+            return;
+        }
+        let n = name.clone();
+        let head = match with_db(&db, move |db| db.head(&n)).await {
+            Ok(h) => h,
+            Err(e) => {
+                tracing::error!(receiver = %name, error = %e, "Cannot read the outbox.");
+                None
+            }
+        };
+        let now = now_ms();
+        let wait = match head {
+            Some(p) if p.next_attempt_at <= now => {
+                // Not raced against shutdown: a delivery that started completes (within its
+                // timeout) and is recorded, so a stop never turns into a duplicate.
+                let result = sender.send(&p.notification).await;
+                let done = now_ms();
+                let (id, attempts) = (p.id, p.attempts);
+                match result {
+                    Ok(()) => {
+                        tracing::info!(receiver = %name, dedup_key = %p.notification.dedup_key, attempts = attempts + 1, "Notification delivered.");
+                        if let Err(e) = with_db(&db, move |db| db.mark_sent(id, done)).await {
+                            tracing::error!(receiver = %name, error = %e, "Delivered, but cannot record it; it may be sent again with the same dedup key.");
+                        }
+                    }
+                    Err(error) => {
+                        let delay = backoff(&alerts, attempts);
+                        let next = done + i64::try_from(delay.as_millis()).unwrap_or(i64::MAX / 2);
+                        tracing::warn!(
+                            receiver = %name,
+                            dedup_key = %p.notification.dedup_key,
+                            attempts = attempts + 1,
+                            retry_in_seconds = delay.as_secs_f64(),
+                            error = %error,
+                            "Notification not delivered; it stays in the outbox and is retried."
+                        );
+                        let message = error.to_string();
+                        if let Err(e) =
+                            with_db(&db, move |db| db.mark_failed(id, done, &message, next)).await
+                        {
+                            tracing::error!(receiver = %name, error = %e, "Cannot record the failed attempt.");
+                        }
+                    }
+                }
+                continue;
+            }
+            Some(p) => Duration::from_millis(u64::try_from(p.next_attempt_at - now).unwrap_or(0)),
+            None if sender.is_alertmanager() => {
+                if now - last_refresh >= i64::try_from(refresh_every.as_millis()).unwrap_or(0) {
+                    refresh_alertmanager(&sender, &alerts, &db).await;
+                    last_refresh = now_ms();
+                }
+                refresh_every
+            }
+            None => Duration::from_secs(60),
+        };
+        tokio::select! {
+            _ = stopped.changed() => return,
+            _ = wake.notified() => {}
+            _ = tokio::time::sleep(wait) => {}
+        }
+    }
+}
+
+/// Exponential backoff: `retry_initial × 2^attempts`, at most `retry_max`.
+pub fn backoff(alerts: &AlertConfig, attempts: i64) -> Duration {
+    let factor = 2u32.saturating_pow(u32::try_from(attempts.clamp(0, 30)).unwrap_or(30));
+    alerts
+        .retry_initial
+        .checked_mul(factor)
+        .unwrap_or(alerts.retry_max)
+        .min(alerts.retry_max)
+}
+
+/// Posts the firing alerts routed to this Alertmanager again, so that they stay active there
+/// while the drift lasts (Alertmanager resolves an alert that is not re-posted).
+async fn refresh_alertmanager(sender: &Sender, alerts: &Arc<AlertConfig>, db: &Db) {
+    let a = alerts.clone();
+    let name = sender.name().to_owned();
+    let docs = with_db(db, move |db| {
+        let conn = db.conn();
+        let mut docs = Vec::new();
+        for rule_name in store::firing(conn)? {
+            let Some(rule) = a
+                .rules
+                .iter()
+                .find(|r| r.name == rule_name && r.receivers.contains(&name))
+            else {
+                continue;
+            };
+            let state = store::state(conn, &rule.name)?;
+            let fired_at = state.fired_at.unwrap_or(0);
+            let action = store::action_of(conn, &alert_id(&rule.name, fired_at))?;
+            let key = format!("{}.{fired_at}.{}", rule.name, state.sent);
+            let members = state.members.clone();
+            docs.push(document(
+                &a,
+                rule,
+                &state,
+                Kind::Repeat,
+                key,
+                members,
+                action,
+                now_ms(),
+            ));
+        }
+        Ok(docs)
+    })
+    .await;
+    match docs {
+        Ok(docs) => {
+            for doc in docs {
+                if let Err(e) = sender.send(&doc).await {
+                    tracing::debug!(receiver = %sender.name(), error = %e, "Alertmanager refresh failed.");
+                }
+            }
+        }
+        Err(e) => tracing::debug!(error = %e, "Alertmanager refresh: cannot read the state."),
+    }
+}
+
+/// Sends a test notification to one receiver now (not through the outbox), for
+/// `sensei alert test --receiver NAME`.
+pub async fn send_test(alerts: &AlertConfig, receiver: &str) -> anyhow::Result<Notification> {
+    let Some(r) = alerts.receivers.get(receiver) else {
+        let known: Vec<&str> = alerts.receivers.keys().map(String::as_str).collect();
+        anyhow::bail!(
+            "no receiver \"{receiver}\" in the config (receivers: {})",
+            if known.is_empty() {
+                "none".to_owned()
+            } else {
+                known.join(", ")
+            }
+        );
+    };
+    let sender = Sender::new(r, alertmanager_lifetime(alerts))?;
+    let now = now_ms();
+    let drift = Drift {
+        since: now - 15 * 60_000,
+        event: DriftEvent {
+            id: 0,
+            signal: "disagreement".into(),
+            segment: "*".into(),
+            detector: "bernoulli_cusum".into(),
+            detected_at: now - 5 * 60_000,
+            detected_at_record: 0,
+            estimated_change_record: None,
+            estimated_change_at: None,
+            statistic: 9.3,
+            threshold: 8.0,
+            baseline_value: Some(0.034),
+            current_value: Some(0.224),
+            current_low: Some(0.149),
+            current_high: Some(0.315),
+            p_value: None,
+            effect_size: None,
+            baseline_version: None,
+            resolved_at: None,
+        },
+    };
+    let doc = Notification {
+        version: VERSION,
+        dedup_key: format!("test.{now}"),
+        alert_id: format!("test.{now}"),
+        status: "firing".into(),
+        kind: Kind::Test,
+        rule: "test".into(),
+        severity: Severity::Info,
+        instance: alerts.instance.clone(),
+        summary: format!("test notification to {receiver}"),
+        fired_at: now,
+        resolved_at: None,
+        created_at: now,
+        dashboard_url: alerts.dashboard_url.clone(),
+        action: None,
+        drifts: vec![drift],
+    };
+    sender
+        .send(&doc)
+        .await
+        .map_err(|e| anyhow::anyhow!("{} ({}): {e}", receiver, r.kind.type_name()))?;
+    Ok(doc)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rule::Status;
+
+    #[test]
+    fn backoff_doubles_up_to_the_cap() {
+        let alerts = AlertConfig {
+            retry_initial: Duration::from_secs(10),
+            retry_max: Duration::from_secs(300),
+            ..AlertConfig::default()
+        };
+        let delays: Vec<u64> = (0..7).map(|a| backoff(&alerts, a).as_secs()).collect();
+        assert_eq!(delays, [10, 20, 40, 80, 160, 300, 300]);
+        assert_eq!(backoff(&alerts, 1000).as_secs(), 300);
+    }
+
+    #[test]
+    fn state_status_survives_its_text() {
+        for s in [
+            Status::Inactive,
+            Status::Pending,
+            Status::Firing,
+            Status::Resolved,
+        ] {
+            assert_eq!(Status::parse(s.as_str()), s);
+        }
+    }
+}

@@ -1,0 +1,331 @@
+//! Delivering one notification to one receiver: email (lettre), webhook and Alertmanager
+//! (reqwest), and a command (argv, no shell, the document on stdin).
+//!
+//! Each delivery is bounded by the receiver's `timeout`, so a receiver that hangs costs one
+//! timeout and a retry, never a stuck alert task. Every delivery carries the notification's
+//! dedup key where a receiver can see it: the `Message-ID` and `X-Sensei-Dedup-Key` headers of
+//! a mail, the `Idempotency-Key` header of a webhook, the `dedup_key` annotation in
+//! Alertmanager, and `$SENSEI_DEDUP_KEY` for a command.
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use lettre::message::header::{HeaderName, HeaderValue};
+use lettre::message::{Mailbox, MultiPart};
+use lettre::transport::smtp::authentication::Credentials;
+use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
+use serde_json::{Value, json};
+use tokio::io::AsyncWriteExt;
+
+use super::config::{EmailReceiver, Receiver, ReceiverKind, SmtpTls};
+use super::notification::{Notification, segment_text, signal_text};
+use super::rule::Kind;
+use super::time::{now_ms, rfc3339};
+
+/// Why a delivery failed (it is retried).
+#[derive(Debug, thiserror::Error)]
+pub enum SendError {
+    #[error("timed out after {0:?}")]
+    Timeout(Duration),
+    #[error("{0}")]
+    Failed(String),
+}
+
+/// A receiver ready to deliver.
+pub struct Sender {
+    pub receiver: Receiver,
+    http: Option<reqwest::Client>,
+    smtp: Option<AsyncSmtpTransport<Tokio1Executor>>,
+    /// How long an alert posted to Alertmanager stays active without being posted again.
+    pub alert_lifetime: Duration,
+}
+
+impl Sender {
+    pub fn new(receiver: &Receiver, alert_lifetime: Duration) -> Result<Sender, SendError> {
+        let (http, smtp) = match &receiver.kind {
+            ReceiverKind::Email(e) => (None, Some(smtp_transport(e, receiver.timeout)?)),
+            ReceiverKind::Webhook { .. } | ReceiverKind::Alertmanager { .. } => {
+                let client = reqwest::Client::builder()
+                    .timeout(receiver.timeout)
+                    .connect_timeout(receiver.timeout)
+                    .user_agent(concat!("sensei/", env!("CARGO_PKG_VERSION")))
+                    .build()
+                    .map_err(|e| SendError::Failed(format!("HTTP client: {e}")))?;
+                (Some(client), None)
+            }
+            ReceiverKind::Command { .. } => (None, None),
+        };
+        Ok(Sender {
+            receiver: receiver.clone(),
+            http,
+            smtp,
+            alert_lifetime,
+        })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.receiver.name
+    }
+
+    pub fn is_alertmanager(&self) -> bool {
+        matches!(self.receiver.kind, ReceiverKind::Alertmanager { .. })
+    }
+
+    /// Delivers `n`, within the receiver's timeout.
+    pub async fn send(&self, n: &Notification) -> Result<(), SendError> {
+        let timeout = self.receiver.timeout;
+        match tokio::time::timeout(timeout, self.send_inner(n)).await {
+            Ok(result) => result,
+            Err(_) => Err(SendError::Timeout(timeout)),
+        }
+    }
+
+    async fn send_inner(&self, n: &Notification) -> Result<(), SendError> {
+        match &self.receiver.kind {
+            ReceiverKind::Email(e) => self.email(e, n).await,
+            ReceiverKind::Webhook { url, token } => {
+                let body = serde_json::to_value(n)
+                    .map_err(|e| SendError::Failed(format!("encoding: {e}")))?;
+                self.post(url, token.as_ref().map(|t| t.expose()), &n.dedup_key, &body)
+                    .await
+            }
+            ReceiverKind::Alertmanager { url, token } => {
+                let body = alertmanager_alerts(n, now_ms(), self.alert_lifetime);
+                let endpoint = format!("{url}/api/v2/alerts");
+                self.post(
+                    &endpoint,
+                    token.as_ref().map(|t| t.expose()),
+                    &n.dedup_key,
+                    &body,
+                )
+                .await
+            }
+            ReceiverKind::Command { argv } => command(argv, n).await,
+        }
+    }
+
+    async fn post(
+        &self,
+        url: &str,
+        token: Option<&str>,
+        dedup_key: &str,
+        body: &Value,
+    ) -> Result<(), SendError> {
+        let Some(client) = &self.http else {
+            return Err(SendError::Failed("no HTTP client".into()));
+        };
+        let mut request = client
+            .post(url)
+            .header("Idempotency-Key", dedup_key)
+            .header("X-Sensei-Dedup-Key", dedup_key)
+            .json(body);
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        let response = request.send().await.map_err(|e| {
+            // reqwest's Display of a URL error can include the URL, never the token.
+            SendError::Failed(format!("POST {url}: {}", error_chain(&e)))
+        })?;
+        let status = response.status();
+        if status.is_success() {
+            return Ok(());
+        }
+        let text = response.text().await.unwrap_or_default();
+        let text: String = text.chars().take(300).collect();
+        Err(SendError::Failed(format!(
+            "POST {url}: HTTP {status}: {}",
+            text.trim()
+        )))
+    }
+
+    async fn email(&self, e: &EmailReceiver, n: &Notification) -> Result<(), SendError> {
+        let Some(smtp) = &self.smtp else {
+            return Err(SendError::Failed("no SMTP transport".into()));
+        };
+        let message = email_message(e, n)?;
+        smtp.send(message).await.map(|_| ()).map_err(|err| {
+            SendError::Failed(format!("SMTP {}:{}: {}", e.host, e.port, error_chain(&err)))
+        })
+    }
+}
+
+/// An error with its sources, on one line.
+fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut s = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        let c = cause.to_string();
+        if !s.contains(&c) {
+            s.push_str(": ");
+            s.push_str(&c);
+        }
+        source = cause.source();
+    }
+    s
+}
+
+fn smtp_transport(
+    e: &EmailReceiver,
+    timeout: Duration,
+) -> Result<AsyncSmtpTransport<Tokio1Executor>, SendError> {
+    let builder = match e.tls {
+        SmtpTls::StartTls => AsyncSmtpTransport::<Tokio1Executor>::starttls_relay(&e.host),
+        SmtpTls::Implicit => AsyncSmtpTransport::<Tokio1Executor>::relay(&e.host),
+        SmtpTls::None => Ok(AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(
+            e.host.clone(),
+        )),
+    }
+    .map_err(|err| SendError::Failed(format!("SMTP {}: {err}", e.host)))?;
+    let mut builder = builder.port(e.port).timeout(Some(timeout));
+    if let (Some(user), Some(password)) = (&e.username, &e.password) {
+        builder = builder.credentials(Credentials::new(user.clone(), password.expose().to_owned()));
+    }
+    Ok(builder.build())
+}
+
+/// The mail: subject, plain-text and HTML parts, and the dedup key as `Message-ID` (mail
+/// systems drop a second message with the same id) and `X-Sensei-Dedup-Key`. Notifications of
+/// one alert episode share a `References` header, so mail clients thread them.
+pub fn email_message(e: &EmailReceiver, n: &Notification) -> Result<Message, SendError> {
+    let parse = |s: &str| {
+        s.parse::<Mailbox>()
+            .map_err(|err| SendError::Failed(format!("address {s}: {err}")))
+    };
+    let domain = parse(&e.from)?.email.domain().to_owned();
+    let mut builder = Message::builder()
+        .from(parse(&e.from)?)
+        .subject(n.subject())
+        .message_id(Some(format!("<{}@{domain}>", n.dedup_key)))
+        .references(format!("<{}@{domain}>", n.alert_id))
+        .raw_header(HeaderValue::new(
+            HeaderName::new_from_ascii_str("X-Sensei-Dedup-Key"),
+            n.dedup_key.clone(),
+        ))
+        .raw_header(HeaderValue::new(
+            HeaderName::new_from_ascii_str("X-Sensei-Alert"),
+            format!(
+                "{}; status={}; severity={}",
+                n.alert_id,
+                n.status,
+                n.severity.as_str()
+            ),
+        ));
+    for to in &e.to {
+        builder = builder.to(parse(to)?);
+    }
+    builder
+        .multipart(MultiPart::alternative_plain_html(n.text(), n.html()))
+        .map_err(|err| SendError::Failed(format!("building the mail: {err}")))
+}
+
+/// The Alertmanager `POST /api/v2/alerts` body: one alert per drift, labelled by rule, signal,
+/// segment and detector (Alertmanager groups them again by its own routes). A firing alert
+/// ends `lifetime` after it is posted unless posted again; a resolved one ends when it resolved.
+pub fn alertmanager_alerts(n: &Notification, now: i64, lifetime: Duration) -> Value {
+    let lifetime_ms = i64::try_from(lifetime.as_millis()).unwrap_or(i64::MAX / 2);
+    let alerts: Vec<Value> = n
+        .drifts
+        .iter()
+        .map(|d| {
+            let e = &d.event;
+            let ends_at = if n.firing() {
+                now.saturating_add(lifetime_ms)
+            } else {
+                e.resolved_at.or(n.resolved_at).unwrap_or(now)
+            };
+            let mut alert = json!({
+                "labels": {
+                    "alertname": n.rule,
+                    "severity": n.severity.as_str(),
+                    "signal": e.signal,
+                    "segment": e.segment,
+                    "detector": e.detector,
+                    "instance": n.instance,
+                    "source": "sensei",
+                    "sensei_alert_id": n.alert_id,
+                },
+                "annotations": {
+                    "summary": format!("{} drift on {}", e.signal, segment_text(&e.segment)),
+                    "description": format!(
+                        "{} on {}: baseline {}, current {}{}; statistic {} over threshold {} ({}).",
+                        signal_text(&e.signal),
+                        segment_text(&e.segment),
+                        super::notification::number(e.baseline_value),
+                        super::notification::number(e.current_value),
+                        match (e.current_low, e.current_high) {
+                            (Some(lo), Some(hi)) => format!(
+                                " [{}, {}]",
+                                super::notification::number(Some(lo)),
+                                super::notification::number(Some(hi))
+                            ),
+                            _ => String::new(),
+                        },
+                        super::notification::number(Some(e.statistic)),
+                        super::notification::number(Some(e.threshold)),
+                        e.detector,
+                    ),
+                    "dedup_key": n.dedup_key,
+                    "group_summary": n.summary,
+                    "action": n.action.as_ref().map_or(String::new(), |a| format!("{} {} (#{})", a.action, a.status, a.id)),
+                },
+                "startsAt": rfc3339(d.since),
+                "endsAt": rfc3339(ends_at),
+            });
+            if let Some(url) = &n.dashboard_url {
+                alert["generatorURL"] = json!(url);
+            }
+            if n.kind == Kind::Test {
+                alert["labels"]["test"] = json!("true");
+            }
+            alert
+        })
+        .collect();
+    Value::Array(alerts)
+}
+
+/// Runs the command with the document on stdin; success is exit status 0.
+async fn command(argv: &[String], n: &Notification) -> Result<(), SendError> {
+    let Some((program, args)) = argv.split_first() else {
+        return Err(SendError::Failed("empty command".into()));
+    };
+    let payload = serde_json::to_vec(n).map_err(|e| SendError::Failed(format!("encoding: {e}")))?;
+    let mut child = tokio::process::Command::new(program)
+        .args(args)
+        .env("SENSEI_DEDUP_KEY", &n.dedup_key)
+        .env("SENSEI_ALERT_ID", &n.alert_id)
+        .env("SENSEI_ALERT_STATUS", &n.status)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        // The caller's timeout drops this future; the child must not outlive it.
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| SendError::Failed(format!("starting {program}: {e}")))?;
+    if let Some(mut stdin) = child.stdin.take() {
+        // A command that does not read its input is its own business: only its exit counts.
+        let _ = stdin.write_all(&payload).await;
+        let _ = stdin.shutdown().await;
+    }
+    let output = child
+        .wait_with_output()
+        .await
+        .map_err(|e| SendError::Failed(format!("waiting for {program}: {e}")))?;
+    if output.status.success() {
+        Ok(())
+    } else {
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        let tail: String = stderr
+            .trim()
+            .chars()
+            .rev()
+            .take(300)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .collect();
+        Err(SendError::Failed(format!(
+            "{program} exited with {}: {tail}",
+            output.status
+        )))
+    }
+}

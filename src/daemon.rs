@@ -18,11 +18,13 @@ use std::time::Duration;
 use anyhow::{Context, anyhow};
 
 use crate::compare::Comparer;
+use crate::config::SamplingPolicy;
 use crate::config::{Config, ModelConfig, Task};
 use crate::drift::{DriftMonitor, Reference};
 use crate::ingest::{Closed, Ingest, IngestEvent, Watch};
 use crate::metrics::Metrics;
 use crate::model::{Model, Runtime};
+use crate::monitor::UncertaintyPolicy;
 use crate::pipeline::{
     Channels, Dispatcher, Disposition, FileCallback, InFlightPaths, StudentWorker, TeacherWorker,
     Writer, WriterReport,
@@ -234,6 +236,23 @@ pub fn drift_monitor(config: &Config, store: &Store) -> Option<DriftMonitor> {
     Some(monitor)
 }
 
+/// The teacher sampling policy: uncertainty-weighted needs the scale fitted on the lab set.
+fn sampling_policy(
+    config: &Config,
+    fitted: Option<UncertaintyPolicy>,
+) -> Option<UncertaintyPolicy> {
+    match config.sampling.policy {
+        SamplingPolicy::Uniform => None,
+        SamplingPolicy::Uncertainty if fitted.is_none() => {
+            tracing::warn!(
+                "sampling.policy = \"uncertainty\" needs a baseline fitted with that policy; sampling uniformly until `sensei baseline` has run."
+            );
+            None
+        }
+        SamplingPolicy::Uncertainty => fitted,
+    }
+}
+
 /// Starts student, teacher and writer; returns the ingest side and the threads.
 #[allow(clippy::too_many_arguments)]
 fn start(
@@ -257,6 +276,7 @@ fn start(
     let comparer = model_worker_parts(config);
     let (max_batch, max_wait) = batch_limits(&config.student);
     let monitor = drift_monitor(config, &store);
+    let monitor_policy = monitor.as_ref().and_then(|m| m.reference().sampling_policy);
     let writer = Writer {
         monitor,
         store,
@@ -284,7 +304,7 @@ fn start(
     .context("starting the teacher thread")?;
     let dispatcher = Dispatcher {
         comparer,
-        sampler: Sampler::new(&config.sampling),
+        sampler: Sampler::new(&config.sampling, sampling_policy(config, monitor_policy)),
     }
     .spawn(scored_rx, Some(teacher_tx), writer_tx.clone())
     .context("starting the dispatch thread")?;
@@ -354,6 +374,7 @@ pub enum StopError {
 struct Running {
     watcher: Box<dyn notify::Watcher + Send>,
     events: mpsc::Sender<IngestEvent>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
     ingest: JoinHandle<Result<(), Closed>>,
     threads: Threads,
     in_flight: InFlightPaths,
@@ -392,7 +413,9 @@ impl Running {
             quiet: config.inbox.quiet,
             rescan_interval: config.inbox.rescan_interval,
             poll: config.inbox.poll,
+            stop: Arc::new(std::sync::atomic::AtomicBool::new(false)),
         };
+        let stop = watch.stop.clone();
         let (events, events_rx) = mpsc::channel();
         let watcher = watch
             .start(events.clone())
@@ -409,6 +432,7 @@ impl Running {
         Ok(Running {
             watcher,
             events,
+            stop,
             ingest,
             threads,
             in_flight,
@@ -421,10 +445,12 @@ impl Running {
         let Running {
             watcher,
             events,
+            stop,
             ingest,
             threads,
             ..
         } = self;
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
         drop(watcher);
         let _ = events.send(IngestEvent::Stop);
         tokio::task::spawn_blocking(move || {

@@ -22,7 +22,9 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::baseline::LabRun;
-use crate::config::Config;
+use crate::config::{Config, SamplingPolicy};
+use crate::monitor::UncertaintyPolicy;
+use crate::monitor::sampling::{rate_under_policy, resample_under_policy};
 use crate::monitor::window::{
     FeatureBins, RoundTest, WindowTest, class_mix_test, evaluate_round, ks_test, psi_test,
 };
@@ -45,8 +47,9 @@ pub const MIN_WINDOW_RECORDS: usize = 30;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RateReference {
     pub rate: f64,
-    pub events: u64,
-    pub trials: u64,
+    /// Events and trials behind the rate (weighted by the sampling policy where one applies).
+    pub events: f64,
+    pub trials: f64,
     /// The CUSUM's p0 and p1 and calibrated threshold.
     pub p0: f64,
     pub p1: f64,
@@ -87,6 +90,9 @@ pub struct Reference {
     pub agreement: f64,
     pub student_latency_us: f64,
     pub teacher_latency_us: f64,
+    /// The uncertainty-weighted sampling policy fitted on the lab set (`[sampling] policy =
+    /// "uncertainty"`); `None` for uniform sampling.
+    pub sampling_policy: Option<UncertaintyPolicy>,
     /// Why a signal has no detector (too few lab records, no attention, no labels, …).
     pub warnings: Vec<String>,
 }
@@ -117,19 +123,19 @@ fn thin(values: &[f64]) -> Vec<f64> {
 /// instead, which is what one such lab set supports.
 fn rate_reference(
     what: &str,
-    k: u64,
-    n: u64,
+    k: f64,
+    n: f64,
     shift: f64,
     arl0: f64,
     seed: u64,
 ) -> Result<RateReference, String> {
-    if n < MIN_LAB_RECORDS as u64 {
+    if n < MIN_LAB_RECORDS as f64 {
         return Err(format!(
             "{what}: {n} lab samples, at least {MIN_LAB_RECORDS} needed"
         ));
     }
-    let rate = k as f64 / n as f64;
-    let p0 = (k as f64 + 0.5) / (n as f64 + 1.0);
+    let rate = k / n;
+    let p0 = (k + 0.5) / (n + 1.0);
     let p1 = (p0 + shift).min(0.999);
     if p1 <= p0 {
         return Err(format!(
@@ -187,13 +193,50 @@ pub fn build_reference(run: &LabRun, config: &Config) -> Result<Reference, Strin
     let d = &config.detect;
     let arl0 = d.arl0 as f64;
     let mut warnings = Vec::new();
+    let uncertainty_values: Vec<f64> = run.confidence.iter().map(|c| 1.0 - c).collect();
+    let sampling_policy = match config.sampling.policy {
+        SamplingPolicy::Uniform => None,
+        SamplingPolicy::Uncertainty => keep(
+            &mut warnings,
+            UncertaintyPolicy::fit(
+                &uncertainty_values,
+                config.sampling.rate,
+                config.sampling.floor * config.sampling.rate,
+            )
+            .map_err(|e| format!("sampling: {e}; the teacher samples uniformly instead")),
+        ),
+    };
+    // The detectors watch the *sampled* streams, so their references are measured as the policy
+    // would sample the lab set: p0 is Σπd/Σπ, real values are resampled with probability ∝ π.
+    let under_policy = |values: &[f64], seed: u64| -> Vec<f64> {
+        match (&sampling_policy, values.len() == uncertainty_values.len()) {
+            (Some(p), true) => {
+                resample_under_policy(values, &uncertainty_values, p, values.len(), seed)
+                    .unwrap_or_else(|_| values.to_vec())
+            }
+            _ => values.to_vec(),
+        }
+    };
     let disagreements = run.disagreement.iter().filter(|&&x| x).count() as u64;
+    let flags: Vec<f64> = run
+        .disagreement
+        .iter()
+        .map(|&x| f64::from(u8::from(x)))
+        .collect();
+    let disagreement_k = match &sampling_policy {
+        Some(p) => {
+            rate_under_policy(&flags, &uncertainty_values, p)
+                .unwrap_or(disagreements as f64 / n as f64)
+                * n as f64
+        }
+        None => disagreements as f64,
+    };
     let disagreement = keep(
         &mut warnings,
         rate_reference(
             "disagreement",
-            disagreements,
-            n as u64,
+            disagreement_k,
+            n as f64,
             d.min_shift_disagreement,
             arl0,
             d.seed,
@@ -201,7 +244,13 @@ pub fn build_reference(run: &LabRun, config: &Config) -> Result<Reference, Strin
     );
     let kl = keep(
         &mut warnings,
-        value_reference("kl", &run.kl, d.min_shift_sd, arl0, d.seed ^ 1),
+        value_reference(
+            "kl",
+            &under_policy(&run.kl, d.seed ^ 11),
+            d.min_shift_sd,
+            arl0,
+            d.seed ^ 1,
+        ),
     );
     let attention_kl = if run.attention_kl.is_empty() {
         warnings.push(
@@ -213,14 +262,13 @@ pub fn build_reference(run: &LabRun, config: &Config) -> Result<Reference, Strin
             &mut warnings,
             value_reference(
                 "attention_kl",
-                &run.attention_kl,
+                &under_policy(&run.attention_kl, d.seed ^ 12),
                 d.min_shift_sd,
                 arl0,
                 d.seed ^ 2,
             ),
         )
     };
-    let uncertainty_values: Vec<f64> = run.confidence.iter().map(|c| 1.0 - c).collect();
     let uncertainty = keep(
         &mut warnings,
         value_reference(
@@ -285,8 +333,8 @@ pub fn build_reference(run: &LabRun, config: &Config) -> Result<Reference, Strin
                 &mut warnings,
                 rate_reference(
                     "student_error",
-                    s_err,
-                    m,
+                    s_err as f64,
+                    m as f64,
                     d.min_shift_error,
                     arl0,
                     d.seed ^ 4,
@@ -296,8 +344,8 @@ pub fn build_reference(run: &LabRun, config: &Config) -> Result<Reference, Strin
                 &mut warnings,
                 rate_reference(
                     "teacher_error",
-                    t_err,
-                    m,
+                    t_err as f64,
+                    m as f64,
                     d.min_shift_error,
                     arl0,
                     d.seed ^ 5,
@@ -325,6 +373,7 @@ pub fn build_reference(run: &LabRun, config: &Config) -> Result<Reference, Strin
         agreement: 1.0 - disagreements as f64 / n as f64,
         student_latency_us: run.student_latency_us,
         teacher_latency_us: run.teacher_latency_us,
+        sampling_policy,
         warnings,
     })
 }

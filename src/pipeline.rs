@@ -252,7 +252,11 @@ impl Dispatcher {
                     let student_output = out.output_of(i);
                     let stats = self.comparer.stats(student_output);
                     let features = crate::compare::input_features(&p.prepared.record);
-                    let mut decision = self.sampler.decide(&p.prepared.record_id, now);
+                    let mut decision = self.sampler.decide(
+                        &p.prepared.record_id,
+                        stats.confidence.map(|c| 1.0 - c),
+                        now,
+                    );
                     let mut teacher_pending = false;
                     if let Decision::Sampled { weight } = decision {
                         match teacher {

@@ -10,6 +10,7 @@
 use std::time::Instant;
 
 use crate::config::SamplingConfig;
+use crate::monitor::UncertaintyPolicy;
 
 /// The outcome for one record, stored with it (`records.sampled`).
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -80,32 +81,44 @@ pub struct Sampler {
     rate: f64,
     seed: u64,
     budget: Budget,
+    /// Uncertainty-weighted inclusion probabilities, fitted on the lab set; uniform when `None`.
+    policy: Option<UncertaintyPolicy>,
 }
 
 impl Sampler {
-    pub fn new(config: &SamplingConfig) -> Sampler {
+    pub fn new(config: &SamplingConfig, policy: Option<UncertaintyPolicy>) -> Sampler {
         Sampler {
             rate: config.rate,
             seed: config.seed,
             budget: Budget::per_minute(config.max_per_minute),
+            policy,
+        }
+    }
+
+    /// The inclusion probability of a record whose student uncertainty (1 − confidence) is `u`.
+    pub fn inclusion_probability(&self, uncertainty: Option<f64>) -> f64 {
+        match (&self.policy, uncertainty) {
+            (Some(p), Some(u)) => p.inclusion_probability(u),
+            _ => self.rate,
         }
     }
 
     /// Whether the policy picks `record_id`, before the budget. Deterministic in (seed, id).
-    pub fn picks(&self, record_id: &str) -> bool {
-        self.rate > 0.0 && unit_hash(self.seed, record_id) < self.rate
+    pub fn picks(&self, record_id: &str, uncertainty: Option<f64>) -> bool {
+        let pi = self.inclusion_probability(uncertainty);
+        pi > 0.0 && unit_hash(self.seed, record_id) < pi
     }
 
     /// The decision for one record at `now`, spending budget when it is sampled.
-    pub fn decide(&mut self, record_id: &str, now: Instant) -> Decision {
-        if !self.picks(record_id) {
+    pub fn decide(&mut self, record_id: &str, uncertainty: Option<f64>, now: Instant) -> Decision {
+        if !self.picks(record_id, uncertainty) {
             return Decision::NotSampled;
         }
         if !self.budget.try_take(now) {
             return Decision::SkippedBudget;
         }
         Decision::Sampled {
-            weight: 1.0 / self.rate,
+            weight: 1.0 / self.inclusion_probability(uncertainty),
         }
     }
 
@@ -140,6 +153,29 @@ mod tests {
     use super::*;
     use std::time::Duration;
 
+    impl Sampler {
+        fn new_uniform(config: &SamplingConfig) -> Sampler {
+            Sampler::new(config, None)
+        }
+    }
+
+    #[test]
+    fn uncertain_records_are_sampled_more_and_weighted_less() {
+        let lab: Vec<f64> = (0..1000).map(|i| (i % 100) as f64 / 200.0).collect();
+        let policy = UncertaintyPolicy::fit(&lab, 0.1, 0.02).unwrap();
+        let s = Sampler::new(&config(0.1, 1_000_000), Some(policy));
+        let share = |u: f64| {
+            (0..20_000)
+                .filter(|i| s.picks(&format!("r{i}"), Some(u)))
+                .count() as f64
+                / 20_000.0
+        };
+        let (confident, uncertain) = (share(0.0), share(0.45));
+        assert!((confident - 0.02).abs() < 0.006, "{confident}");
+        assert!(uncertain > 3.0 * confident, "{uncertain} vs {confident}");
+        assert!((s.inclusion_probability(Some(0.0)) - 0.02).abs() < 1e-12);
+    }
+
     fn config(rate: f64, per_minute: u32) -> SamplingConfig {
         SamplingConfig {
             policy: crate::config::SamplingPolicy::Uniform,
@@ -153,9 +189,13 @@ mod tests {
 
     #[test]
     fn sampling_is_deterministic_and_close_to_the_rate() {
-        let s = Sampler::new(&config(0.2, 1_000_000));
-        let picked: Vec<bool> = (0..20_000).map(|i| s.picks(&format!("r{i}"))).collect();
-        let again: Vec<bool> = (0..20_000).map(|i| s.picks(&format!("r{i}"))).collect();
+        let s = Sampler::new_uniform(&config(0.2, 1_000_000));
+        let picked: Vec<bool> = (0..20_000)
+            .map(|i| s.picks(&format!("r{i}"), None))
+            .collect();
+        let again: Vec<bool> = (0..20_000)
+            .map(|i| s.picks(&format!("r{i}"), None))
+            .collect();
         assert_eq!(picked, again);
         let rate = picked.iter().filter(|&&p| p).count() as f64 / 20_000.0;
         // Binomial sd at n=20000, p=0.2 is 0.0028: 4 sd.
@@ -164,44 +204,54 @@ mod tests {
 
     #[test]
     fn different_seeds_pick_different_records() {
-        let a = Sampler::new(&config(0.5, 1000));
+        let a = Sampler::new_uniform(&config(0.5, 1000));
         let mut b_cfg = config(0.5, 1000);
         b_cfg.seed = 8;
-        let b = Sampler::new(&b_cfg);
+        let b = Sampler::new_uniform(&b_cfg);
         let differ = (0..1000)
-            .filter(|i| a.picks(&format!("r{i}")) != b.picks(&format!("r{i}")))
+            .filter(|i| a.picks(&format!("r{i}"), None) != b.picks(&format!("r{i}"), None))
             .count();
         assert!(differ > 300, "{differ}");
     }
 
     #[test]
     fn budget_caps_samples_per_minute_and_refills() {
-        let mut s = Sampler::new(&config(1.0, 10));
+        let mut s = Sampler::new_uniform(&config(1.0, 10));
         let t0 = Instant::now();
         let sampled = (0..50)
-            .filter(|i| matches!(s.decide(&format!("r{i}"), t0), Decision::Sampled { .. }))
+            .filter(|i| {
+                matches!(
+                    s.decide(&format!("r{i}"), None, t0),
+                    Decision::Sampled { .. }
+                )
+            })
             .count();
         assert_eq!(sampled, 10);
-        assert_eq!(s.decide("late", t0), Decision::SkippedBudget);
+        assert_eq!(s.decide("late", None, t0), Decision::SkippedBudget);
         // Half a minute later, half the budget is back.
         let t1 = t0 + Duration::from_secs(30);
         let refilled = (0..50)
-            .filter(|i| matches!(s.decide(&format!("q{i}"), t1), Decision::Sampled { .. }))
+            .filter(|i| {
+                matches!(
+                    s.decide(&format!("q{i}"), None, t1),
+                    Decision::Sampled { .. }
+                )
+            })
             .count();
         assert_eq!(refilled, 5);
     }
 
     #[test]
     fn weight_is_inverse_rate_and_rate_zero_never_samples() {
-        let mut s = Sampler::new(&config(0.25, 1000));
+        let mut s = Sampler::new_uniform(&config(0.25, 1000));
         let w = (0..100)
-            .find_map(|i| match s.decide(&format!("r{i}"), Instant::now()) {
+            .find_map(|i| match s.decide(&format!("r{i}"), None, Instant::now()) {
                 Decision::Sampled { weight } => Some(weight),
                 _ => None,
             })
             .unwrap();
         assert_eq!(w, 4.0);
-        let never = Sampler::new(&config(0.0, 1000));
-        assert!((0..1000).all(|i| !never.picks(&format!("r{i}"))));
+        let never = Sampler::new_uniform(&config(0.0, 1000));
+        assert!((0..1000).all(|i| !never.picks(&format!("r{i}"), None)));
     }
 }

@@ -186,3 +186,45 @@ fn a_class_that_never_occurs_in_the_lab_set_is_a_warning_not_a_nan() {
     assert_eq!(nan, 0);
     assert!(site.query_i64("SELECT COUNT(*) FROM drift_events WHERE signal = 'class_mix'") > 0);
 }
+
+/// `[sampling] policy = "uncertainty"`: the teacher sees uncertain records more often, every
+/// sample carries its inverse-probability weight, and the weighted disagreement estimate stays
+/// close to the truth measured with the teacher on every record.
+#[test]
+fn uncertainty_weighted_sampling_is_fitted_on_the_lab_set_and_weighted() {
+    let site = Site::with_models(demo("student.onnx"), demo("teacher.onnx"));
+    site.write_config("[sampling]\npolicy = \"uncertainty\"\nrate = 0.3\nfloor = 0.2\nseed = 7\nmax_per_minute = 1000000\nqueue = 100000\n");
+    let out = site.sensei(&["baseline", "--json", demo("lab.jsonl").to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let policy = &v["reference"]["sampling_policy"];
+    assert!(policy["scale"].as_f64().unwrap() > 0.0, "{policy}");
+    let out = site.sensei(&["replay", demo("streams/noise.jsonl").to_str().unwrap()]);
+    assert!(out.status.success());
+    // Distinct weights: the inclusion probability depends on the record.
+    assert!(site.query_i64("SELECT COUNT(DISTINCT weight) FROM teacher_samples") > 10);
+    // Sampled records are less confident on average than the stream as a whole.
+    let db = site.db();
+    let (sampled, all): (f64, f64) = db
+        .query_row(
+            "SELECT (SELECT AVG(confidence) FROM records WHERE sampled = 1), (SELECT AVG(confidence) FROM records)",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    assert!(sampled < all, "sampled {sampled} vs all {all}");
+    // The weighted (Hájek) estimate against the raw share among sampled records: weighting
+    // moves the estimate towards the population, i.e. down, because uncertain records disagree more.
+    let (weighted, raw): (f64, f64) = db
+        .query_row(
+            "SELECT SUM(weight * disagreement) / SUM(weight), AVG(disagreement) FROM teacher_samples",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    assert!(weighted < raw, "weighted {weighted} vs raw {raw}");
+}

@@ -13,6 +13,16 @@ echo "== Python packages (tools/distill/requirements.txt)"
 python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore \
   -r tools/distill/requirements.txt
 
+echo "== System tools for the operations tests (promtool, prometheus, chromium, systemd-analyze)"
+missing=()
+command -v promtool >/dev/null && command -v prometheus >/dev/null || missing+=(prometheus)
+command -v chromium >/dev/null || missing+=(chromium)
+command -v systemd-analyze >/dev/null || missing+=(systemd)
+if [ ${#missing[@]} -gt 0 ]; then
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq && apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
 echo "== Rust: format, lint, tests"
 cargo fmt --all -- --check
 cargo clippy --locked --all-targets -- -D warnings

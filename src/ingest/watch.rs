@@ -5,6 +5,8 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -27,6 +29,9 @@ pub struct Watch {
     pub quiet: Duration,
     pub rescan_interval: Duration,
     pub poll: bool,
+    /// Set on shutdown: stop taking files at the next file boundary, even in the middle of a
+    /// scan of a large backlog (the rest stays in the inbox for the next start).
+    pub stop: Arc<AtomicBool>,
 }
 
 impl Watch {
@@ -148,6 +153,9 @@ impl Watch {
             .map(|(p, _)| p.clone())
             .collect();
         for path in due {
+            if self.stop.load(Ordering::Relaxed) {
+                return Ok(());
+            }
             waiting.remove(&path);
             match modified_ago(&path) {
                 None => {} // gone
@@ -177,6 +185,9 @@ impl Watch {
         // Oldest names first is as good an order as any and makes replays of a backlog stable.
         paths.sort();
         for path in paths {
+            if self.stop.load(Ordering::Relaxed) {
+                return Ok(());
+            }
             if !self.candidate(&path) {
                 continue;
             }

@@ -281,3 +281,151 @@ pub fn jsonl(prefix: &str, n: usize) -> Vec<u8> {
     }
     out
 }
+
+// --- Operations: the daemon with a custom environment, signals, HTTP, external tools. ---
+
+impl Site {
+    /// Starts `sensei run` with extra environment variables and waits until it watches the inbox.
+    pub fn start_with_env(&self, env: &[(&str, &str)]) -> Daemon {
+        let log = self.root().join(format!(
+            "daemon-env-{}.log",
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos()
+        ));
+        let log_file = std::fs::File::create(&log).unwrap();
+        let mut cmd = Command::new(sensei_bin());
+        cmd.arg("--config")
+            .arg(self.config_path())
+            .arg("run")
+            .env("SENSEI_LOG", "info,ort=warn")
+            .env_remove("NOTIFY_SOCKET")
+            .env_remove("WATCHDOG_USEC")
+            .env_remove("WATCHDOG_PID")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log_file);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().expect("spawn sensei run");
+        let d = Daemon { child, log };
+        wait_until(Duration::from_secs(30), "daemon watching the inbox", || {
+            d.log_text().contains("Watching the inbox")
+        });
+        d
+    }
+}
+
+impl Daemon {
+    /// Sends a signal (`"TERM"`, `"HUP"`, …) without waiting.
+    pub fn signal(&self, sig: &str) {
+        signal(self.child.id(), sig);
+    }
+
+    /// Waits for the process to exit, at most `timeout`.
+    pub fn wait_exit(&mut self, timeout: Duration) -> std::process::ExitStatus {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the daemon did not exit within {timeout:?}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The address the HTTP server listens on, from its log line (waits for it).
+    pub fn http_addr(&self) -> String {
+        let mut addr = String::new();
+        wait_until(Duration::from_secs(30), "HTTP listening", || {
+            let text = self.log_text();
+            let Some(line) = text.lines().find(|l| l.contains("HTTP listening")) else {
+                return false;
+            };
+            let v: serde_json::Value = serde_json::from_str(line).unwrap_or_default();
+            addr = v["fields"]["listen"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string();
+            !addr.is_empty()
+        });
+        addr
+    }
+}
+
+/// A plain HTTP/1.1 GET: (status code, body).
+pub fn http_get(addr: &str, path: &str, headers: &[(&str, &str)]) -> (u16, String) {
+    use std::io::Read;
+    let mut stream = std::net::TcpStream::connect(addr).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let mut req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    stream.write_all(req.as_bytes()).unwrap();
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).unwrap();
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let chunked = head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked");
+    (
+        status,
+        if chunked {
+            dechunk(body)
+        } else {
+            body.to_string()
+        },
+    )
+}
+
+fn dechunk(mut body: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = body.split_once("\r\n") {
+        let Ok(n) = usize::from_str_radix(size.trim(), 16) else {
+            break;
+        };
+        if n == 0 || rest.len() < n {
+            break;
+        }
+        out.push_str(&rest[..n]);
+        body = rest[n..].trim_start_matches("\r\n");
+    }
+    out
+}
+
+/// A TCP port free at the time of asking.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The path of an external program, if installed.
+pub fn which(program: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|d| d.join(program))
+            .find(|p| p.is_file())
+    })
+}
+
+// --- Alerts: real SMTP, Alertmanager and webhook receivers, drift events in the database. ---
+
+pub mod alerting;

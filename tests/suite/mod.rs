@@ -1,4 +1,5 @@
 mod check;
 mod daemon;
 mod drift;
+mod ops;
 mod replay;

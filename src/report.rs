@@ -167,10 +167,11 @@ pub fn dashboard_data(config: &Config, ready: bool, report: bool) -> anyhow::Res
     let events = reader.recent_events(100).unwrap_or_default();
     let detectors = reader.detectors().unwrap_or_default();
     let alert_counts = reader.alert_counts();
-    let alerts = reader.recent_rows("alerts", "rowid", 50);
+    let alerts = reader.recent_rows("alert_state", "updated_at", 50);
+    // Re-distillation requests made by alert rules, and jobs once they are recorded.
     let mut jobs = reader.recent_rows("redistill_jobs", "rowid", 20);
     if jobs.is_empty() {
-        jobs = reader.recent_rows("jobs", "rowid", 20);
+        jobs = reader.recent_rows("alert_actions", "id", 20);
     }
     let models = reader.model_versions()?;
     let all = summary.segments.iter().find(|s| s.segment == ALL_SEGMENTS);

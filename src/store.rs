@@ -972,21 +972,21 @@ impl Reader {
 
     /// Alerts firing and the outbox backlog, once the alert tables exist (`None` before).
     pub fn alert_counts(&self) -> Option<AlertCounts> {
-        if !self.table_exists("alerts").ok()? {
+        if !self.table_exists("alert_state").ok()? {
             return None;
         }
         let firing = self
             .conn
             .query_row(
-                "SELECT COUNT(*) FROM alerts WHERE state = 'firing'",
+                "SELECT COUNT(*) FROM alert_state WHERE status = 'firing'",
                 [],
                 |r| r.get(0),
             )
             .ok()?;
-        let outbox_backlog = if self.table_exists("outbox").ok()? {
+        let outbox_backlog = if self.table_exists("alert_outbox").ok()? {
             self.conn
                 .query_row(
-                    "SELECT COUNT(*) FROM outbox WHERE delivered_at IS NULL",
+                    "SELECT COUNT(*) FROM alert_outbox WHERE status = 'pending'",
                     [],
                     |r| r.get(0),
                 )
@@ -1003,7 +1003,7 @@ impl Reader {
     /// Rows of a table added by a later migration (alerts, re-distillation jobs), newest first,
     /// as JSON objects; empty while the table does not exist.
     pub fn recent_rows(&self, table: &str, order_by: &str, limit: i64) -> Vec<serde_json::Value> {
-        let known = matches!(table, "alerts" | "redistill_jobs" | "jobs" | "models")
+        let known = matches!(table, "alert_state" | "alert_actions" | "redistill_jobs")
             && order_by
                 .chars()
                 .all(|c| c.is_ascii_alphanumeric() || c == '_');

@@ -208,6 +208,8 @@ fn metrics_pass_promtool_and_a_real_prometheus_scrapes_them() {
         "sensei_attention_kl_mean{segment=\"*\"}",
         "sensei_ingest_lag_seconds_count 1",
         "sensei_ready 1",
+        "sensei_alerts_firing 0",
+        "sensei_alert_outbox_backlog 0",
     ] {
         assert!(text.contains(needle), "{needle} missing in:\n{text}");
     }

@@ -341,6 +341,7 @@ pub(crate) fn validate(
         Some(i) => i,
         None => defaults.instance.clone(),
     };
+    let declared: Vec<String> = receivers.keys().cloned().collect();
     let receivers: BTreeMap<String, Receiver> = receivers
         .into_iter()
         .filter_map(|(name, raw)| v.receiver(&name, raw).map(|r| (name, r)))
@@ -348,7 +349,7 @@ pub(crate) fn validate(
     let mut names: Vec<String> = Vec::new();
     let mut typed_rules = Vec::new();
     for (i, raw) in rules.into_iter().enumerate() {
-        if let Some(rule) = v.rule(i, raw, &receivers, &names) {
+        if let Some(rule) = v.rule(i, raw, &declared, &names) {
             names.push(rule.name.clone());
             typed_rules.push(rule);
         }
@@ -416,7 +417,7 @@ impl Validator<'_> {
     fn url(&mut self, key: &str, text: &str) -> Option<String> {
         match reqwest::Url::parse(text) {
             Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => {
-                Some(text.trim_end_matches('/').to_owned())
+                Some(text.to_owned())
             }
             Ok(u) => {
                 self.problem(
@@ -754,7 +755,7 @@ impl Validator<'_> {
         &mut self,
         index: usize,
         raw: RawRule,
-        receivers: &BTreeMap<String, Receiver>,
+        receivers: &[String],
         earlier: &[String],
     ) -> Option<Rule> {
         let key = |k: &str| format!("rules[{index}].{k}");
@@ -851,8 +852,8 @@ impl Validator<'_> {
             ok = false;
         }
         for (i, r) in rule_receivers.iter().enumerate() {
-            if !receivers.contains_key(r) {
-                let known: Vec<&str> = receivers.keys().map(String::as_str).collect();
+            if !receivers.contains(r) {
+                let known: Vec<&str> = receivers.iter().map(String::as_str).collect();
                 self.problem(
                     &format!("{}[{i}]", key("receivers")),
                     format!(

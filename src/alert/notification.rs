@@ -81,7 +81,7 @@ pub fn number(x: Option<f64>) -> String {
     match x {
         None => "–".into(),
         Some(x) if !x.is_finite() => x.to_string(),
-        Some(x) if x == 0.0 => "0".into(),
+        Some(0.0) => "0".into(),
         Some(x) if x.abs() >= 1e5 || x.abs() < 1e-3 => format!("{x:.3e}"),
         Some(x) => {
             let digits = (3 - x.abs().log10().floor() as i32).max(0) as usize;

@@ -91,7 +91,7 @@ impl Sender {
             }
             ReceiverKind::Alertmanager { url, token } => {
                 let body = alertmanager_alerts(n, now_ms(), self.alert_lifetime);
-                let endpoint = format!("{url}/api/v2/alerts");
+                let endpoint = format!("{}/api/v2/alerts", url.trim_end_matches('/'));
                 self.post(
                     &endpoint,
                     token.as_ref().map(|t| t.expose()),

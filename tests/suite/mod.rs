@@ -1,3 +1,4 @@
+mod alerts;
 mod check;
 mod daemon;
 mod drift;

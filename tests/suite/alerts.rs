@@ -1,0 +1,315 @@
+//! Alerts against real receivers: mail through aiosmtpd, Alertmanager's API, a webhook and a
+//! command; an SMTP outage; a SIGKILL while firing; bad alert configs in `sensei check`.
+
+use std::time::Duration;
+
+use crate::common::Site;
+use crate::common::alerting::{
+    Alertmanager, SmtpServer, Webhook, alerts_section, create_db, evaluated_at, free_port,
+    insert_drift, now_ms, resolve_all, wait_evaluations,
+};
+use crate::common::wait_until;
+
+const WAIT: Duration = Duration::from_secs(30);
+
+fn output(o: &std::process::Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned() + &String::from_utf8_lossy(&o.stderr)
+}
+
+fn email_receiver(name: &str, port: u16) -> String {
+    format!(
+        "[receivers.{name}]\ntype = \"email\"\nsmtp_host = \"127.0.0.1\"\nsmtp_port = {port}\ntls = \"none\"\nfrom = \"sensei <sensei@site.example>\"\nto = [\"maintenance@site.example\"]\ntimeout = \"2s\"\n"
+    )
+}
+
+fn outbox(site: &Site, sql: &str) -> i64 {
+    site.query_i64(&format!("SELECT {sql} FROM alert_outbox"))
+}
+
+#[test]
+fn a_drift_in_two_segments_is_one_mail_and_alertmanager_sees_it_fire_and_resolve() {
+    let smtp_dir = tempfile::tempdir().expect("tempdir");
+    let smtp = SmtpServer::start(free_port(), &smtp_dir.path().join("maildir"));
+    let am = Alertmanager::start();
+    let site = Site::new();
+    site.write_config(&format!(
+        "{}{}[receivers.am]\ntype = \"alertmanager\"\nurl = \"{}\"\ntimeout = \"2s\"\n\
+         [[rules]]\nname = \"student-disagrees\"\nsignal = \"disagreement\"\nsegment = \"line=*\"\n\
+         severity = \"critical\"\nrepeat_interval = \"1h\"\nreceivers = [\"mail\", \"am\"]\naction = \"redistill\"\n",
+        alerts_section(""),
+        email_receiver("mail", smtp.port),
+        am.url()
+    ));
+    let daemon = site.start();
+    let db = site.db();
+    let t0 = now_ms() - 60_000;
+    insert_drift(&db, "disagreement", "line=A", t0);
+    insert_drift(&db, "disagreement", "line=B", t0 + 1000);
+    // Another signal and the aggregate: not this rule's business.
+    insert_drift(&db, "kl", "line=A", t0);
+    insert_drift(&db, "disagreement", "*", t0);
+
+    wait_until(WAIT, "the firing mail", || !smtp.mails().is_empty());
+    let mails = smtp.mails();
+    assert_eq!(mails.len(), 1, "{mails:#?}");
+    let mail = &mails[0];
+    assert_eq!(
+        mail.subject,
+        "[sensei] FIRING CRITICAL: disagreement drift on 2 segments: line=A, line=B (test-site)"
+    );
+    assert_eq!(mail.content_type, "multipart/alternative");
+    for text in ["line=A", "line=B", "0.2240 [0.1490, 0.3150]", "0.03400"] {
+        assert!(mail.plain.contains(text), "{text} missing:\n{}", mail.plain);
+    }
+    assert!(mail.plain.contains("Re-distillation"), "{}", mail.plain);
+    assert!(
+        mail.plain.contains("http://127.0.0.1:9477/"),
+        "{}",
+        mail.plain
+    );
+    assert!(
+        !mail.plain.contains("*  "),
+        "the aggregate is listed:\n{}",
+        mail.plain
+    );
+    assert!(mail.html.contains("<td>line=B</td>"), "{}", mail.html);
+    assert!(
+        mail.html.contains("href=\"http://127.0.0.1:9477/\""),
+        "{}",
+        mail.html
+    );
+    let key: String = db
+        .query_row(
+            "SELECT dedup_key FROM alert_outbox WHERE receiver = 'mail' AND kind = 'firing'",
+            [],
+            |r| r.get(0),
+        )
+        .expect("outbox row");
+    assert_eq!(mail.headers.get("X-Sensei-Dedup-Key"), Some(&key));
+    assert!(
+        mail.headers
+            .get("Message-ID")
+            .is_some_and(|id| id.contains(&key)),
+        "{:?}",
+        mail.headers
+    );
+    // The rule's action is recorded for the re-distillation loop.
+    assert_eq!(
+        site.query_i64(
+            "SELECT COUNT(*) FROM alert_actions WHERE action = 'redistill' AND rule = 'student-disagrees' AND status = 'requested'"
+        ),
+        1
+    );
+
+    let ours = |alerts: &[serde_json::Value]| -> Vec<serde_json::Value> {
+        alerts
+            .iter()
+            .filter(|a| a["labels"]["alertname"] == "student-disagrees")
+            .cloned()
+            .collect()
+    };
+    wait_until(WAIT, "two alerts active in Alertmanager", || {
+        let a = ours(&am.alerts());
+        a.len() == 2 && a.iter().all(|a| a["status"]["state"] == "active")
+    });
+    let mut segments: Vec<String> = ours(&am.alerts())
+        .iter()
+        .map(|a| a["labels"]["segment"].as_str().unwrap_or("").to_owned())
+        .collect();
+    segments.sort();
+    assert_eq!(segments, ["line=A", "line=B"]);
+    let alert = &ours(&am.alerts())[0];
+    assert_eq!(alert["labels"]["severity"], "critical");
+    assert_eq!(alert["labels"]["signal"], "disagreement");
+    assert_eq!(alert["annotations"]["dedup_key"], key.as_str());
+
+    // Back in control: a resolution mail, and Alertmanager no longer has them active.
+    resolve_all(&db, now_ms());
+    wait_until(WAIT, "the resolution mail", || smtp.mails().len() >= 2);
+    let mails = smtp.mails();
+    assert_eq!(mails.len(), 2);
+    assert!(
+        mails[1]
+            .subject
+            .starts_with("[sensei] RESOLVED: disagreement drift on 2 segments"),
+        "{}",
+        mails[1].subject
+    );
+    assert_ne!(mails[1].headers.get("X-Sensei-Dedup-Key"), Some(&key));
+    wait_until(WAIT, "the alerts resolved in Alertmanager", || {
+        ours(&am.alerts())
+            .iter()
+            .all(|a| a["status"]["state"] != "active")
+    });
+    assert_eq!(outbox(&site, "COUNT(*)"), 4);
+    assert_eq!(outbox(&site, "SUM(status = 'sent')"), 4);
+    drop(daemon);
+}
+
+#[test]
+fn a_mail_held_up_by_an_smtp_outage_arrives_exactly_once() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut smtp = SmtpServer::start(free_port(), &dir.path().join("maildir"));
+    let site = Site::new();
+    site.write_config(&format!(
+        "{}{}[[rules]]\nname = \"any-drift\"\nreceivers = [\"mail\"]\n",
+        alerts_section(""),
+        email_receiver("mail", smtp.port)
+    ));
+    let daemon = site.start();
+    smtp.stop();
+    let db = site.db();
+    insert_drift(&db, "disagreement", "line=A", now_ms());
+
+    // The notification waits in the outbox and is retried.
+    wait_until(WAIT, "several failed attempts", || {
+        outbox(&site, "MAX(attempts)") >= 3
+    });
+    assert_eq!(outbox(&site, "SUM(status = 'pending')"), 1);
+    let status = site.sensei(&["alert", "outbox"]);
+    let text = output(&status);
+    assert!(
+        text.contains("mail") && text.contains("UNDELIVERED"),
+        "{text}"
+    );
+
+    smtp.restart();
+    wait_until(WAIT, "the mail after the outage", || {
+        !smtp.mails().is_empty()
+    });
+    wait_until(WAIT, "the outbox row marked sent", || {
+        outbox(&site, "SUM(status = 'sent')") == 1
+    });
+    wait_evaluations(&db, 5);
+    let mails = smtp.mails();
+    assert_eq!(mails.len(), 1, "{mails:#?}");
+    assert!(
+        mails[0].subject.contains("FIRING WARNING"),
+        "{}",
+        mails[0].subject
+    );
+    drop(daemon);
+}
+
+#[test]
+fn a_daemon_killed_while_firing_does_not_notify_again() {
+    let hook = Webhook::start();
+    let site = Site::new();
+    let token = site.root().join("hook-token");
+    std::fs::write(&token, "s3cret-token\n").unwrap();
+    let commands = site.root().join("commands.jsonl");
+    site.write_config(&format!(
+        "{}[receivers.hook]\ntype = \"webhook\"\nurl = \"{}\"\ntoken_file = {:?}\n\
+         [receivers.script]\ntype = \"command\"\ncommand = [\"sh\", \"-c\", \"cat >> \\\"$0\\\"; echo >> \\\"$0\\\"\", {:?}]\n\
+         [[rules]]\nname = \"kl-rises\"\nsignal = \"kl\"\nsegment = \"*\"\nreceivers = [\"hook\", \"script\"]\n",
+        alerts_section(""),
+        hook.url(),
+        token.display().to_string(),
+        commands.display().to_string()
+    ));
+    // The drift happened before the daemon started.
+    create_db(&site.db_path());
+    let db = site.db();
+    insert_drift(&db, "kl", "*", now_ms() - 5000);
+    let daemon = site.start();
+    let lines = || {
+        std::fs::read_to_string(&commands)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .count()
+    };
+    wait_until(WAIT, "the webhook and the command", || {
+        hook.received().len() == 1 && lines() == 1
+    });
+    let request = &hook.received()[0];
+    assert_eq!(
+        (request.method.as_str(), request.path.as_str()),
+        ("POST", "/hook")
+    );
+    assert_eq!(
+        request.headers.get("authorization").map(String::as_str),
+        Some("Bearer s3cret-token")
+    );
+    let doc: serde_json::Value = serde_json::from_str(&request.body).expect("JSON body");
+    assert_eq!(doc["status"], "firing");
+    assert_eq!(doc["rule"], "kl-rises");
+    assert_eq!(doc["drifts"][0]["segment"], "*");
+    assert_eq!(doc["drifts"][0]["baseline_value"], 0.034);
+    assert_eq!(
+        request.headers.get("idempotency-key"),
+        doc["dedup_key"].as_str().map(str::to_owned).as_ref()
+    );
+    let from_command: serde_json::Value =
+        serde_json::from_str(std::fs::read_to_string(&commands).unwrap().trim())
+            .expect("stdin JSON");
+    assert_eq!(from_command["dedup_key"], doc["dedup_key"]);
+    // The token never reaches the log.
+    assert!(!daemon.log_text().contains("s3cret"));
+
+    daemon.kill();
+    let before = evaluated_at(&db);
+    let daemon = site.start();
+    wait_until(WAIT, "evaluations after the restart", || {
+        evaluated_at(&db) > before
+    });
+    wait_evaluations(&db, 5);
+    assert_eq!(hook.received().len(), 1);
+    assert_eq!(lines(), 1);
+    assert_eq!(
+        site.query_i64(
+            "SELECT COUNT(*) FROM alert_state WHERE rule = 'kl-rises' AND status = 'firing'"
+        ),
+        1
+    );
+    drop(daemon);
+}
+
+#[test]
+fn alert_test_sends_a_test_notification() {
+    let hook = Webhook::start();
+    let site = Site::new();
+    site.write_config(&format!(
+        "{}[receivers.hook]\ntype = \"webhook\"\nurl = \"{}\"\n",
+        alerts_section(""),
+        hook.url()
+    ));
+    let out = site.sensei(&["alert", "test", "--receiver", "hook"]);
+    assert_eq!(out.status.code(), Some(0), "{}", output(&out));
+    let received = hook.received();
+    assert_eq!(received.len(), 1);
+    let doc: serde_json::Value = serde_json::from_str(&received[0].body).expect("JSON");
+    assert_eq!(doc["kind"], "test");
+
+    let out = site.sensei(&["alert", "test", "--receiver", "nobody"]);
+    assert_ne!(out.status.code(), Some(0));
+    assert!(
+        output(&out).contains("no receiver \"nobody\""),
+        "{}",
+        output(&out)
+    );
+}
+
+#[test]
+fn bad_alert_configs_are_all_reported_by_check() {
+    let site = Site::new();
+    site.write_config(
+        "[receivers.mail]\ntype = \"email\"\nsmtp_host = \"mail.example.com\"\nusername = \"sensei\"\n\
+         password_file = \"/nonexistent/smtp-password\"\nfrom = \"sensei@example.com\"\nto = [\"ops@example.com\"]\n\
+         [receivers.hook]\ntype = \"webhook\"\nurl = \"not a url\"\n\
+         [receivers.relay]\ntype = \"email\"\nsmtp_host = \"mail.example.com\"\ntls = \"none\"\nfrom = \"a@b.c\"\nto = [\"d@e.f\"]\n\
+         [[rules]]\nname = \"r\"\nreceivers = [\"mail\", \"pager\"]\nsignal = \"vibes\"\n",
+    );
+    let out = site.sensei(&["check"]);
+    let text = output(&out);
+    assert_eq!(out.status.code(), Some(78), "{text}");
+    for expected in [
+        "receivers.mail.password_file: cannot read /nonexistent/smtp-password",
+        "receivers.hook.url: cannot parse URL \"not a url\"",
+        "receivers.relay.tls: \"none\"",
+        "rules[0].receivers[1]: unknown receiver \"pager\"",
+        "rules[0].signal: unknown signal \"vibes\"",
+    ] {
+        assert!(text.contains(expected), "{expected} missing:\n{text}");
+    }
+}

@@ -1,7 +1,7 @@
 //! The lab stage: `sensei baseline DATA…` runs both models on every record of the lab reference
 //! set and measures what the field will be compared with — agreement, divergences, confidence,
 //! class mix, input summaries, latency and accuracy. The measurements become a
-//! [`crate::monitor::BaselineProfile`], stored as a new baseline version and made active.
+//! [`crate::drift::Reference`], stored as a new baseline version and made active.
 
 use std::path::PathBuf;
 use std::time::Instant;

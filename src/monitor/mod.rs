@@ -19,7 +19,6 @@
 //!   correction over segments × signals.
 //! - [`sampling`]: the uncertainty-weighted teacher sampling policy and the inverse-probability
 //!   weighted (Horvitz–Thompson / Hájek) estimators that keep rates unbiased under it.
-//! - [`baseline`]: the lab reference profile and its validation.
 //! - [`rng`]: the seeded generator every simulation uses.
 //!
 //! # Degenerate data
@@ -27,14 +26,12 @@
 //! support a statistic (too few records, a rate of 0 or 1, zero variance) is a
 //! [`BaselineError`], not a silently passing test.
 
-pub mod baseline;
 pub mod calibrate;
 pub mod cusum;
 pub mod rng;
 pub mod sampling;
 pub mod window;
 
-pub use baseline::{BaselineProfile, BaselineWarning};
 pub use calibrate::{Calibration, CalibrationOptions, calibrate_bernoulli, calibrate_cusum};
 pub use cusum::{Alarm, BernoulliCusum, Cusum, CusumParams, PageHinkley};
 pub use sampling::{UncertaintyPolicy, WeightedMean};

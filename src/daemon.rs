@@ -572,7 +572,7 @@ pub async fn run(
     });
     metrics.set_ready(true);
     crate::notify::ready("processing the inbox");
-    let alerts = crate::alert::AlertTask::start(&config.alerts, &config.store.path);
+    let mut alerts = crate::alert::AlertTask::start(&config.alerts, &config.store.path);
 
     let result = loop {
         match control.recv().await {
@@ -582,6 +582,7 @@ pub async fn run(
                     Ok((c, r)) => {
                         config = c;
                         running = r;
+                        alerts = alerts.apply(&config.alerts, &config.store.path).await;
                         if let Ok(mut slot) = in_flight.lock() {
                             *slot = running.in_flight.clone();
                         }

@@ -43,6 +43,8 @@ use time::now_ms;
 pub struct AlertTask {
     stop: watch::Sender<bool>,
     handle: Option<JoinHandle<()>>,
+    config: AlertConfig,
+    db: PathBuf,
 }
 
 impl AlertTask {
@@ -61,7 +63,23 @@ impl AlertTask {
             );
             Some(tokio::spawn(run(alerts.clone(), db.to_path_buf(), stopped)))
         };
-        AlertTask { stop, handle }
+        AlertTask {
+            stop,
+            handle,
+            config: alerts.clone(),
+            db: db.to_path_buf(),
+        }
+    }
+
+    /// Applies a reloaded config: restarts the task when `[alerts]`, a receiver, a rule or the
+    /// database changed. Nothing is lost in between: state and outbox are in the database.
+    pub async fn apply(self, alerts: &AlertConfig, db: &Path) -> AlertTask {
+        if *alerts == self.config && db == self.db {
+            return self;
+        }
+        tracing::info!("Alert rules or receivers changed; restarting alerting.");
+        self.stop().await;
+        AlertTask::start(alerts, db)
     }
 
     /// Stops the task; a delivery in progress may finish within a few seconds (or is retried

@@ -1,5 +1,6 @@
 mod alerts;
 mod check;
+mod crash;
 mod daemon;
 mod drift;
 mod ops;

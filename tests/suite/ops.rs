@@ -34,7 +34,7 @@ fn the_daemon_tells_systemd_ready_watchdog_and_stopping() {
         .set_read_timeout(Some(Duration::from_millis(200)))
         .unwrap();
     let mut messages: Vec<String> = Vec::new();
-    let mut read = |messages: &mut Vec<String>| {
+    let read = |messages: &mut Vec<String>| {
         let mut buf = [0u8; 4096];
         while let Ok(n) = socket.recv(&mut buf) {
             messages.push(String::from_utf8_lossy(&buf[..n]).into_owned());

@@ -43,11 +43,14 @@ fn a_drift_in_two_segments_is_one_mail_and_alertmanager_sees_it_fire_and_resolve
     let daemon = site.start();
     let db = site.db();
     let t0 = now_ms() - 60_000;
+    // One transaction, as the detectors commit a file's events: one evaluation sees them all.
+    db.execute_batch("BEGIN").unwrap();
     insert_drift(&db, "disagreement", "line=A", t0);
     insert_drift(&db, "disagreement", "line=B", t0 + 1000);
     // Another signal and the aggregate: not this rule's business.
     insert_drift(&db, "kl", "line=A", t0);
     insert_drift(&db, "disagreement", "*", t0);
+    db.execute_batch("COMMIT").unwrap();
 
     wait_until(WAIT, "the firing mail", || !smtp.mails().is_empty());
     let mails = smtp.mails();
@@ -247,6 +250,11 @@ fn a_daemon_killed_while_firing_does_not_notify_again() {
     // The token never reaches the log.
     assert!(!daemon.log_text().contains("s3cret"));
 
+    // Both deliveries recorded (a kill between a delivery and its record is the one window in
+    // which a notification may repeat, with the same dedup key; that is not what this tests).
+    wait_until(WAIT, "both deliveries recorded", || {
+        outbox(&site, "SUM(status = 'sent')") == 2
+    });
     daemon.kill();
     let before = evaluated_at(&db);
     let daemon = site.start();

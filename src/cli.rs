@@ -53,6 +53,25 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Write the re-distillation dataset (manifest.json and data.safetensors, as in
+    /// docs/dataset-format.md) from the teacher-sampled records in the database.
+    Export {
+        /// The dataset directory (created; must not already hold a dataset).
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+        /// Only records whose time is at or after this (RFC 3339, e.g. 2026-03-03T06:00:00Z).
+        #[arg(long, value_name = "RFC3339")]
+        since: Option<String>,
+        /// Only records of segments with this key and value, e.g. line=B.
+        #[arg(long, value_name = "K=V")]
+        segment: Option<String>,
+        /// Why the dataset is exported (the manifest's `trigger.reason`).
+        #[arg(long, default_value = "sensei export by the operator")]
+        reason: String,
+        /// Print one JSON object instead of text.
+        #[arg(long)]
+        json: bool,
+    },
     /// Alerts: send a test notification, or show the outbox.
     Alert {
         #[command(subcommand)]

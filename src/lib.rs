@@ -14,6 +14,7 @@
 //! - [`stats`]: intervals for the reported rates.
 //! - [`alert`]: rules over drift events, the durable outbox, email/webhook/Alertmanager/command
 //!   receivers.
+//! - [`redistill`]: the distillation buffer's retention, `sensei export`, re-distillation jobs.
 //! - [`daemon`]: wiring and shutdown; `run` (the daemon) and `replay`.
 //! - [`commands`], [`demo`]: `check`, `status`, `demo`; [`cli`]: argument definitions.
 //! - [`http`]: `/metrics`, `/healthz`, `/readyz`, the JSON API and the dashboard (loopback).
@@ -38,6 +39,7 @@ pub mod monitor;
 pub mod notify;
 pub mod pipeline;
 pub mod record;
+pub mod redistill;
 pub mod report;
 pub mod sampler;
 pub mod stats;

@@ -123,6 +123,26 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Command::Export {
+            out,
+            since,
+            segment,
+            reason,
+            json,
+        } => {
+            let config = match load_config(&cli.config) {
+                Ok(c) => c,
+                Err(code) => return Ok(code),
+            };
+            let options = sensei::redistill::export::options(out, since, segment, reason)?;
+            let summary = sensei::redistill::export(&config, &options)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&summary)?);
+            } else {
+                println!("{}", summary.text());
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Alert { command } => {
             let config = match load_config(&cli.config) {
                 Ok(c) => c,

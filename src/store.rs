@@ -27,6 +27,10 @@ const MIGRATIONS: &[(&str, &str)] = &[
     ),
     ("0002_drift", include_str!("../migrations/0002_drift.sql")),
     ("0003_alerts", include_str!("../migrations/0003_alerts.sql")),
+    (
+        "0004_redistill",
+        include_str!("../migrations/0004_redistill.sql"),
+    ),
 ];
 
 /// The schema version this binary writes.
@@ -631,6 +635,213 @@ impl Store {
     pub fn summary(&self) -> Result<Summary> {
         summary(&self.conn)
     }
+
+    // --- Re-distillation: the distillation buffer and jobs (crate::redistill) ---
+
+    /// Applies the distillation buffer's retention policy to `teacher_samples` (their inputs
+    /// go with them); returns how many samples were deleted.
+    pub fn prune_teacher_samples(
+        &mut self,
+        policy: &crate::redistill::BufferPolicy,
+    ) -> Result<usize> {
+        let count: i64 = self
+            .conn
+            .query_row("SELECT COUNT(*) FROM teacher_samples", [], |r| r.get(0))?;
+        if count as usize <= policy.max_samples {
+            return Ok(0);
+        }
+        let entries = {
+            let mut stmt = self.conn.prepare(
+                "SELECT seq, disagreement, COALESCE(kl, total_variation, cosine_distance, abs_error)
+                 FROM teacher_samples ORDER BY seq",
+            )?;
+            let rows = stmt.query_map([], |r| {
+                Ok(crate::redistill::BufferEntry {
+                    seq: r.get(0)?,
+                    disagreement: r.get::<_, Option<i64>>(1)?.map(|d| d != 0),
+                    divergence: r.get(2)?,
+                })
+            })?;
+            rows.collect::<rusqlite::Result<Vec<_>>>()?
+        };
+        let doomed = crate::redistill::buffer::to_delete(&entries, policy);
+        let tx = self.conn.transaction()?;
+        {
+            let mut del = tx.prepare_cached("DELETE FROM teacher_samples WHERE seq = ?1")?;
+            for seq in &doomed {
+                del.execute([seq])?;
+            }
+        }
+        tx.commit()?;
+        Ok(doomed.len())
+    }
+
+    /// Queues a re-distillation job unless one is queued or running, or the last one started
+    /// less than `min_interval_ms` ago (unless `force`).
+    pub fn enqueue_redistill_job(
+        &mut self,
+        request: &JobRequest,
+        min_interval_ms: i64,
+        force: bool,
+        now_ms: i64,
+    ) -> Result<Enqueued> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let active: Option<i64> = tx
+            .query_row(
+                "SELECT id FROM redistill_jobs WHERE status IN ('queued', 'running') ORDER BY id LIMIT 1",
+                [],
+                |r| r.get(0),
+            )
+            .optional()?;
+        if let Some(id) = active {
+            return Ok(Enqueued::Busy { job: id });
+        }
+        let last: Option<(i64, i64)> = tx
+            .query_row(
+                "SELECT id, COALESCE(started_at, requested_at) FROM redistill_jobs
+                 ORDER BY COALESCE(started_at, requested_at) DESC LIMIT 1",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()?;
+        if let Some((id, at)) = last
+            && !force
+            && now_ms < at.saturating_add(min_interval_ms)
+        {
+            return Ok(Enqueued::TooSoon {
+                last_job: id,
+                next_allowed_ms: at.saturating_add(min_interval_ms),
+            });
+        }
+        tx.execute(
+            "INSERT INTO redistill_jobs (status, trigger, reason, action_id, requested_at, updated_at)
+             VALUES ('queued', ?1, ?2, ?3, ?4, ?4)",
+            params![request.trigger, request.reason, request.action_id, now_ms],
+        )?;
+        let id = tx.last_insert_rowid();
+        tx.commit()?;
+        Ok(Enqueued::Queued { job: id })
+    }
+
+    /// Moves a queued job to running under this process; false when it is no longer queued.
+    pub fn start_redistill_job(
+        &mut self,
+        job: i64,
+        owner_pid: u32,
+        dir: &str,
+        now_ms: i64,
+    ) -> Result<bool> {
+        let n = self.conn.execute(
+            "UPDATE redistill_jobs SET status = 'running', owner_pid = ?2, dir = ?3,
+                 started_at = ?4, updated_at = ?4
+             WHERE id = ?1 AND status = 'queued'",
+            params![job, owner_pid, dir, now_ms],
+        )?;
+        Ok(n == 1)
+    }
+
+    /// Records the exported dataset and the output the command is asked to write.
+    pub fn note_redistill_dataset(
+        &mut self,
+        job: i64,
+        records: usize,
+        holdout: usize,
+        output: &str,
+        now_ms: i64,
+    ) -> Result<()> {
+        self.conn.execute(
+            "UPDATE redistill_jobs SET records = ?2, holdout = ?3, output = ?4, updated_at = ?5
+             WHERE id = ?1",
+            params![job, records as i64, holdout as i64, output, now_ms],
+        )?;
+        Ok(())
+    }
+
+    /// Records the pid of the job's command.
+    pub fn note_redistill_pid(&mut self, job: i64, pid: u32, now_ms: i64) -> Result<()> {
+        self.conn.execute(
+            "UPDATE redistill_jobs SET pid = ?2, updated_at = ?3 WHERE id = ?1",
+            params![job, pid, now_ms],
+        )?;
+        Ok(())
+    }
+
+    /// Ends a job (`succeeded`, `failed` or `timed_out`) with the reason in words, and moves the
+    /// alert action that asked for it (if any) to `done` or `failed`.
+    pub fn finish_redistill_job(
+        &mut self,
+        job: i64,
+        status: &str,
+        exit_code: Option<i32>,
+        detail: &str,
+        now_ms: i64,
+    ) -> Result<()> {
+        let tx = self.conn.transaction()?;
+        tx.execute(
+            "UPDATE redistill_jobs SET status = ?2, exit_code = COALESCE(?3, exit_code),
+                 detail = ?4, finished_at = ?5, updated_at = ?5
+             WHERE id = ?1",
+            params![job, status, exit_code, detail, now_ms],
+        )?;
+        let action_status = if status == "succeeded" {
+            "done"
+        } else {
+            "failed"
+        };
+        tx.execute(
+            "UPDATE alert_actions SET status = ?2, detail = ?3, updated_at = ?4
+             WHERE id = (SELECT action_id FROM redistill_jobs WHERE id = ?1)",
+            params![
+                job,
+                action_status,
+                format!("job {job} {status}: {detail}"),
+                now_ms
+            ],
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Jobs that are queued or running.
+    pub fn active_redistill_jobs(&self) -> Result<Vec<JobRow>> {
+        jobs(
+            &self.conn,
+            "WHERE status IN ('queued', 'running') ORDER BY id",
+            -1,
+        )
+    }
+
+    /// One job.
+    pub fn redistill_job(&self, job: i64) -> Result<Option<JobRow>> {
+        Ok(jobs(&self.conn, &format!("WHERE id = {job}"), 1)?.pop())
+    }
+
+    /// Re-distillation requests from alert rules not yet taken: (id, rule, alert_id, drifts).
+    pub fn requested_redistill_actions(&self) -> Result<Vec<(i64, String, String, String)>> {
+        let mut stmt = self.conn.prepare(
+            "SELECT id, rule, alert_id, drifts FROM alert_actions
+             WHERE action = 'redistill' AND status = 'requested' ORDER BY id",
+        )?;
+        let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// Moves an alert action on (`started`, `skipped`, `done`, `failed`) with a note.
+    pub fn update_alert_action(
+        &mut self,
+        id: i64,
+        status: &str,
+        detail: &str,
+        now_ms: i64,
+    ) -> Result<()> {
+        self.conn.execute(
+            "UPDATE alert_actions SET status = ?2, detail = ?3, updated_at = ?4 WHERE id = ?1",
+            params![id, status, detail, now_ms],
+        )?;
+        Ok(())
+    }
 }
 
 /// Called with the records a labels file reached; returns the drift detectors' changes.
@@ -1063,6 +1274,170 @@ impl Reader {
             |r| r.get(0),
         )?)
     }
+
+    // --- Re-distillation (crate::redistill) ---
+
+    /// Teacher samples answered by `teacher` (a sha256 prefix), received at or after `since_ms`,
+    /// in `seq` order, with their inputs; labels include late labels.
+    pub fn export_samples(
+        &self,
+        teacher: &str,
+        since_ms: Option<i64>,
+    ) -> Result<Vec<ExportSample>> {
+        let mut stmt = self.conn.prepare(
+            "SELECT t.seq, t.record_id, t.ts, t.segment, t.weight, t.student,
+                    COALESCE(t.label, l.label), t.output_shape, t.teacher_output, t.student_output,
+                    t.attention_shape, t.teacher_attention
+             FROM teacher_samples t LEFT JOIN late_labels l ON l.record_id = t.record_id
+             WHERE t.teacher = ?1 AND t.ts >= ?2 ORDER BY t.seq",
+        )?;
+        let rows = stmt.query_map(params![teacher, since_ms.unwrap_or(i64::MIN)], |r| {
+            Ok(ExportSample {
+                seq: r.get(0)?,
+                record_id: r.get(1)?,
+                ts_ms: r.get(2)?,
+                segment: r.get(3)?,
+                weight: r.get(4)?,
+                student: r.get(5)?,
+                label: r.get(6)?,
+                output_shape: r.get(7)?,
+                teacher_output: r.get(8)?,
+                student_output: r.get(9)?,
+                attention_shape: r.get(10)?,
+                teacher_attention: r.get(11)?,
+                inputs: Vec::new(),
+            })
+        })?;
+        let mut samples = rows.collect::<rusqlite::Result<Vec<_>>>()?;
+        let mut inputs = self.conn.prepare_cached(
+            "SELECT name, dtype, shape, data FROM teacher_sample_inputs WHERE seq = ?1 ORDER BY name",
+        )?;
+        for s in &mut samples {
+            let rows = inputs.query_map([s.seq], |r| {
+                Ok(ExportInput {
+                    name: r.get(0)?,
+                    dtype: r.get(1)?,
+                    shape: r.get(2)?,
+                    data: r.get(3)?,
+                })
+            })?;
+            s.inputs = rows.collect::<rusqlite::Result<_>>()?;
+        }
+        Ok(samples)
+    }
+
+    /// The newest re-distillation jobs, newest first.
+    pub fn redistill_jobs(&self, limit: i64) -> Result<Vec<JobRow>> {
+        if !self.table_exists("redistill_jobs")? {
+            return Ok(Vec::new());
+        }
+        jobs(&self.conn, "ORDER BY id DESC", limit)
+    }
+}
+
+/// A teacher sample as the re-distillation export reads it (blobs as stored).
+#[derive(Debug, Clone)]
+pub struct ExportSample {
+    pub seq: i64,
+    pub record_id: String,
+    pub ts_ms: i64,
+    pub segment: String,
+    pub weight: f64,
+    /// The student's sha256 prefix.
+    pub student: String,
+    pub label: Option<i64>,
+    pub output_shape: String,
+    pub teacher_output: Vec<u8>,
+    pub student_output: Vec<u8>,
+    pub attention_shape: Option<String>,
+    pub teacher_attention: Option<Vec<u8>>,
+    pub inputs: Vec<ExportInput>,
+}
+
+/// One input tensor of a teacher sample.
+#[derive(Debug, Clone)]
+pub struct ExportInput {
+    pub name: String,
+    pub dtype: String,
+    pub shape: String,
+    pub data: Vec<u8>,
+}
+
+/// Who asks for a re-distillation job, and why.
+#[derive(Debug, Clone)]
+pub struct JobRequest {
+    /// `manual`, or `alert:<rule>`.
+    pub trigger: String,
+    pub reason: String,
+    pub action_id: Option<i64>,
+}
+
+/// What became of a job request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Enqueued {
+    Queued {
+        job: i64,
+    },
+    /// Another job is queued or running.
+    Busy {
+        job: i64,
+    },
+    /// The minimum interval since the last job has not passed.
+    TooSoon {
+        last_job: i64,
+        next_allowed_ms: i64,
+    },
+}
+
+/// A `redistill_jobs` row.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct JobRow {
+    pub id: i64,
+    pub status: String,
+    pub trigger: String,
+    pub reason: String,
+    pub action_id: Option<i64>,
+    pub requested_at: i64,
+    pub started_at: Option<i64>,
+    pub finished_at: Option<i64>,
+    pub owner_pid: Option<i64>,
+    pub pid: Option<i64>,
+    pub dir: Option<String>,
+    pub records: Option<i64>,
+    pub holdout: Option<i64>,
+    pub output: Option<String>,
+    pub exit_code: Option<i64>,
+    pub detail: Option<String>,
+}
+
+fn jobs(conn: &Connection, tail: &str, limit: i64) -> Result<Vec<JobRow>> {
+    let sql = format!(
+        "SELECT id, status, trigger, reason, action_id, requested_at, started_at, finished_at,
+                owner_pid, pid, dir, records, holdout, output, exit_code, detail
+         FROM redistill_jobs {tail} LIMIT ?1"
+    );
+    let mut stmt = conn.prepare(&sql)?;
+    let rows = stmt.query_map([limit], |r| {
+        Ok(JobRow {
+            id: r.get(0)?,
+            status: r.get(1)?,
+            trigger: r.get(2)?,
+            reason: r.get(3)?,
+            action_id: r.get(4)?,
+            requested_at: r.get(5)?,
+            started_at: r.get(6)?,
+            finished_at: r.get(7)?,
+            owner_pid: r.get(8)?,
+            pid: r.get(9)?,
+            dir: r.get(10)?,
+            records: r.get(11)?,
+            holdout: r.get(12)?,
+            output: r.get(13)?,
+            exit_code: r.get(14)?,
+            detail: r.get(15)?,
+        })
+    })?;
+    Ok(rows.collect::<rusqlite::Result<_>>()?)
 }
 
 /// A `window_stats` row (rates and means of one window and segment).

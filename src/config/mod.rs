@@ -36,6 +36,30 @@ pub struct Config {
     pub daemon: DaemonConfig,
     /// `[alerts]`, `[receivers.NAME]` and `[[rules]]` (see `crate::alert::config`).
     pub alerts: crate::alert::AlertConfig,
+    /// `[redistill]`: the distillation buffer and re-distillation jobs.
+    pub redistill: RedistillConfig,
+}
+
+/// Re-distillation (`[redistill]`, docs/redistill.md).
+#[derive(Debug, Clone, PartialEq)]
+pub struct RedistillConfig {
+    /// The job: argv with `{dataset}`, `{teacher}`, `{student}`, `{output}` placeholders. Empty
+    /// means re-distillation is off (requests are recorded as skipped).
+    pub command: Vec<String>,
+    /// A job still running after this is killed and recorded as timed out.
+    pub timeout: Duration,
+    /// At least this long between the starts of two jobs (failed ones count too).
+    pub min_interval: Duration,
+    /// Where each job gets its directory (dataset, held-out set, log, output).
+    pub work_dir: PathBuf,
+    /// Previous students kept after a promotion.
+    pub keep_students: usize,
+    /// Share of the exported records held out from the job (the gate's evidence).
+    pub holdout: f64,
+    /// A job needs at least this many teacher samples to train on.
+    pub min_samples: usize,
+    /// The distillation buffer's size cap and share.
+    pub buffer: crate::redistill::BufferPolicy,
 }
 
 /// Drift detection settings (`[detect]`; the method is in docs/detection.md).

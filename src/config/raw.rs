@@ -55,6 +55,22 @@ pub struct RawConfig {
     pub receivers: std::collections::BTreeMap<String, crate::alert::config::RawReceiver>,
     #[serde(default)]
     pub rules: Vec<crate::alert::config::RawRule>,
+    #[serde(default)]
+    pub redistill: RawRedistill,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRedistill {
+    pub command: Option<Vec<String>>,
+    pub timeout: Option<RawDuration>,
+    pub min_interval: Option<RawDuration>,
+    pub work_dir: Option<String>,
+    pub keep_students: Option<RawInt>,
+    pub holdout: Option<f64>,
+    pub min_samples: Option<RawInt>,
+    pub buffer_max_samples: Option<RawInt>,
+    pub buffer_in_distribution_share: Option<f64>,
 }
 
 #[derive(Debug, Default, Deserialize)]

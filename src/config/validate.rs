@@ -17,7 +17,7 @@ use super::{
     NonFinitePolicy, OnDone, OnnxRuntimeConfig, OutputKind, Pooling, SamplingConfig,
     SamplingPolicy, SegmentConfig, StoreConfig, Task,
 };
-use super::{DaemonConfig, HttpConfig, Secret};
+use super::{DaemonConfig, HttpConfig, RedistillConfig, Secret};
 
 /// A config that cannot be used, with every problem found in it.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -261,7 +261,10 @@ impl Check<'_> {
             ),
         };
 
+        let redistill = self.redistill(raw.redistill, &state_dir);
+
         Config {
+            redistill,
             detect,
             source: source.to_path_buf(),
             state_dir,
@@ -277,6 +280,88 @@ impl Check<'_> {
             http,
             daemon,
             alerts,
+        }
+    }
+
+    fn redistill(&mut self, raw: raw::RawRedistill, state_dir: &Path) -> RedistillConfig {
+        const PLACEHOLDERS: [&str; 4] = ["{dataset}", "{teacher}", "{student}", "{output}"];
+        let command = raw.command.unwrap_or_default();
+        if let Some(program) = command.first()
+            && program.is_empty()
+        {
+            self.problem("redistill.command", "the program (first element) is empty");
+        }
+        if !command.is_empty() {
+            for needed in ["{dataset}", "{output}"] {
+                if !command.iter().any(|a| a.contains(needed)) {
+                    self.problem(
+                        "redistill.command",
+                        format!(
+                            "must pass {needed} to the job (placeholders: {})",
+                            PLACEHOLDERS.join(", ")
+                        ),
+                    );
+                }
+            }
+        }
+        for arg in &command {
+            let mut rest = arg.as_str();
+            while let Some(start) = rest.find('{') {
+                let end = rest[start..]
+                    .find('}')
+                    .map_or(rest.len(), |e| start + e + 1);
+                let word = &rest[start..end];
+                if !PLACEHOLDERS.contains(&word) {
+                    self.problem(
+                        "redistill.command",
+                        format!(
+                            "unknown placeholder {word:?} (known: {})",
+                            PLACEHOLDERS.join(", ")
+                        ),
+                    );
+                }
+                rest = &rest[end..];
+            }
+        }
+        let holdout = raw.holdout.unwrap_or(0.2);
+        if !(0.05..=0.5).contains(&holdout) {
+            self.problem(
+                "redistill.holdout",
+                format!("must be within 0.05..=0.5, got {holdout}"),
+            );
+        }
+        let share = raw.buffer_in_distribution_share.unwrap_or(0.2);
+        if !(0.0..=1.0).contains(&share) {
+            self.problem(
+                "redistill.buffer_in_distribution_share",
+                format!("must be within 0..=1, got {share}"),
+            );
+        }
+        RedistillConfig {
+            command,
+            timeout: self.duration("redistill.timeout", raw.timeout, 120 * MINUTE, SECOND),
+            min_interval: self.duration(
+                "redistill.min_interval",
+                raw.min_interval,
+                360 * MINUTE,
+                Duration::ZERO,
+            ),
+            work_dir: self.path_or("redistill.work_dir", raw.work_dir, || {
+                state_dir.join("redistill")
+            }),
+            keep_students: self.integer("redistill.keep_students", raw.keep_students, 3, 1, 1000),
+            holdout,
+            min_samples: self.integer("redistill.min_samples", raw.min_samples, 100, 2, i64::MAX),
+            buffer: crate::redistill::BufferPolicy {
+                max_samples: self.integer(
+                    "redistill.buffer_max_samples",
+                    raw.buffer_max_samples,
+                    50_000,
+                    10,
+                    i64::MAX,
+                ),
+                in_distribution_share: share,
+            },
         }
     }
 

@@ -4,4 +4,5 @@ mod crash;
 mod daemon;
 mod drift;
 mod ops;
+mod redistill;
 mod replay;

@@ -1,0 +1,19 @@
+//! Re-distillation: the distillation buffer's retention, the dataset export, and the job that
+//! re-distils the student on the field data the teacher labelled.
+//!
+//! The loop closes in the database: alert rules with `action = "redistill"` leave a row in
+//! `alert_actions`; the daemon's re-distillation task turns it into a `redistill_jobs` row
+//! (at most one job queued or running, a minimum interval between jobs), exports the teacher
+//! samples as a dataset with a held-out share the job never sees, runs the configured command
+//! with a timeout, and records how it ended. `sensei redistill` does the same by hand.
+//!
+//! - [`buffer`]: which teacher samples the size-capped buffer keeps.
+//! - [`export`]: `sensei export` and the job's dataset (docs/dataset-format.md).
+//! - [`safetensors`]: the tensor file format of the dataset.
+
+pub mod buffer;
+pub mod export;
+pub mod safetensors;
+
+pub use buffer::{BufferEntry, BufferPolicy};
+pub use export::{ExportOptions, ExportSummary, export};

@@ -329,3 +329,112 @@ async fn command(argv: &[String], n: &Notification) -> Result<(), SendError> {
         )))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::alert::config::Severity;
+
+    fn doc() -> Notification {
+        Notification {
+            version: crate::alert::notification::VERSION,
+            dedup_key: "r.1.1".into(),
+            alert_id: "r.1".into(),
+            status: "firing".into(),
+            kind: Kind::Firing,
+            rule: "r".into(),
+            severity: Severity::Warning,
+            instance: "site".into(),
+            summary: "kl drift on line=A".into(),
+            fired_at: 1,
+            resolved_at: None,
+            created_at: 1,
+            dashboard_url: None,
+            action: None,
+            drifts: Vec::new(),
+        }
+    }
+
+    fn command_sender(argv: &[&str], timeout: Duration) -> Sender {
+        let receiver = Receiver {
+            name: "cmd".into(),
+            timeout,
+            kind: ReceiverKind::Command {
+                argv: argv.iter().map(|s| s.to_string()).collect(),
+            },
+        };
+        Sender::new(&receiver, Duration::from_secs(300)).expect("sender")
+    }
+
+    #[tokio::test]
+    async fn command_gets_the_document_on_stdin_and_the_key_in_its_environment() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let out = dir.path().join("out");
+        let script = format!(
+            "cat > {0}; echo >> {0}; echo \"$SENSEI_DEDUP_KEY\" >> {0}",
+            out.display()
+        );
+        let sender = command_sender(&["sh", "-c", &script], Duration::from_secs(10));
+        sender.send(&doc()).await.expect("delivered");
+        let text = std::fs::read_to_string(&out).expect("output");
+        let (json, key) = text.trim_end().rsplit_once('\n').expect("two parts");
+        assert_eq!(key, "r.1.1");
+        let back: Notification = serde_json::from_str(json).expect("JSON on stdin");
+        assert_eq!(back, doc());
+    }
+
+    #[tokio::test]
+    async fn command_failure_and_hang_are_errors() {
+        let failing = command_sender(
+            &["sh", "-c", "echo broken pipe >&2; exit 3"],
+            Duration::from_secs(10),
+        );
+        let error = failing.send(&doc()).await.expect_err("exit 3");
+        assert!(error.to_string().contains("broken pipe"), "{error}");
+        let hanging = command_sender(&["sleep", "30"], Duration::from_millis(200));
+        let started = std::time::Instant::now();
+        let error = hanging.send(&doc()).await.expect_err("timeout");
+        assert!(matches!(error, SendError::Timeout(_)), "{error}");
+        assert!(started.elapsed() < Duration::from_secs(5));
+        let missing = command_sender(&["/nonexistent/pager"], Duration::from_secs(1));
+        assert!(missing.send(&doc()).await.is_err());
+    }
+
+    #[test]
+    fn alertmanager_alerts_end_when_resolved() {
+        let mut n = doc();
+        n.drifts = vec![crate::alert::rule::Drift {
+            since: 1_000,
+            event: crate::alert::rule::DriftEvent {
+                id: 1,
+                signal: "kl".into(),
+                segment: "line=A".into(),
+                detector: "cusum".into(),
+                detected_at: 2_000,
+                detected_at_record: 10,
+                estimated_change_record: None,
+                estimated_change_at: None,
+                statistic: 5.0,
+                threshold: 4.0,
+                baseline_value: Some(0.1),
+                current_value: Some(0.3),
+                current_low: None,
+                current_high: None,
+                p_value: None,
+                effect_size: None,
+                baseline_version: None,
+                resolved_at: None,
+            },
+        }];
+        let firing = alertmanager_alerts(&n, 10_000, Duration::from_secs(300));
+        assert_eq!(firing[0]["labels"]["segment"], "line=A");
+        assert_eq!(firing[0]["startsAt"], "1970-01-01T00:00:01Z");
+        assert_eq!(firing[0]["endsAt"], "1970-01-01T00:05:10Z");
+        n.status = "resolved".into();
+        n.kind = Kind::Resolved;
+        n.drifts[0].event.resolved_at = Some(9_000);
+        let resolved = alertmanager_alerts(&n, 10_000, Duration::from_secs(300));
+        assert_eq!(resolved[0]["endsAt"], "1970-01-01T00:00:09Z");
+        assert_eq!(resolved[0]["labels"], firing[0]["labels"]);
+    }
+}

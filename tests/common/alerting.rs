@@ -232,10 +232,12 @@ pub struct Request {
     pub body: String,
 }
 
-/// An HTTP endpoint in a thread that records every request and answers 200.
+/// An HTTP endpoint in a thread that records every request and answers 200, or, while
+/// hanging, reads nothing and never answers.
 pub struct Webhook {
     pub port: u16,
     pub requests: Arc<Mutex<Vec<Request>>>,
+    hang: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Webhook {
@@ -244,9 +246,16 @@ impl Webhook {
         let port = listener.local_addr().expect("addr").port();
         let requests = Arc::new(Mutex::new(Vec::new()));
         let seen = requests.clone();
+        let hang = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let hanging = hang.clone();
         std::thread::spawn(move || {
+            let mut held = Vec::new();
             for stream in listener.incoming() {
                 let Ok(stream) = stream else { continue };
+                if hanging.load(std::sync::atomic::Ordering::SeqCst) {
+                    held.push(stream);
+                    continue;
+                }
                 if let Some(r) = read_request(&stream) {
                     seen.lock().unwrap().push(r);
                 }
@@ -256,7 +265,16 @@ impl Webhook {
                 );
             }
         });
-        Webhook { port, requests }
+        Webhook {
+            port,
+            requests,
+            hang,
+        }
+    }
+
+    /// While `true`, connections are accepted and left without an answer.
+    pub fn set_hang(&self, hang: bool) {
+        self.hang.store(hang, std::sync::atomic::Ordering::SeqCst);
     }
 
     pub fn url(&self) -> String {

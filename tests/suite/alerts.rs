@@ -274,6 +274,41 @@ fn a_daemon_killed_while_firing_does_not_notify_again() {
 }
 
 #[test]
+fn a_hanging_webhook_times_out_and_is_retried_until_it_answers() {
+    let hook = Webhook::start();
+    hook.set_hang(true);
+    let site = Site::new();
+    site.write_config(&format!(
+        "{}[receivers.hook]\ntype = \"webhook\"\nurl = \"{}\"\ntimeout = \"300ms\"\n\
+         [[rules]]\nname = \"confidence-falls\"\nsignal = \"confidence\"\nreceivers = [\"hook\"]\n",
+        alerts_section(""),
+        hook.url()
+    ));
+    let daemon = site.start();
+    let db = site.db();
+    insert_drift(&db, "confidence", "line=B", now_ms());
+    wait_until(WAIT, "timed-out attempts", || {
+        outbox(&site, "MAX(attempts)") >= 2
+    });
+    let error: String = db
+        .query_row("SELECT last_error FROM alert_outbox", [], |r| r.get(0))
+        .expect("last_error");
+    assert!(error.contains("timed out"), "{error}");
+    assert!(hook.received().is_empty());
+    assert_eq!(outbox(&site, "SUM(status = 'pending')"), 1);
+
+    hook.set_hang(false);
+    wait_until(WAIT, "delivery once the webhook answers", || {
+        outbox(&site, "SUM(status = 'sent')") == 1
+    });
+    let received = hook.received();
+    assert_eq!(received.len(), 1);
+    let doc: serde_json::Value = serde_json::from_str(&received[0].body).expect("JSON");
+    assert_eq!(doc["drifts"][0]["signal"], "confidence");
+    drop(daemon);
+}
+
+#[test]
 fn alert_test_sends_a_test_notification() {
     let hook = Webhook::start();
     let site = Site::new();

@@ -288,6 +288,7 @@ fn start(
             .record_retention
             .as_millis()
             .min(i64::MAX as u128) as i64,
+        buffer: config.redistill.buffer,
         on_file,
         metrics: metrics.clone(),
     }

@@ -531,6 +531,8 @@ pub struct Writer {
     pub window_ms: i64,
     /// Per-record rows are kept this long after they were received.
     pub retention_ms: i64,
+    /// The distillation buffer's cap, applied with the record retention.
+    pub buffer: crate::redistill::BufferPolicy,
     /// Called after each file is committed or quarantined (tests and `replay` count with it).
     pub on_file: Option<FileCallback>,
     /// The drift detectors of the active baseline (none until `sensei baseline` has run).
@@ -584,6 +586,15 @@ impl Writer {
                         tracing::info!(records = n, "Deleted per-record rows past their retention.")
                     }
                     Err(e) => tracing::error!(error = %e, "Applying record retention failed."),
+                }
+                match self.store.prune_teacher_samples(&self.buffer) {
+                    Ok(0) => {}
+                    Ok(n) => {
+                        tracing::info!(samples = n, "Pruned the distillation buffer to its cap.")
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "Pruning the distillation buffer failed.")
+                    }
                 }
             }
             match msg {

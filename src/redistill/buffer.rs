@@ -143,6 +143,85 @@ mod tests {
         assert_eq!(kept.iter().filter(|&&s| s < 500 && s % 10 != 0).count(), 0);
     }
 
+    /// The policy applied to a real database: the cap holds, the kept rows are the ones the
+    /// policy chose, and the inputs of deleted samples go with them.
+    #[test]
+    fn the_store_prunes_the_buffer_to_its_cap_with_the_inputs() {
+        use crate::compare::Comparison;
+        use crate::record::Tensor;
+        use crate::store::{FileCommit, RecordRow, Store, TeacherRow};
+
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sensei.db");
+        let mut store = Store::open(&path).unwrap();
+        let records = (0..200)
+            .map(|i| {
+                let disagree = i % 20 == 0;
+                RecordRow {
+                    record_id: format!("r{i}"),
+                    features: Vec::new(),
+                    ts_ms: 1_000 * i,
+                    segment: String::new(),
+                    prediction: Some(1),
+                    confidence: Some(0.9),
+                    entropy: Some(0.1),
+                    value: None,
+                    latency_us: 10,
+                    sampled: 1,
+                    label: None,
+                    teacher: Some(TeacherRow {
+                        weight: 2.0,
+                        teacher_prediction: Some(i64::from(!disagree)),
+                        teacher_confidence: Some(0.8),
+                        comparison: Comparison {
+                            disagreement: Some(disagree),
+                            kl: Some(0.1),
+                            ..Comparison::default()
+                        },
+                        latency_us: 100,
+                        output_shape: vec![2],
+                        teacher_output: vec![0.1, 0.9],
+                        student_output: vec![0.2, 0.8],
+                        teacher_attention: None,
+                        inputs: vec![("x".into(), Tensor::f32(vec![2], vec![1.0, 2.0]))],
+                    }),
+                }
+            })
+            .collect();
+        let file = FileCommit {
+            first_seq: store.next_seq().unwrap(),
+            name: "a.jsonl".into(),
+            sha256: "a".into(),
+            size: 1,
+            kind: "jsonl",
+            student: "s".into(),
+            teacher: "t".into(),
+            records,
+        };
+        store.commit_file(&file, 60_000, 0, None).unwrap();
+        let policy = BufferPolicy {
+            max_samples: 50,
+            in_distribution_share: 0.2,
+        };
+        assert_eq!(store.prune_teacher_samples(&policy).unwrap(), 150);
+        assert_eq!(store.prune_teacher_samples(&policy).unwrap(), 0);
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        let count = |sql: &str| -> i64 { conn.query_row(sql, [], |r| r.get(0)).unwrap() };
+        assert_eq!(count("SELECT COUNT(*) FROM teacher_samples"), 50);
+        assert_eq!(count("SELECT COUNT(*) FROM teacher_sample_inputs"), 50);
+        assert_eq!(
+            count("SELECT COUNT(*) FROM teacher_samples WHERE disagreement = 1"),
+            10
+        );
+        // The oldest record survives through the in-distribution reserve.
+        assert_eq!(
+            count("SELECT COUNT(*) FROM teacher_samples WHERE record_id = 'r1'"),
+            1
+        );
+        // Records themselves are not the buffer's business.
+        assert_eq!(count("SELECT COUNT(*) FROM records"), 200);
+    }
+
     #[test]
     fn without_classes_the_more_divergent_half_counts_as_disagreeing() {
         let entries: Vec<_> = (1..=100)

@@ -258,6 +258,14 @@ pub fn evaluate(db: &mut AlertDb, alerts: &AlertConfig, now: i64) -> rusqlite::R
             notification: doc,
         });
     }
+    let configured: Vec<&str> = alerts.rules.iter().map(|r| r.name.as_str()).collect();
+    let retired = store::retire_unconfigured(&tx, &configured, now)?;
+    if retired > 0 {
+        tracing::info!(
+            alerts = retired,
+            "Alerts of rules no longer in the config were retired (no notification)."
+        );
+    }
     store::write_evaluation(&tx, &commit, now)?;
     tx.commit()?;
     let receivers: BTreeSet<String> = documents
@@ -521,6 +529,105 @@ mod tests {
         let delays: Vec<u64> = (0..7).map(|a| backoff(&alerts, a).as_secs()).collect();
         assert_eq!(delays, [10, 20, 40, 80, 160, 300, 300]);
         assert_eq!(backoff(&alerts, 1000).as_secs(), 300);
+    }
+
+    fn alerts_with_rule() -> AlertConfig {
+        let text = "[receivers.hook]\ntype = \"webhook\"\nurl = \"http://127.0.0.1:9/\"\n\
+                    [[rules]]\nname = \"lines\"\nsegment = \"line=*\"\nreceivers = [\"hook\"]\naction = \"redistill\"\n";
+        #[derive(serde::Deserialize)]
+        struct Doc {
+            receivers: BTreeMap<String, config::RawReceiver>,
+            rules: Vec<config::RawRule>,
+        }
+        let doc: Doc = toml::from_str(text).expect("toml");
+        let mut problems = Vec::new();
+        let alerts = config::validate(
+            config::RawAlerts::default(),
+            doc.receivers,
+            doc.rules,
+            Path::new("/"),
+            &mut problems,
+        );
+        assert!(problems.is_empty(), "{problems:?}");
+        alerts
+    }
+
+    fn insert_event(conn: &rusqlite::Connection, segment: &str, at: i64) {
+        conn.execute(
+            "INSERT INTO drift_events (signal, segment, detector, detected_at, detected_at_record,
+                 statistic, threshold) VALUES ('kl', ?1, 'cusum', ?2, 1, 5.0, 4.0)",
+            rusqlite::params![segment, at],
+        )
+        .expect("insert");
+    }
+
+    #[test]
+    fn evaluations_persist_state_outbox_and_actions_once() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("sensei.db");
+        drop(crate::store::Store::open(&path).expect("store"));
+        let mut db = AlertDb::open(&path).expect("alert db");
+        let alerts = alerts_with_rule();
+        // History before the first evaluation: a closed drift is not news.
+        insert_event(db.conn(), "line=A", 1_000);
+        db.conn()
+            .execute("UPDATE drift_events SET resolved_at = 2000", [])
+            .unwrap();
+        assert!(evaluate(&mut db, &alerts, 10_000).unwrap().is_empty());
+
+        for segment in ["line=A", "line=B", "*"] {
+            insert_event(db.conn(), segment, 11_000);
+        }
+        assert_eq!(evaluate(&mut db, &alerts, 12_000).unwrap(), ["hook"]);
+        // A fresh connection (as after a restart) sees the same: nothing new to send.
+        let mut db = AlertDb::open(&path).expect("reopen");
+        assert!(evaluate(&mut db, &alerts, 13_000).unwrap().is_empty());
+        let count = |db: &AlertDb, sql: &str| -> i64 {
+            db.conn().query_row(sql, [], |r| r.get(0)).unwrap()
+        };
+        assert_eq!(count(&db, "SELECT COUNT(*) FROM alert_outbox"), 1);
+        assert_eq!(
+            count(
+                &db,
+                "SELECT COUNT(*) FROM alert_actions WHERE action = 'redistill'"
+            ),
+            1
+        );
+        let head = db.head("hook").unwrap().expect("pending");
+        assert_eq!(
+            head.notification.drifts.len(),
+            2,
+            "the aggregate is not a line"
+        );
+        assert_eq!(head.notification.action.as_ref().map(|a| a.id), Some(1));
+        assert_eq!(head.notification.dedup_key, "lines.12000.1");
+
+        let summary = outbox_summary(&path).unwrap();
+        assert_eq!(
+            (summary.receivers[0].pending, summary.receivers[0].sent),
+            (1, 0)
+        );
+        db.mark_failed(head.id, 14_000, "connection refused", 15_000)
+            .unwrap();
+        let summary = outbox_summary(&path).unwrap();
+        assert_eq!(summary.receivers[0].failing, 1);
+        assert!(summary.text(20_000).contains("UNDELIVERED"));
+        db.mark_sent(head.id, 16_000).unwrap();
+        assert!(db.head("hook").unwrap().is_none());
+
+        // The rule is removed from the config: its alert no longer counts as firing.
+        let none = AlertConfig {
+            rules: Vec::new(),
+            ..alerts.clone()
+        };
+        evaluate(&mut db, &none, 17_000).unwrap();
+        assert_eq!(
+            count(
+                &db,
+                "SELECT COUNT(*) FROM alert_state WHERE status = 'firing'"
+            ),
+            0
+        );
     }
 
     #[test]

@@ -264,7 +264,19 @@ pub fn action_of(
     .optional()
 }
 
-/// Rules whose alert is firing now, with their state.
+/// Alerts of rules no longer in the config stop counting as pending or firing (silently:
+/// their receivers may be gone too). Returns how many.
+pub fn retire_unconfigured(tx: &Connection, rules: &[&str], now: i64) -> rusqlite::Result<usize> {
+    let names = serde_json::to_string(rules).map_err(json_error)?;
+    tx.execute(
+        "UPDATE alert_state SET status = 'inactive', pending_since = NULL, updated_at = ?2
+         WHERE status IN ('pending', 'firing')
+           AND rule NOT IN (SELECT value FROM json_each(?1))",
+        params![names, now],
+    )
+}
+
+/// Rules whose alert is firing now.
 pub fn firing(conn: &Connection) -> rusqlite::Result<Vec<String>> {
     let mut stmt = conn.prepare_cached("SELECT rule FROM alert_state WHERE status = 'firing'")?;
     let rows = stmt.query_map([], |r| r.get(0))?;

@@ -356,3 +356,37 @@ fn bad_alert_configs_are_all_reported_by_check() {
         assert!(text.contains(expected), "{expected} missing:\n{text}");
     }
 }
+
+#[test]
+fn smtp_passwords_come_from_systemd_credentials() {
+    let site = Site::new();
+    site.write_config(
+        "[receivers.mail]\ntype = \"email\"\nsmtp_host = \"mail.example.com\"\nusername = \"sensei\"\n\
+         password_credential = \"smtp-password\"\nfrom = \"sensei@example.com\"\nto = [\"ops@example.com\"]\n\
+         [[rules]]\nname = \"all\"\nreceivers = [\"mail\"]\n",
+    );
+    let credentials = site.root().join("credentials");
+    std::fs::create_dir_all(&credentials).unwrap();
+    let check = || {
+        std::process::Command::new(crate::common::sensei_bin())
+            .arg("--config")
+            .arg(site.config_path())
+            .arg("check")
+            .env("CREDENTIALS_DIRECTORY", &credentials)
+            .env_remove("ORT_DYLIB_PATH")
+            .output()
+            .expect("sensei check")
+    };
+    let out = check();
+    let text = output(&out);
+    assert_eq!(out.status.code(), Some(78), "{text}");
+    assert!(
+        text.contains("receivers.mail.password_credential: cannot read"),
+        "{text}"
+    );
+    std::fs::write(credentials.join("smtp-password"), "correct horse\n").unwrap();
+    let out = check();
+    let text = output(&out);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert!(!text.contains("correct horse"), "{text}");
+}

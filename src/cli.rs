@@ -72,6 +72,21 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Re-distil the student now: export the teacher samples (holding out a share), run the
+    /// `[redistill] command` with its timeout, and check the candidate it writes. One job at a
+    /// time; at least `[redistill] min_interval` between job starts unless --force. The serving
+    /// student is not changed.
+    Redistill {
+        /// Why (recorded with the job and in the dataset's manifest).
+        #[arg(long, default_value = "sensei redistill by the operator")]
+        reason: String,
+        /// Start even if the last job started less than min_interval ago.
+        #[arg(long)]
+        force: bool,
+        /// Print one JSON object instead of text.
+        #[arg(long)]
+        json: bool,
+    },
     /// Alerts: send a test notification, or show the outbox.
     Alert {
         #[command(subcommand)]

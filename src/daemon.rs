@@ -574,6 +574,7 @@ pub async fn run(
     metrics.set_ready(true);
     crate::notify::ready("processing the inbox");
     let mut alerts = crate::alert::AlertTask::start(&config.alerts, &config.store.path);
+    let redistill = crate::redistill::RedistillTask::start(shared.clone())?;
 
     let result = loop {
         match control.recv().await {
@@ -615,6 +616,7 @@ pub async fn run(
         w.abort();
     }
     alerts.stop().await;
+    let _ = tokio::task::spawn_blocking(move || redistill.stop()).await;
     let _ = http_stop.send(true);
     if let Some(task) = http {
         let _ = tokio::time::timeout(Duration::from_secs(5), task).await;

@@ -143,6 +143,34 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Command::Redistill {
+            reason,
+            force,
+            json,
+        } => {
+            let config = match load_config(&cli.config) {
+                Ok(c) => c,
+                Err(code) => return Ok(code),
+            };
+            init_logging(LogFormat::Auto, "warn,ort=error");
+            let outcome = match sensei::redistill::run_by_hand(&config, &reason, force) {
+                Ok(o) => o,
+                Err(e) => {
+                    eprintln!("sensei: no re-distillation job started: {e:#}");
+                    return Ok(ExitCode::FAILURE);
+                }
+            };
+            if json {
+                println!("{}", serde_json::to_string_pretty(&outcome)?);
+            } else {
+                print!("{}", outcome.text());
+            }
+            Ok(if outcome.status == "succeeded" {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
         Command::Alert { command } => {
             let config = match load_config(&cli.config) {
                 Ok(c) => c,

@@ -10,10 +10,13 @@
 //! - [`buffer`]: which teacher samples the size-capped buffer keeps.
 //! - [`export`]: `sensei export` and the job's dataset (docs/dataset-format.md).
 //! - [`safetensors`]: the tensor file format of the dataset.
+//! - [`job`]: requests, the job runner, recovery after a restart, the daemon's task.
 
 pub mod buffer;
 pub mod export;
+pub mod job;
 pub mod safetensors;
 
 pub use buffer::{BufferEntry, BufferPolicy};
 pub use export::{ExportOptions, ExportSummary, export};
+pub use job::{JobOutcome, RedistillTask, RequestError, run_by_hand};

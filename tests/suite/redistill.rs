@@ -181,3 +181,248 @@ fn export_filters_by_time_and_segment() {
 fn manifest(dir: &Path) -> serde_json::Value {
     serde_json::from_slice(&std::fs::read(dir.join("manifest.json")).unwrap()).unwrap()
 }
+
+/// `[redistill]` with this argv (TOML array text) and settings.
+fn redistill_config(command: &str, settings: &str) -> String {
+    format!("[redistill]\ncommand = {command}\nmin_samples = 20\n{settings}\n")
+}
+
+/// The reference distiller as the job, kept short.
+fn distiller_command() -> String {
+    format!(
+        r#"["python3", {:?}, "--dataset", "{{dataset}}", "--teacher", "{{teacher}}", "--student", "{{student}}", "--out", "{{output}}", "--epochs", "3"]"#,
+        repo()
+            .join("tools/distill/redistill.py")
+            .display()
+            .to_string()
+    )
+}
+
+/// (status, exit_code, detail) of a job.
+fn job(site: &Site, id: i64) -> (String, Option<i64>, String) {
+    site.db()
+        .query_row(
+            "SELECT status, exit_code, COALESCE(detail, '') FROM redistill_jobs WHERE id = ?1",
+            [id],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
+        .unwrap()
+}
+
+#[test]
+fn a_job_by_hand_trains_a_candidate_on_the_dataset_without_the_held_out_records() {
+    let site = site_with_drifted_stream(&redistill_config(
+        &distiller_command(),
+        "min_interval = \"1h\"",
+    ));
+    let out = site.sensei(&["redistill", "--reason", "line B drifted"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("job 1 succeeded"), "{}", text(&out));
+    let (status, code, detail) = job(&site, 1);
+    assert_eq!((status.as_str(), code), ("succeeded", Some(0)));
+    assert!(detail.contains("candidate student"), "{detail}");
+
+    let dir = site.root().join("state/redistill/job-1");
+    assert!(dir.join("student.onnx").metadata().unwrap().len() > 10_000);
+    let log = std::fs::read_to_string(dir.join("job.log")).unwrap();
+    assert!(log.contains("redistill: wrote"), "{log}");
+    // The held-out records are not in the training dataset, and both together are the buffer.
+    let train = manifest(&dir.join("dataset"));
+    let held = manifest(&dir.join("holdout"));
+    let ids = |m: &serde_json::Value| -> Vec<String> {
+        serde_json::from_value(m["record_ids"].clone()).unwrap()
+    };
+    let (train_ids, held_ids) = (ids(&train), ids(&held));
+    assert!(train_ids.iter().all(|id| !held_ids.contains(id)));
+    assert!(!held_ids.is_empty());
+    assert_eq!(
+        (train_ids.len() + held_ids.len()) as i64,
+        site.query_i64("SELECT COUNT(*) FROM teacher_samples")
+    );
+    assert_eq!(train["trigger"]["reason"], "line B drifted");
+    assert_eq!(
+        site.query_i64("SELECT records + holdout FROM redistill_jobs WHERE id = 1"),
+        (train_ids.len() + held_ids.len()) as i64
+    );
+
+    // The minimum interval holds for the next request; --force overrides it.
+    let again = site.sensei(&["redistill"]);
+    assert!(!again.status.success());
+    assert!(text(&again).contains("min_interval"), "{}", text(&again));
+    assert_eq!(site.query_i64("SELECT COUNT(*) FROM redistill_jobs"), 1);
+}
+
+#[test]
+fn failing_jobs_leave_the_student_serving_with_the_reason_recorded() {
+    let cases = [
+        (
+            r#"["sh", "-c", "echo out of memory >&2; exit 3", "job", "{dataset}", "{output}"]"#,
+            "",
+            "failed",
+            Some(3),
+            "(exit status 3); last output: out of memory",
+        ),
+        (
+            r#"["sh", "-c", "sleep 30", "job", "{dataset}", "{output}"]"#,
+            "timeout = \"1s\"",
+            "timed_out",
+            None,
+            "timeout of 1 s",
+        ),
+        (
+            r#"["true", "{dataset}", "{output}"]"#,
+            "",
+            "failed",
+            Some(0),
+            "was not written",
+        ),
+        (
+            r#"["sh", "-c", "echo garbage > \"$1\"", "job", "{output}", "{dataset}"]"#,
+            "",
+            "failed",
+            Some(0),
+            "not a usable student",
+        ),
+        (
+            r#"["/nonexistent/distiller", "{dataset}", "{output}"]"#,
+            "",
+            "failed",
+            None,
+            "cannot start",
+        ),
+    ];
+    let site = site_with_drifted_stream("");
+    let student = std::fs::read(demo("student.onnx")).unwrap();
+    for (i, (command, settings, status, code, reason)) in cases.into_iter().enumerate() {
+        site.write_config(&redistill_config(command, settings));
+        let started = std::time::Instant::now();
+        let out = site.sensei(&["redistill", "--force"]);
+        assert!(!out.status.success(), "{command}: {}", text(&out));
+        let (s, c, detail) = job(&site, i as i64 + 1);
+        assert_eq!((s.as_str(), c), (status, code), "{command}: {detail}");
+        assert!(detail.contains(reason), "{command}: {detail}");
+        assert!(text(&out).contains(reason), "{}", text(&out));
+        if status == "timed_out" {
+            assert!(started.elapsed().as_secs() < 15);
+        }
+    }
+    // The serving student is untouched.
+    assert_eq!(std::fs::read(demo("student.onnx")).unwrap(), student);
+    assert_eq!(
+        site.query_i64("SELECT COUNT(*) FROM redistill_jobs WHERE status IN ('queued', 'running')"),
+        0
+    );
+}
+
+/// An alert rule's request, as the alert module records it.
+fn request_from_alert(site: &Site, alert_id: &str) -> i64 {
+    let db = site.db();
+    db.execute(
+        "INSERT INTO alert_actions (action, rule, alert_id, requested_at, drifts, updated_at)
+         VALUES ('redistill', 'line-drift', ?1, 0,
+                 '[{\"signal\": \"disagreement\", \"segment\": \"line=B\"}]', 0)",
+        [alert_id],
+    )
+    .unwrap();
+    db.last_insert_rowid()
+}
+
+fn action(site: &Site, id: i64) -> (String, String) {
+    site.db()
+        .query_row(
+            "SELECT status, COALESCE(detail, '') FROM alert_actions WHERE id = ?1",
+            [id],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap()
+}
+
+#[test]
+fn the_daemon_runs_a_job_for_an_alert_action_and_rate_limits_the_next() {
+    let site = site_with_drifted_stream(&redistill_config(
+        r#"["sh", "-c", "echo fails; exit 1", "job", "{dataset}", "{output}"]"#,
+        "min_interval = \"1h\"",
+    ));
+    let daemon = site.start();
+    let first = request_from_alert(&site, "line-drift.1");
+    crate::common::wait_until(
+        std::time::Duration::from_secs(30),
+        "the job for the first alert to end",
+        || site.query_i64("SELECT COUNT(*) FROM redistill_jobs WHERE status = 'failed'") == 1,
+    );
+    let (status, detail) = action(&site, first);
+    assert_eq!(status, "failed", "{detail}");
+    assert!(detail.contains("job 1 failed"), "{detail}");
+    let reason: String = site
+        .db()
+        .query_row(
+            "SELECT trigger || ' ' || reason FROM redistill_jobs WHERE id = 1",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(
+        reason,
+        "alert:line-drift alert line-drift.1: disagreement drift on line=B"
+    );
+
+    // A second alert within min_interval gets no job: the failure does not loop.
+    let second = request_from_alert(&site, "line-drift.2");
+    crate::common::wait_until(
+        std::time::Duration::from_secs(30),
+        "the second request to be handled",
+        || action(&site, second).0 != "requested",
+    );
+    let (status, detail) = action(&site, second);
+    assert_eq!(status, "skipped");
+    assert!(detail.contains("rate-limited"), "{detail}");
+    assert_eq!(site.query_i64("SELECT COUNT(*) FROM redistill_jobs"), 1);
+    assert!(daemon.stop().success());
+}
+
+#[test]
+fn a_daemon_killed_while_a_job_runs_records_the_job_as_failed_at_restart() {
+    let site = site_with_drifted_stream(&redistill_config(
+        r#"["sh", "-c", "sleep 120", "job", "{dataset}", "{output}"]"#,
+        "timeout = \"10m\"",
+    ));
+    let daemon = site.start();
+    request_from_alert(&site, "line-drift.1");
+    crate::common::wait_until(
+        std::time::Duration::from_secs(30),
+        "the job's command to start",
+        || {
+            site.query_i64(
+                "SELECT COUNT(*) FROM redistill_jobs WHERE status = 'running' AND pid IS NOT NULL",
+            ) == 1
+        },
+    );
+    let pid = site.query_i64("SELECT pid FROM redistill_jobs WHERE id = 1");
+    daemon.kill();
+    // The command outlives the daemon (its own process group).
+    assert!(Path::new(&format!("/proc/{pid}")).exists());
+    assert_eq!(job(&site, 1).0, "running");
+
+    let daemon = site.start();
+    crate::common::wait_until(
+        std::time::Duration::from_secs(30),
+        "the interrupted job to be recorded",
+        || job(&site, 1).0 == "failed",
+    );
+    let (_, _, detail) = job(&site, 1);
+    assert!(detail.contains("supervised the job exited"), "{detail}");
+    assert!(
+        detail.contains(&format!("pid {pid}) was still running and was killed")),
+        "{detail}"
+    );
+    crate::common::wait_until(
+        std::time::Duration::from_secs(10),
+        "the orphaned command to be gone",
+        || {
+            std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .map(|s| s.contains(") Z "))
+                .unwrap_or(true)
+        },
+    );
+    assert!(daemon.stop().success());
+}

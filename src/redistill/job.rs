@@ -1,0 +1,540 @@
+//! Re-distillation jobs: requests (from alert rules or by hand), one job at a time with a
+//! minimum interval between starts, the job's command run with a timeout, and the status kept
+//! in `redistill_jobs` so that it survives a restart.
+//!
+//! A job is: export the teacher samples into `<work_dir>/job-<id>/dataset` with a held-out
+//! share in `holdout/` that the command never sees, run the configured argv with its
+//! placeholders filled in, its output appended to `job.log`, and check that the student it wrote
+//! loads and takes the same inputs and gives the same output as the serving one. Whatever goes
+//! wrong ends the job as `failed` or `timed_out` with the reason in `detail`; the serving
+//! student is never touched by a job.
+//!
+//! The command runs in a process group of its own, so a timeout kills everything it started.
+//! If the sensei process that supervised a job dies, the next check (the daemon's task, or the
+//! next `sensei redistill`) finds the job `running` under a process that no longer exists; it
+//! kills the job's process group if it is still there and marks the job failed, saying so.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, TryRecvError};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use serde::Serialize;
+
+use super::export::{ExportOptions, export};
+use crate::alert::time::{now_ms, rfc3339};
+use crate::config::Config;
+use crate::store::{Enqueued, JobRequest, JobRow, Store};
+
+/// How often the daemon's task looks for requests and queued jobs.
+const POLL: Duration = Duration::from_secs(1);
+
+/// How a job ended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct JobOutcome {
+    pub job: i64,
+    /// `succeeded`, `failed` or `timed_out`.
+    pub status: String,
+    pub detail: String,
+    /// The candidate student, when the job succeeded.
+    pub output: Option<PathBuf>,
+    pub log: PathBuf,
+}
+
+impl JobOutcome {
+    pub fn text(&self) -> String {
+        format!(
+            "job {} {}: {}\nlog: {}\n",
+            self.job,
+            self.status,
+            self.detail,
+            self.log.display()
+        )
+    }
+}
+
+/// Why a requested job did not start.
+#[derive(Debug, thiserror::Error)]
+pub enum RequestError {
+    #[error("re-distillation is off: [redistill] command is not set")]
+    Off,
+    #[error("job {0} is already queued or running; one job runs at a time")]
+    Busy(i64),
+    #[error(
+        "the last job ({last_job}) started less than [redistill] min_interval ago; the next is allowed at {next_allowed} (--force overrides)"
+    )]
+    TooSoon { last_job: i64, next_allowed: String },
+    #[error(transparent)]
+    Other(#[from] anyhow::Error),
+}
+
+/// `sensei redistill`: queues a job and runs it in this process.
+pub fn run_by_hand(config: &Config, reason: &str, force: bool) -> Result<JobOutcome, RequestError> {
+    if config.redistill.command.is_empty() {
+        return Err(RequestError::Off);
+    }
+    let mut store = Store::open(&config.store.path).context("opening the database")?;
+    recover(&mut store).context("checking earlier jobs")?;
+    let request = JobRequest {
+        trigger: "manual".into(),
+        reason: reason.into(),
+        action_id: None,
+    };
+    let job = match enqueue(&mut store, config, &request, force)? {
+        Enqueued::Queued { job } => job,
+        Enqueued::Busy { job } => return Err(RequestError::Busy(job)),
+        Enqueued::TooSoon {
+            last_job,
+            next_allowed_ms,
+        } => {
+            return Err(RequestError::TooSoon {
+                last_job,
+                next_allowed: rfc3339(next_allowed_ms),
+            });
+        }
+    };
+    run_job(&mut store, config, job, &|| false)?.ok_or(RequestError::Busy(job))
+}
+
+fn enqueue(
+    store: &mut Store,
+    config: &Config,
+    request: &JobRequest,
+    force: bool,
+) -> anyhow::Result<Enqueued> {
+    let min_interval = config
+        .redistill
+        .min_interval
+        .as_millis()
+        .min(i64::MAX as u128) as i64;
+    Ok(store.enqueue_redistill_job(request, min_interval, force, now_ms())?)
+}
+
+/// Whether a process exists (Linux: `/proc/<pid>`).
+fn alive(pid: i64) -> bool {
+    pid > 0 && Path::new(&format!("/proc/{pid}")).exists()
+}
+
+/// Kills a job's process group (the command and whatever it started).
+fn kill_group(pid: i64) {
+    let _ = Command::new("kill")
+        .args(["-s", "KILL", "--", &format!("-{pid}")])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+}
+
+/// Ends every `running` job whose supervising sensei process is gone, killing what is left of
+/// its command. Returns the jobs it ended.
+pub fn recover(store: &mut Store) -> anyhow::Result<Vec<i64>> {
+    let me = i64::from(std::process::id());
+    let mut ended = Vec::new();
+    for job in store.active_redistill_jobs()? {
+        let Some(owner) = job.owner_pid else {
+            continue;
+        };
+        if job.status != "running" || owner == me || alive(owner) {
+            continue;
+        }
+        let what = match job.pid {
+            Some(pid) if alive(pid) => {
+                kill_group(pid);
+                format!("its command (pid {pid}) was still running and was killed")
+            }
+            Some(pid) => format!("its command (pid {pid}) is gone, with no exit status recorded"),
+            None => "before its command started".to_string(),
+        };
+        let detail = format!("sensei (pid {owner}) that supervised the job exited; {what}");
+        tracing::warn!(job = job.id, %detail, "Re-distillation job interrupted.");
+        store.finish_redistill_job(job.id, "failed", None, &detail, now_ms())?;
+        ended.push(job.id);
+    }
+    Ok(ended)
+}
+
+/// Turns re-distillation requests of alert rules into jobs, or records why not.
+pub fn take_alert_actions(store: &mut Store, config: &Config) -> anyhow::Result<()> {
+    for (id, rule, alert_id, drifts) in store.requested_redistill_actions()? {
+        let now = now_ms();
+        if config.redistill.command.is_empty() {
+            store.update_alert_action(
+                id,
+                "skipped",
+                "re-distillation is off: [redistill] command is not set",
+                now,
+            )?;
+            continue;
+        }
+        let request = JobRequest {
+            trigger: format!("alert:{rule}"),
+            reason: format!("alert {alert_id}: {}", drift_summary(&drifts)),
+            action_id: Some(id),
+        };
+        let (status, detail) = match enqueue(store, config, &request, false)? {
+            Enqueued::Queued { job } => ("started", format!("job {job} queued")),
+            Enqueued::Busy { job } => (
+                "skipped",
+                format!("job {job} is already queued or running; one job runs at a time"),
+            ),
+            Enqueued::TooSoon {
+                last_job,
+                next_allowed_ms,
+            } => (
+                "skipped",
+                format!(
+                    "rate-limited: job {last_job} started less than [redistill] min_interval ago; next allowed at {}",
+                    rfc3339(next_allowed_ms)
+                ),
+            ),
+        };
+        tracing::info!(action = id, rule = %rule, status, %detail, "Re-distillation requested by an alert rule.");
+        store.update_alert_action(id, status, &detail, now)?;
+    }
+    Ok(())
+}
+
+/// `signal@segment` of each drift in the action's JSON array, for the job's reason.
+fn drift_summary(drifts: &str) -> String {
+    let parsed: Vec<serde_json::Value> = serde_json::from_str(drifts).unwrap_or_default();
+    let parts: Vec<String> = parsed
+        .iter()
+        .map(|d| {
+            let field = |k: &str| d.get(k).and_then(|v| v.as_str()).unwrap_or("?").to_string();
+            format!("{} drift on {}", field("signal"), field("segment"))
+        })
+        .collect();
+    if parts.is_empty() {
+        "drift".into()
+    } else {
+        parts.join(", ")
+    }
+}
+
+/// Runs a queued job to its end. `None` when the job was not queued any more (another process
+/// took it).
+pub fn run_job(
+    store: &mut Store,
+    config: &Config,
+    job: i64,
+    stopping: &dyn Fn() -> bool,
+) -> anyhow::Result<Option<JobOutcome>> {
+    let dir = config.redistill.work_dir.join(format!("job-{job}"));
+    if !store.start_redistill_job(
+        job,
+        std::process::id(),
+        &dir.display().to_string(),
+        now_ms(),
+    )? {
+        return Ok(None);
+    }
+    let log = dir.join("job.log");
+    let (status, exit_code, detail, output) = match execute(store, config, job, &dir, stopping) {
+        Ok(Ended::Succeeded(output, detail)) => ("succeeded", Some(0), detail, Some(output)),
+        Ok(Ended::Failed(code, detail)) => ("failed", code, detail, None),
+        Ok(Ended::TimedOut(detail)) => ("timed_out", None, detail, None),
+        Err(e) => ("failed", None, format!("{e:#}"), None),
+    };
+    append_log(&log, &format!("sensei: job {job} {status}: {detail}"));
+    store.finish_redistill_job(job, status, exit_code, &detail, now_ms())?;
+    if status == "succeeded" {
+        tracing::info!(job, %detail, "Re-distillation job succeeded.");
+    } else {
+        tracing::warn!(job, status, %detail, "Re-distillation job did not succeed; the serving student stays.");
+    }
+    Ok(Some(JobOutcome {
+        job,
+        status: status.into(),
+        detail,
+        output,
+        log,
+    }))
+}
+
+enum Ended {
+    Succeeded(PathBuf, String),
+    Failed(Option<i32>, String),
+    TimedOut(String),
+}
+
+fn append_log(log: &Path, line: &str) {
+    if let Ok(mut f) = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+    {
+        let _ = writeln!(f, "{line}");
+    }
+}
+
+/// The last lines of the job's log, for the failure reason.
+fn log_tail(log: &Path) -> String {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let lines: Vec<&str> = text
+        .lines()
+        .filter(|l| !l.trim().is_empty() && !l.starts_with("sensei: "))
+        .collect();
+    let tail = lines[lines.len().saturating_sub(3)..].join(" | ");
+    let tail: String = tail.chars().take(400).collect();
+    if tail.is_empty() {
+        "no output".into()
+    } else {
+        format!("last output: {tail}")
+    }
+}
+
+/// The command's argv with its placeholders filled in (absolute paths: the command runs in the
+/// job's directory).
+pub fn argv(
+    command: &[String],
+    dataset: &Path,
+    teacher: &Path,
+    student: &Path,
+    output: &Path,
+) -> Vec<String> {
+    let abs = |p: &Path| {
+        std::path::absolute(p)
+            .unwrap_or_else(|_| p.to_path_buf())
+            .display()
+            .to_string()
+    };
+    command
+        .iter()
+        .map(|a| {
+            a.replace("{dataset}", &abs(dataset))
+                .replace("{teacher}", &abs(teacher))
+                .replace("{student}", &abs(student))
+                .replace("{output}", &abs(output))
+        })
+        .collect()
+}
+
+fn execute(
+    store: &mut Store,
+    config: &Config,
+    job: i64,
+    dir: &Path,
+    stopping: &dyn Fn() -> bool,
+) -> anyhow::Result<Ended> {
+    let rc = &config.redistill;
+    if dir.exists() {
+        std::fs::remove_dir_all(dir).with_context(|| format!("clearing {}", dir.display()))?;
+    }
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let log = dir.join("job.log");
+    let row = store.redistill_job(job)?;
+    let reason = row
+        .as_ref()
+        .map_or("re-distillation", |r: &JobRow| r.reason.as_str());
+    let dataset = dir.join("dataset");
+    let holdout = dir.join("holdout");
+    let exported = match export(
+        config,
+        &ExportOptions {
+            out: dataset.clone(),
+            since_ms: None,
+            segment: None,
+            reason: reason.to_string(),
+            holdout: Some((rc.holdout, holdout.clone())),
+        },
+    ) {
+        Ok(s) => s,
+        Err(e) => return Ok(Ended::Failed(None, format!("export: {e:#}"))),
+    };
+    let output = dir.join("student.onnx");
+    store.note_redistill_dataset(
+        job,
+        exported.count,
+        exported.holdout,
+        &output.display().to_string(),
+        now_ms(),
+    )?;
+    if exported.count < rc.min_samples {
+        return Ok(Ended::Failed(
+            None,
+            format!(
+                "only {} teacher samples to train on ({} held out); [redistill] min_samples is {}",
+                exported.count, exported.holdout, rc.min_samples
+            ),
+        ));
+    }
+    let args = argv(
+        &rc.command,
+        &dataset,
+        &config.teacher.path,
+        &config.student.path,
+        &output,
+    );
+    append_log(
+        &log,
+        &format!(
+            "sensei: job {job}: {} training records, {} held out; running {:?}",
+            exported.count, exported.holdout, args
+        ),
+    );
+    let log_file = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&log)
+        .with_context(|| format!("opening {}", log.display()))?;
+    let mut cmd = Command::new(&args[0]);
+    cmd.args(&args[1..])
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .stdout(log_file.try_clone()?)
+        .stderr(log_file);
+    std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+    let mut child = match cmd.spawn() {
+        Ok(c) => c,
+        Err(e) => {
+            return Ok(Ended::Failed(
+                None,
+                format!("cannot start {:?}: {e}", args[0]),
+            ));
+        }
+    };
+    let pid = child.id();
+    store.note_redistill_pid(job, pid, now_ms())?;
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait()? {
+            break status;
+        }
+        if started.elapsed() >= rc.timeout {
+            kill_group(i64::from(pid));
+            let _ = child.kill();
+            let _ = child.wait();
+            return Ok(Ended::TimedOut(format!(
+                "killed after the [redistill] timeout of {} s; {}",
+                rc.timeout.as_secs(),
+                log_tail(&log)
+            )));
+        }
+        if stopping() {
+            kill_group(i64::from(pid));
+            let _ = child.kill();
+            let _ = child.wait();
+            return Ok(Ended::Failed(
+                None,
+                "sensei stopped while the job ran; the command was killed".into(),
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    if !status.success() {
+        let code = status.code();
+        let how = match code {
+            Some(c) => format!("exit status {c}"),
+            None => "killed by a signal".into(),
+        };
+        return Ok(Ended::Failed(
+            code,
+            format!("the command failed ({how}); {}", log_tail(&log)),
+        ));
+    }
+    match check_candidate(config, &output) {
+        Ok(sha) => Ok(Ended::Succeeded(
+            output.clone(),
+            format!(
+                "candidate student {} (sha256 {}) trained on {} records; {} held out",
+                output.display(),
+                &sha[..12],
+                exported.count,
+                exported.holdout
+            ),
+        )),
+        Err(e) => Ok(Ended::Failed(
+            Some(0),
+            format!("the command succeeded but its output is not a usable student: {e:#}"),
+        )),
+    }
+}
+
+/// Loads the candidate as a student and checks it fits the teacher as the serving one does;
+/// returns its sha256.
+pub fn check_candidate(config: &Config, path: &Path) -> anyhow::Result<String> {
+    let meta =
+        std::fs::metadata(path).with_context(|| format!("{} was not written", path.display()))?;
+    if meta.len() == 0 {
+        anyhow::bail!("{} is empty", path.display());
+    }
+    let runtime = crate::model::runtime(&config.onnxruntime)?;
+    let mut candidate_config = config.student.clone();
+    candidate_config.path = path.to_path_buf();
+    let candidate = crate::model::Model::load(runtime, "candidate", &candidate_config)?;
+    let teacher = crate::model::Model::load(runtime, "teacher", &config.teacher)?;
+    let problems = crate::daemon::compatibility_problems(config, &candidate, &teacher);
+    if !problems.is_empty() {
+        anyhow::bail!("{}", problems.join("; "));
+    }
+    Ok(candidate.sha256.clone())
+}
+
+/// The daemon's re-distillation task: a thread that ends interrupted jobs, takes requests of
+/// alert rules and runs queued jobs, one at a time.
+pub struct RedistillTask {
+    stop: Sender<()>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl RedistillTask {
+    /// Starts the task on the daemon's current config (re-read at every step, so a reload that
+    /// changes `[redistill]` or the models applies to the next job).
+    pub fn start(config: SharedConfig) -> anyhow::Result<RedistillTask> {
+        let (stop, stopped) = std::sync::mpsc::channel();
+        let thread = std::thread::Builder::new()
+            .name("redistill".into())
+            .spawn(move || task(&config, &stopped))
+            .context("starting the re-distillation thread")?;
+        Ok(RedistillTask { stop, thread })
+    }
+
+    /// Stops the task; a running job's command is killed and the job recorded as failed.
+    pub fn stop(self) {
+        // Dropping the sender is the signal: both the poll and a running job see it.
+        drop(self.stop);
+        let _ = self.thread.join();
+    }
+}
+
+/// The daemon's config, replaced on reload.
+pub type SharedConfig = std::sync::Arc<std::sync::RwLock<std::sync::Arc<Config>>>;
+
+fn task(shared: &SharedConfig, stopped: &Receiver<()>) {
+    let current = || shared.read().map(|c| c.clone()).ok();
+    let Some(config) = current() else {
+        return;
+    };
+    let mut store = match Store::open(&config.store.path) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "Re-distillation is unavailable: cannot open the database.");
+            return;
+        }
+    };
+    let stopping = || !matches!(stopped.try_recv(), Err(TryRecvError::Empty));
+    loop {
+        if let Some(config) = current()
+            && let Err(e) = step(&mut store, &config, &stopping)
+        {
+            tracing::error!(error = %format!("{e:#}"), "Re-distillation step failed.");
+        }
+        match stopped.recv_timeout(POLL) {
+            Err(RecvTimeoutError::Timeout) => {}
+            _ => return,
+        }
+    }
+}
+
+fn step(store: &mut Store, config: &Config, stopping: &dyn Fn() -> bool) -> anyhow::Result<()> {
+    recover(store)?;
+    take_alert_actions(store, config)?;
+    let queued = store
+        .active_redistill_jobs()?
+        .into_iter()
+        .find(|j| j.status == "queued");
+    if let Some(job) = queued {
+        run_job(store, config, job.id, stopping)?;
+    }
+    Ok(())
+}

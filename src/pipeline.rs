@@ -646,26 +646,7 @@ impl Writer {
                     continue;
                 }
                 WriterMsg::Quarantined { meta, reason } => {
-                    let now = now_ms();
-                    if let Err(e) = self.store.record_quarantine(
-                        &meta.name,
-                        &meta.sha256,
-                        meta.size,
-                        meta.kind,
-                        &reason,
-                        now,
-                    ) {
-                        tracing::error!(file = %meta.name, error = %e, "Could not record the quarantined file in the ledger.");
-                    }
-                    report.files_quarantined += 1;
-                    if let Ok(mut set) = meta.in_flight.lock() {
-                        set.remove(&meta.path);
-                    }
-                    let outcome = FileOutcome::Quarantined { reason };
-                    self.metrics.file_finished(&meta, &outcome);
-                    if let Some(cb) = self.on_file.as_mut() {
-                        cb(&meta, &outcome);
-                    }
+                    self.finish(&meta, FileOutcome::Quarantined { reason }, &mut report);
                     continue;
                 }
             }
@@ -870,18 +851,19 @@ impl Writer {
                 crate::ingest::dispose(meta);
             }
             FileOutcome::Quarantined { reason } => {
-                let reason = reason.clone();
-                crate::ingest::quarantine(meta, &reason);
+                // Ledger first, then the move: a crash in between leaves the file in the inbox,
+                // where the next start quarantines it again without a second ledger row.
                 if let Err(e) = self.store.record_quarantine(
                     &meta.name,
                     &meta.sha256,
                     meta.size,
                     meta.kind,
-                    &reason,
+                    reason,
                     now_ms(),
                 ) {
                     tracing::error!(file = %meta.name, error = %e, "Could not record the quarantined file in the ledger.");
                 }
+                crate::ingest::quarantine(meta, reason);
                 report.files_quarantined += 1;
             }
             FileOutcome::Failed { error } => {

@@ -440,6 +440,17 @@ impl Store {
         now_ms: i64,
     ) -> Result<i64> {
         let tx = self.conn.transaction()?;
+        // The same file quarantined again (a crash between the ledger row and the move) keeps
+        // its one row.
+        let existing: Option<i64> = tx
+            .prepare_cached(
+                "SELECT id FROM files WHERE status = 'quarantined' AND name = ?1 AND sha256 = ?2 AND size = ?3",
+            )?
+            .query_row(params![name, sha256, size as i64], |r| r.get(0))
+            .optional()?;
+        if let Some(id) = existing {
+            return Ok(id);
+        }
         let id = insert_file(
             &tx,
             name,
@@ -826,6 +837,26 @@ impl Store {
         )?;
         let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// Records the gate's verdict on a job's candidate.
+    pub fn note_redistill_gate(
+        &mut self,
+        job: i64,
+        passed: bool,
+        evidence: &str,
+        now_ms: i64,
+    ) -> Result<()> {
+        self.conn.execute(
+            "UPDATE redistill_jobs SET gate = ?2, evidence = ?3, updated_at = ?4 WHERE id = ?1",
+            params![
+                job,
+                if passed { "passed" } else { "rejected" },
+                evidence,
+                now_ms
+            ],
+        )?;
+        Ok(())
     }
 
     /// Moves an alert action on (`started`, `skipped`, `done`, `failed`) with a note.
@@ -1326,6 +1357,17 @@ impl Reader {
         Ok(samples)
     }
 
+    /// The data files of the active baseline (the lab set), if there is one.
+    pub fn baseline_sources(&self) -> Result<Option<Vec<String>>> {
+        let sources: Option<String> = self
+            .conn
+            .query_row("SELECT sources FROM baselines WHERE active = 1", [], |r| {
+                r.get(0)
+            })
+            .optional()?;
+        Ok(sources.map(|s| serde_json::from_str(&s).unwrap_or_default()))
+    }
+
     /// The newest re-distillation jobs, newest first.
     pub fn redistill_jobs(&self, limit: i64) -> Result<Vec<JobRow>> {
         if !self.table_exists("redistill_jobs")? {
@@ -1408,12 +1450,14 @@ pub struct JobRow {
     pub output: Option<String>,
     pub exit_code: Option<i64>,
     pub detail: Option<String>,
+    pub gate: Option<String>,
+    pub evidence: Option<String>,
 }
 
 fn jobs(conn: &Connection, tail: &str, limit: i64) -> Result<Vec<JobRow>> {
     let sql = format!(
         "SELECT id, status, trigger, reason, action_id, requested_at, started_at, finished_at,
-                owner_pid, pid, dir, records, holdout, output, exit_code, detail
+                owner_pid, pid, dir, records, holdout, output, exit_code, detail, gate, evidence
          FROM redistill_jobs {tail} LIMIT ?1"
     );
     let mut stmt = conn.prepare(&sql)?;
@@ -1435,6 +1479,8 @@ fn jobs(conn: &Connection, tail: &str, limit: i64) -> Result<Vec<JobRow>> {
             output: r.get(13)?,
             exit_code: r.get(14)?,
             detail: r.get(15)?,
+            gate: r.get(16)?,
+            evidence: r.get(17)?,
         })
     })?;
     Ok(rows.collect::<rusqlite::Result<_>>()?)

@@ -324,7 +324,7 @@ impl Ingest {
 
     fn reject(&mut self, meta: Arc<FileMeta>, reason: String) -> Result<(), Closed> {
         tracing::warn!(file = %meta.name, reason = %reason, "File quarantined.");
-        quarantine(&meta, &reason);
+        // The writer records it in the ledger, then moves it (see `Writer::finish`).
         self.writer
             .send(WriterMsg::Quarantined { meta, reason })
             .map_err(|_| Closed)

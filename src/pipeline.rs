@@ -680,6 +680,8 @@ impl Writer {
             ..
         } = f;
         let mut records = Vec::with_capacity(rows.len());
+        // One query per file instead of one per record when no label is waiting for its record.
+        let waiting_labels = self.store.has_waiting_labels().unwrap_or(true);
         for (index, row) in rows.into_iter().enumerate() {
             match row {
                 Some(Ok(mut r)) => {
@@ -689,7 +691,7 @@ impl Writer {
                             None => r.sampled = crate::sampler::TEACHER_FAILED,
                         }
                     }
-                    if r.label.is_none() {
+                    if r.label.is_none() && waiting_labels {
                         r.label = self.store.pending_label(&r.record_id).ok().flatten();
                     }
                     records.push(r);

@@ -610,6 +610,14 @@ impl Store {
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
+    /// Whether any late label still waits for its record.
+    pub fn has_waiting_labels(&self) -> Result<bool> {
+        Ok(self
+            .conn
+            .prepare_cached("SELECT EXISTS (SELECT 1 FROM late_labels WHERE matched = 0)")?
+            .query_row([], |r| r.get(0))?)
+    }
+
     /// A late label that arrived before its record.
     pub fn pending_label(&self, record_id: &str) -> Result<Option<i64>> {
         Ok(self

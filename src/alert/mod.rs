@@ -288,7 +288,7 @@ fn document(
     kind: Kind,
     dedup_key: String,
     drifts: Vec<Drift>,
-    action: Option<(i64, String, String)>,
+    action: Option<ActionNote>,
     now: i64,
 ) -> Notification {
     let fired_at = state.fired_at.unwrap_or(now);
@@ -311,7 +311,7 @@ fn document(
         resolved_at: (kind == Kind::Resolved).then_some(state.resolved_at.unwrap_or(now)),
         created_at: now,
         dashboard_url: alerts.dashboard_url.clone(),
-        action: action.map(|(id, action, status)| ActionNote { action, id, status }),
+        action,
         drifts,
     }
 }
@@ -343,9 +343,20 @@ async fn deliver(
         let now = now_ms();
         let wait = match head {
             Some(p) if p.next_attempt_at <= now => {
+                // Say what sensei did as it stands now (the re-distillation loop may have
+                // started or skipped the requested job since the notification was made).
+                let mut doc = p.notification.clone();
+                if doc.action.is_some() {
+                    let alert = doc.alert_id.clone();
+                    if let Ok(Some(now)) =
+                        with_db(&db, move |db| store::action_of(db.conn(), &alert)).await
+                    {
+                        doc.action = Some(now);
+                    }
+                }
                 // Not raced against shutdown: a delivery that started completes (within its
                 // timeout) and is recorded, so a stop never turns into a duplicate.
-                let result = sender.send(&p.notification).await;
+                let result = sender.send(&doc).await;
                 let done = now_ms();
                 let (id, attempts) = (p.id, p.attempts);
                 match result {

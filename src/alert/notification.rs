@@ -19,8 +19,12 @@ pub struct ActionNote {
     pub action: String,
     /// `alert_actions.id`.
     pub id: i64,
-    /// `requested` when the notification was made.
+    /// `requested`, then as the re-distillation loop moves it on: `started`, `skipped`, `done`,
+    /// `failed`.
     pub status: String,
+    /// The loop's note (job id, or why it was skipped).
+    #[serde(default)]
+    pub detail: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -203,11 +207,27 @@ impl Notification {
 
     fn action_text(&self) -> String {
         match &self.action {
-            Some(a) if a.action == "redistill" => format!(
-                "Re-distillation of the student on the teacher-labelled field data was {} (action #{}).",
-                a.status, a.id
-            ),
-            Some(a) => format!("Action {} {} (#{}).", a.action, a.status, a.id),
+            Some(a) if a.action == "redistill" => {
+                let detail = a
+                    .detail
+                    .as_deref()
+                    .map_or(String::new(), |d| format!(": {d}"));
+                match a.status.as_str() {
+                    "requested" => format!(
+                        "re-distillation of the student on the teacher-labelled field data was requested (action #{}).",
+                        a.id
+                    ),
+                    "started" => format!("re-distillation started (action #{}{detail}).", a.id),
+                    "skipped" => format!(
+                        "re-distillation was not started (action #{}{detail}).",
+                        a.id
+                    ),
+                    "done" => format!("re-distillation finished (action #{}{detail}).", a.id),
+                    "failed" => format!("re-distillation failed (action #{}{detail}).", a.id),
+                    other => format!("re-distillation {other} (action #{}{detail}).", a.id),
+                }
+            }
+            Some(a) => format!("action {} {} (#{}).", a.action, a.status, a.id),
             None => {
                 "Nothing automatic: this rule has no action. Someone should look at it.".to_owned()
             }
@@ -446,6 +466,7 @@ mod tests {
                 action: "redistill".into(),
                 id: 3,
                 status: "requested".into(),
+                detail: None,
             }),
             drifts: vec![drift("line=A")],
         };
@@ -463,7 +484,10 @@ mod tests {
         let text = n.text();
         assert!(text.contains("0.2240 [0.1490, 0.3150]"), "{text}");
         assert!(text.contains("baseline   0.03400"), "{text}");
-        assert!(text.contains("Re-distillation"), "{text}");
+        assert!(
+            text.contains("What sensei did: re-distillation of the student"),
+            "{text}"
+        );
         assert!(text.contains("Dashboard: http://dash.example/"), "{text}");
         assert!(n.html().contains("<td>line=A</td>"));
     }

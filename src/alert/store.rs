@@ -14,7 +14,7 @@ use std::time::Duration;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, Transaction, params};
 use serde::Serialize;
 
-use super::notification::Notification;
+use super::notification::{ActionNote, Notification};
 use super::rule::{DriftEvent, GroupState, Status};
 
 pub struct AlertDb {
@@ -251,15 +251,19 @@ pub fn request_action(tx: &Connection, a: &NewAction<'_>, now: i64) -> rusqlite:
     )
 }
 
-/// The action an alert episode requested: `(id, action, status)`.
-pub fn action_of(
-    conn: &Connection,
-    alert_id: &str,
-) -> rusqlite::Result<Option<(i64, String, String)>> {
+/// The action an alert episode requested, as it stands now.
+pub fn action_of(conn: &Connection, alert_id: &str) -> rusqlite::Result<Option<ActionNote>> {
     conn.query_row(
-        "SELECT id, action, status FROM alert_actions WHERE alert_id = ?1 ORDER BY id LIMIT 1",
+        "SELECT id, action, status, detail FROM alert_actions WHERE alert_id = ?1 ORDER BY id LIMIT 1",
         [alert_id],
-        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        |r| {
+            Ok(ActionNote {
+                id: r.get(0)?,
+                action: r.get(1)?,
+                status: r.get(2)?,
+                detail: r.get(3)?,
+            })
+        },
     )
     .optional()
 }

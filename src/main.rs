@@ -120,6 +120,12 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 println!("{}", serde_json::to_string_pretty(&status)?);
             } else {
                 print!("{}", status.text());
+                // Notifications not delivered yet stay in sight (details: `sensei alert outbox`).
+                if let Ok(outbox) = sensei::alert::outbox_summary(&config.store.path)
+                    && !outbox.receivers.is_empty()
+                {
+                    print!("\n{}", outbox.text(sensei::alert::time::now_ms()));
+                }
             }
             Ok(ExitCode::SUCCESS)
         }

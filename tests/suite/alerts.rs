@@ -173,12 +173,13 @@ fn a_mail_held_up_by_an_smtp_outage_arrives_exactly_once() {
         outbox(&site, "MAX(attempts)") >= 3
     });
     assert_eq!(outbox(&site, "SUM(status = 'pending')"), 1);
-    let status = site.sensei(&["alert", "outbox"]);
-    let text = output(&status);
-    assert!(
-        text.contains("mail") && text.contains("UNDELIVERED"),
-        "{text}"
-    );
+    for command in [&["alert", "outbox"][..], &["status"][..]] {
+        let text = output(&site.sensei(command));
+        assert!(
+            text.contains("mail") && text.contains("UNDELIVERED"),
+            "{command:?}: {text}"
+        );
+    }
 
     smtp.restart();
     wait_until(WAIT, "the mail after the outage", || {

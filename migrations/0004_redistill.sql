@@ -19,6 +19,23 @@ CREATE TABLE redistill_jobs (
     output       TEXT,                        -- the candidate student ONNX the command was asked to write
     exit_code    INTEGER,                     -- the command's exit status
     detail       TEXT,                        -- what happened, in words (the reason of a failure)
+    gate         TEXT,                        -- the candidate's verdict: passed, rejected (NULL: not judged)
+    evidence     TEXT,                        -- JSON: the gate's measurements (docs/redistill.md)
     updated_at   INTEGER NOT NULL             -- unix ms
 );
 CREATE INDEX redistill_jobs_active ON redistill_jobs (status) WHERE status IN ('queued', 'running');
+
+-- Every change of the serving student: promotions (by hand, with the gate's evidence when the
+-- model is a job's candidate) and rollbacks.
+CREATE TABLE student_promotions (
+    id              INTEGER PRIMARY KEY,
+    kind            TEXT    NOT NULL CHECK (kind IN ('promote', 'rollback')),
+    promoted_at     INTEGER NOT NULL,         -- unix ms
+    model           TEXT    NOT NULL,         -- the student now serving (a copy in <state_dir>/models/)
+    sha256          TEXT    NOT NULL,
+    previous        TEXT    NOT NULL,         -- the student it replaced
+    previous_sha256 TEXT    NOT NULL,
+    job_id          INTEGER,                  -- redistill_jobs.id when the model is a job's candidate
+    reason          TEXT    NOT NULL,
+    evidence        TEXT                      -- JSON: the gate's measurements, when there are any
+);

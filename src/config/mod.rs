@@ -58,6 +58,12 @@ pub struct RedistillConfig {
     pub holdout: f64,
     /// A job needs at least this many teacher samples to train on.
     pub min_samples: usize,
+    /// The gate: the candidate must beat the student's held-out agreement by this much...
+    pub gate_margin: f64,
+    /// ... with a one-sided p-value below this...
+    pub gate_alpha: f64,
+    /// ... and not regress on the lab set by more than this (disagreement and error rates).
+    pub gate_lab_tolerance: f64,
     /// The distillation buffer's size cap and share.
     pub buffer: crate::redistill::BufferPolicy,
 }

@@ -69,6 +69,9 @@ pub struct RawRedistill {
     pub keep_students: Option<RawInt>,
     pub holdout: Option<f64>,
     pub min_samples: Option<RawInt>,
+    pub gate_margin: Option<f64>,
+    pub gate_alpha: Option<f64>,
+    pub gate_lab_tolerance: Option<f64>,
     pub buffer_max_samples: Option<RawInt>,
     pub buffer_in_distribution_share: Option<f64>,
 }

@@ -352,6 +352,13 @@ impl Check<'_> {
             keep_students: self.integer("redistill.keep_students", raw.keep_students, 3, 1, 1000),
             holdout,
             min_samples: self.integer("redistill.min_samples", raw.min_samples, 100, 2, i64::MAX),
+            gate_margin: self.fraction("redistill.gate_margin", raw.gate_margin, 0.01),
+            gate_alpha: self.fraction("redistill.gate_alpha", raw.gate_alpha, 0.05),
+            gate_lab_tolerance: self.fraction(
+                "redistill.gate_lab_tolerance",
+                raw.gate_lab_tolerance,
+                0.02,
+            ),
             buffer: crate::redistill::BufferPolicy {
                 max_samples: self.integer(
                     "redistill.buffer_max_samples",

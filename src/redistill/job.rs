@@ -433,21 +433,66 @@ fn execute(
         ));
     }
     match check_candidate(config, &output) {
-        Ok(sha) => Ok(Ended::Succeeded(
-            output.clone(),
-            format!(
-                "candidate student {} (sha256 {}) trained on {} records; {} held out",
-                output.display(),
-                &sha[..12],
-                exported.count,
-                exported.holdout
-            ),
-        )),
+        Ok(sha) => {
+            let verdict = judge(store, config, job, &output, &holdout, exported.holdout);
+            Ok(Ended::Succeeded(
+                output.clone(),
+                format!(
+                    "candidate student {} (sha256 {}) trained on {} records; gate: {verdict}",
+                    output.display(),
+                    &sha[..12],
+                    exported.count,
+                ),
+            ))
+        }
         Err(e) => Ok(Ended::Failed(
             Some(0),
             format!("the command succeeded but its output is not a usable student: {e:#}"),
         )),
     }
+}
+
+/// Runs the gate on a job's candidate and records the verdict; returns it in words.
+fn judge(
+    store: &mut Store,
+    config: &Config,
+    job: i64,
+    candidate: &Path,
+    holdout: &Path,
+    held: usize,
+) -> String {
+    let (passed, evidence, text) = if held == 0 {
+        let reason = "no held-out records to judge the candidate on";
+        (
+            false,
+            serde_json::json!({"passed": false, "reasons": [reason]}),
+            reason.to_string(),
+        )
+    } else {
+        match super::gate::evaluate(config, candidate, holdout) {
+            Ok(e) => (
+                e.passed,
+                serde_json::to_value(&e).unwrap_or_default(),
+                format!(
+                    "{} — {}",
+                    if e.passed { "passed" } else { "rejected" },
+                    e.summary()
+                ),
+            ),
+            Err(e) => {
+                let reason = format!("the candidate could not be evaluated: {e:#}");
+                (
+                    false,
+                    serde_json::json!({"passed": false, "reasons": [reason]}),
+                    reason,
+                )
+            }
+        }
+    };
+    if let Err(e) = store.note_redistill_gate(job, passed, &evidence.to_string(), now_ms()) {
+        tracing::error!(job, error = %e, "Recording the gate's verdict failed.");
+    }
+    text
 }
 
 /// Loads the candidate as a student and checks it fits the teacher as the serving one does;

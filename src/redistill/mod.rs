@@ -10,10 +10,13 @@
 //! - [`buffer`]: which teacher samples the size-capped buffer keeps.
 //! - [`export`]: `sensei export` and the job's dataset (docs/dataset-format.md).
 //! - [`safetensors`]: the tensor file format of the dataset.
+//! - [`gate`]: a candidate against the serving student, on held-out field records and the lab
+//!   set, with a significance test.
 //! - [`job`]: requests, the job runner, recovery after a restart, the daemon's task.
 
 pub mod buffer;
 pub mod export;
+pub mod gate;
 pub mod job;
 pub mod safetensors;
 

@@ -426,3 +426,52 @@ fn a_daemon_killed_while_a_job_runs_records_the_job_as_failed_at_restart() {
     );
     assert!(daemon.stop().success());
 }
+
+#[test]
+fn a_candidate_no_better_than_the_student_is_rejected_by_the_gate_with_its_evidence() {
+    // The job hands back the serving student itself: same answers on every held-out record.
+    let site = Site::with_models(demo("student.onnx"), demo("teacher.onnx"));
+    site.write_config(&redistill_config(
+        r#"["sh", "-c", "cp \"$1\" \"$2\"", "job", "{student}", "{output}", "{dataset}"]"#,
+        "",
+    ));
+    let out = site.sensei(&["baseline", demo("lab.jsonl").to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out));
+    let out = site.sensei(&["replay", demo("streams/gain_drift.jsonl").to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out));
+    let out = site.sensei(&["redistill"]);
+    // The job itself succeeded: it wrote a usable student.
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("gate: rejected"), "{}", text(&out));
+    let (gate, evidence): (String, String) = site
+        .db()
+        .query_row(
+            "SELECT gate, evidence FROM redistill_jobs WHERE id = 1",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    assert_eq!(gate, "rejected");
+    let e: serde_json::Value = serde_json::from_str(&evidence).unwrap();
+    assert_eq!(e["passed"], false);
+    assert_eq!(
+        e["holdout"]["records"],
+        site.query_i64("SELECT holdout FROM redistill_jobs WHERE id = 1")
+    );
+    assert_eq!(e["holdout"]["candidate_only"], 0);
+    assert_eq!(e["holdout"]["student_only"], 0);
+    assert_eq!(e["holdout"]["p_value"], 1.0);
+    assert_eq!(
+        e["holdout"]["candidate_agreement"],
+        e["holdout"]["student_agreement"]
+    );
+    // The lab set of the active baseline was run too, with identical results.
+    assert_eq!(e["lab"]["records"], 270);
+    assert_eq!(
+        e["lab"]["candidate_disagreement"],
+        e["lab"]["student_disagreement"]
+    );
+    let reasons = e["reasons"].to_string();
+    assert!(reasons.contains("below gate_margin"), "{reasons}");
+    assert!(reasons.contains("not significant"), "{reasons}");
+}

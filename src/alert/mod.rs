@@ -103,6 +103,8 @@ fn alertmanager_lifetime(alerts: &AlertConfig) -> Duration {
     (alerts.evaluation_interval * 4).max(Duration::from_secs(300))
 }
 
+// A std mutex, not tokio's: it is only ever locked inside `spawn_blocking`, around short SQLite
+// calls, never across an await. One connection serves the evaluator and every delivery worker.
 type Db = Arc<Mutex<AlertDb>>;
 
 /// Runs blocking database work off the async threads.

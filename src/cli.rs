@@ -87,6 +87,27 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Make MODEL the serving student: check it fits the teacher, copy it into the state
+    /// directory's models/ under a versioned name, and record the promotion with the gate's
+    /// evidence when MODEL is a re-distillation job's candidate. Takes effect when the daemon
+    /// reloads (SIGHUP) or restarts.
+    Promote {
+        #[arg(value_name = "MODEL")]
+        model: PathBuf,
+        /// Why (recorded with the promotion).
+        #[arg(long, default_value = "sensei promote by the operator")]
+        reason: String,
+        /// Promote a job's candidate even though the gate did not pass it.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Go back to the student the serving one replaced (recorded like a promotion). Takes effect
+    /// when the daemon reloads (SIGHUP) or restarts.
+    Rollback {
+        /// Why (recorded with the rollback).
+        #[arg(long, default_value = "sensei rollback by the operator")]
+        reason: String,
+    },
     /// Alerts: send a test notification, or show the outbox.
     Alert {
         #[command(subcommand)]

@@ -121,7 +121,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             } else {
                 print!("{}", status.text());
                 // Notifications not delivered yet stay in sight (details: `sensei alert outbox`).
-                if let Ok(outbox) = sensei::alert::outbox_summary(&config.store.path)
+                if let Some(outbox) = &status.outbox
                     && !outbox.receivers.is_empty()
                 {
                     print!("\n{}", outbox.text(sensei::alert::time::now_ms()));
@@ -176,6 +176,30 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             } else {
                 ExitCode::FAILURE
             })
+        }
+        Command::Promote {
+            model,
+            reason,
+            force,
+        } => {
+            let config = match load_config(&cli.config) {
+                Ok(c) => c,
+                Err(code) => return Ok(code),
+            };
+            init_logging(LogFormat::Auto, "warn,ort=error");
+            let changed = sensei::redistill::promote::promote(&config, &model, &reason, force)?;
+            print!("{}", changed.text());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Rollback { reason } => {
+            let config = match load_config(&cli.config) {
+                Ok(c) => c,
+                Err(code) => return Ok(code),
+            };
+            init_logging(LogFormat::Auto, "warn,ort=error");
+            let changed = sensei::redistill::promote::rollback(&config, &reason)?;
+            print!("{}", changed.text());
+            Ok(ExitCode::SUCCESS)
         }
         Command::Alert { command } => {
             let config = match load_config(&cli.config) {

@@ -867,6 +867,64 @@ impl Store {
         Ok(())
     }
 
+    /// The job whose candidate is `output`: (id, gate, evidence).
+    pub fn job_for_output(&self, output: &str) -> Result<Option<JobVerdict>> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT id, gate, evidence FROM redistill_jobs WHERE output = ?1 ORDER BY id DESC LIMIT 1",
+                [output],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .optional()?)
+    }
+
+    /// Records a change of the serving student; returns its id.
+    pub fn insert_promotion(&mut self, p: &Promotion, now_ms: i64) -> Result<i64> {
+        self.conn.execute(
+            "INSERT INTO student_promotions (kind, promoted_at, model, sha256, previous,
+                 previous_sha256, job_id, reason, evidence)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+            params![
+                p.kind,
+                now_ms,
+                p.model,
+                p.sha256,
+                p.previous,
+                p.previous_sha256,
+                p.job_id,
+                p.reason,
+                p.evidence
+            ],
+        )?;
+        Ok(self.conn.last_insert_rowid())
+    }
+
+    /// The latest promotion that made `model` the serving student.
+    pub fn promotion_of(&self, model: &str) -> Result<Option<Promotion>> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT kind, model, sha256, previous, previous_sha256, job_id, reason, evidence
+                 FROM student_promotions WHERE model = ?1 AND kind = 'promote'
+                 ORDER BY id DESC LIMIT 1",
+                [model],
+                |r| {
+                    Ok(Promotion {
+                        kind: r.get(0)?,
+                        model: r.get(1)?,
+                        sha256: r.get(2)?,
+                        previous: r.get(3)?,
+                        previous_sha256: r.get(4)?,
+                        job_id: r.get(5)?,
+                        reason: r.get(6)?,
+                        evidence: r.get(7)?,
+                    })
+                },
+            )
+            .optional()?)
+    }
+
     /// Moves an alert action on (`started`, `skipped`, `done`, `failed`) with a note.
     pub fn update_alert_action(
         &mut self,
@@ -1411,6 +1469,23 @@ pub struct ExportInput {
     pub dtype: String,
     pub shape: String,
     pub data: Vec<u8>,
+}
+
+/// A job's id, its gate verdict and the evidence (JSON).
+pub type JobVerdict = (i64, Option<String>, Option<String>);
+
+/// A `student_promotions` row.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Promotion {
+    /// `promote` or `rollback`.
+    pub kind: String,
+    pub model: String,
+    pub sha256: String,
+    pub previous: String,
+    pub previous_sha256: String,
+    pub job_id: Option<i64>,
+    pub reason: String,
+    pub evidence: Option<String>,
 }
 
 /// Who asks for a re-distillation job, and why.

@@ -283,8 +283,12 @@ impl std::fmt::Debug for Secret {
 
 impl Config {
     /// Reads and validates a config file; on failure the error lists every problem.
+    /// A student promoted by `sensei promote` serves in place of `[student] path`
+    /// (`crate::redistill::promote`).
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        validate::load(path)
+        let mut config = validate::load(path)?;
+        crate::redistill::promote::apply_promoted_student(&mut config);
+        Ok(config)
     }
 
     /// Parses and validates TOML text as if read from `source` (relative paths resolve against

@@ -12,12 +12,14 @@
 //! - [`safetensors`]: the tensor file format of the dataset.
 //! - [`gate`]: a candidate against the serving student, on held-out field records and the lab
 //!   set, with a significance test.
+//! - [`promote`]: `sensei promote` and `sensei rollback`; which student serves.
 //! - [`job`]: requests, the job runner, recovery after a restart, the daemon's task.
 
 pub mod buffer;
 pub mod export;
 pub mod gate;
 pub mod job;
+pub mod promote;
 pub mod safetensors;
 
 pub use buffer::{BufferEntry, BufferPolicy};

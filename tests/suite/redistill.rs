@@ -27,6 +27,15 @@ fn site_with_drifted_stream(extra: &str) -> Site {
     site
 }
 
+/// Writes the stream's lines `[from, to)` to a file of its own.
+fn part(site: &Site, stream: &str, from: usize, to: usize) -> PathBuf {
+    let text = std::fs::read_to_string(demo(&format!("streams/{stream}.jsonl"))).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    let path = site.root().join(format!("{stream}-{from}-{to}.jsonl"));
+    std::fs::write(&path, lines[from..to.min(lines.len())].join("\n") + "\n").unwrap();
+    path
+}
+
 fn python(script: &str, args: &[&str]) -> std::process::Output {
     Command::new("python3")
         .arg("-c")
@@ -474,4 +483,182 @@ fn a_candidate_no_better_than_the_student_is_rejected_by_the_gate_with_its_evide
     let reasons = e["reasons"].to_string();
     assert!(reasons.contains("below gate_margin"), "{reasons}");
     assert!(reasons.contains("not significant"), "{reasons}");
+}
+
+#[test]
+fn a_candidate_the_gate_passes_is_promoted_and_serves_the_next_records_and_rollback_restores() {
+    // The job hands back a copy of the teacher: the strongest possible candidate.
+    let site = Site::with_models(demo("student.onnx"), demo("teacher.onnx"));
+    let config = redistill_config(
+        r#"["sh", "-c", "cp \"$1\" \"$2\"", "job", "{teacher}", "{output}", "{dataset}"]"#,
+        "keep_students = 1",
+    );
+    site.write_config(&config);
+    assert!(
+        site.sensei(&["baseline", demo("lab.jsonl").to_str().unwrap()])
+            .status
+            .success()
+    );
+    let stream = demo("streams/offset_drift.jsonl");
+    assert!(
+        site.sensei(&["replay", stream.to_str().unwrap()])
+            .status
+            .success()
+    );
+    let out = site.sensei(&["redistill"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("gate: passed"), "{}", text(&out));
+    let e: serde_json::Value = serde_json::from_str(
+        &site
+            .db()
+            .query_row(
+                "SELECT evidence FROM redistill_jobs WHERE id = 1",
+                [],
+                |r| r.get::<_, String>(0),
+            )
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(e["holdout"]["candidate_agreement"], 1.0);
+    assert!(e["holdout"]["p_value"].as_f64().unwrap() < 0.05, "{e}");
+    assert_eq!(e["lab"]["candidate_disagreement"], 0.0);
+
+    let candidate = site.root().join("state/redistill/job-1/student.onnx");
+    let out = site.sensei(&[
+        "promote",
+        candidate.to_str().unwrap(),
+        "--reason",
+        "drift on line B",
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("takes effect when the daemon reloads"),
+        "{}",
+        text(&out)
+    );
+    let (kind, job_id, reason, evidence): (String, i64, String, String) = site
+        .db()
+        .query_row(
+            "SELECT kind, job_id, reason, evidence FROM student_promotions",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+        )
+        .unwrap();
+    assert_eq!(
+        (kind.as_str(), job_id, reason.as_str()),
+        ("promote", 1, "drift on line B")
+    );
+    assert!(evidence.contains("\"passed\":true"), "{evidence}");
+    let models: Vec<String> = std::fs::read_dir(site.root().join("state/models"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        models.iter().any(|m| m.starts_with("student-1-")),
+        "{models:?}"
+    );
+
+    // The promoted student answers the next records: it agrees with the teacher everywhere.
+    let before = site.query_i64("SELECT MAX(seq) FROM records");
+    let more = part(&site, "gain_drift", 0, 100);
+    assert!(
+        site.sensei(&["replay", more.to_str().unwrap()])
+            .status
+            .success()
+    );
+    let served: String = site
+        .db()
+        .query_row(
+            "SELECT DISTINCT student FROM records WHERE seq > ?1",
+            [before],
+            |r| r.get(0),
+        )
+        .unwrap();
+    let teacher: String = site
+        .db()
+        .query_row(
+            "SELECT DISTINCT teacher FROM teacher_samples LIMIT 1",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(served, teacher);
+    assert_eq!(
+        site.query_i64(&format!(
+            "SELECT SUM(disagreement) FROM teacher_samples WHERE seq > {before}"
+        )),
+        0
+    );
+
+    // Rollback: the configured student serves again; a second rollback has nothing to go to.
+    let out = site.sensei(&["rollback"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(!site.root().join("state/models/student.json").exists());
+    let before = site.query_i64("SELECT MAX(seq) FROM records");
+    let again = part(&site, "gain_drift", 100, 150);
+    assert!(
+        site.sensei(&["replay", again.to_str().unwrap()])
+            .status
+            .success()
+    );
+    let served: String = site
+        .db()
+        .query_row(
+            "SELECT DISTINCT student FROM records WHERE seq > ?1",
+            [before],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_ne!(served, teacher);
+    let out = site.sensei(&["rollback"]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out).contains("nothing to roll back to"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(
+        site.query_i64("SELECT COUNT(*) FROM student_promotions WHERE kind = 'rollback'"),
+        1
+    );
+}
+
+#[test]
+fn a_rejected_candidate_is_promoted_only_with_force_and_old_copies_are_pruned() {
+    let site = site_with_drifted_stream(&redistill_config(
+        r#"["sh", "-c", "cp \"$1\" \"$2\"", "job", "{student}", "{output}", "{dataset}"]"#,
+        "keep_students = 1",
+    ));
+    let out = site.sensei(&["redistill"]);
+    assert!(text(&out).contains("gate: rejected"), "{}", text(&out));
+    let candidate = site.root().join("state/redistill/job-1/student.onnx");
+    // The candidate is the serving student itself.
+    let out = site.sensei(&["promote", candidate.to_str().unwrap(), "--force"]);
+    assert!(
+        text(&out).contains("is the serving student already"),
+        "{}",
+        text(&out)
+    );
+    // The teacher is not a job's candidate: no gate applies, and it may be promoted by hand.
+    let out = site.sensei(&["promote", demo("teacher.onnx").to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out));
+    // Now the job's candidate (the original student) differs from the serving one, but the gate
+    // rejected it.
+    let out = site.sensei(&["promote", candidate.to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(text(&out).contains("--force"), "{}", text(&out));
+    let out = site.sensei(&["promote", candidate.to_str().unwrap(), "--force"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let out = site.sensei(&["promote", demo("teacher.onnx").to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out));
+    // Three promotions, keep_students = 1: the serving copy and one previous remain.
+    let mut models: Vec<String> = std::fs::read_dir(site.root().join("state/models"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|m| m.ends_with(".onnx"))
+        .collect();
+    models.sort();
+    assert_eq!(models.len(), 2, "{models:?}");
+    assert!(models[0].starts_with("student-2-") && models[1].starts_with("student-3-"));
+    assert_eq!(site.query_i64("SELECT COUNT(*) FROM student_promotions"), 3);
 }

@@ -212,6 +212,8 @@ pub struct StatusReport {
     pub signals: Vec<SignalStatus>,
     /// The latest drift events, oldest first.
     pub recent_events: Vec<crate::store::DriftEventRow>,
+    /// Alert notifications per receiver: sent, pending, failing (undelivered stay visible).
+    pub outbox: Option<crate::alert::OutboxSummary>,
 }
 
 /// One signal of one segment, as `status` shows it.
@@ -238,6 +240,7 @@ pub fn status(config: &Config) -> anyhow::Result<StatusReport> {
     let mut report = status_of(&config.store.path, &s);
     report.baseline = reader.active_baseline()?;
     report.recent_events = reader.recent_events(RECENT_EVENTS)?;
+    report.outbox = crate::alert::outbox_summary(&config.store.path).ok();
     let reference: Option<crate::drift::Reference> = report
         .baseline
         .as_ref()
@@ -334,6 +337,7 @@ fn status_of(db: &Path, s: &Summary) -> StatusReport {
         baseline: None,
         signals: Vec::new(),
         recent_events: Vec::new(),
+        outbox: None,
     }
 }
 

@@ -662,3 +662,108 @@ fn a_rejected_candidate_is_promoted_only_with_force_and_old_copies_are_pruned() 
     assert!(models[0].starts_with("student-2-") && models[1].starts_with("student-3-"));
     assert_eq!(site.query_i64("SELECT COUNT(*) FROM student_promotions"), 3);
 }
+
+/// The loop in the running daemon: a drifted stream raises a drift event, the alert rule asks
+/// for a re-distillation, the daemon runs the job, the gate passes the candidate, the operator
+/// promotes it, a reload serves it, and the rest of the stream disagrees less with the teacher.
+/// The job hands back a copy of the teacher (the ideal re-distillation), so the numbers are
+/// deterministic; the reference distiller itself is exercised by the tests above.
+#[test]
+fn drift_alert_job_gate_promotion_and_reload_close_the_loop_in_the_daemon() {
+    let site = Site::with_models(demo("student.onnx"), demo("teacher.onnx"));
+    let notifications = site.root().join("notifications.jsonl");
+    site.write_config(&format!(
+        "[sampling]\nrate = 1.0\nseed = 3\nmax_per_minute = 1000000\nqueue = 100000\n\
+         [alerts]\nevaluation_interval = \"200ms\"\n\
+         [receivers.log]\ntype = \"command\"\ncommand = [\"sh\", \"-c\", \"cat >> \\\"$0\\\"; echo >> \\\"$0\\\"\", {:?}]\n\
+         [[rules]]\nname = \"student-drifts\"\nsignal = \"disagreement\"\nreceivers = [\"log\"]\naction = \"redistill\"\n{}",
+        notifications.display().to_string(),
+        redistill_config(
+            r#"["sh", "-c", "cp \"$1\" \"$2\"", "job", "{teacher}", "{output}", "{dataset}"]"#,
+            ""
+        )
+    ));
+    assert!(
+        site.sensei(&["baseline", demo("lab.jsonl").to_str().unwrap()])
+            .status
+            .success()
+    );
+    let p0: f64 = site
+        .db()
+        .query_row(
+            "SELECT json_extract(profile, '$.disagreement.rate') FROM baselines WHERE active = 1",
+            [],
+            |r| r.get::<_, Option<f64>>(0),
+        )
+        .unwrap()
+        .unwrap_or(0.026);
+    let mut daemon = site.start();
+    let wait = std::time::Duration::from_secs(60);
+
+    // 1-2. The drifted part of the stream (the drift starts at record 201): event, alert.
+    let first = std::fs::read(part(&site, "offset_drift", 0, 400)).unwrap();
+    site.deliver("offset_drift-a.jsonl", &first);
+    crate::common::wait_until(wait, "a disagreement drift event", || {
+        site.query_i64("SELECT COUNT(*) FROM drift_events WHERE signal = 'disagreement'") > 0
+    });
+    crate::common::wait_until(wait, "the alert's re-distillation request", || {
+        site.query_i64("SELECT COUNT(*) FROM alert_actions WHERE action = 'redistill'") > 0
+    });
+    // 3-5. The job, its candidate and the gate.
+    crate::common::wait_until(wait, "the job to end", || {
+        site.query_i64(
+            "SELECT COUNT(*) FROM redistill_jobs WHERE status NOT IN ('queued', 'running')",
+        ) > 0
+    });
+    let (status, _, detail) = job(&site, 1);
+    assert_eq!(status, "succeeded", "{detail}");
+    let (trigger, gate): (String, String) = site
+        .db()
+        .query_row(
+            "SELECT trigger, gate FROM redistill_jobs WHERE id = 1",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    assert_eq!(trigger, "alert:student-drifts");
+    assert_eq!(gate, "passed", "{detail}");
+    assert_eq!(
+        site.query_i64("SELECT COUNT(*) FROM alert_actions WHERE status = 'done'"),
+        1
+    );
+    let before: f64 = site
+        .db()
+        .query_row(
+            "SELECT AVG(disagreement) FROM teacher_samples WHERE seq > 200 AND seq <= 400",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+
+    // 6. Promotion by the operator, applied by a reload.
+    let candidate = site.root().join("state/redistill/job-1/student.onnx");
+    let out = site.sensei(&["promote", candidate.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out));
+    daemon.signal("HUP");
+    crate::common::wait_until(wait, "the reload", || {
+        daemon.log_text().contains("The new config is applied")
+    });
+    assert!(daemon.alive());
+
+    // 7. The rest of the drifted stream disagrees less than before, and no more than the lab.
+    let rest = std::fs::read(part(&site, "offset_drift", 400, 450)).unwrap();
+    site.deliver("offset_drift-b.jsonl", &rest);
+    crate::common::wait_until(wait, "the rest of the stream", || site.records() == 450);
+    let after: f64 = site
+        .db()
+        .query_row(
+            "SELECT AVG(disagreement) FROM teacher_samples WHERE seq > 400",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    eprintln!("disagreement: lab {p0:.3}, drifted before promotion {before:.3}, after {after:.3}");
+    assert!(before > p0 + 0.05, "before {before}, lab {p0}");
+    assert!(after <= p0, "after {after}, lab {p0}");
+    assert!(daemon.stop().success());
+}

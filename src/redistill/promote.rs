@@ -14,6 +14,11 @@
 //! Each promotion and rollback is a `student_promotions` row with the reason and, when the model
 //! is a job's candidate, the gate's evidence. A candidate the gate rejected is promoted only
 //! with `--force`. The `keep_students` newest previous copies are kept.
+//!
+//! The drift detectors compare the field with a baseline measured with the student that serves;
+//! after a change of student that reference is stale. So a promotion or rollback measures a new
+//! baseline on the active baseline's lab files with the new student (as `sensei baseline`
+//! does), and the detectors re-arm on it when the daemon reloads.
 
 use std::path::{Path, PathBuf};
 
@@ -93,6 +98,8 @@ pub struct Changed {
     pub previous: PathBuf,
     pub job: Option<i64>,
     pub evidence: Option<serde_json::Value>,
+    /// The baseline version measured with the new student, or why there is none.
+    pub baseline: Result<Option<i64>, String>,
 }
 
 impl Changed {
@@ -115,6 +122,15 @@ impl Changed {
             && let Ok(e) = serde_json::from_value::<super::gate::Evidence>(e.clone())
         {
             s.push_str(&format!("gate: {}\n", e.summary()));
+        }
+        match &self.baseline {
+            Ok(Some(v)) => s.push_str(&format!(
+                "baseline version {v} measured with it on the lab set: the detectors re-arm on it\n"
+            )),
+            Ok(None) => s.push_str("no baseline to re-measure (run sensei baseline)\n"),
+            Err(e) => s.push_str(&format!(
+                "the lab set could not be re-measured ({e}); run sensei baseline\n"
+            )),
         }
         s.push_str(
             "takes effect when the daemon reloads (systemctl reload sensei, or SIGHUP) or restarts\n",
@@ -185,7 +201,9 @@ pub fn promote(
     };
     store.insert_promotion(&row, now_ms())?;
     prune(&dir, &target, config.redistill.keep_students);
+    let baseline = rearm(config, &target);
     Ok(Changed {
+        baseline,
         kind: "promote".into(),
         model: target,
         sha256: sha,
@@ -234,7 +252,9 @@ pub fn rollback(config: &Config, reason: &str) -> anyhow::Result<Changed> {
         },
         now_ms(),
     )?;
+    let baseline = rearm(config, &previous);
     Ok(Changed {
+        baseline,
         kind: "rollback".into(),
         model: previous,
         sha256: file.sha256,
@@ -242,6 +262,22 @@ pub fn rollback(config: &Config, reason: &str) -> anyhow::Result<Changed> {
         job: None,
         evidence: None,
     })
+}
+
+/// A new baseline on the active baseline's lab files, measured with `student`.
+fn rearm(config: &Config, student: &Path) -> Result<Option<i64>, String> {
+    let sources = crate::store::Reader::open(&config.store.path)
+        .and_then(|r| r.baseline_sources())
+        .map_err(|e| e.to_string())?;
+    let Some(sources) = sources else {
+        return Ok(None);
+    };
+    let mut with_student = config.clone();
+    with_student.student.path = student.to_path_buf();
+    let paths: Vec<PathBuf> = sources.into_iter().map(PathBuf::from).collect();
+    crate::commands::baseline(&with_student, &paths)
+        .map(|report| Some(report.version))
+        .map_err(|e| format!("{e:#}"))
 }
 
 /// `student-<n>-…` numbers: one more than the highest in the directory.

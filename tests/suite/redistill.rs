@@ -557,6 +557,8 @@ fn a_candidate_the_gate_passes_is_promoted_and_serves_the_next_records_and_rollb
         models.iter().any(|m| m.starts_with("student-1-")),
         "{models:?}"
     );
+    // The detectors re-arm on a baseline measured with the promoted student.
+    assert!(text(&out).contains("baseline version 2"), "{}", text(&out));
 
     // The promoted student answers the next records: it agrees with the teacher everywhere.
     let before = site.query_i64("SELECT MAX(seq) FROM records");
@@ -583,6 +585,13 @@ fn a_candidate_the_gate_passes_is_promoted_and_serves_the_next_records_and_rollb
         )
         .unwrap();
     assert_eq!(served, teacher);
+    let active: String = site
+        .db()
+        .query_row("SELECT student FROM baselines WHERE version = 2", [], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    assert_eq!(active, teacher);
     assert_eq!(
         site.query_i64(&format!(
             "SELECT SUM(disagreement) FROM teacher_samples WHERE seq > {before}"
@@ -593,6 +602,14 @@ fn a_candidate_the_gate_passes_is_promoted_and_serves_the_next_records_and_rollb
     // Rollback: the configured student serves again; a second rollback has nothing to go to.
     let out = site.sensei(&["rollback"]);
     assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("baseline version 3"), "{}", text(&out));
+    let active: String = site
+        .db()
+        .query_row("SELECT student FROM baselines WHERE active = 1", [], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    assert_ne!(active, teacher);
     assert!(!site.root().join("state/models/student.json").exists());
     let before = site.query_i64("SELECT MAX(seq) FROM records");
     let again = part(&site, "gain_drift", 100, 150);

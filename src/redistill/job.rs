@@ -112,9 +112,34 @@ fn enqueue(
     Ok(store.enqueue_redistill_job(request, min_interval, force, now_ms())?)
 }
 
-/// Whether a process exists (Linux: `/proc/<pid>`).
-fn alive(pid: i64) -> bool {
-    pid > 0 && Path::new(&format!("/proc/{pid}")).exists()
+/// Whether `pid` is a running sensei process (Linux: `/proc/<pid>/comm`). Checking the name, not
+/// just the pid, keeps a pid reused after a reboot from passing for the job's supervisor.
+fn sensei_alive(pid: i64) -> bool {
+    pid > 0
+        && std::fs::read_to_string(format!("/proc/{pid}/comm"))
+            .is_ok_and(|comm| comm.trim_end().starts_with("sensei"))
+}
+
+/// Whether `pid` is still the leader of its own process group, as a job's command is (a reused
+/// pid almost never is): only then is its group killed.
+fn group_leader_alive(pid: i64) -> bool {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    // After the parenthesised command name: state, ppid, pgrp.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map_or(Vec::new(), |(_, rest)| rest.split_whitespace().collect());
+    fields.first().is_some_and(|state| *state != "Z")
+        && fields.get(2).and_then(|g| g.parse::<i64>().ok()) == Some(pid)
+}
+
+/// The jobs this process is running (its pid may equal a dead supervisor's after a restart in
+/// a fresh pid namespace, so the pid alone does not say a job is ours).
+static RUNNING_HERE: std::sync::Mutex<Vec<i64>> = std::sync::Mutex::new(Vec::new());
+
+fn running_here(job: i64) -> bool {
+    RUNNING_HERE.lock().is_ok_and(|jobs| jobs.contains(&job))
 }
 
 /// Kills a job's process group (the command and whatever it started).
@@ -135,11 +160,11 @@ pub fn recover(store: &mut Store) -> anyhow::Result<Vec<i64>> {
         let Some(owner) = job.owner_pid else {
             continue;
         };
-        if job.status != "running" || owner == me || alive(owner) {
+        if job.status != "running" || running_here(job.id) || (owner != me && sensei_alive(owner)) {
             continue;
         }
         let what = match job.pid {
-            Some(pid) if alive(pid) => {
+            Some(pid) if group_leader_alive(pid) => {
                 kill_group(pid);
                 format!("its command (pid {pid}) was still running and was killed")
             }
@@ -230,7 +255,14 @@ pub fn run_job(
         return Ok(None);
     }
     let log = dir.join("job.log");
-    let (status, exit_code, detail, output) = match execute(store, config, job, &dir, stopping) {
+    if let Ok(mut jobs) = RUNNING_HERE.lock() {
+        jobs.push(job);
+    }
+    let ended = execute(store, config, job, &dir, stopping);
+    if let Ok(mut jobs) = RUNNING_HERE.lock() {
+        jobs.retain(|&j| j != job);
+    }
+    let (status, exit_code, detail, output) = match ended {
         Ok(Ended::Succeeded(output, detail)) => ("succeeded", Some(0), detail, Some(output)),
         Ok(Ended::Failed(code, detail)) => ("failed", code, detail, None),
         Ok(Ended::TimedOut(detail)) => ("timed_out", None, detail, None),
@@ -582,4 +614,53 @@ fn step(store: &mut Store, config: &Config, stopping: &dyn Fn() -> bool) -> anyh
         run_job(store, config, job.id, stopping)?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_job_command_is_recognised_as_its_group_leader_until_it_is_killed() {
+        let mut cmd = Command::new("sleep");
+        cmd.arg("30");
+        std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+        let mut child = cmd.spawn().unwrap();
+        let pid = i64::from(child.id());
+        assert!(group_leader_alive(pid));
+        // This test process is not the leader of its own group.
+        assert!(!group_leader_alive(i64::from(std::process::id())) || test_is_group_leader());
+        kill_group(pid);
+        let _ = child.wait();
+        assert!(!group_leader_alive(pid));
+        assert!(!sensei_alive(pid));
+        assert!(!sensei_alive(0));
+    }
+
+    /// Whether the test runner made this process a group leader (then the check above is moot).
+    fn test_is_group_leader() -> bool {
+        let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+        let fields: Vec<&str> = stat
+            .rsplit_once(')')
+            .map_or(Vec::new(), |(_, rest)| rest.split_whitespace().collect());
+        fields.get(2).and_then(|g| g.parse::<u32>().ok()) == Some(std::process::id())
+    }
+
+    #[test]
+    fn placeholders_become_absolute_paths() {
+        let command: Vec<String> = ["x", "--in={dataset}", "{teacher}", "{student}", "{output}"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        let args = argv(
+            &command,
+            Path::new("/d"),
+            Path::new("t.onnx"),
+            Path::new("/s.onnx"),
+            Path::new("/o.onnx"),
+        );
+        assert_eq!(args[1], "--in=/d");
+        assert!(Path::new(&args[2]).is_absolute() && args[2].ends_with("t.onnx"));
+        assert_eq!(&args[3..], ["/s.onnx", "/o.onnx"]);
+    }
 }

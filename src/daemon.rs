@@ -574,10 +574,16 @@ pub async fn run(
     metrics.set_ready(true);
     crate::notify::ready("processing the inbox");
     let mut alerts = crate::alert::AlertTask::start(&config.alerts, &config.store.path);
-    let redistill = crate::redistill::RedistillTask::start(shared.clone())?;
+    // A student promoted by the re-distillation task is applied the way SIGHUP applies it.
+    let (promoted_tx, mut promoted) = tokio::sync::mpsc::channel::<()>(1);
+    let redistill = crate::redistill::RedistillTask::start(shared.clone(), promoted_tx)?;
 
     let result = loop {
-        match control.recv().await {
+        let request = tokio::select! {
+            request = control.recv() => request,
+            Some(()) = promoted.recv() => Some(Control::Reload),
+        };
+        match request {
             Some(Control::Reload) => {
                 crate::notify::reloading();
                 match reload(config, running, &metrics, &mut control).await {

@@ -52,6 +52,8 @@ pub struct RedistillConfig {
     pub min_interval: Duration,
     /// Where each job gets its directory (dataset, held-out set, log, output).
     pub work_dir: PathBuf,
+    /// Promote a job's candidate when the gate passes it (the daemon reloads to serve it).
+    pub auto_promote: bool,
     /// Previous students kept after a promotion.
     pub keep_students: usize,
     /// Share of the exported records held out from the job (the gate's evidence).

@@ -67,6 +67,7 @@ pub struct RawRedistill {
     pub min_interval: Option<RawDuration>,
     pub work_dir: Option<String>,
     pub keep_students: Option<RawInt>,
+    pub auto_promote: Option<bool>,
     pub holdout: Option<f64>,
     pub min_samples: Option<RawInt>,
     pub gate_margin: Option<f64>,

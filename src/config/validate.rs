@@ -349,6 +349,7 @@ impl Check<'_> {
             work_dir: self.path_or("redistill.work_dir", raw.work_dir, || {
                 state_dir.join("redistill")
             }),
+            auto_promote: raw.auto_promote.unwrap_or(false),
             keep_students: self.integer("redistill.keep_students", raw.keep_students, 3, 1, 1000),
             holdout,
             min_samples: self.integer("redistill.min_samples", raw.min_samples, 100, 2, i64::MAX),

@@ -557,11 +557,16 @@ pub struct RedistillTask {
 impl RedistillTask {
     /// Starts the task on the daemon's current config (re-read at every step, so a reload that
     /// changes `[redistill]` or the models applies to the next job).
-    pub fn start(config: SharedConfig) -> anyhow::Result<RedistillTask> {
+    /// `promoted` is told when the task has promoted a candidate (`auto_promote`): the daemon
+    /// reloads to serve it.
+    pub fn start(
+        config: SharedConfig,
+        promoted: tokio::sync::mpsc::Sender<()>,
+    ) -> anyhow::Result<RedistillTask> {
         let (stop, stopped) = std::sync::mpsc::channel();
         let thread = std::thread::Builder::new()
             .name("redistill".into())
-            .spawn(move || task(&config, &stopped))
+            .spawn(move || task(&config, &stopped, &promoted))
             .context("starting the re-distillation thread")?;
         Ok(RedistillTask { stop, thread })
     }
@@ -577,7 +582,7 @@ impl RedistillTask {
 /// The daemon's config, replaced on reload.
 pub type SharedConfig = std::sync::Arc<std::sync::RwLock<std::sync::Arc<Config>>>;
 
-fn task(shared: &SharedConfig, stopped: &Receiver<()>) {
+fn task(shared: &SharedConfig, stopped: &Receiver<()>, promoted: &tokio::sync::mpsc::Sender<()>) {
     let current = || shared.read().map(|c| c.clone()).ok();
     let Some(config) = current() else {
         return;
@@ -591,10 +596,16 @@ fn task(shared: &SharedConfig, stopped: &Receiver<()>) {
     };
     let stopping = || !matches!(stopped.try_recv(), Err(TryRecvError::Empty));
     loop {
-        if let Some(config) = current()
-            && let Err(e) = step(&mut store, &config, &stopping)
-        {
-            tracing::error!(error = %format!("{e:#}"), "Re-distillation step failed.");
+        if let Some(config) = current() {
+            match step(&mut store, &config, &stopping) {
+                Ok(Some(outcome)) if config.redistill.auto_promote => {
+                    auto_promote(&config, &outcome, promoted);
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::error!(error = %format!("{e:#}"), "Re-distillation step failed.")
+                }
+            }
         }
         match stopped.recv_timeout(POLL) {
             Err(RecvTimeoutError::Timeout) => {}
@@ -603,17 +614,50 @@ fn task(shared: &SharedConfig, stopped: &Receiver<()>) {
     }
 }
 
-fn step(store: &mut Store, config: &Config, stopping: &dyn Fn() -> bool) -> anyhow::Result<()> {
+/// One round: end interrupted jobs, take requests, run the next queued job (returns how it
+/// ended).
+fn step(
+    store: &mut Store,
+    config: &Config,
+    stopping: &dyn Fn() -> bool,
+) -> anyhow::Result<Option<JobOutcome>> {
     recover(store)?;
     take_alert_actions(store, config)?;
     let queued = store
         .active_redistill_jobs()?
         .into_iter()
         .find(|j| j.status == "queued");
-    if let Some(job) = queued {
-        run_job(store, config, job.id, stopping)?;
+    match queued {
+        Some(job) => run_job(store, config, job.id, stopping),
+        None => Ok(None),
     }
-    Ok(())
+}
+
+/// `auto_promote`: promotes a job's candidate the gate passed, and asks the daemon to reload.
+fn auto_promote(config: &Config, outcome: &JobOutcome, promoted: &tokio::sync::mpsc::Sender<()>) {
+    let Some(output) = &outcome.output else {
+        return;
+    };
+    let passed = Store::open(&config.store.path)
+        .ok()
+        .and_then(|s| s.redistill_job(outcome.job).ok().flatten())
+        .is_some_and(|j| j.gate.as_deref() == Some("passed"));
+    if !passed {
+        return;
+    }
+    let reason = format!(
+        "auto_promote: the gate passed job {}'s candidate",
+        outcome.job
+    );
+    match super::promote::promote(config, output, &reason, false) {
+        Ok(changed) => {
+            tracing::info!(job = outcome.job, model = %changed.model.display(), "Promoted the candidate; reloading to serve it.");
+            let _ = promoted.try_send(());
+        }
+        Err(e) => {
+            tracing::error!(job = outcome.job, error = %format!("{e:#}"), "Promoting the candidate failed; the student stays.")
+        }
+    }
 }
 
 #[cfg(test)]

@@ -687,6 +687,16 @@ fn a_rejected_candidate_is_promoted_only_with_force_and_old_copies_are_pruned() 
 /// deterministic; the reference distiller itself is exercised by the tests above.
 #[test]
 fn drift_alert_job_gate_promotion_and_reload_close_the_loop_in_the_daemon() {
+    close_the_loop(false);
+}
+
+/// The same with `auto_promote`: the daemon promotes the candidate the gate passed and reloads.
+#[test]
+fn with_auto_promote_the_daemon_promotes_a_passed_candidate_and_serves_it() {
+    close_the_loop(true);
+}
+
+fn close_the_loop(auto: bool) {
     let site = Site::with_models(demo("student.onnx"), demo("teacher.onnx"));
     let notifications = site.root().join("notifications.jsonl");
     site.write_config(&format!(
@@ -697,7 +707,7 @@ fn drift_alert_job_gate_promotion_and_reload_close_the_loop_in_the_daemon() {
         notifications.display().to_string(),
         redistill_config(
             r#"["sh", "-c", "cp \"$1\" \"$2\"", "job", "{teacher}", "{output}", "{dataset}"]"#,
-            ""
+            if auto { "auto_promote = true" } else { "" }
         )
     ));
     assert!(
@@ -757,11 +767,17 @@ fn drift_alert_job_gate_promotion_and_reload_close_the_loop_in_the_daemon() {
         )
         .unwrap();
 
-    // 6. Promotion by the operator, applied by a reload.
-    let candidate = site.root().join("state/redistill/job-1/student.onnx");
-    let out = site.sensei(&["promote", candidate.to_str().unwrap()]);
-    assert!(out.status.success(), "{}", text(&out));
-    daemon.signal("HUP");
+    // 6. Promotion (by the daemon, or by the operator), applied by a reload.
+    if auto {
+        crate::common::wait_until(wait, "the promotion", || {
+            site.query_i64("SELECT COUNT(*) FROM student_promotions WHERE job_id = 1") == 1
+        });
+    } else {
+        let candidate = site.root().join("state/redistill/job-1/student.onnx");
+        let out = site.sensei(&["promote", candidate.to_str().unwrap()]);
+        assert!(out.status.success(), "{}", text(&out));
+        daemon.signal("HUP");
+    }
     crate::common::wait_until(wait, "the reload", || {
         daemon.log_text().contains("The new config is applied")
     });

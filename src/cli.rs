@@ -73,9 +73,10 @@ pub enum Command {
         json: bool,
     },
     /// Re-distil the student now: export the teacher samples (holding out a share), run the
-    /// `[redistill] command` with its timeout, and check the candidate it writes. One job at a
-    /// time; at least `[redistill] min_interval` between job starts unless --force. The serving
-    /// student is not changed.
+    /// `[redistill] command` with its timeout, check the candidate it writes and judge it against
+    /// the serving student on the held-out records and the lab set (the gate). One job at a time;
+    /// at least `[redistill] min_interval` between job starts unless --force. The serving student
+    /// is not changed (promote the candidate with `sensei promote`).
     Redistill {
         /// Why (recorded with the job and in the dataset's manifest).
         #[arg(long, default_value = "sensei redistill by the operator")]

@@ -413,9 +413,6 @@ impl TeacherWorker {
     }
 
     fn run(&mut self, input: Receiver<TeacherJob>, writer: SyncSender<WriterMsg>) {
-        // The teacher works on the CPU the student leaves over: on a small box the two compete
-        // for cores, and the student path must not slow down for the sample.
-        lower_thread_priority(TEACHER_NICE);
         while let Ok(first) = input.recv() {
             // Take what is already queued, up to a batch; never wait for more: the samples are
             // already late by design and the student does not depend on them.
@@ -918,24 +915,6 @@ fn log_drift(delta: &MonitorDelta) {
 /// Wall-clock now in unix milliseconds.
 pub fn now_ms() -> i64 {
     (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64
-}
-
-/// Niceness of the teacher thread (the student threads keep the process's).
-const TEACHER_NICE: i32 = 10;
-
-/// Lowers the scheduling priority of the calling thread by `nice` (raising it back needs
-/// privileges, lowering never does). On Linux `setpriority(PRIO_PROCESS, tid)` acts on one
-/// thread. Failure only means equal priority, so it is logged and ignored.
-fn lower_thread_priority(nice: i32) {
-    // SAFETY: plain system calls on the calling thread's id.
-    let rc = unsafe {
-        let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
-        let current = libc::getpriority(libc::PRIO_PROCESS, tid);
-        libc::setpriority(libc::PRIO_PROCESS, tid, (current + nice).min(19))
-    };
-    if rc != 0 {
-        tracing::debug!(error = %std::io::Error::last_os_error(), "Could not lower the teacher thread's priority.");
-    }
 }
 
 /// How often the writer deletes per-record rows past their retention.

@@ -99,6 +99,7 @@ CREATE TABLE windows (
     skipped_budget         INTEGER NOT NULL DEFAULT 0,
     skipped_queue          INTEGER NOT NULL DEFAULT 0,
     weight_sum             REAL    NOT NULL DEFAULT 0,
+    weight_sq_sum          REAL    NOT NULL DEFAULT 0,  -- Σ weight², for the effective sample size
     disagreement_wsum      REAL    NOT NULL DEFAULT 0,
     kl_wsum                REAL    NOT NULL DEFAULT 0,
     total_variation_wsum   REAL    NOT NULL DEFAULT 0,

@@ -196,6 +196,7 @@ struct WindowSums {
     skipped_budget: i64,
     skipped_queue: i64,
     weight: f64,
+    weight_sq: f64,
     disagreement: f64,
     kl: f64,
     total_variation: f64,
@@ -222,6 +223,7 @@ impl WindowSums {
             let c = &t.comparison;
             self.teacher_samples += 1;
             self.weight += w;
+            self.weight_sq += w * w;
             self.disagreement += w * c.disagreement.map_or(0.0, |d| d as u8 as f64);
             self.kl += w * c.kl.unwrap_or(0.0);
             self.total_variation += w * c.total_variation.unwrap_or(0.0);
@@ -1679,8 +1681,8 @@ fn upsert_windows(
         "INSERT INTO windows (start, segment, records, confidence_sum, entropy_sum, latency_us_sum,
             teacher_samples, skipped_budget, skipped_queue, weight_sum, disagreement_wsum, kl_wsum,
             total_variation_wsum, attention_kl_wsum, attention_kl_weight, cosine_distance_wsum,
-            abs_error_wsum, teacher_latency_us_sum)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18)
+            abs_error_wsum, teacher_latency_us_sum, weight_sq_sum)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19)
          ON CONFLICT (start, segment) DO UPDATE SET
             records = records + excluded.records,
             confidence_sum = confidence_sum + excluded.confidence_sum,
@@ -1697,7 +1699,8 @@ fn upsert_windows(
             attention_kl_weight = attention_kl_weight + excluded.attention_kl_weight,
             cosine_distance_wsum = cosine_distance_wsum + excluded.cosine_distance_wsum,
             abs_error_wsum = abs_error_wsum + excluded.abs_error_wsum,
-            teacher_latency_us_sum = teacher_latency_us_sum + excluded.teacher_latency_us_sum",
+            teacher_latency_us_sum = teacher_latency_us_sum + excluded.teacher_latency_us_sum,
+            weight_sq_sum = weight_sq_sum + excluded.weight_sq_sum",
     )?;
     for ((start, segment), w) in windows {
         stmt.execute(params![
@@ -1719,6 +1722,7 @@ fn upsert_windows(
             w.cosine_distance,
             w.abs_error,
             w.teacher_latency_us,
+            w.weight_sq,
         ])?;
     }
     Ok(())
@@ -1787,8 +1791,7 @@ fn summary(conn: &Connection) -> Result<Summary> {
                 SUM(w.kl_wsum) / NULLIF(SUM(w.weight_sum), 0),
                 SUM(w.attention_kl_wsum) / NULLIF(SUM(w.attention_kl_weight), 0),
                 SUM(w.confidence_sum) / NULLIF(SUM(w.records), 0),
-                (SELECT SUM(t.weight * t.weight) FROM teacher_samples t
-                  WHERE w.segment = '*' OR t.segment = w.segment)
+                SUM(w.weight_sq_sum)
          FROM windows w GROUP BY w.segment ORDER BY w.segment",
     )?;
     let rows = stmt.query_map([], |r| {

@@ -41,7 +41,7 @@ impl CheckReport {
 }
 
 /// Validates the config file, the ONNX Runtime library, both models and their compatibility,
-/// the database and the directories. Creates nothing.
+/// the database and the directories. Leaves nothing behind (a writability probe is removed).
 pub fn check(config_path: &Path) -> CheckReport {
     let mut r = CheckReport::default();
     let config = match Config::load(config_path) {

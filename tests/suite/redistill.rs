@@ -696,6 +696,24 @@ fn with_auto_promote_the_daemon_promotes_a_passed_candidate_and_serves_it() {
     close_the_loop(true);
 }
 
+/// Waits for a condition like `common::wait_until`, but a timeout shows the daemon's log.
+fn until(
+    daemon: &crate::common::Daemon,
+    timeout: std::time::Duration,
+    what: &str,
+    mut cond: impl FnMut() -> bool,
+) {
+    let deadline = std::time::Instant::now() + timeout;
+    while !cond() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for: {what}; daemon log:\n{}",
+            daemon.log_text()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
 fn close_the_loop(auto: bool) {
     let site = Site::with_models(demo("student.onnx"), demo("teacher.onnx"));
     let notifications = site.root().join("notifications.jsonl");
@@ -725,19 +743,20 @@ fn close_the_loop(auto: bool) {
         .unwrap()
         .unwrap_or(0.026);
     let mut daemon = site.start();
-    let wait = std::time::Duration::from_secs(60);
+    // Generous: the suite runs this beside CPU-heavy tests on two cores.
+    let wait = std::time::Duration::from_secs(180);
 
     // 1-2. The drifted part of the stream (the drift starts at record 201): event, alert.
     let first = std::fs::read(part(&site, "offset_drift", 0, 400)).unwrap();
     site.deliver("offset_drift-a.jsonl", &first);
-    crate::common::wait_until(wait, "a disagreement drift event", || {
+    until(&daemon, wait, "a disagreement drift event", || {
         site.query_i64("SELECT COUNT(*) FROM drift_events WHERE signal = 'disagreement'") > 0
     });
-    crate::common::wait_until(wait, "the alert's re-distillation request", || {
+    until(&daemon, wait, "the alert's re-distillation request", || {
         site.query_i64("SELECT COUNT(*) FROM alert_actions WHERE action = 'redistill'") > 0
     });
     // 3-5. The job, its candidate and the gate.
-    crate::common::wait_until(wait, "the job to end", || {
+    until(&daemon, wait, "the job to end", || {
         site.query_i64(
             "SELECT COUNT(*) FROM redistill_jobs WHERE status NOT IN ('queued', 'running')",
         ) > 0
@@ -769,7 +788,7 @@ fn close_the_loop(auto: bool) {
 
     // 6. Promotion (by the daemon, or by the operator), applied by a reload.
     if auto {
-        crate::common::wait_until(wait, "the promotion", || {
+        until(&daemon, wait, "the promotion", || {
             site.query_i64("SELECT COUNT(*) FROM student_promotions WHERE job_id = 1") == 1
         });
     } else {
@@ -778,7 +797,7 @@ fn close_the_loop(auto: bool) {
         assert!(out.status.success(), "{}", text(&out));
         daemon.signal("HUP");
     }
-    crate::common::wait_until(wait, "the reload", || {
+    until(&daemon, wait, "the reload", || {
         daemon.log_text().contains("The new config is applied")
     });
     assert!(daemon.alive());

@@ -90,25 +90,27 @@ fn incomparable_outputs_are_a_problem() {
     );
 }
 
-#[test]
-fn a_missing_runtime_names_every_place_searched() {
-    let site = Site::new();
-    let cfg = site.write_config("");
-    let text = std::fs::read_to_string(&cfg).unwrap();
-    let missing = site.root().join("nowhere/libonnxruntime.so.1.32.0");
-    let lib_line = text
+/// Points the config's `[onnxruntime] library` at `library`.
+fn use_library(cfg: &std::path::Path, library: &std::path::Path) {
+    let text = std::fs::read_to_string(cfg).unwrap();
+    let line = text
         .lines()
         .find(|l| l.starts_with("library = "))
         .unwrap()
         .to_string();
-    std::fs::write(
-        &cfg,
-        text.replace(
-            &lib_line,
-            &format!("library = {:?}", missing.display().to_string()),
-        ),
-    )
-    .unwrap();
+    let replaced = text.replace(
+        &line,
+        &format!("library = {:?}", library.display().to_string()),
+    );
+    std::fs::write(cfg, replaced).unwrap();
+}
+
+#[test]
+fn a_missing_runtime_names_every_place_searched() {
+    let site = Site::new();
+    let cfg = site.write_config("");
+    let missing = site.root().join("nowhere/libonnxruntime.so.1.32.0");
+    use_library(&cfg, &missing);
     let out = site.sensei(&["check"]);
     let text = stdout(&out);
     assert_eq!(out.status.code(), Some(78), "{text}");
@@ -131,20 +133,7 @@ fn a_file_that_is_not_onnx_runtime_is_refused_clearly() {
     let cfg = site.write_config("");
     let fake = site.root().join("libonnxruntime.so.1.99.0");
     std::fs::write(&fake, b"not a shared library").unwrap();
-    let text = std::fs::read_to_string(&cfg).unwrap();
-    let lib_line = text
-        .lines()
-        .find(|l| l.starts_with("library = "))
-        .unwrap()
-        .to_string();
-    std::fs::write(
-        &cfg,
-        text.replace(
-            &lib_line,
-            &format!("library = {:?}", fake.display().to_string()),
-        ),
-    )
-    .unwrap();
+    use_library(&cfg, &fake);
     let out = site.sensei(&["check"]);
     let text = stdout(&out);
     assert_eq!(out.status.code(), Some(78), "{text}");

@@ -17,8 +17,14 @@ use crate::record::{ElemType, InputSpec, LateLabel, Origin, Record, Tensor, Tens
 /// Reads a JSON Lines file of records.
 pub(super) fn read_records(bytes: &[u8], specs: &[InputSpec]) -> Result<Vec<Record>, FormatError> {
     let mut records = Vec::new();
-    for line in lines(bytes) {
-        let (number, object) = line?;
+    for (number, raw) in raw_lines(bytes) {
+        // Well-formed lines take the fast path; anything it does not accept is parsed again by
+        // the general path, which says what is wrong. Both accept the same lines.
+        if let Some(record) = fast::record(number, raw, specs) {
+            records.push(record);
+            continue;
+        }
+        let (number, object) = parse_line(number, raw)?;
         records.push(record(number, &object, specs)?);
     }
     if records.is_empty() {
@@ -67,18 +73,23 @@ pub(super) fn read_labels(bytes: &[u8]) -> Result<Vec<LateLabel>, FormatError> {
 
 /// The non-blank lines of a file, each parsed into a JSON object, with 1-based line numbers.
 fn lines(bytes: &[u8]) -> impl Iterator<Item = Result<(usize, Map<String, Value>), FormatError>> {
+    raw_lines(bytes).map(|(number, raw)| parse_line(number, raw))
+}
+
+/// The non-blank lines of a file with 1-based line numbers, without their line ends.
+fn raw_lines(bytes: &[u8]) -> impl Iterator<Item = (usize, &[u8])> {
     // A UTF-8 byte order mark, as some Windows tools write, is not part of the first record.
     let bytes = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes);
     bytes
         .split(|&b| b == b'\n')
         .enumerate()
         .filter_map(|(i, raw)| {
-            let number = i + 1;
             let raw = raw.strip_suffix(b"\r").unwrap_or(raw);
             if raw.iter().all(u8::is_ascii_whitespace) {
-                return None;
+                None
+            } else {
+                Some((i + 1, raw))
             }
-            Some(parse_line(number, raw))
         })
 }
 
@@ -172,32 +183,12 @@ fn record(
     specs: &[InputSpec],
 ) -> Result<Record, FormatError> {
     let at = Origin::Line(number);
-    let id = match object.get("id") {
-        None | Some(Value::Null) => None,
-        Some(v) => Some(id(v).map_err(|m| FormatError::field(at, "id", m))?),
-    };
-    let ts = match object.get("ts") {
-        None | Some(Value::Null) => None,
-        Some(Value::String(s)) => Some(parse_ts(s).map_err(|m| FormatError::field(at, "ts", m))?),
-        Some(other) => {
-            return Err(FormatError::field(
-                at,
-                "ts",
-                format!(
-                    "expected an RFC 3339 timestamp string, got {}",
-                    describe(other)
-                ),
-            ));
-        }
-    };
-    let segment = match object.get("segment") {
-        None | Some(Value::Null) => BTreeMap::new(),
-        Some(v) => segment(at, v)?,
-    };
-    let label = match object.get("label") {
-        None | Some(Value::Null) => None,
-        Some(v) => Some(label(v).map_err(|m| FormatError::field(at, "label", m))?),
-    };
+    let Meta {
+        id,
+        ts,
+        segment,
+        label,
+    } = meta(at, object)?;
     let inputs = match object.get("inputs") {
         Some(Value::Object(inputs)) => inputs,
         Some(other) => {
@@ -228,6 +219,49 @@ fn record(
         inputs: tensors(at, inputs, specs)?,
         label,
         origin: at,
+    })
+}
+
+/// The optional keys of a record line.
+struct Meta {
+    id: Option<String>,
+    ts: Option<time::OffsetDateTime>,
+    segment: BTreeMap<String, String>,
+    label: Option<i64>,
+}
+
+fn meta(at: Origin, object: &Map<String, Value>) -> Result<Meta, FormatError> {
+    let id = match object.get("id") {
+        None | Some(Value::Null) => None,
+        Some(v) => Some(id(v).map_err(|m| FormatError::field(at, "id", m))?),
+    };
+    let ts = match object.get("ts") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) => Some(parse_ts(s).map_err(|m| FormatError::field(at, "ts", m))?),
+        Some(other) => {
+            return Err(FormatError::field(
+                at,
+                "ts",
+                format!(
+                    "expected an RFC 3339 timestamp string, got {}",
+                    describe(other)
+                ),
+            ));
+        }
+    };
+    let segment = match object.get("segment") {
+        None | Some(Value::Null) => BTreeMap::new(),
+        Some(v) => segment(at, v)?,
+    };
+    let label = match object.get("label") {
+        None | Some(Value::Null) => None,
+        Some(v) => Some(label(v).map_err(|m| FormatError::field(at, "label", m))?),
+    };
+    Ok(Meta {
+        id,
+        ts,
+        segment,
+        label,
     })
 }
 
@@ -480,5 +514,460 @@ fn describe(v: &Value) -> String {
         Value::String(s) => format!("string {}", quote(s)),
         Value::Array(items) => format!("an array of {}", items.len()),
         Value::Object(_) => "an object".to_string(),
+    }
+}
+
+/// The fast path for well-formed record lines: the line is deserialised straight into each
+/// input's element vector, without a `Value` tree for the tensors (64 numbers make 64 `Value`s
+/// and 9 vectors in the general path). It gives up (`None`) at anything unusual: a key twice,
+/// an unknown or missing input, a ragged array, a non-number element, a shape the spec does not
+/// allow, any bad optional key. The general path then parses the line again and says what is
+/// wrong, so the two accept exactly the same lines and build the same records.
+mod fast {
+    use std::collections::BTreeMap;
+    use std::fmt;
+
+    use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
+    use serde_json::{Map, Value};
+
+    use super::{Meta, check_shape, meta};
+    use crate::record::{ElemType, InputSpec, Origin, Record, Tensor, TensorData};
+
+    pub(super) fn record(number: usize, raw: &[u8], specs: &[InputSpec]) -> Option<Record> {
+        let text = std::str::from_utf8(raw).ok()?;
+        let mut de = serde_json::Deserializer::from_str(text);
+        let line = LineSeed { specs }.deserialize(&mut de).ok()?;
+        de.end().ok()?;
+        let at = Origin::Line(number);
+        let Meta {
+            id,
+            ts,
+            segment,
+            label,
+        } = meta(at, &line.optional).ok()?;
+        Some(Record {
+            id,
+            ts,
+            segment,
+            inputs: line.inputs?,
+            label,
+            origin: at,
+        })
+    }
+
+    struct Line {
+        /// `id`, `ts`, `segment` and `label` as given (small values, read by [`meta`]).
+        optional: Map<String, Value>,
+        inputs: Option<BTreeMap<String, Tensor>>,
+    }
+
+    /// Any failure: the general path will find and describe it.
+    fn give_up<E: de::Error>() -> E {
+        E::custom("not on the fast path")
+    }
+
+    struct LineSeed<'a> {
+        specs: &'a [InputSpec],
+    }
+
+    impl<'de> DeserializeSeed<'de> for LineSeed<'_> {
+        type Value = Line;
+        fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<Line, D::Error> {
+            d.deserialize_map(self)
+        }
+    }
+
+    impl<'de> Visitor<'de> for LineSeed<'_> {
+        type Value = Line;
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("a record object")
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Line, A::Error> {
+            let mut line = Line {
+                optional: Map::new(),
+                inputs: None,
+            };
+            while let Some(key) = map.next_key::<Key>()? {
+                match key {
+                    Key::Optional(name) => {
+                        let value: Value = map.next_value()?;
+                        if line.optional.insert(name.to_string(), value).is_some() {
+                            return Err(give_up());
+                        }
+                    }
+                    Key::Inputs => {
+                        if line.inputs.is_some() {
+                            return Err(give_up());
+                        }
+                        line.inputs = Some(map.next_value_seed(InputsSeed { specs: self.specs })?);
+                    }
+                    Key::Other => {
+                        map.next_value::<IgnoredAny>()?;
+                    }
+                }
+            }
+            Ok(line)
+        }
+    }
+
+    /// A top-level key. Other keys are ignored, as the general path ignores them; a repeated
+    /// other key makes no difference to either path.
+    enum Key {
+        Optional(&'static str),
+        Inputs,
+        Other,
+    }
+
+    impl<'de> de::Deserialize<'de> for Key {
+        fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Key, D::Error> {
+            struct KeyVisitor;
+            impl Visitor<'_> for KeyVisitor {
+                type Value = Key;
+                fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                    f.write_str("a key")
+                }
+                fn visit_str<E: de::Error>(self, key: &str) -> Result<Key, E> {
+                    Ok(match key {
+                        "id" => Key::Optional("id"),
+                        "ts" => Key::Optional("ts"),
+                        "segment" => Key::Optional("segment"),
+                        "label" => Key::Optional("label"),
+                        "inputs" => Key::Inputs,
+                        _ => Key::Other,
+                    })
+                }
+            }
+            d.deserialize_str(KeyVisitor)
+        }
+    }
+
+    struct InputsSeed<'a> {
+        specs: &'a [InputSpec],
+    }
+
+    impl<'de> DeserializeSeed<'de> for InputsSeed<'_> {
+        type Value = BTreeMap<String, Tensor>;
+        fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+            d.deserialize_map(self)
+        }
+    }
+
+    impl<'de> Visitor<'de> for InputsSeed<'_> {
+        type Value = BTreeMap<String, Tensor>;
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("an object of inputs")
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+            let mut tensors = BTreeMap::new();
+            while let Some(name) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+                let spec = self
+                    .specs
+                    .iter()
+                    .find(|s| s.name == name)
+                    .ok_or_else(give_up)?;
+                if tensors.contains_key(&spec.name) {
+                    return Err(give_up());
+                }
+                let mut walk = Walk::new(spec);
+                map.next_value_seed(Node {
+                    walk: &mut walk,
+                    depth: 0,
+                })?;
+                let tensor = walk.finish().ok_or_else(give_up)?;
+                tensors.insert(spec.name.clone(), tensor);
+            }
+            if tensors.len() != self.specs.len() {
+                return Err(give_up());
+            }
+            Ok(tensors)
+        }
+    }
+
+    /// One input's nested arrays as they stream past: the length seen at each depth (every
+    /// array at a depth must have it), the one depth where numbers are, and the elements.
+    struct Walk<'a> {
+        spec: &'a InputSpec,
+        lengths: Vec<Option<usize>>,
+        leaf_depth: Option<usize>,
+        data: TensorData,
+    }
+
+    impl<'a> Walk<'a> {
+        fn new(spec: &'a InputSpec) -> Walk<'a> {
+            let expected = spec
+                .shape
+                .iter()
+                .try_fold(1usize, |acc, d| acc.checked_mul(d.unwrap_or(1)))
+                .unwrap_or(0)
+                .min(1 << 20);
+            let data = match spec.elem_type {
+                ElemType::F32 => TensorData::F32(Vec::with_capacity(expected)),
+                ElemType::I64 => TensorData::I64(Vec::with_capacity(expected)),
+            };
+            Walk {
+                spec,
+                lengths: Vec::new(),
+                leaf_depth: None,
+                data,
+            }
+        }
+
+        fn array_at(&self, depth: usize) -> bool {
+            self.leaf_depth.is_none_or(|leaf| depth < leaf)
+        }
+
+        fn array_done(&mut self, depth: usize, len: usize) -> bool {
+            if self.lengths.len() <= depth {
+                self.lengths.resize(depth + 1, None);
+            }
+            match self.lengths[depth] {
+                None => {
+                    self.lengths[depth] = Some(len);
+                    true
+                }
+                Some(n) => n == len,
+            }
+        }
+
+        fn leaf_at(&mut self, depth: usize) -> bool {
+            if self.lengths.len() > depth {
+                return false;
+            }
+            match self.leaf_depth {
+                None => {
+                    self.leaf_depth = Some(depth);
+                    true
+                }
+                Some(leaf) => leaf == depth,
+            }
+        }
+
+        fn push_f64(&mut self, x: f64) -> bool {
+            match &mut self.data {
+                TensorData::F32(v) if !x.is_nan() && x.abs() <= f64::from(f32::MAX) => {
+                    v.push(x as f32);
+                    true
+                }
+                _ => false,
+            }
+        }
+
+        fn push_i64(&mut self, x: i64) -> bool {
+            match &mut self.data {
+                TensorData::F32(v) => {
+                    v.push(x as f64 as f32);
+                    true
+                }
+                TensorData::I64(v) => {
+                    v.push(x);
+                    true
+                }
+            }
+        }
+
+        fn push_u64(&mut self, x: u64) -> bool {
+            match &mut self.data {
+                TensorData::F32(v) => {
+                    v.push(x as f64 as f32);
+                    true
+                }
+                TensorData::I64(v) => match i64::try_from(x) {
+                    Ok(x) => {
+                        v.push(x);
+                        true
+                    }
+                    Err(_) => false,
+                },
+            }
+        }
+
+        /// The tensor, if its shape is complete, rectangular and one the spec allows.
+        fn finish(self) -> Option<Tensor> {
+            let rank = self.leaf_depth.unwrap_or(self.lengths.len());
+            let shape: Vec<usize> = self.lengths.into_iter().collect::<Option<_>>()?;
+            if shape.len() != rank {
+                return None;
+            }
+            let count = shape
+                .iter()
+                .try_fold(1usize, |acc, &d| acc.checked_mul(d))?;
+            let len = match &self.data {
+                TensorData::F32(v) => v.len(),
+                TensorData::I64(v) => v.len(),
+            };
+            if count != len || check_shape(self.spec, &shape).is_err() {
+                return None;
+            }
+            Some(Tensor {
+                shape,
+                data: self.data,
+            })
+        }
+    }
+
+    /// A value at `depth` inside one input: an array (deeper) or a number (an element).
+    struct Node<'w, 'a> {
+        walk: &'w mut Walk<'a>,
+        depth: usize,
+    }
+
+    impl<'de> DeserializeSeed<'de> for Node<'_, '_> {
+        type Value = ();
+        fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+            d.deserialize_any(self)
+        }
+    }
+
+    impl<'de> Visitor<'de> for Node<'_, '_> {
+        type Value = ();
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("a number or an array")
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+            if !self.walk.array_at(self.depth) {
+                return Err(give_up());
+            }
+            let mut len = 0;
+            while seq
+                .next_element_seed(Node {
+                    walk: &mut *self.walk,
+                    depth: self.depth + 1,
+                })?
+                .is_some()
+            {
+                len += 1;
+            }
+            if self.walk.array_done(self.depth, len) {
+                Ok(())
+            } else {
+                Err(give_up())
+            }
+        }
+        fn visit_f64<E: de::Error>(self, x: f64) -> Result<(), E> {
+            ok(self.walk.leaf_at(self.depth) && self.walk.push_f64(x))
+        }
+        fn visit_i64<E: de::Error>(self, x: i64) -> Result<(), E> {
+            ok(self.walk.leaf_at(self.depth) && self.walk.push_i64(x))
+        }
+        fn visit_u64<E: de::Error>(self, x: u64) -> Result<(), E> {
+            ok(self.walk.leaf_at(self.depth) && self.walk.push_u64(x))
+        }
+    }
+
+    fn ok<E: de::Error>(accepted: bool) -> Result<(), E> {
+        if accepted { Ok(()) } else { Err(give_up()) }
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::super::{parse_line, record as general};
+        use crate::record::{ElemType, InputSpec};
+
+        fn spec(name: &str, elem_type: ElemType, shape: &[Option<usize>]) -> InputSpec {
+            InputSpec {
+                name: name.into(),
+                elem_type,
+                shape: shape.to_vec(),
+            }
+        }
+
+        /// What the general path makes of a line: the record, or its error message.
+        fn slow(line: &str, specs: &[InputSpec]) -> Result<crate::record::Record, String> {
+            let (n, object) = parse_line(7, line.as_bytes()).map_err(|e| e.to_string())?;
+            general(n, &object, specs).map_err(|e| e.to_string())
+        }
+
+        #[test]
+        fn well_formed_lines_take_the_fast_path_and_build_the_same_record() {
+            let f32_22 = [spec("x", ElemType::F32, &[Some(2), Some(2)])];
+            let dynamic = [spec("x", ElemType::F32, &[None])];
+            let two = [
+                spec("x", ElemType::F32, &[Some(2)]),
+                spec("ids", ElemType::I64, &[Some(3)]),
+            ];
+            let scalar = [spec("x", ElemType::F32, &[])];
+            let cases: &[(&str, &[InputSpec])] = &[
+                (r#"{"inputs":{"x":[[1,2.5],[-3,4e-3]]}}"#, &f32_22),
+                (
+                    r#"{"id":"a-1","ts":"2026-03-02T06:00:00Z","segment":{"line":"A","shift":2,"hot":true},"label":3,"extra":[1,{"k":null}],"inputs":{"x":[[0,0],[0,1]]}}"#,
+                    &f32_22,
+                ),
+                (
+                    r#"{"id":42,"inputs":{"x":[[1,2],[3,4]]},"label":null}"#,
+                    &f32_22,
+                ),
+                (r#"{"inputs":{"x":[1,2,3,4,5]}}"#, &dynamic),
+                (
+                    r#"{"inputs":{"ids":[1,-2,9223372036854775807],"x":[0.5,1e30]}}"#,
+                    &two,
+                ),
+                (r#"{"inputs":{"x":3.25}}"#, &scalar),
+                (
+                    r#"{"inputs":{"x":[[18446744073709551615,1],[-9223372036854775808,0]]}}"#,
+                    &f32_22,
+                ),
+            ];
+            for (line, specs) in cases {
+                let fast = super::record(7, line.as_bytes(), specs)
+                    .unwrap_or_else(|| panic!("fast path refused {line}"));
+                assert_eq!(Ok(fast), slow(line, specs), "{line}");
+            }
+        }
+
+        #[test]
+        fn anything_unusual_is_left_to_the_general_path() {
+            let f32_22 = [spec("x", ElemType::F32, &[Some(2), Some(2)])];
+            let i64_2 = [spec("x", ElemType::I64, &[Some(2)])];
+            let dynamic = [spec("x", ElemType::F32, &[None])];
+            let cases: &[(&str, &[InputSpec])] = &[
+                (r#"{"inputs":{"x":[[1,2],[3]]}}"#, &f32_22),
+                (r#"{"inputs":{"x":[[1,2],3]}}"#, &f32_22),
+                (r#"{"inputs":{"x":[1,[2,3]]}}"#, &dynamic),
+                (r#"{"inputs":{"x":[[1,2],[[3],4]]}}"#, &f32_22),
+                (r#"{"inputs":{"x":[[],[1]]}}"#, &f32_22),
+                (r#"{"inputs":{"x":[[1],[]]}}"#, &f32_22),
+                (r#"{"inputs":{"x":[[1,2],[3,"4"]]}}"#, &f32_22),
+                (r#"{"inputs":{"x":[[1,2],[3,null]]}}"#, &f32_22),
+                (r#"{"inputs":{"x":[[1,2],[3,4]],"y":[1]}}"#, &f32_22),
+                (
+                    r#"{"inputs":{"x":[[1,2],[3,4]],"x":[[1,2],[3,4]]}}"#,
+                    &f32_22,
+                ),
+                (r#"{"inputs":{}}"#, &f32_22),
+                (r#"{"inputs":[[1,2],[3,4]]}"#, &f32_22),
+                (r#"{"id":"a"}"#, &f32_22),
+                (r#"{"inputs":{"x":[[1,2,3],[4,5,6]]}}"#, &f32_22),
+                (r#"{"inputs":{"x":[[1,2],[3,1e39]]}}"#, &f32_22),
+                (r#"{"inputs":{"x":[1.5,2]}}"#, &i64_2),
+                (r#"{"inputs":{"x":[1,9223372036854775808]}}"#, &i64_2),
+                (r#"{"inputs":{"x":[]}}"#, &dynamic),
+                (r#"{"id":1.5,"inputs":{"x":[[1,2],[3,4]]}}"#, &f32_22),
+                (
+                    r#"{"id":"a","id":"b","inputs":{"x":[[1,2],[3,4]]}}"#,
+                    &f32_22,
+                ),
+                (
+                    r#"{"ts":"yesterday","inputs":{"x":[[1,2],[3,4]]}}"#,
+                    &f32_22,
+                ),
+                (
+                    r#"{"segment":{"line":[1]},"inputs":{"x":[[1,2],[3,4]]}}"#,
+                    &f32_22,
+                ),
+                (r#"{"label":"cat","inputs":{"x":[[1,2],[3,4]]}}"#, &f32_22),
+                (r#"{"inputs":{"x":[[1,2],[3,4]]}} x"#, &f32_22),
+                (r#"{"inputs":{"x":[[1,2],[3,NaN]]}}"#, &f32_22),
+                (r#"[1,2]"#, &f32_22),
+            ];
+            for (line, specs) in cases {
+                let fast = super::record(7, line.as_bytes(), specs);
+                match slow(line, specs) {
+                    // Refused lines the general path accepts are fine (a repeated key), but a
+                    // line both accept must give the same record.
+                    Ok(record) => assert!(fast.is_none() || fast == Some(record), "{line}"),
+                    Err(_) => assert_eq!(fast, None, "the fast path accepted a bad line: {line}"),
+                }
+            }
+        }
     }
 }

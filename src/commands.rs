@@ -91,6 +91,7 @@ pub fn check(config_path: &Path) -> CheckReport {
             for note in compatibility_notes(&models.student, &models.teacher) {
                 r.lines.push(format!("note: {note}"));
             }
+            check_challengers(&config, &models, &mut r);
         }
         Err(problems) => r.problems.extend(problems),
     }
@@ -138,6 +139,56 @@ pub fn check(config_path: &Path) -> CheckReport {
         }
     }
     r
+}
+
+/// Loads every challenger and checks it can be compared with the teacher. A challenger that
+/// cannot is a warning, not a problem: the daemon runs without it (and `check` guards its start).
+fn check_challengers(config: &Config, models: &crate::daemon::Models, r: &mut CheckReport) {
+    for c in &config.challengers {
+        let role = format!("challenger '{}'", c.name);
+        let loaded =
+            crate::model::Model::load(models.runtime, &role, &c.model_config(&config.teacher))
+                .map_err(|e| e.to_string())
+                .and_then(|m| {
+                    let problems =
+                        crate::daemon::model_problems(config, &role, &m, &models.teacher);
+                    if problems.is_empty() {
+                        Ok(m)
+                    } else {
+                        Err(format!(
+                            "{role} cannot be compared with the teacher: {}",
+                            problems.join("; ")
+                        ))
+                    }
+                });
+        match loaded {
+            Ok(m) => {
+                r.lines.push(format!(
+                    "{role}: {} (sha256 {}, {} bytes); output: {} {}; attention: {}",
+                    m.path.display(),
+                    &m.sha256[..12],
+                    m.size_bytes,
+                    m.output.name,
+                    crate::daemon::dims(&m.output.shape),
+                    m.attention.as_ref().map_or(String::from("none"), |a| {
+                        format!("{} {}", a.name, crate::daemon::dims(&a.shape))
+                    })
+                ));
+                if let (Some(a), Some(t)) = (&m.attention, &models.teacher.attention)
+                    && a.shape != t.shape
+                {
+                    r.lines.push(format!(
+                        "note: {role}: attention shapes differ ({} vs the teacher's {}): attention KL is not computed",
+                        crate::daemon::dims(&a.shape),
+                        crate::daemon::dims(&t.shape)
+                    ));
+                }
+            }
+            Err(e) => r.lines.push(format!(
+                "warning: {e} (it will not run in shadow; the student and the teacher are unaffected)"
+            )),
+        }
+    }
 }
 
 /// A missing directory is fine when its nearest existing ancestor is writable.
@@ -214,6 +265,17 @@ pub struct StatusReport {
     pub recent_events: Vec<crate::store::DriftEventRow>,
     /// Alert notifications per receiver: sent, pending, failing (undelivered stay visible).
     pub outbox: Option<crate::alert::OutboxSummary>,
+    /// The shadow models of the latest pipeline start, with the samples each has answered.
+    pub shadow_models: Vec<ShadowStatus>,
+}
+
+/// One shadow model, as `status` shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct ShadowStatus {
+    #[serde(flatten)]
+    pub model: crate::store::ShadowModelStatus,
+    /// Teacher-sampled records this version of it answered.
+    pub samples: i64,
 }
 
 /// One signal of one segment, as `status` shows it.
@@ -241,6 +303,15 @@ pub fn status(config: &Config) -> anyhow::Result<StatusReport> {
     report.baseline = reader.active_baseline()?;
     report.recent_events = reader.recent_events(RECENT_EVENTS)?;
     report.outbox = crate::alert::outbox_summary(&config.store.path).ok();
+    for model in reader.shadow_models()? {
+        let samples = match &model.sha256 {
+            Some(sha) => reader
+                .shadow_totals(&model.name, sha)?
+                .map_or(0, |t| t.samples),
+            None => 0,
+        };
+        report.shadow_models.push(ShadowStatus { model, samples });
+    }
     let reference: Option<crate::drift::Reference> = report
         .baseline
         .as_ref()
@@ -338,6 +409,7 @@ fn status_of(db: &Path, s: &Summary) -> StatusReport {
         signals: Vec::new(),
         recent_events: Vec::new(),
         outbox: None,
+        shadow_models: Vec::new(),
     }
 }
 
@@ -445,6 +517,22 @@ impl StatusReport {
                         if sig.drifting { "  DRIFT" } else { "" }
                     );
                 }
+            }
+        }
+        if !self.shadow_models.is_empty() {
+            let _ = writeln!(s, "\nshadow models (on teacher-sampled records):");
+            for m in &self.shadow_models {
+                let what = match (m.model.status.as_str(), &m.model.detail) {
+                    ("failed", Some(detail)) => format!("FAILED: {detail}"),
+                    (status, _) => format!("{status}, {} samples", m.samples),
+                };
+                let _ = writeln!(
+                    s,
+                    "  {} ({}, {}): {what}",
+                    m.model.name,
+                    m.model.kind.as_str(),
+                    m.model.path
+                );
             }
         }
         if self.recent_events.is_empty() {

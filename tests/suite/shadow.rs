@@ -249,3 +249,79 @@ fn check_reports_a_challenger_that_cannot_be_compared_with_the_teacher() {
         "{text}"
     );
 }
+
+#[test]
+fn the_candidate_awaiting_a_decision_runs_in_shadow_until_it_is_promoted() {
+    let site = Site::new();
+    site.write_config("");
+    let first = site.root().join("first.jsonl");
+    std::fs::write(&first, jsonl("p", 20)).unwrap();
+    replay(&site, &first);
+    assert_eq!(
+        site.query_i64("SELECT COUNT(*) FROM shadow_models"),
+        0,
+        "nothing in shadow without challengers or a candidate"
+    );
+
+    // A job whose candidate the gate passed and nobody promoted yet.
+    let candidate = site.root().join("candidate.onnx");
+    std::fs::copy(fixture_model("teacher.onnx"), &candidate).unwrap();
+    site.db()
+        .execute(
+            "INSERT INTO redistill_jobs (status, trigger, reason, requested_at, updated_at,
+                 output, gate)
+             VALUES ('succeeded', 'manual', 'test', 0, 0, ?1, 'passed')",
+            [candidate.to_str().unwrap()],
+        )
+        .unwrap();
+    let second = site.root().join("second.jsonl");
+    std::fs::write(&second, jsonl("q", 120)).unwrap();
+    replay(&site, &second);
+    let job: i64 = site.query_i64("SELECT MAX(id) FROM redistill_jobs");
+    let name = format!("candidate-{job}");
+    assert_eq!(
+        site.query_i64(&format!(
+            "SELECT COUNT(*) FROM shadow_models WHERE name = '{name}' AND kind = 'candidate'
+             AND status = 'running' AND job_id = {job}"
+        )),
+        1
+    );
+    let sampled_second =
+        site.query_i64("SELECT COUNT(*) FROM teacher_samples WHERE record_id LIKE 'q-%'");
+    assert!(sampled_second > 0);
+    assert_eq!(
+        site.query_i64(&format!(
+            "SELECT COUNT(*) FROM shadow_samples WHERE model = '{name}'"
+        )),
+        sampled_second
+    );
+    // The teacher's own weights: it agrees on every sample, attention included.
+    assert_eq!(
+        site.query_i64(&format!(
+            "SELECT SUM(disagreement) + SUM(attention_kl > 1e-6) FROM shadow_samples
+             WHERE model = '{name}'"
+        )),
+        0
+    );
+
+    // Once promoted it is the student's business, not the shadow's.
+    site.db()
+        .execute(
+            "INSERT INTO student_promotions (kind, promoted_at, model, sha256, previous,
+                 previous_sha256, job_id, reason)
+             VALUES ('promote', 0, ?1, 'x', 'y', 'z', ?2, 'test')",
+            rusqlite::params![candidate.to_str().unwrap(), job],
+        )
+        .unwrap();
+    let third = site.root().join("third.jsonl");
+    std::fs::write(&third, jsonl("r", 40)).unwrap();
+    replay(&site, &third);
+    assert_eq!(site.query_i64("SELECT COUNT(*) FROM shadow_models"), 0);
+    assert_eq!(
+        site.query_i64(&format!(
+            "SELECT COUNT(*) FROM shadow_samples WHERE model = '{name}'"
+        )),
+        sampled_second,
+        "no candidate rows after the promotion"
+    );
+}

@@ -325,3 +325,56 @@ fn the_candidate_awaiting_a_decision_runs_in_shadow_until_it_is_promoted() {
         "no candidate rows after the promotion"
     );
 }
+
+#[test]
+fn a_challenger_failing_at_inference_is_marked_failed_and_skipped() {
+    let site = Site::new();
+    let lite = fixture_model("teacher_no_attention.onnx");
+    let breaks = fixture_model("fails_at_run.onnx");
+    site.write_config(&challengers(&[("breaks", &breaks), ("lite", &lite)], 0.9));
+    // It loads and fits the teacher, so `check` has nothing to warn about.
+    let check = site.sensei(&["check"]);
+    let text = String::from_utf8_lossy(&check.stdout);
+    assert!(
+        check.status.success() && !text.contains("warning"),
+        "{text}"
+    );
+
+    let data = site.root().join("field.jsonl");
+    std::fs::write(&data, jsonl("e", 150)).unwrap();
+    let log = replay(&site, &data);
+    assert!(log.contains("Shadow model failed"), "{log}");
+
+    assert_eq!(site.records(), 150);
+    assert_eq!(site.ledger_count("done"), 1);
+    let samples = site.query_i64("SELECT COUNT(*) FROM teacher_samples");
+    assert!(samples > 0);
+    assert_eq!(
+        site.query_i64("SELECT COUNT(*) FROM records WHERE sampled = 4"),
+        0,
+        "the teacher did not fail"
+    );
+    assert_eq!(
+        site.query_i64("SELECT COUNT(*) FROM shadow_samples WHERE model = 'lite'"),
+        samples
+    );
+    assert_eq!(
+        site.query_i64("SELECT COUNT(*) FROM shadow_samples WHERE model = 'breaks'"),
+        0
+    );
+    assert_eq!(
+        site.query_i64(
+            "SELECT COUNT(*) FROM shadow_models WHERE name = 'breaks' AND status = 'failed'
+             AND detail LIKE '%inference failed%'"
+        ),
+        1
+    );
+    let html = site.root().join("report.html");
+    let out = site.sensei(&["report", "--out", html.to_str().unwrap()]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("FAILED: challenger 'breaks' model inference failed"),
+        "{text}"
+    );
+    assert!(text.contains("verdict: challenger 'lite'"), "{text}");
+}

@@ -270,7 +270,7 @@ fn sampling_policy(
 fn start(
     config: &Config,
     models: Models,
-    store: Store,
+    mut store: Store,
     done: Disposition,
     quarantine_dir: Option<PathBuf>,
     ledger: Option<Reader>,
@@ -283,7 +283,6 @@ fn start(
         teacher: (teacher_tx, teacher_rx),
         writer: (writer_tx, writer_rx),
     } = Channels::new(config.sampling.queue);
-    let mut store = store;
     let shadow = shadow_set(config, &models, &mut store);
     let known_segments = store.known_segments().unwrap_or_default();
     let specs = models.student.inputs.clone();

@@ -40,12 +40,17 @@ pub enum Command {
     /// Check the config, ONNX Runtime, both models and their compatibility, the database and the
     /// directories. Lists every problem; exits 78 when there is one.
     Check,
-    /// Write the dashboard as one self-contained HTML file, with the lab-vs-field gap per signal
-    /// and the return on investment (student vs teacher latency, size and agreement).
+    /// Write the dashboard as one self-contained HTML file, with the lab-vs-field gap per signal,
+    /// the return on investment (student vs teacher latency, size and agreement) and the
+    /// challengers' verdict (the smallest model in shadow that agrees with the teacher enough).
     Report {
         /// The HTML file to write.
         #[arg(long, value_name = "FILE.html")]
         out: PathBuf,
+        /// Also print the report's data (health, gap, return on investment, challengers) as one
+        /// JSON object instead of the one-line summary.
+        #[arg(long)]
+        json: bool,
     },
     /// Show what the database holds: files, records, teacher samples, disagreement per segment.
     Status {

@@ -91,8 +91,15 @@ pub fn check(config_path: &Path) -> CheckReport {
             for note in compatibility_notes(&models.student, &models.teacher) {
                 r.lines.push(format!("note: {note}"));
             }
+            check_challengers(&config, &models, &mut r);
         }
         Err(problems) => r.problems.extend(problems),
+    }
+    if let Some(problem) = redistill_program_problem(
+        &config.redistill.command,
+        std::env::var_os("PATH").as_deref(),
+    ) {
+        r.problems.push(format!("redistill.command: {problem}"));
     }
     let db = &config.store.path;
     if db.exists() {
@@ -138,6 +145,98 @@ pub fn check(config_path: &Path) -> CheckReport {
         }
     }
     r
+}
+
+/// Loads every challenger and checks it can be compared with the teacher. A challenger that
+/// cannot is a warning, not a problem: the daemon runs without it (and `check` guards its start).
+fn check_challengers(config: &Config, models: &crate::daemon::Models, r: &mut CheckReport) {
+    for c in &config.challengers {
+        let role = format!("challenger '{}'", c.name);
+        let loaded =
+            crate::model::Model::load(models.runtime, &role, &c.model_config(&config.teacher))
+                .map_err(|e| e.to_string())
+                .and_then(|m| {
+                    let problems =
+                        crate::daemon::model_problems(config, &role, &m, &models.teacher);
+                    if problems.is_empty() {
+                        Ok(m)
+                    } else {
+                        Err(format!(
+                            "{role} cannot be compared with the teacher: {}",
+                            problems.join("; ")
+                        ))
+                    }
+                });
+        match loaded {
+            Ok(m) => {
+                r.lines.push(format!(
+                    "{role}: {} (sha256 {}, {} bytes); output: {} {}; attention: {}",
+                    m.path.display(),
+                    &m.sha256[..12],
+                    m.size_bytes,
+                    m.output.name,
+                    crate::daemon::dims(&m.output.shape),
+                    m.attention.as_ref().map_or(String::from("none"), |a| {
+                        format!("{} {}", a.name, crate::daemon::dims(&a.shape))
+                    })
+                ));
+                if let (Some(a), Some(t)) = (&m.attention, &models.teacher.attention)
+                    && a.shape != t.shape
+                {
+                    r.lines.push(format!(
+                        "note: {role}: attention shapes differ ({} vs the teacher's {}): attention KL is not computed",
+                        crate::daemon::dims(&a.shape),
+                        crate::daemon::dims(&t.shape)
+                    ));
+                }
+            }
+            Err(e) => r.lines.push(format!(
+                "warning: {e} (it will not run in shadow; the student and the teacher are unaffected)"
+            )),
+        }
+    }
+}
+
+/// Why the re-distillation job's program (`command[0]`) could not be started, if it could not:
+/// it does not exist, is not an executable file, or is a relative path (the job runs in its own
+/// directory, so a relative path would not name the file the operator means). A bare name is
+/// looked up in `path` as the job's start would.
+fn redistill_program_problem(command: &[String], path: Option<&std::ffi::OsStr>) -> Option<String> {
+    use std::os::unix::fs::PermissionsExt;
+    let program = command.first()?;
+    if program.is_empty() || program.contains('{') {
+        return None; // validation reports an empty program; a placeholder is known only later
+    }
+    let executable = |p: &Path| {
+        std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    };
+    let given = Path::new(program);
+    if given.is_absolute() {
+        return match std::fs::metadata(given) {
+            Err(e) => Some(format!("the program {program} cannot be used: {e}")),
+            Ok(m) if !m.is_file() => Some(format!("the program {program} is not a file")),
+            Ok(_) if !executable(given) => Some(format!("the program {program} is not executable")),
+            Ok(_) => None,
+        };
+    }
+    if program.contains('/') {
+        return Some(format!(
+            "the program {program} is a relative path, but the job runs in its own directory              under [redistill] work_dir: give an absolute path"
+        ));
+    }
+    let dirs: Vec<PathBuf> = path
+        .map(|p| std::env::split_paths(p).collect())
+        .unwrap_or_default();
+    if dirs.iter().any(|d| executable(&d.join(program))) {
+        return None;
+    }
+    Some(format!(
+        "the program '{program}' is not an executable file in any directory of PATH ({})",
+        dirs.iter()
+            .map(|d| d.display().to_string())
+            .collect::<Vec<_>>()
+            .join(":")
+    ))
 }
 
 /// A missing directory is fine when its nearest existing ancestor is writable.
@@ -214,6 +313,19 @@ pub struct StatusReport {
     pub recent_events: Vec<crate::store::DriftEventRow>,
     /// Alert notifications per receiver: sent, pending, failing (undelivered stay visible).
     pub outbox: Option<crate::alert::OutboxSummary>,
+    /// The shadow models of the latest pipeline start, with the samples each has answered.
+    pub shadow_models: Vec<ShadowStatus>,
+    /// The latest re-distillation jobs, newest first.
+    pub redistill_jobs: Vec<crate::store::JobRow>,
+}
+
+/// One shadow model, as `status` shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct ShadowStatus {
+    #[serde(flatten)]
+    pub model: crate::store::ShadowModelStatus,
+    /// Teacher-sampled records this version of it answered.
+    pub samples: i64,
 }
 
 /// One signal of one segment, as `status` shows it.
@@ -233,6 +345,8 @@ pub struct SignalStatus {
 
 /// How many recent drift events `status` lists.
 pub const RECENT_EVENTS: i64 = 20;
+/// How many recent re-distillation jobs `status` lists.
+pub const RECENT_JOBS: i64 = 5;
 
 pub fn status(config: &Config) -> anyhow::Result<StatusReport> {
     let reader = Reader::open(&config.store.path)?;
@@ -241,6 +355,16 @@ pub fn status(config: &Config) -> anyhow::Result<StatusReport> {
     report.baseline = reader.active_baseline()?;
     report.recent_events = reader.recent_events(RECENT_EVENTS)?;
     report.outbox = crate::alert::outbox_summary(&config.store.path).ok();
+    report.redistill_jobs = reader.redistill_jobs(RECENT_JOBS)?;
+    for model in reader.shadow_models()? {
+        let samples = match &model.sha256 {
+            Some(sha) => reader
+                .shadow_totals(&model.name, sha)?
+                .map_or(0, |t| t.samples),
+            None => 0,
+        };
+        report.shadow_models.push(ShadowStatus { model, samples });
+    }
     let reference: Option<crate::drift::Reference> = report
         .baseline
         .as_ref()
@@ -338,6 +462,8 @@ fn status_of(db: &Path, s: &Summary) -> StatusReport {
         signals: Vec::new(),
         recent_events: Vec::new(),
         outbox: None,
+        shadow_models: Vec::new(),
+        redistill_jobs: Vec::new(),
     }
 }
 
@@ -447,6 +573,41 @@ impl StatusReport {
                 }
             }
         }
+        if !self.shadow_models.is_empty() {
+            let _ = writeln!(s, "\nshadow models (on teacher-sampled records):");
+            for m in &self.shadow_models {
+                let what = match (m.model.status.as_str(), &m.model.detail) {
+                    ("failed", Some(detail)) => format!("FAILED: {detail}"),
+                    (status, _) => format!("{status}, {} samples", m.samples),
+                };
+                let _ = writeln!(
+                    s,
+                    "  {} ({}, {}): {what}",
+                    m.model.name,
+                    m.model.kind.as_str(),
+                    m.model.path
+                );
+            }
+        }
+        if !self.redistill_jobs.is_empty() {
+            let _ = writeln!(s, "\nre-distillation jobs (latest first):");
+            for j in &self.redistill_jobs {
+                let when = crate::alert::time::rfc3339(j.finished_at.unwrap_or(j.requested_at));
+                let gate = j
+                    .gate
+                    .as_deref()
+                    .map_or(String::new(), |g| format!(", gate {g}"));
+                let detail = j
+                    .detail
+                    .as_deref()
+                    .map_or(String::new(), |d| format!(": {}", first_line(d)));
+                let _ = writeln!(
+                    s,
+                    "  #{} {} {when} ({}){gate}{detail}",
+                    j.id, j.status, j.trigger
+                );
+            }
+        }
         if self.recent_events.is_empty() {
             let _ = writeln!(s, "\ndrift events: none");
         } else {
@@ -481,6 +642,11 @@ impl StatusReport {
         }
         s
     }
+}
+
+/// The first line of a possibly long text, for one-line listings.
+fn first_line(text: &str) -> &str {
+    text.lines().next().unwrap_or("")
 }
 
 fn segment_name(segment: &str) -> String {
@@ -601,5 +767,54 @@ impl BaselineReport {
             let _ = writeln!(s, "warning: {w}");
         }
         s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn argv(program: &str) -> Vec<String> {
+        vec![program.into(), "{dataset}".into(), "{output}".into()]
+    }
+
+    #[test]
+    fn the_redistill_program_must_be_an_executable_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let script = dir.path().join("distill.sh");
+        std::fs::write(&script, "#!/bin/sh\n").unwrap();
+        let path = std::ffi::OsString::from(dir.path());
+        let problem = |program: &str| redistill_program_problem(&argv(program), Some(&path));
+
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let abs = script.to_str().unwrap();
+        assert!(problem(abs).unwrap().ends_with("is not executable"));
+        assert!(
+            problem("distill.sh")
+                .unwrap()
+                .contains("not an executable file in any directory of PATH")
+        );
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+        assert_eq!(problem(abs), None);
+        assert_eq!(problem("distill.sh"), None, "found on PATH");
+
+        let missing = dir.path().join("missing");
+        assert!(
+            problem(missing.to_str().unwrap())
+                .unwrap()
+                .contains("cannot be used")
+        );
+        assert!(
+            problem(dir.path().to_str().unwrap())
+                .unwrap()
+                .ends_with("is not a file")
+        );
+        assert!(problem("./distill.sh").unwrap().contains("relative path"));
+        assert_eq!(redistill_program_problem(&[], Some(&path)), None, "off");
+        assert!(
+            redistill_program_problem(&argv("sh"), None).is_some(),
+            "no PATH"
+        );
     }
 }

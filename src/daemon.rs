@@ -31,6 +31,7 @@ use crate::pipeline::{
 };
 use crate::record::InputSpec;
 use crate::sampler::Sampler;
+use crate::shadow::ShadowSet;
 use crate::store::{Reader, Store};
 
 /// The loaded runtime and both models.
@@ -68,16 +69,27 @@ pub fn load_models(config: &Config) -> Result<Models, Vec<String>> {
 
 /// What makes a teacher and a student impossible to compare under this config.
 pub fn compatibility_problems(config: &Config, student: &Model, teacher: &Model) -> Vec<String> {
+    model_problems(config, "student", student, teacher)
+}
+
+/// What makes `model` (the student, a challenger or a candidate, called `role` in the
+/// messages) impossible to compare with the teacher under this config.
+pub fn model_problems(
+    config: &Config,
+    role: &str,
+    student: &Model,
+    teacher: &Model,
+) -> Vec<String> {
     let mut problems = Vec::new();
     for t in &teacher.inputs {
         match student.inputs.iter().find(|s| s.name == t.name) {
             None => problems.push(format!(
-                "teacher input '{}' is not a student input: both models must take the same inputs",
+                "teacher input '{}' is not a {role} input: both models must take the same inputs",
                 t.name
             )),
             Some(s) if s.elem_type != t.elem_type || !shapes_compatible(&s.shape, &t.shape) => {
                 problems.push(format!(
-                    "input '{}': student takes {} {}, teacher takes {} {}",
+                    "input '{}': {role} takes {} {}, teacher takes {} {}",
                     t.name,
                     s.elem_type,
                     s.shape_display(),
@@ -91,7 +103,7 @@ pub fn compatibility_problems(config: &Config, student: &Model, teacher: &Model)
     for s in &student.inputs {
         if !teacher.inputs.iter().any(|t| t.name == s.name) {
             problems.push(format!(
-                "student input '{}' is not a teacher input: both models must take the same inputs",
+                "{role} input '{}' is not a teacher input: both models must take the same inputs",
                 s.name
             ));
         }
@@ -101,7 +113,7 @@ pub fn compatibility_problems(config: &Config, student: &Model, teacher: &Model)
         Task::Classification | Task::Regression => {
             if so.len() != to.len() || !shapes_compatible(so, to) {
                 problems.push(format!(
-                    "outputs are not comparable: student '{}' is {}, teacher '{}' is {}",
+                    "outputs are not comparable: {role} '{}' is {}, teacher '{}' is {}",
                     student.output.name,
                     dims(so),
                     teacher.output.name,
@@ -116,7 +128,7 @@ pub fn compatibility_problems(config: &Config, student: &Model, teacher: &Model)
                 && to.last().copied().flatten().is_some()
             {
                 problems.push(format!(
-                    "embeddings are not comparable: student dimension {}, teacher dimension {}",
+                    "embeddings are not comparable: {role} dimension {}, teacher dimension {}",
                     dims(so),
                     dims(to)
                 ));
@@ -258,7 +270,7 @@ fn sampling_policy(
 fn start(
     config: &Config,
     models: Models,
-    store: Store,
+    mut store: Store,
     done: Disposition,
     quarantine_dir: Option<PathBuf>,
     ledger: Option<Reader>,
@@ -271,6 +283,7 @@ fn start(
         teacher: (teacher_tx, teacher_rx),
         writer: (writer_tx, writer_rx),
     } = Channels::new(config.sampling.queue);
+    let shadow = shadow_set(config, &models, &mut store);
     let known_segments = store.known_segments().unwrap_or_default();
     let specs = models.student.inputs.clone();
     let comparer = model_worker_parts(config);
@@ -300,6 +313,7 @@ fn start(
         max_batch: config.teacher.max_batch.max(1),
         mask_input: config.compare.mask_input.clone(),
         metrics: metrics.clone(),
+        shadow,
     }
     .spawn(teacher_rx, writer_tx.clone())
     .context("starting the teacher thread")?;
@@ -336,6 +350,42 @@ fn start(
             writer,
         },
     ))
+}
+
+/// Loads the shadow models (challengers and the candidate awaiting a decision) and records
+/// which run. Nothing here can stop the pipeline: a problem leaves a model out.
+fn shadow_set(config: &Config, models: &Models, store: &mut Store) -> ShadowSet {
+    let candidate = if config.shadow.candidate {
+        match store.pending_candidate() {
+            Ok(Some((job, output))) => {
+                let path = PathBuf::from(output);
+                if path.is_file() {
+                    Some((job, path))
+                } else {
+                    tracing::warn!(job, path = %path.display(), "The pending candidate's file is gone; it does not run in shadow.");
+                    None
+                }
+            }
+            Ok(None) => None,
+            Err(e) => {
+                tracing::error!(error = %e, "Looking up the pending candidate failed; it does not run in shadow.");
+                None
+            }
+        }
+    } else {
+        None
+    };
+    let (set, rows) = ShadowSet::load(
+        config,
+        models.runtime,
+        &models.teacher,
+        &models.student.sha256,
+        candidate,
+    );
+    if let Err(e) = store.register_shadow_models(&rows, crate::pipeline::now_ms()) {
+        tracing::error!(error = %e, "Recording the shadow models failed; they run all the same.");
+    }
+    set
 }
 
 fn prepare_dirs(config: &Config) -> anyhow::Result<()> {

@@ -15,6 +15,7 @@
 //! - [`alert`]: rules over drift events, the durable outbox, email/webhook/Alertmanager/command
 //!   receivers.
 //! - [`redistill`]: the distillation buffer's retention, `sensei export`, re-distillation jobs.
+//! - [`shadow`]: challengers and a pending candidate run beside the teacher; their verdict.
 //! - [`daemon`]: wiring and shutdown; `run` (the daemon) and `replay`.
 //! - [`commands`], [`demo`]: `check`, `status`, `demo`; [`cli`]: argument definitions.
 //! - [`http`]: `/metrics`, `/healthz`, `/readyz`, the JSON API and the dashboard (loopback).
@@ -42,5 +43,6 @@ pub mod record;
 pub mod redistill;
 pub mod report;
 pub mod sampler;
+pub mod shadow;
 pub mod stats;
 pub mod store;

@@ -66,19 +66,26 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
             }
         }
-        Command::Report { out } => {
+        Command::Report { out, json } => {
             let config = match load_config(&cli.config) {
                 Ok(c) => c,
                 Err(code) => return Ok(code),
             };
             init_logging(LogFormat::Auto, "warn,ort=error");
             let data = sensei::report::write_report(&config, &out)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&data)?);
+                return Ok(ExitCode::SUCCESS);
+            }
             println!(
                 "wrote {} ({}: {})",
                 out.display(),
                 data.health.level,
                 data.health.summary
             );
+            if let Some(c) = &data.challengers {
+                print!("{}", sensei::report::challengers_text(c));
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Replay { paths } => {

@@ -399,6 +399,8 @@ pub struct TeacherWorker {
     /// Name of the int64 mask input used for embedding pooling, if any.
     pub mask_input: Option<String>,
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// Challengers and a pending candidate, run on the teacher's batches after the teacher.
+    pub shadow: crate::shadow::ShadowSet,
 }
 
 impl TeacherWorker {
@@ -453,6 +455,10 @@ impl TeacherWorker {
         let result = self.model.run(&records);
         self.metrics
             .batch("teacher", started.elapsed(), records.len());
+        let mut shadow = match &result {
+            Ok(out) => self.shadow.run(&records, out),
+            Err(_) => Vec::new(),
+        };
         drop(records);
         let mut by_file = ByFile::new();
         let out = match result {
@@ -498,6 +504,7 @@ impl TeacherWorker {
                     student_output: job.student_output.clone(),
                     teacher_attention,
                     inputs: job.record.inputs.into_iter().collect(),
+                    shadow: shadow.get_mut(i).map(std::mem::take).unwrap_or_default(),
                 }
             });
             by_file.push(&job.meta, job.index, row);

@@ -13,6 +13,7 @@ use std::path::Path;
 use anyhow::Context;
 use serde::Serialize;
 use serde_json::Value;
+use sha2::Digest;
 
 use crate::commands::StatusReport;
 use crate::config::Config;
@@ -57,6 +58,17 @@ pub struct DashboardData {
     pub gap: Vec<GapRow>,
     /// Report only.
     pub roi: Option<Roi>,
+    /// Report only: the shadow models against the serving student, and the verdict.
+    pub challengers: Option<Challengers>,
+}
+
+/// The challengers' table and verdict (`sensei report`).
+#[derive(Debug, Clone, Serialize)]
+pub struct Challengers {
+    /// The serving student first, then the shadow models by name.
+    pub standings: Vec<crate::shadow::Standing>,
+    pub verdict: crate::shadow::Verdict,
+    pub teacher_bytes: Option<u64>,
 }
 
 /// The one-line verdict at the top of the page.
@@ -245,6 +257,11 @@ pub fn dashboard_data(config: &Config, ready: bool, report: bool) -> anyhow::Res
     } else {
         (Vec::new(), None)
     };
+    let challengers = if report {
+        challengers(config, &reader)?
+    } else {
+        None
+    };
 
     Ok(DashboardData {
         generated_at: crate::pipeline::now_ms(),
@@ -264,7 +281,115 @@ pub fn dashboard_data(config: &Config, ready: bool, report: bool) -> anyhow::Res
         models,
         gap,
         roi,
+        challengers,
     })
+}
+
+/// The serving student and every shadow model of the latest pipeline start, measured on the
+/// same teacher-sampled records, and the verdict. `None` when nothing runs in shadow.
+fn challengers(config: &Config, reader: &Reader) -> anyhow::Result<Option<Challengers>> {
+    use crate::shadow::{STUDENT, Standing};
+    use crate::store::ShadowKind;
+    let shadow = reader.shadow_models()?;
+    if shadow.is_empty() && config.challengers.is_empty() {
+        return Ok(None);
+    }
+    let floor = config.shadow.agreement_floor;
+    let student_file = std::fs::read(&config.student.path).ok();
+    let student_sha = student_file
+        .as_ref()
+        .map(|b| crate::model::hex(&sha2::Sha256::digest(b))[..12].to_string());
+    let student = reader.student_shadow_totals(student_sha.as_deref())?;
+    let mut standings = vec![Standing::new(
+        STUDENT,
+        ShadowKind::Student,
+        student_sha.clone(),
+        "serving",
+        None,
+        student_file.as_ref().map(|b| b.len() as u64),
+        student_file
+            .as_deref()
+            .and_then(crate::shadow::parameter_count),
+        student.as_ref().map(|(_, t)| t),
+        floor,
+    )];
+    for m in shadow {
+        let totals = match &m.sha256 {
+            Some(sha) => reader.shadow_totals(&m.name, sha)?,
+            None => None,
+        };
+        standings.push(Standing::new(
+            &m.name,
+            m.kind,
+            m.sha256.clone(),
+            &m.status,
+            m.detail.clone(),
+            m.size_bytes,
+            m.parameters,
+            totals.as_ref(),
+            floor,
+        ));
+    }
+    let teacher_bytes = std::fs::metadata(&config.teacher.path)
+        .ok()
+        .map(|m| m.len());
+    let verdict = crate::shadow::verdict(&standings, teacher_bytes, floor);
+    Ok(Some(Challengers {
+        standings,
+        verdict,
+        teacher_bytes,
+    }))
+}
+
+/// The challengers' table and verdict as `sensei report` prints them.
+pub fn challengers_text(c: &Challengers) -> String {
+    use std::fmt::Write as _;
+    let opt = |v: Option<f64>, digits: usize| v.map_or("-".into(), |x| format!("{x:.digits$}"));
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "challengers (on the same teacher-sampled records; agreement with the teacher, 95% CI):"
+    );
+    let _ = writeln!(
+        s,
+        "  {:<20} {:<10} {:>8} {:>8} {:>24} {:>8} {:>8} {:>10} {:>10} {:>10}",
+        "model",
+        "kind",
+        "samples",
+        "eff. n",
+        "agreement [95% CI]",
+        "KL",
+        "attn KL",
+        "µs/record",
+        "bytes",
+        "params"
+    );
+    for st in &c.standings {
+        let agreement = st.agreement.map_or("-".into(), |i| {
+            format!("{:.3} [{:.3}, {:.3}]", i.estimate, i.low, i.high)
+        });
+        let _ = writeln!(
+            s,
+            "  {:<20} {:<10} {:>8} {:>8} {:>24} {:>8} {:>8} {:>10} {:>10} {:>10}{}",
+            st.name,
+            st.kind.as_str(),
+            st.samples,
+            opt(st.effective_n, 0),
+            agreement,
+            opt(st.mean_kl, 4),
+            opt(st.mean_attention_kl, 4),
+            opt(st.latency_us, 0),
+            st.size_bytes.map_or("-".into(), |b| b.to_string()),
+            st.parameters.map_or("-".into(), |p| p.to_string()),
+            match (st.status.as_str(), &st.detail) {
+                ("failed", Some(d)) => format!("  FAILED: {d}"),
+                ("failed", None) => "  FAILED".into(),
+                _ => String::new(),
+            }
+        );
+    }
+    let _ = writeln!(s, "verdict: {}", c.verdict.summary);
+    s
 }
 
 /// The upper edge of the 95% band of a rate p0 measured on n samples.

@@ -31,6 +31,7 @@ const MIGRATIONS: &[(&str, &str)] = &[
         "0004_redistill",
         include_str!("../migrations/0004_redistill.sql"),
     ),
+    ("0005_shadow", include_str!("../migrations/0005_shadow.sql")),
 ];
 
 /// The schema version this binary writes.
@@ -142,6 +143,69 @@ pub struct TeacherRow {
     pub student_output: Vec<f32>,
     pub teacher_attention: Option<(Vec<usize>, Vec<f32>)>,
     pub inputs: Vec<(String, Tensor)>,
+    /// The shadow models' answers on this record (`crate::shadow`), compared with the teacher.
+    pub shadow: Vec<ShadowRow>,
+}
+
+/// One shadow model on one teacher-sampled record.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ShadowRow {
+    /// `shadow_models.name`.
+    pub model: String,
+    /// The model file's sha256 (first 12 hex digits).
+    pub sha256: String,
+    pub kind: ShadowKind,
+    /// The comparison with the teacher, or why the model could not answer.
+    pub result: std::result::Result<ShadowMeasure, String>,
+}
+
+/// What a shadow model is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ShadowKind {
+    Student,
+    Challenger,
+    Candidate,
+}
+
+impl ShadowKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ShadowKind::Student => "student",
+            ShadowKind::Challenger => "challenger",
+            ShadowKind::Candidate => "candidate",
+        }
+    }
+
+    fn parse(s: &str) -> ShadowKind {
+        match s {
+            "student" => ShadowKind::Student,
+            "candidate" => ShadowKind::Candidate,
+            _ => ShadowKind::Challenger,
+        }
+    }
+}
+
+/// A shadow model's answer on one record, compared with the teacher's.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ShadowMeasure {
+    pub comparison: Comparison,
+    /// Its batch inference time / batch size.
+    pub latency_us: i64,
+}
+
+/// A shadow model as loaded (or not) at pipeline start, for `shadow_models`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ShadowModelRow {
+    pub name: String,
+    pub kind: ShadowKind,
+    pub path: String,
+    pub sha256: Option<String>,
+    pub size_bytes: Option<u64>,
+    pub parameters: Option<u64>,
+    /// `None` when it runs; the reason when it does not.
+    pub failure: Option<String>,
+    pub job_id: Option<i64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -183,6 +247,134 @@ fn tensor_blob(t: &Tensor) -> (&'static str, Vec<u8>) {
 
 fn shape_json(shape: &[usize]) -> String {
     serde_json::to_string(shape).unwrap_or_else(|_| "[]".into())
+}
+
+/// The shadow models' rows of one file, gathered while its records are inserted.
+#[derive(Debug, Default)]
+struct ShadowBatch {
+    /// (seq, row, weight).
+    samples: Vec<(i64, ShadowRow, f64)>,
+    /// Per (model, sha256): its kind and sums.
+    totals: BTreeMap<(String, String), (ShadowKind, crate::shadow::Totals)>,
+    /// Models that failed on a record of this file, with the reason.
+    failures: BTreeMap<String, String>,
+}
+
+impl ShadowBatch {
+    /// Adds one teacher-sampled record: each shadow model's answer and, when any shadow model
+    /// answered, the serving student's over the same record.
+    fn add(&mut self, seq: i64, r: &RecordRow, t: &TeacherRow, student_sha: &str) {
+        if t.shadow.is_empty() {
+            return;
+        }
+        self.total(crate::shadow::STUDENT, student_sha, ShadowKind::Student)
+            .add(seq, t.weight, &t.comparison, r.latency_us, t.latency_us);
+        for s in &t.shadow {
+            match &s.result {
+                Ok(m) => {
+                    self.total(&s.model, &s.sha256, s.kind).add(
+                        seq,
+                        t.weight,
+                        &m.comparison,
+                        m.latency_us,
+                        t.latency_us,
+                    );
+                    self.samples.push((seq, s.clone(), t.weight));
+                }
+                Err(reason) => {
+                    self.failures.insert(s.model.clone(), reason.clone());
+                }
+            }
+        }
+    }
+}
+
+impl ShadowBatch {
+    fn total(&mut self, model: &str, sha: &str, kind: ShadowKind) -> &mut crate::shadow::Totals {
+        &mut self
+            .totals
+            .entry((model.to_string(), sha.to_string()))
+            .or_insert_with(|| (kind, crate::shadow::Totals::default()))
+            .1
+    }
+}
+
+fn write_shadow(tx: &Transaction<'_>, batch: &ShadowBatch, now_ms: i64) -> Result<()> {
+    if batch.totals.is_empty() && batch.failures.is_empty() {
+        return Ok(());
+    }
+    let mut ins = tx.prepare_cached(
+        "INSERT INTO shadow_samples (seq, model, sha256, weight, disagreement, kl, attention_kl,
+             cosine_distance, abs_error, latency_us)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+    )?;
+    for (seq, row, weight) in &batch.samples {
+        let Ok(m) = &row.result else { continue };
+        let c = &m.comparison;
+        ins.execute(params![
+            seq,
+            row.model,
+            row.sha256,
+            weight,
+            c.disagreement.map(i64::from),
+            c.kl.filter(|x| x.is_finite()),
+            c.attention_kl.filter(|x| x.is_finite()),
+            c.cosine_distance.filter(|x| x.is_finite()),
+            c.abs_error.filter(|x| x.is_finite()),
+            m.latency_us,
+        ])?;
+    }
+    let mut upsert = tx.prepare_cached(
+        "INSERT INTO shadow_totals (model, sha256, kind, samples, weight, weight_sq, agreement,
+             agreement_weight, agreement_weight_sq, kl, kl_weight, attention_kl,
+             attention_kl_weight, latency_us, teacher_latency_us, first_seq, last_seq, updated_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18)
+         ON CONFLICT (model, sha256) DO UPDATE SET
+             samples = samples + excluded.samples,
+             weight = weight + excluded.weight,
+             weight_sq = weight_sq + excluded.weight_sq,
+             agreement = agreement + excluded.agreement,
+             agreement_weight = agreement_weight + excluded.agreement_weight,
+             agreement_weight_sq = agreement_weight_sq + excluded.agreement_weight_sq,
+             kl = kl + excluded.kl,
+             kl_weight = kl_weight + excluded.kl_weight,
+             attention_kl = attention_kl + excluded.attention_kl,
+             attention_kl_weight = attention_kl_weight + excluded.attention_kl_weight,
+             latency_us = latency_us + excluded.latency_us,
+             teacher_latency_us = teacher_latency_us + excluded.teacher_latency_us,
+             first_seq = MIN(first_seq, excluded.first_seq),
+             last_seq = MAX(last_seq, excluded.last_seq),
+             updated_at = excluded.updated_at",
+    )?;
+    for ((model, sha), (kind, t)) in &batch.totals {
+        upsert.execute(params![
+            model,
+            sha,
+            kind.as_str(),
+            t.samples,
+            finite(t.weight),
+            finite(t.weight_sq),
+            finite(t.agreement),
+            finite(t.agreement_weight),
+            finite(t.agreement_weight_sq),
+            finite(t.kl),
+            finite(t.kl_weight),
+            finite(t.attention_kl),
+            finite(t.attention_kl_weight),
+            t.latency_us,
+            t.teacher_latency_us,
+            t.first_seq,
+            t.last_seq,
+            now_ms,
+        ])?;
+    }
+    let mut failed = tx.prepare_cached(
+        "UPDATE shadow_models SET status = 'failed', detail = ?2, updated_at = ?3 WHERE name = ?1",
+    )?;
+    for (model, reason) in &batch.failures {
+        failed.execute(params![model, reason, now_ms])?;
+    }
+    Ok(())
 }
 
 /// Running sums for one (window, segment) cell.
@@ -300,6 +492,7 @@ impl Store {
             now_ms,
         )?;
         let mut windows: BTreeMap<(i64, String), WindowSums> = BTreeMap::new();
+        let mut shadow = ShadowBatch::default();
         {
             let mut ins_record = tx.prepare_cached(
                 "INSERT INTO records (file_id, record_id, ts, segment, student, prediction, confidence,
@@ -375,6 +568,7 @@ impl Store {
                             blob
                         ])?;
                     }
+                    shadow.add(seq, r, t, &file.student);
                 }
                 let start = r.ts_ms.div_euclid(window_ms) * window_ms;
                 windows
@@ -388,6 +582,7 @@ impl Store {
             }
         }
         upsert_windows(&tx, &windows)?;
+        write_shadow(&tx, &shadow, now_ms)?;
         if let Some((version, delta)) = drift {
             write_delta(&tx, version, delta, now_ms)?;
         }
@@ -633,10 +828,94 @@ impl Store {
     /// when sensei received a record, not from the record's own timestamp, so a backfill of old
     /// data is kept as long as fresh data). Window sums and teacher samples stay.
     pub fn apply_retention(&mut self, cutoff_ms: i64) -> Result<usize> {
-        Ok(self.conn.execute(
+        let tx = self.conn.transaction()?;
+        tx.execute(
+            "DELETE FROM shadow_samples WHERE seq IN (SELECT seq FROM records WHERE file_id IN
+                 (SELECT id FROM files WHERE processed_at < ?1))",
+            [cutoff_ms],
+        )?;
+        let deleted = tx.execute(
             "DELETE FROM records WHERE file_id IN (SELECT id FROM files WHERE processed_at < ?1)",
             [cutoff_ms],
-        )?)
+        )?;
+        tx.commit()?;
+        Ok(deleted)
+    }
+
+    /// Records the shadow models of a pipeline start: each one's identity and whether it
+    /// loaded. Models no longer configured leave `shadow_models` (their totals stay).
+    pub fn register_shadow_models(&mut self, models: &[ShadowModelRow], now_ms: i64) -> Result<()> {
+        let tx = self.conn.transaction()?;
+        {
+            let names: Vec<&str> = models.iter().map(|m| m.name.as_str()).collect();
+            let mut stmt = tx.prepare("SELECT name FROM shadow_models")?;
+            let known: Vec<String> = stmt
+                .query_map([], |r| r.get(0))?
+                .collect::<rusqlite::Result<_>>()?;
+            for name in known.iter().filter(|n| !names.contains(&n.as_str())) {
+                tx.execute("DELETE FROM shadow_models WHERE name = ?1", [name])?;
+            }
+            let mut upsert = tx.prepare_cached(
+                "INSERT INTO shadow_models (name, kind, path, sha256, size_bytes, parameters,
+                     status, detail, job_id, updated_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
+                 ON CONFLICT (name) DO UPDATE SET kind = excluded.kind, path = excluded.path,
+                     sha256 = excluded.sha256, size_bytes = excluded.size_bytes,
+                     parameters = excluded.parameters, status = excluded.status,
+                     detail = excluded.detail, job_id = excluded.job_id,
+                     updated_at = excluded.updated_at",
+            )?;
+            for m in models {
+                upsert.execute(params![
+                    m.name,
+                    m.kind.as_str(),
+                    m.path,
+                    m.sha256,
+                    m.size_bytes.map(|b| b as i64),
+                    m.parameters.map(|p| p as i64),
+                    if m.failure.is_some() {
+                        "failed"
+                    } else {
+                        "running"
+                    },
+                    m.failure,
+                    m.job_id,
+                    now_ms
+                ])?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// The latest job's candidate when it still waits for a decision: the job succeeded, the
+    /// gate passed it, and no promotion installed it. (id, output path).
+    pub fn pending_candidate(&self) -> Result<Option<(i64, String)>> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT j.id, j.output, j.gate FROM redistill_jobs j
+                 WHERE j.status = 'succeeded' AND j.output IS NOT NULL
+                 ORDER BY j.id DESC LIMIT 1",
+                [],
+                |r| {
+                    Ok((
+                        r.get::<_, i64>(0)?,
+                        r.get::<_, String>(1)?,
+                        r.get::<_, Option<String>>(2)?,
+                    ))
+                },
+            )
+            .optional()?
+            .filter(|(_, _, gate)| gate.as_deref() == Some("passed"))
+            .map(|(id, output, _)| (id, output))
+            .filter(|(id, _)| {
+                !self
+                    .conn
+                    .prepare_cached("SELECT 1 FROM student_promotions WHERE job_id = ?1")
+                    .and_then(|mut s| s.exists([id]))
+                    .unwrap_or(false)
+            }))
     }
 
     /// Whether a file with this content was already counted.
@@ -1365,6 +1644,99 @@ impl Reader {
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
+    /// The shadow models of the latest pipeline start, by name.
+    pub fn shadow_models(&self) -> Result<Vec<ShadowModelStatus>> {
+        if !self.table_exists("shadow_models")? {
+            return Ok(Vec::new());
+        }
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT name, kind, path, sha256, size_bytes, parameters, status, detail, job_id,
+                    updated_at
+             FROM shadow_models ORDER BY name",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            Ok(ShadowModelStatus {
+                name: r.get(0)?,
+                kind: ShadowKind::parse(&r.get::<_, String>(1)?),
+                path: r.get(2)?,
+                sha256: r.get(3)?,
+                size_bytes: r.get::<_, Option<i64>>(4)?.map(|b| b as u64),
+                parameters: r.get::<_, Option<i64>>(5)?.map(|p| p as u64),
+                status: r.get(6)?,
+                detail: r.get(7)?,
+                job_id: r.get(8)?,
+                updated_at: r.get(9)?,
+            })
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// The shadow sums of one model version.
+    pub fn shadow_totals(
+        &self,
+        model: &str,
+        sha256: &str,
+    ) -> Result<Option<crate::shadow::Totals>> {
+        if !self.table_exists("shadow_totals")? {
+            return Ok(None);
+        }
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT samples, weight, weight_sq, agreement, agreement_weight,
+                        agreement_weight_sq, kl, kl_weight, attention_kl, attention_kl_weight,
+                        latency_us, teacher_latency_us, first_seq, last_seq
+                 FROM shadow_totals WHERE model = ?1 AND sha256 = ?2",
+                [model, sha256],
+                |r| {
+                    Ok(crate::shadow::Totals {
+                        samples: r.get(0)?,
+                        weight: r.get(1)?,
+                        weight_sq: r.get(2)?,
+                        agreement: r.get(3)?,
+                        agreement_weight: r.get(4)?,
+                        agreement_weight_sq: r.get(5)?,
+                        kl: r.get(6)?,
+                        kl_weight: r.get(7)?,
+                        attention_kl: r.get(8)?,
+                        attention_kl_weight: r.get(9)?,
+                        latency_us: r.get(10)?,
+                        teacher_latency_us: r.get(11)?,
+                        first_seq: r.get(12)?,
+                        last_seq: r.get(13)?,
+                    })
+                },
+            )
+            .optional()?)
+    }
+
+    /// The serving student's shadow sums: those of `sha256` when given, otherwise the most
+    /// recently updated student version. (sha256, totals).
+    pub fn student_shadow_totals(
+        &self,
+        sha256: Option<&str>,
+    ) -> Result<Option<(String, crate::shadow::Totals)>> {
+        if !self.table_exists("shadow_totals")? {
+            return Ok(None);
+        }
+        let sha: Option<String> = match sha256 {
+            Some(s) => Some(s.to_string()),
+            None => self
+                .conn
+                .query_row(
+                    "SELECT sha256 FROM shadow_totals WHERE kind = 'student'
+                     ORDER BY updated_at DESC, last_seq DESC LIMIT 1",
+                    [],
+                    |r| r.get(0),
+                )
+                .optional()?,
+        };
+        let Some(sha) = sha else { return Ok(None) };
+        Ok(self
+            .shadow_totals(crate::shadow::STUDENT, &sha)?
+            .map(|t| (sha, t)))
+    }
+
     /// Mean student latency per record over all windows (µs).
     pub fn mean_student_latency_us(&self) -> Result<Option<f64>> {
         Ok(self.conn.query_row(
@@ -1514,6 +1886,22 @@ pub enum Enqueued {
         last_job: i64,
         next_allowed_ms: i64,
     },
+}
+
+/// A `shadow_models` row.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ShadowModelStatus {
+    pub name: String,
+    pub kind: ShadowKind,
+    pub path: String,
+    pub sha256: Option<String>,
+    pub size_bytes: Option<u64>,
+    pub parameters: Option<u64>,
+    /// `running` or `failed`.
+    pub status: String,
+    pub detail: Option<String>,
+    pub job_id: Option<i64>,
+    pub updated_at: i64,
 }
 
 /// A `redistill_jobs` row.
@@ -1852,6 +2240,7 @@ mod tests {
             student_output: vec![0.2, 0.8],
             teacher_attention: None,
             inputs: vec![("x".into(), Tensor::f32(vec![2], vec![1.0, 2.0]))],
+            shadow: Vec::new(),
         }
     }
 
@@ -1976,6 +2365,114 @@ mod tests {
             store.summary().unwrap().records,
             3,
             "window sums keep the history"
+        );
+    }
+
+    fn shadow_row(model: &str, agrees: bool) -> ShadowRow {
+        ShadowRow {
+            model: model.into(),
+            sha256: "c0ffee".into(),
+            kind: ShadowKind::Challenger,
+            result: Ok(ShadowMeasure {
+                comparison: Comparison {
+                    disagreement: Some(!agrees),
+                    kl: Some(0.25),
+                    ..Comparison::default()
+                },
+                latency_us: 40,
+            }),
+        }
+    }
+
+    #[test]
+    fn shadow_rows_commit_with_their_file_once_and_leave_with_its_records() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::open(&dir.path().join("s.db")).unwrap();
+        let model = |name: &str| ShadowModelRow {
+            name: name.into(),
+            kind: ShadowKind::Challenger,
+            path: format!("/m/{name}.onnx"),
+            sha256: Some("c0ffee".into()),
+            size_bytes: Some(100),
+            parameters: Some(10),
+            failure: None,
+            job_id: None,
+        };
+        store
+            .register_shadow_models(&[model("lite"), model("gone")], 1)
+            .unwrap();
+        store.register_shadow_models(&[model("lite")], 2).unwrap();
+        let with_shadow = |id: &str, agrees: bool| {
+            let mut t = sample(false, 2.0);
+            t.shadow = vec![shadow_row("lite", agrees)];
+            record(id, "", 0, Some(t))
+        };
+        let mut failing = sample(false, 2.0);
+        failing.shadow = vec![ShadowRow {
+            result: Err("inference failed".into()),
+            ..shadow_row("lite", true)
+        }];
+        let records = vec![
+            with_shadow("r1", true),
+            with_shadow("r2", false),
+            record("r3", "", 0, None),
+            with_shadow("r4", true),
+        ];
+        commit(&mut store, file("a.jsonl", "a", records), 60_000, 1_000).unwrap();
+        // The same content again is a duplicate: nothing is counted twice.
+        let again = vec![with_shadow("r1", true)];
+        let outcome = commit(&mut store, file("b.jsonl", "a", again), 60_000, 2_000).unwrap();
+        assert!(matches!(outcome, CommitOutcome::Duplicate { .. }));
+        let count = |store: &Store, sql: &str| -> i64 {
+            store.conn.query_row(sql, [], |r| r.get(0)).unwrap()
+        };
+        assert_eq!(count(&store, "SELECT COUNT(*) FROM shadow_samples"), 3);
+        let (samples, agreement, weight, kl): (i64, f64, f64, f64) = store
+            .conn
+            .query_row(
+                "SELECT samples, agreement, agreement_weight, kl FROM shadow_totals
+                 WHERE model = 'lite'",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+            )
+            .unwrap();
+        assert_eq!((samples, agreement, weight), (3, 4.0, 6.0));
+        assert!((kl - 1.5).abs() < 1e-12);
+        // The student's sums cover the same three records.
+        assert_eq!(
+            count(
+                &store,
+                "SELECT samples FROM shadow_totals WHERE model = 'student' AND sha256 = 's'"
+            ),
+            3
+        );
+        assert_eq!(count(&store, "SELECT COUNT(*) FROM shadow_models"), 1);
+
+        // A failure on a later file marks the model failed, in the same commit.
+        let later = vec![record("r5", "", 0, Some(failing))];
+        commit(&mut store, file("c.jsonl", "c", later), 60_000, 9_000).unwrap();
+        let (status, detail): (String, String) = store
+            .conn
+            .query_row(
+                "SELECT status, detail FROM shadow_models WHERE name = 'lite'",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .unwrap();
+        assert_eq!(
+            (status.as_str(), detail.as_str()),
+            ("failed", "inference failed")
+        );
+
+        // Retention takes the per-record rows with their records; the totals stay.
+        store.apply_retention(5_000).unwrap();
+        assert_eq!(count(&store, "SELECT COUNT(*) FROM shadow_samples"), 0);
+        assert_eq!(
+            count(
+                &store,
+                "SELECT samples FROM shadow_totals WHERE model = 'lite'"
+            ),
+            3
         );
     }
 

@@ -38,6 +38,49 @@ pub struct Config {
     pub alerts: crate::alert::AlertConfig,
     /// `[redistill]`: the distillation buffer and re-distillation jobs.
     pub redistill: RedistillConfig,
+    /// `[shadow]`: the shadow models' verdict and whether a pending candidate runs in shadow.
+    pub shadow: ShadowConfig,
+    /// `[[challengers]]`: models run in shadow on the teacher-sampled records.
+    pub challengers: Vec<ChallengerConfig>,
+}
+
+/// Shadow runs (`[shadow]`, docs/redistill.md).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ShadowConfig {
+    /// The verdict names the smallest model whose agreement with the teacher has a 95% lower
+    /// bound at or above this.
+    pub agreement_floor: f64,
+    /// Run the latest re-distillation candidate awaiting a decision in shadow too.
+    pub candidate: bool,
+}
+
+/// One challenger (`[[challengers]]`): a model run in shadow beside the teacher.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ChallengerConfig {
+    /// Its name in the database, `sensei status` and `sensei report`.
+    pub name: String,
+    pub path: PathBuf,
+    /// The output compared with the teacher's (default `logits`).
+    pub output: String,
+    /// The optional attention output, compared with the teacher's attention.
+    pub attention: Option<String>,
+    /// Intra-op threads of its ONNX Runtime session (it runs on the teacher's thread).
+    pub threads: usize,
+}
+
+impl ChallengerConfig {
+    /// How to load it: fed what the teacher is fed, in batches of the teacher's size.
+    pub fn model_config(&self, teacher: &ModelConfig) -> ModelConfig {
+        ModelConfig {
+            path: self.path.clone(),
+            threads: self.threads,
+            max_batch: teacher.max_batch,
+            max_wait: teacher.max_wait,
+            inputs: teacher.inputs.clone(),
+            output: self.output.clone(),
+            attention: self.attention.clone(),
+        }
+    }
 }
 
 /// Re-distillation (`[redistill]`, docs/redistill.md).

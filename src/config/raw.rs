@@ -57,6 +57,28 @@ pub struct RawConfig {
     pub rules: Vec<crate::alert::config::RawRule>,
     #[serde(default)]
     pub redistill: RawRedistill,
+    #[serde(default)]
+    pub shadow: RawShadow,
+    #[serde(default)]
+    pub challengers: Vec<RawChallenger>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawShadow {
+    pub agreement_floor: Option<f64>,
+    pub candidate: Option<bool>,
+}
+
+/// One `[[challengers]]` entry.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawChallenger {
+    pub name: Option<String>,
+    pub path: Option<String>,
+    pub output: Option<String>,
+    pub attention: Option<String>,
+    pub threads: Option<RawInt>,
 }
 
 #[derive(Debug, Default, Deserialize)]

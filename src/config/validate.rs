@@ -12,12 +12,12 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use super::raw::{self, RawConfig, RawDuration, RawInt, RawModel, RawSize};
+use super::{ChallengerConfig, DaemonConfig, HttpConfig, RedistillConfig, Secret, ShadowConfig};
 use super::{
     CompareConfig, Config, DetectConfig, InboxConfig, LogConfig, LogFormat, ModelConfig,
     NonFinitePolicy, OnDone, OnnxRuntimeConfig, OutputKind, Pooling, SamplingConfig,
     SamplingPolicy, SegmentConfig, StoreConfig, Task,
 };
-use super::{DaemonConfig, HttpConfig, RedistillConfig, Secret};
 
 /// A config that cannot be used, with every problem found in it.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -262,9 +262,33 @@ impl Check<'_> {
         };
 
         let redistill = self.redistill(raw.redistill, &state_dir);
+        let shadow = ShadowConfig {
+            agreement_floor: self.fraction(
+                "shadow.agreement_floor",
+                raw.shadow.agreement_floor,
+                0.95,
+            ),
+            candidate: raw.shadow.candidate.unwrap_or(true),
+        };
+        let challengers = raw
+            .challengers
+            .into_iter()
+            .enumerate()
+            .filter_map(|(index, c)| self.challenger(index, c))
+            .collect::<Vec<_>>();
+        for (index, c) in challengers.iter().enumerate() {
+            if challengers[..index].iter().any(|e| e.name == c.name) {
+                self.problem(
+                    &format!("challengers[{index}].name"),
+                    format!("\"{}\" is used by an earlier challenger", c.name),
+                );
+            }
+        }
 
         Config {
             redistill,
+            shadow,
+            challengers,
             detect,
             source: source.to_path_buf(),
             state_dir,
@@ -371,6 +395,68 @@ impl Check<'_> {
                 in_distribution_share: share,
             },
         }
+    }
+
+    /// One `[[challengers]]` entry; `None` when it lacks what it cannot do without.
+    fn challenger(&mut self, index: usize, raw: raw::RawChallenger) -> Option<ChallengerConfig> {
+        let key = |name: &str| format!("challengers[{index}].{name}");
+        let name = match raw.name {
+            None => {
+                self.problem(&key("name"), "required: how reports name this challenger");
+                None
+            }
+            Some(name) => {
+                let allowed = |c: char| c.is_ascii_alphanumeric() || "-_.".contains(c);
+                if name.is_empty() || !name.chars().all(allowed) {
+                    self.problem(
+                        &key("name"),
+                        format!(
+                            "\"{name}\" must be letters, digits, '-', '_' or '.' (at least one)"
+                        ),
+                    );
+                    None
+                } else if name == crate::shadow::STUDENT
+                    || name == "teacher"
+                    || name.starts_with(crate::shadow::CANDIDATE_PREFIX)
+                {
+                    self.problem(
+                        &key("name"),
+                        format!(
+                            "\"{name}\" is reserved (student, teacher and {}<job> name other models)",
+                            crate::shadow::CANDIDATE_PREFIX
+                        ),
+                    );
+                    None
+                } else {
+                    Some(name)
+                }
+            }
+        };
+        let path = match raw.path {
+            Some(path) => Some(self.path(&key("path"), path)),
+            None => {
+                self.problem(&key("path"), "required: the challenger's .onnx file");
+                None
+            }
+        };
+        let threads = self.integer(&key("threads"), raw.threads, 1, 1, 1024);
+        let output = self.name(&key("output"), raw.output, DEFAULT_OUTPUT);
+        let attention = raw
+            .attention
+            .map(|attention| self.name(&key("attention"), Some(attention), ""));
+        if attention.as_deref() == Some(output.as_str()) && !output.is_empty() {
+            self.problem(
+                &key("attention"),
+                format!("must differ from challengers[{index}].output (both are \"{output}\")"),
+            );
+        }
+        Some(ChallengerConfig {
+            name: name?,
+            path: path?,
+            output,
+            attention,
+            threads,
+        })
     }
 
     fn detect(&mut self, raw: raw::RawDetect) -> DetectConfig {
@@ -963,6 +1049,46 @@ path = "/models/teacher.onnx"
                 filter: "info,ort=warn".to_owned(),
             }
         );
+    }
+
+    #[test]
+    fn challengers_are_validated_with_their_key_paths() {
+        let text = format!(
+            "{MINIMAL}[shadow]\nagreement_floor = 1.5\n\
+             [[challengers]]\nname = \"int8\"\npath = \"int8.onnx\"\nthreads = 0\n\
+             [[challengers]]\nname = \"int8\"\npath = \"other.onnx\"\nattention = \"logits\"\n\
+             [[challengers]]\nname = \"candidate-3\"\n\
+             [[challengers]]\nname = \"a b\"\npath = \"x.onnx\"\n"
+        );
+        let problems = problems(&text);
+        assert_eq!(
+            paths(&problems),
+            [
+                "shadow.agreement_floor",
+                "challengers[0].threads",
+                "challengers[1].attention",
+                "challengers[2].name",
+                "challengers[2].path",
+                "challengers[3].name",
+                "challengers[1].name",
+            ],
+            "{problems:?}"
+        );
+        let good = format!("{MINIMAL}[[challengers]]\nname = \"int8\"\npath = \"int8.onnx\"\n");
+        let config = Config::from_toml(&good, Path::new("/srv/line4/sensei.toml")).unwrap();
+        assert_eq!(config.challengers.len(), 1);
+        let c = &config.challengers[0];
+        assert_eq!(c.path, Path::new("/srv/line4/int8.onnx"));
+        assert_eq!(
+            (c.output.as_str(), c.attention.as_deref(), c.threads),
+            ("logits", None, 1)
+        );
+        assert_eq!(config.shadow.agreement_floor, 0.95);
+        assert!(config.shadow.candidate);
+        let unknown = format!("{MINIMAL}[[challengers]]\nname = \"a\"\npth = \"x\"\n");
+        let found = super::tests::problems(&unknown);
+        assert_eq!(paths(&found), ["challengers"], "{found:?}");
+        assert!(found[0].message.contains("pth"), "{found:?}");
     }
 
     #[test]

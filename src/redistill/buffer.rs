@@ -184,6 +184,7 @@ mod tests {
                         student_output: vec![0.2, 0.8],
                         teacher_attention: None,
                         inputs: vec![("x".into(), Tensor::f32(vec![2], vec![1.0, 2.0]))],
+                        shadow: Vec::new(),
                     }),
                 }
             })

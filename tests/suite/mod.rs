@@ -6,3 +6,4 @@ mod drift;
 mod ops;
 mod redistill;
 mod replay;
+mod shadow;

@@ -438,7 +438,12 @@ fn assert_rendered(dom: &str, console: &str) {
 #[test]
 fn the_dashboard_and_the_report_render_in_a_browser() {
     let site = Site::new();
-    site.write_config(&format!("{HTTP_ANY_PORT}[store]\nwindow = \"20s\"\n"));
+    site.write_config(&format!(
+        "{HTTP_ANY_PORT}[store]\nwindow = \"20s\"\n[[challengers]]\nname = \"lite\"\npath = {:?}\n",
+        crate::common::fixture_model("teacher_no_attention.onnx")
+            .display()
+            .to_string()
+    ));
     let daemon = site.start();
     let addr = daemon.http_addr();
     for (i, prefix) in ["d1", "d2", "d3"].iter().enumerate() {
@@ -499,6 +504,15 @@ fn the_dashboard_and_the_report_render_in_a_browser() {
             "ROI section hidden"
         );
         assert!(dom.contains("latency per record"));
+        assert!(
+            !dom.contains("id=\"report-challengers\" hidden"),
+            "challengers section hidden"
+        );
+        assert!(dom.contains("Challengers in shadow"));
+        assert!(
+            dom.contains("challenger 'lite' is the smallest model"),
+            "no verdict in the page"
+        );
     }
 }
 

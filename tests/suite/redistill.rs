@@ -828,3 +828,66 @@ fn close_the_loop(auto: bool) {
     assert!(after <= p0, "after {after}, lab {p0}");
     assert!(daemon.stop().success());
 }
+
+#[test]
+fn status_lists_the_latest_jobs_and_check_finds_a_missing_job_program() {
+    let site = Site::new();
+    site.write_config(&redistill_config(
+        r#"["true", "{dataset}", "{output}"]"#,
+        "",
+    ));
+    let data = site.root().join("field.jsonl");
+    std::fs::write(&data, crate::common::jsonl("j", 120)).unwrap();
+    let out = site.sensei(&["replay", data.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out));
+    for _ in 0..2 {
+        let out = site.sensei(&["redistill", "--force", "--reason", "status test"]);
+        assert!(!out.status.success(), "{}", text(&out));
+    }
+
+    let out = site.sensei(&["status"]);
+    let shown = text(&out);
+    assert!(out.status.success(), "{shown}");
+    let listing = shown
+        .split("re-distillation jobs (latest first):\n")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no job listing in\n{shown}"));
+    let lines: Vec<&str> = listing.lines().take(2).collect();
+    assert!(lines[0].starts_with("  #2 failed "), "{shown}");
+    assert!(lines[1].starts_with("  #1 failed "), "{shown}");
+    assert!(
+        lines[0].contains("(manual)") && lines[0].contains("was not written"),
+        "{shown}"
+    );
+
+    let out = site.sensei(&["status", "--json"]);
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let jobs = json["redistill_jobs"].as_array().unwrap();
+    assert_eq!(jobs.len(), 2);
+    assert_eq!(
+        (jobs[0]["id"].as_i64(), jobs[0]["status"].as_str()),
+        (Some(2), Some("failed"))
+    );
+    assert_eq!(jobs[1]["reason"], "status test");
+
+    // `check` says when the job's program cannot be started.
+    assert!(site.sensei(&["check"]).status.success());
+    let missing = site.root().join("no-such-distiller");
+    site.write_config(&redistill_config(
+        &format!(
+            r#"[{:?}, "{{dataset}}", "{{output}}"]"#,
+            missing.display().to_string()
+        ),
+        "",
+    ));
+    let out = site.sensei(&["check"]);
+    assert_eq!(out.status.code(), Some(78), "{}", text(&out));
+    assert!(
+        text(&out).contains(&format!(
+            "redistill.command: the program {} cannot be used",
+            missing.display()
+        )),
+        "{}",
+        text(&out)
+    );
+}

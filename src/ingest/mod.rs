@@ -397,7 +397,13 @@ pub fn quarantine(meta: &FileMeta, reason: &str) {
         },
         meta.size
     );
-    if let Err(e) = std::fs::write(&note, text) {
+    // Written beside and renamed into place, so whoever watches quarantine/ never reads half a
+    // note.
+    let mut partial = note.clone();
+    partial.push(".tmp");
+    let written = std::fs::write(&partial, text).and_then(|()| std::fs::rename(&partial, &note));
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&partial);
         tracing::error!(file = %meta.name, error = %e, "Could not write the quarantine note.");
     }
 }

@@ -344,6 +344,17 @@ fn the_bad_input_corpus_is_quarantined_and_valid_files_still_count() {
     wait_until(WAIT, "every valid file done", || {
         site.ledger_count("done") == valid
     });
+    // The ledger row commits before the file moves and its note is written.
+    let notes = expected
+        .iter()
+        .map(|(file, _)| file.as_str())
+        .chain(["link.jsonl", "pipe.jsonl"]);
+    for file in notes {
+        let note = site.quarantine().join(format!("{file}.error.txt"));
+        wait_until(WAIT, &format!("the quarantine note of {file}"), || {
+            note.is_file()
+        });
+    }
     for (file, fragment) in &expected {
         let note = std::fs::read_to_string(site.quarantine().join(format!("{file}.error.txt")))
             .unwrap_or_else(|e| panic!("{file}: no quarantine note: {e}"));

@@ -44,8 +44,15 @@ pub struct Models {
 /// Loads ONNX Runtime and both models; the error lists every problem found.
 pub fn load_models(config: &Config) -> Result<Models, Vec<String>> {
     let runtime = crate::model::runtime(&config.onnxruntime).map_err(|e| vec![e.to_string()])?;
-    let student = Model::load(runtime, "student", &config.student);
-    let teacher = Model::load(runtime, "teacher", &config.teacher);
+    // Side by side: building the sessions is most of the start-up time.
+    let (student, teacher) = std::thread::scope(|scope| {
+        let teacher = scope.spawn(|| Model::load(runtime, "teacher", &config.teacher));
+        let student = Model::load(runtime, "student", &config.student);
+        let teacher = teacher
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+        (student, teacher)
+    });
     match (student, teacher) {
         (Ok(student), Ok(teacher)) => {
             let problems = compatibility_problems(config, &student, &teacher);

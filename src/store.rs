@@ -32,6 +32,10 @@ const MIGRATIONS: &[(&str, &str)] = &[
         include_str!("../migrations/0004_redistill.sql"),
     ),
     ("0005_shadow", include_str!("../migrations/0005_shadow.sql")),
+    (
+        "0006_records_indexes",
+        include_str!("../migrations/0006_records_indexes.sql"),
+    ),
 ];
 
 /// The schema version this binary writes.

@@ -434,6 +434,9 @@ struct Watch {
     open: bool,
     /// Observations since the last alarm.
     since_alarm: u64,
+    /// Changed since its state was last collected for the database.
+    #[serde(skip)]
+    dirty: bool,
 }
 
 /// Per-segment window accumulators for the windowed tests.
@@ -444,6 +447,9 @@ struct Window {
     /// Per feature, counts in the reference bins.
     features: Vec<Vec<u64>>,
     records: usize,
+    /// Changed since its state was last collected for the database.
+    #[serde(skip)]
+    dirty: bool,
 }
 
 /// The detectors of one pipeline, for one baseline version.
@@ -456,7 +462,8 @@ pub struct DriftMonitor {
     min_ks: f64,
     min_class_shift: f64,
     min_psi: f64,
-    watches: BTreeMap<(String, String), Watch>,
+    /// signal → segment → detector (two levels, so a lookup by `&str` allocates nothing).
+    watches: BTreeMap<String, BTreeMap<String, Watch>>,
     windows: BTreeMap<String, Window>,
     open_windowed: BTreeMap<(String, String), bool>,
 }
@@ -507,14 +514,17 @@ impl DriftMonitor {
             } else if detector.starts_with("windowed:") {
                 self.open_windowed.insert((signal, segment), json == "open");
             } else if let Ok(w) = serde_json::from_str::<Watch>(&json) {
-                self.watches.insert((signal, segment), w);
+                self.watches.entry(signal).or_default().insert(segment, w);
             }
         }
     }
 
     fn watch(&mut self, signal: &str, segment: &str) -> Option<&mut Watch> {
-        let key = (signal.to_string(), segment.to_string());
-        if !self.watches.contains_key(&key) {
+        let known = self
+            .watches
+            .get(signal)
+            .is_some_and(|by_segment| by_segment.contains_key(segment));
+        if !known {
             let r = &self.reference;
             let detector = match signal {
                 "disagreement" => rate_detector(r.disagreement.as_ref())?,
@@ -525,16 +535,17 @@ impl DriftMonitor {
                 "confidence" => value_detector(r.uncertainty.as_ref())?,
                 _ => return None,
             };
-            self.watches.insert(
-                key.clone(),
+            self.watches.entry(signal.to_string()).or_default().insert(
+                segment.to_string(),
                 Watch {
                     detector,
                     open: false,
                     since_alarm: 0,
+                    dirty: true,
                 },
             );
         }
-        self.watches.get_mut(&key)
+        self.watches.get_mut(signal)?.get_mut(segment)
     }
 
     fn step(
@@ -583,24 +594,7 @@ impl DriftMonitor {
                 }
             }
         }
-        let (samples, statistic, threshold) = match &w.detector {
-            Sequential::Rate(d) => (d.observed(), d.statistic(), d.threshold()),
-            Sequential::Value(d) => (d.observed(), d.statistic(), d.threshold()),
-        };
-        let json = serde_json::to_string(&*w).unwrap_or_default();
-        out.states.insert(
-            (
-                signal.to_string(),
-                segment.to_string(),
-                detector_name.to_string(),
-            ),
-            StateRow {
-                samples,
-                statistic,
-                threshold,
-                json,
-            },
-        );
+        w.dirty = true;
     }
 
     /// Feeds one record to every detector of its segment and of the whole fleet.
@@ -652,25 +646,6 @@ impl DriftMonitor {
             .is_some_and(|w| w.records >= self.window_records);
         if round_full {
             self.round(obs.seq, now_ms, out);
-        } else {
-            for &segment in segments {
-                if let Some(w) = self.windows.get(segment) {
-                    let json = serde_json::to_string(w).unwrap_or_default();
-                    out.states.insert(
-                        (
-                            WINDOW_KEY.to_string(),
-                            segment.to_string(),
-                            WINDOW_KEY.to_string(),
-                        ),
-                        StateRow {
-                            samples: w.records as u64,
-                            statistic: 0.0,
-                            threshold: 0.0,
-                            json,
-                        },
-                    );
-                }
-            }
         }
     }
 
@@ -706,7 +681,12 @@ impl DriftMonitor {
 
     fn accumulate(&mut self, segment: &str, obs: &Observation<'_>) {
         let r = &self.reference;
-        let w = self.windows.entry(segment.to_string()).or_default();
+        if !self.windows.contains_key(segment) {
+            self.windows.insert(segment.to_string(), Window::default());
+        }
+        let Some(w) = self.windows.get_mut(segment) else {
+            return;
+        };
         if w.classes.len() != r.class_counts.len() {
             w.classes = vec![0; r.class_counts.len()];
         }
@@ -718,6 +698,7 @@ impl DriftMonitor {
                 .collect();
         }
         w.records += 1;
+        w.dirty = true;
         if let Some(c) = obs.confidence {
             w.confidence.push(c);
         }
@@ -828,8 +809,43 @@ impl DriftMonitor {
             );
         }
         // A new round starts empty everywhere.
-        for (segment, w) in self.windows.iter_mut() {
-            *w = Window::default();
+        for w in self.windows.values_mut() {
+            *w = Window {
+                dirty: true,
+                ..Window::default()
+            };
+        }
+    }
+
+    /// Adds the state of every detector and window changed since the last call to `out`, for
+    /// the database. Called once per commit, after the last observation: serialising states per
+    /// record would cost more than the detectors themselves.
+    pub fn collect_states(&mut self, out: &mut MonitorDelta) {
+        for (signal, by_segment) in &mut self.watches {
+            for (segment, w) in by_segment.iter_mut().filter(|(_, w)| w.dirty) {
+                w.dirty = false;
+                let (detector, samples, statistic, threshold) = match &w.detector {
+                    Sequential::Rate(d) => (
+                        "bernoulli_cusum",
+                        d.observed(),
+                        d.statistic(),
+                        d.threshold(),
+                    ),
+                    Sequential::Value(d) => ("cusum", d.observed(), d.statistic(), d.threshold()),
+                };
+                out.states.insert(
+                    (signal.clone(), segment.clone(), detector.to_string()),
+                    StateRow {
+                        samples,
+                        statistic,
+                        threshold,
+                        json: serde_json::to_string(&*w).unwrap_or_default(),
+                    },
+                );
+            }
+        }
+        for (segment, w) in self.windows.iter_mut().filter(|(_, w)| w.dirty) {
+            w.dirty = false;
             out.states.insert(
                 (
                     WINDOW_KEY.to_string(),
@@ -837,7 +853,7 @@ impl DriftMonitor {
                     WINDOW_KEY.to_string(),
                 ),
                 StateRow {
-                    samples: 0,
+                    samples: w.records as u64,
                     statistic: 0.0,
                     threshold: 0.0,
                     json: serde_json::to_string(&*w).unwrap_or_default(),

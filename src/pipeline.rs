@@ -725,34 +725,10 @@ impl Writer {
         let snapshot = self.monitor.clone();
         let now = now_ms();
         let delta = self.monitor.as_mut().map(|m| {
-            let mut delta = MonitorDelta::default();
-            for (i, r) in records.iter().enumerate() {
-                let seq = first_seq + i as i64;
-                let c = r.teacher.as_ref().map(|t| &t.comparison);
-                m.observe(
-                    &Observation {
-                        seq,
-                        segment: &r.segment,
-                        confidence: r.confidence,
-                        prediction: r.prediction,
-                        features: &r.features,
-                        disagreement: c.and_then(|c| c.disagreement),
-                        kl: c.and_then(|c| c.kl),
-                        attention_kl: c.and_then(|c| c.attention_kl),
-                    },
-                    now,
-                    &mut delta,
-                );
-                if let (Some(label), Some(p)) = (r.label, r.prediction) {
-                    let teacher_wrong = r
-                        .teacher
-                        .as_ref()
-                        .and_then(|t| t.teacher_prediction)
-                        .map(|t| t != label);
-                    m.observe_label(seq, &r.segment, p != label, teacher_wrong, now, &mut delta);
-                }
-            }
-            (m.baseline_version, delta)
+            (
+                m.baseline_version,
+                observe_records(m, first_seq, &records, now),
+            )
         });
         let commit = FileCommit {
             first_seq,
@@ -810,6 +786,7 @@ impl Writer {
                     );
                 }
             }
+            m.collect_states(&mut delta);
             log_drift(&delta);
             Some((m.baseline_version, delta))
         };
@@ -900,6 +877,52 @@ impl InFlight {
             teacher_rows: HashMap::new(),
         }
     }
+}
+
+/// Feeds a file's rows, in order, to the drift detectors (records numbered from `first_seq`).
+/// The caller commits the returned changes with the rows.
+pub fn observe_records(
+    monitor: &mut DriftMonitor,
+    first_seq: i64,
+    records: &[RecordRow],
+    now_ms: i64,
+) -> MonitorDelta {
+    let mut delta = MonitorDelta::default();
+    for (i, r) in records.iter().enumerate() {
+        let seq = first_seq + i as i64;
+        let c = r.teacher.as_ref().map(|t| &t.comparison);
+        monitor.observe(
+            &Observation {
+                seq,
+                segment: &r.segment,
+                confidence: r.confidence,
+                prediction: r.prediction,
+                features: &r.features,
+                disagreement: c.and_then(|c| c.disagreement),
+                kl: c.and_then(|c| c.kl),
+                attention_kl: c.and_then(|c| c.attention_kl),
+            },
+            now_ms,
+            &mut delta,
+        );
+        if let (Some(label), Some(p)) = (r.label, r.prediction) {
+            let teacher_wrong = r
+                .teacher
+                .as_ref()
+                .and_then(|t| t.teacher_prediction)
+                .map(|t| t != label);
+            monitor.observe_label(
+                seq,
+                &r.segment,
+                p != label,
+                teacher_wrong,
+                now_ms,
+                &mut delta,
+            );
+        }
+    }
+    monitor.collect_states(&mut delta);
+    delta
 }
 
 fn log_drift(delta: &MonitorDelta) {

@@ -418,6 +418,7 @@ impl Running {
         };
         let stop = watch.stop.clone();
         let (events, events_rx) = mpsc::channel();
+        ingest.retry = Some(events.clone());
         let watcher = watch
             .start(events.clone())
             .with_context(|| format!("watching {}", inbox.display()))?;
@@ -632,6 +633,7 @@ pub async fn run(
         files = report.files_committed,
         records = report.records_committed,
         quarantined = report.files_quarantined,
+        commit_errors = report.commit_errors,
         "Stopped."
     );
     Ok(report)

@@ -436,6 +436,15 @@ struct Running {
     ingest: JoinHandle<Result<(), Closed>>,
     threads: Threads,
     in_flight: InFlightPaths,
+    /// sha256 of the model files this pipeline serves, to notice a file replaced in place.
+    serving: ServingModels,
+}
+
+/// The content hashes of the models a pipeline was started with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct ServingModels {
+    student: String,
+    teacher: String,
 }
 
 impl Running {
@@ -448,6 +457,10 @@ impl Running {
         on_file: Option<FileCallback>,
     ) -> anyhow::Result<Running> {
         prepare_dirs(config)?;
+        let serving = ServingModels {
+            student: models.student.sha256.clone(),
+            teacher: models.teacher.sha256.clone(),
+        };
         let store = Store::open(&config.store.path)?;
         let ledger = Reader::open(&config.store.path)?;
         let (mut ingest, threads) = start(
@@ -475,6 +488,7 @@ impl Running {
         };
         let stop = watch.stop.clone();
         let (events, events_rx) = mpsc::channel();
+        ingest.retry = Some(events.clone());
         let watcher = watch
             .start(events.clone())
             .with_context(|| format!("watching {}", inbox.display()))?;
@@ -494,6 +508,7 @@ impl Running {
             ingest,
             threads,
             in_flight,
+            serving,
         })
     }
 
@@ -689,6 +704,7 @@ pub async fn run(
         files = report.files_committed,
         records = report.records_committed,
         quarantined = report.files_quarantined,
+        commit_errors = report.commit_errors,
         "Stopped."
     );
     Ok(report)
@@ -711,10 +727,14 @@ async fn reload(
             return Ok((old, running));
         }
     };
-    if new == old {
-        tracing::info!("The config is unchanged; nothing to apply.");
+    let replaced = replaced_models(&new, &running.serving);
+    if new == old && replaced.is_empty() {
+        tracing::info!("The config and the model files are unchanged; nothing to apply.");
         metrics.reload(true);
         return Ok((old, running));
+    }
+    for (role, path) in &replaced {
+        tracing::info!(model = role, path = %path.display(), "The model file changed on disk; loading it.");
     }
     if new.http != old.http {
         tracing::warn!(
@@ -751,6 +771,25 @@ async fn reload(
             Ok((old, r))
         }
     }
+}
+
+/// The models of `config` whose file content differs from what the pipeline serves (or cannot
+/// be read: loading it will say why), as (role, path).
+fn replaced_models(config: &Config, serving: &ServingModels) -> Vec<(&'static str, PathBuf)> {
+    [
+        ("student", &config.student.path, &serving.student),
+        ("teacher", &config.teacher.path, &serving.teacher),
+    ]
+    .into_iter()
+    .filter(|(_, path, sha)| file_sha256(path).ok().as_ref() != Some(*sha))
+    .map(|(role, path, _)| (role, path.clone()))
+    .collect()
+}
+
+fn file_sha256(path: &std::path::Path) -> std::io::Result<String> {
+    use sha2::Digest;
+    let bytes = std::fs::read(path)?;
+    Ok(crate::model::hex(&sha2::Sha256::digest(&bytes)))
 }
 
 /// Runs the daemon's pipeline over the given files (directories: their files, sorted), then
@@ -809,4 +848,37 @@ fn expand(paths: &[PathBuf]) -> anyhow::Result<Vec<PathBuf>> {
         }
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_model_file_replaced_in_place_is_noticed_at_reload() {
+        let dir = tempfile::tempdir().unwrap();
+        let (student, teacher) = (dir.path().join("s.onnx"), dir.path().join("t.onnx"));
+        std::fs::write(&student, b"student v1").unwrap();
+        std::fs::write(&teacher, b"teacher v1").unwrap();
+        let config = Config::from_toml(
+            "state_dir = \"state\"\n[student]\npath = \"s.onnx\"\n[teacher]\npath = \"t.onnx\"\n",
+            &dir.path().join("sensei.toml"),
+        )
+        .unwrap();
+        let serving = ServingModels {
+            student: file_sha256(&student).unwrap(),
+            teacher: file_sha256(&teacher).unwrap(),
+        };
+        assert!(replaced_models(&config, &serving).is_empty());
+
+        std::fs::write(&student, b"not a model").unwrap();
+        assert_eq!(replaced_models(&config, &serving), [("student", student)]);
+
+        std::fs::remove_file(&teacher).unwrap();
+        let replaced: Vec<&str> = replaced_models(&config, &serving)
+            .into_iter()
+            .map(|(role, _)| role)
+            .collect();
+        assert_eq!(replaced, ["student", "teacher"]);
+    }
 }

@@ -56,6 +56,9 @@ pub struct FileMeta {
     pub on_done: Disposition,
     pub quarantine_dir: Option<PathBuf>,
     pub in_flight: InFlightPaths,
+    /// Where the writer asks for the file to be taken again after a failed commit (the
+    /// daemon's ingest loop; `None` in a replay, which reports the failure and moves on).
+    pub retry: Option<std::sync::mpsc::Sender<crate::ingest::IngestEvent>>,
 }
 
 /// A record ready for the models: validated, with its final id, time and segment.
@@ -108,7 +111,8 @@ pub struct WriterReport {
     pub files_duplicate: u64,
     pub records_committed: u64,
     pub labels_committed: u64,
-    /// Commits that failed (the file stays in the inbox and is retried on restart).
+    /// Commits the database refused (disk full, locked past the busy timeout, I/O error). The
+    /// file stays in the inbox; the daemon takes it again after a back-off.
     pub commit_errors: u64,
 }
 
@@ -564,7 +568,8 @@ pub enum FileOutcome {
     Quarantined {
         reason: String,
     },
-    /// The database refused the commit; the file stays in the inbox for the next start.
+    /// The database refused the commit; the file stays in the inbox and is taken again (see
+    /// [`FileMeta::retry`]).
     Failed {
         error: String,
     },
@@ -851,7 +856,11 @@ impl Writer {
             }
             FileOutcome::Failed { error } => {
                 report.commit_errors += 1;
-                tracing::error!(file = %meta.name, error = %error, "Commit failed; the file stays in the inbox and is retried at the next start.");
+                if meta.retry.is_some() {
+                    tracing::error!(file = %meta.name, error = %error, commit_errors = report.commit_errors, "Commit failed; the file stays in the inbox and is taken again after a back-off.");
+                } else {
+                    tracing::error!(file = %meta.name, error = %error, commit_errors = report.commit_errors, "Commit failed; the file is not counted.");
+                }
                 outcome = FileOutcome::Failed {
                     error: error.clone(),
                 };
@@ -859,6 +868,11 @@ impl Writer {
         }
         if let Ok(mut set) = meta.in_flight.lock() {
             set.remove(&meta.path);
+        }
+        // Only once the path is out of the in-flight set, so the retry is not taken for a
+        // rescan's duplicate and skipped.
+        if let (FileOutcome::Failed { .. }, Some(retry)) = (&outcome, &meta.retry) {
+            let _ = retry.send(crate::ingest::IngestEvent::Retry(meta.path.clone()));
         }
         if let Some(cb) = self.on_file.as_mut() {
             cb(meta, &outcome);

@@ -79,6 +79,15 @@ fn configure(conn: &Connection) -> rusqlite::Result<()> {
     Ok(())
 }
 
+/// Starts a transaction that will write. `IMMEDIATE` takes the write lock at `BEGIN`, where
+/// SQLite waits for it up to the busy timeout. A deferred transaction that reads first and then
+/// writes is refused `SQLITE_BUSY` at once when another connection holds the lock (the busy
+/// handler is not consulted for a read-to-write upgrade), so one short write by anyone else (the
+/// alert evaluator, `sensei promote`, an operator's script) would fail a file's commit.
+fn write_transaction(conn: &mut Connection) -> rusqlite::Result<rusqlite::Transaction<'_>> {
+    conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+}
+
 fn migrate(conn: &mut Connection) -> Result<()> {
     let current: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
     if current > SCHEMA_VERSION {
@@ -90,7 +99,7 @@ fn migrate(conn: &mut Connection) -> Result<()> {
     if current == SCHEMA_VERSION {
         return Ok(());
     }
-    let tx = conn.transaction()?;
+    let tx = write_transaction(conn)?;
     for (i, (name, sql)) in MIGRATIONS.iter().enumerate().skip(current as usize) {
         tx.execute_batch(sql)
             .map_err(|source| StoreError::Migration {
@@ -468,7 +477,7 @@ impl Store {
         now_ms: i64,
         drift: Option<(i64, &MonitorDelta)>,
     ) -> Result<CommitOutcome> {
-        let tx = self.conn.transaction()?;
+        let tx = write_transaction(&mut self.conn)?;
         if let Some((of_id, of_name)) = done_file(&tx, &file.sha256)? {
             insert_file(
                 &tx,
@@ -608,7 +617,7 @@ impl Store {
         kind: &str,
         now_ms: i64,
     ) -> Result<Option<i64>> {
-        let tx = self.conn.transaction()?;
+        let tx = write_transaction(&mut self.conn)?;
         let Some((of_id, of_name)) = done_file(&tx, sha256)? else {
             return Ok(None);
         };
@@ -640,7 +649,7 @@ impl Store {
         reason: &str,
         now_ms: i64,
     ) -> Result<i64> {
-        let tx = self.conn.transaction()?;
+        let tx = write_transaction(&mut self.conn)?;
         // The same file quarantined again (a crash between the ledger row and the move) keeps
         // its one row.
         let existing: Option<i64> = tx
@@ -683,7 +692,7 @@ impl Store {
         now_ms: i64,
         joined: &mut LabelObserver<'_>,
     ) -> Result<LabelsOutcome> {
-        let tx = self.conn.transaction()?;
+        let tx = write_transaction(&mut self.conn)?;
         if let Some((of_id, of_name)) = done_file(&tx, sha256)? {
             insert_file(
                 &tx,
@@ -784,7 +793,7 @@ impl Store {
         profile: &str,
         now_ms: i64,
     ) -> Result<i64> {
-        let tx = self.conn.transaction()?;
+        let tx = write_transaction(&mut self.conn)?;
         tx.execute("UPDATE baselines SET active = 0 WHERE active = 1", [])?;
         tx.execute(
             "INSERT INTO baselines (created_at, active, student, teacher, records, sources, profile)
@@ -969,7 +978,7 @@ impl Store {
             rows.collect::<rusqlite::Result<Vec<_>>>()?
         };
         let doomed = crate::redistill::buffer::to_delete(&entries, policy);
-        let tx = self.conn.transaction()?;
+        let tx = write_transaction(&mut self.conn)?;
         {
             let mut del = tx.prepare_cached("DELETE FROM teacher_samples WHERE seq = ?1")?;
             for seq in &doomed {
@@ -1082,7 +1091,7 @@ impl Store {
         detail: &str,
         now_ms: i64,
     ) -> Result<()> {
-        let tx = self.conn.transaction()?;
+        let tx = write_transaction(&mut self.conn)?;
         tx.execute(
             "UPDATE redistill_jobs SET status = ?2, exit_code = COALESCE(?3, exit_code),
                  detail = ?4, finished_at = ?5, updated_at = ?5
@@ -2270,6 +2279,37 @@ mod tests {
             teacher: "t".into(),
             records,
         }
+    }
+
+    #[test]
+    fn a_commit_waits_for_a_write_lock_held_by_another_connection() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.db");
+        let mut store = Store::open(&path).unwrap();
+        let (locked_tx, locked) = std::sync::mpsc::channel();
+        let holder = {
+            let path = path.clone();
+            std::thread::spawn(move || {
+                let conn = Connection::open(&path).unwrap();
+                conn.execute_batch("BEGIN IMMEDIATE").unwrap();
+                locked_tx.send(()).unwrap();
+                // The other writer's transaction lasts a while, well inside the busy timeout.
+                std::thread::sleep(Duration::from_millis(300));
+                conn.execute_batch("COMMIT").unwrap();
+            })
+        };
+        locked.recv().unwrap();
+        let outcome = commit(
+            &mut store,
+            file("a.jsonl", "abc", vec![record("r1", "line=A", 1_000, None)]),
+            60_000,
+            0,
+        );
+        holder.join().unwrap();
+        assert!(
+            matches!(outcome, Ok(CommitOutcome::Committed { records: 1, .. })),
+            "{outcome:?}"
+        );
     }
 
     #[test]

@@ -101,6 +101,9 @@ pub struct Ingest {
     /// Source of `FileMeta::key`.
     next_key: Arc<AtomicU64>,
     pub in_flight: InFlightPaths,
+    /// The ingest loop's own event channel: a file whose commit failed is sent back through it
+    /// (`None` in a replay).
+    pub retry: Option<std::sync::mpsc::Sender<IngestEvent>>,
 }
 
 /// The pipeline is gone (shutting down): stop reading files.
@@ -138,6 +141,7 @@ impl Ingest {
             writer,
             next_key: Arc::new(AtomicU64::new(1)),
             in_flight: InFlightPaths::default(),
+            retry: None,
         }
     }
 
@@ -168,6 +172,7 @@ impl Ingest {
                 on_done: self.done.clone(),
                 quarantine_dir: self.quarantine_dir.clone(),
                 in_flight: self.in_flight.clone(),
+                retry: self.retry.clone(),
             })
         };
         let key = self.next_key.fetch_add(1, Ordering::Relaxed);

@@ -2,6 +2,11 @@
 //!
 //! The watcher is registered before the first scan, so a file arriving during the scan is seen
 //! by one or the other (or both: the ledger and the in-progress check make that harmless).
+//!
+//! A file whose commit failed (disk full, database locked past its busy timeout) comes back as
+//! [`IngestEvent::Retry`] and is taken again after a back-off that doubles per failure of that
+//! file, from [`RETRY_FIRST`] up to [`RETRY_MAX`]: the retry follows the fault's end within one
+//! back-off, without re-reading a failing file in a tight loop.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -19,8 +24,21 @@ use super::{Closed, Ingest, is_ignored_name};
 #[derive(Debug)]
 pub enum IngestEvent {
     Fs(notify::Result<Event>),
+    /// The writer could not commit this file; it is still in the inbox: take it again later.
+    Retry(PathBuf),
     /// Stop taking files (shutdown).
     Stop,
+}
+
+/// The first back-off after a failed commit; it doubles with each further failure of the file.
+pub const RETRY_FIRST: Duration = Duration::from_secs(1);
+/// The longest back-off between two attempts at one file.
+pub const RETRY_MAX: Duration = Duration::from_secs(30);
+
+/// The back-off before attempt `failures + 1` of a file that failed `failures` times (≥ 1).
+pub fn retry_delay(failures: u32) -> Duration {
+    let doublings = failures.saturating_sub(1).min(16);
+    RETRY_FIRST.saturating_mul(1 << doublings).min(RETRY_MAX)
 }
 
 /// The inbox watcher and its schedule.
@@ -55,6 +73,8 @@ impl Watch {
     pub fn run(&self, ingest: &mut Ingest, events: Receiver<IngestEvent>) -> Result<(), Closed> {
         // Files waiting for their quiet time: path → (size, mtime) when last looked at.
         let mut waiting: HashMap<PathBuf, Instant> = HashMap::new();
+        // Failed commits per file still in the inbox, for the back-off.
+        let mut failures: HashMap<PathBuf, u32> = HashMap::new();
         self.scan(ingest, &mut waiting)?;
         let mut next_rescan = Instant::now() + self.rescan_interval;
         loop {
@@ -62,6 +82,13 @@ impl Watch {
             let wake = next_quiet.map_or(next_rescan, |q| q.min(next_rescan));
             match events.recv_timeout(wake.saturating_duration_since(Instant::now())) {
                 Ok(IngestEvent::Stop) | Err(RecvTimeoutError::Disconnected) => return Ok(()),
+                Ok(IngestEvent::Retry(path)) => {
+                    let n = failures.entry(path.clone()).or_insert(0);
+                    *n = n.saturating_add(1);
+                    let delay = retry_delay(*n);
+                    tracing::warn!(file = %path.display(), failures = *n, retry_in_seconds = delay.as_secs_f64(), "Taking the file again after its failed commit.");
+                    waiting.insert(path, Instant::now() + delay);
+                }
                 Ok(IngestEvent::Fs(Err(e))) => {
                     tracing::warn!(error = %e, "Inbox watcher error; rescanning the inbox.");
                     self.scan(ingest, &mut waiting)?;
@@ -78,6 +105,7 @@ impl Watch {
             }
             let now = Instant::now();
             if now >= next_rescan {
+                failures.retain(|path, _| path.symlink_metadata().is_ok());
                 self.scan(ingest, &mut waiting)?;
                 next_rescan = now + self.rescan_interval;
             }
@@ -229,4 +257,17 @@ fn modified_ago(path: &Path) -> Option<Duration> {
             .duration_since(mtime)
             .unwrap_or(Duration::ZERO),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_retry_back_off_doubles_from_one_second_up_to_its_cap() {
+        let delays: Vec<u64> = (1..=8).map(|n| retry_delay(n).as_secs()).collect();
+        assert_eq!(delays, [1, 2, 4, 8, 16, 30, 30, 30]);
+        assert_eq!(retry_delay(u32::MAX), RETRY_MAX);
+        assert_eq!(retry_delay(0), RETRY_FIRST);
+    }
 }

@@ -156,6 +156,11 @@ pub struct Alertmanager {
 
 impl Alertmanager {
     pub fn start() -> Alertmanager {
+        Alertmanager::start_on(free_port())
+    }
+
+    /// Starts on a given port (one a receiver was already configured with).
+    pub fn start_on(port: u16) -> Alertmanager {
         let dir = tempfile::tempdir().expect("tempdir");
         let config = dir.path().join("alertmanager.yml");
         std::fs::write(
@@ -163,7 +168,6 @@ impl Alertmanager {
             "route:\n  receiver: nowhere\n  group_wait: 1s\nreceivers:\n  - name: nowhere\n",
         )
         .expect("write config");
-        let port = free_port();
         let log = std::fs::File::create(dir.path().join("alertmanager.log")).expect("log");
         let child = Command::new(alertmanager_binary())
             .arg(format!("--config.file={}", config.display()))

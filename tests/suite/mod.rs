@@ -3,6 +3,7 @@ mod check;
 mod crash;
 mod daemon;
 mod drift;
+mod faults;
 mod ops;
 mod redistill;
 mod replay;

@@ -7,11 +7,11 @@
 //!
 //! What every read must satisfy:
 //! - records: at least one; each has exactly the model's inputs, each tensor with the input's
-//!   element type, a shape that fits the input's (fixed dimensions equal, dynamic ones at least
-//!   1) and as many elements as its shape says; only finite floats when non-finite values are
-//!   rejected (always for JSON, which cannot spell NaN); origins in file order; ids of 1 to 256
-//!   bytes; never more elements than the file's bytes (or the archive's expansion limit) can
-//!   hold;
+//!   element type, a shape that fits the input's (fixed dimensions equal, dynamic ones of at
+//!   least one) and as many elements as its shape says; only finite floats when non-finite
+//!   values are rejected (always for JSON, which cannot spell NaN); origins in file order; ids
+//!   of 1 to 256 bytes; never more elements than the file's bytes (or the archive's expansion
+//!   limit) can hold;
 //! - late labels: at least one, ids of 1 to 256 bytes, line numbers increasing within the file;
 //! - errors: a non-empty message, rendered to a non-empty line.
 //!

@@ -150,6 +150,19 @@ impl<'a> Array<'a> {
                     data.len()
                 ));
             }
+            // Records of no elements (a dimension of length 0) take no bytes, so the data
+            // does not bound how many there are, and each still costs memory once read. Hold
+            // them to one per byte of the file, which every array with data meets anyway.
+            if let Some(&records) = shape.first()
+                && records > bytes.len()
+            {
+                return Err(format!(
+                    "header says shape {} = {records} records of no data in a file of {} \
+                     bytes: expected at most one record per byte of the file",
+                    py_shape(&shape),
+                    bytes.len()
+                ));
+            }
         }
         Ok(Array {
             descr,

@@ -722,6 +722,34 @@ fn npy_empty() {
     assert_eq!(e, "empty file: no records");
 }
 
+/// A model may have a fixed dimension of length 0; its records hold no data, so only the file
+/// size can bound how many a header may declare. This header used to make the reader try to
+/// allocate 22 TB and abort; the fuzz corpus keeps it as `regression-zero-width-records`.
+#[test]
+fn npy_records_of_no_elements_are_bounded_by_the_file() {
+    let zero_width = vec![spec("x", ElemType::F32, &[Some(0)])];
+    let got = records("a.npy", &npy("<f4", false, &[4, 0], &[]), &zero_width);
+    assert_eq!(got.len(), 4);
+    assert!(got.iter().all(|r| r.inputs["x"].shape == [0]));
+
+    let bytes = npy("<f4", false, &[400_000_000_000, 0], &[]);
+    let e = message("a.npy", &bytes, &zero_width);
+    assert_eq!(
+        e,
+        format!(
+            "header says shape (400000000000, 0) = 400000000000 records of no data in a file \
+             of {} bytes: expected at most one record per byte of the file",
+            bytes.len()
+        )
+    );
+    let archive = npz(&[("x.npy", bytes)]);
+    let e = message("a.npz", &archive, &zero_width);
+    assert!(
+        e.starts_with("array x: header says shape (400000000000, 0)"),
+        "{e}"
+    );
+}
+
 #[test]
 fn npy_non_finite_rejected_or_allowed() {
     let mut values = seq(8);

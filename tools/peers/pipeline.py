@@ -42,7 +42,6 @@ import hashlib
 import io
 import json
 import math
-import os
 import pickle
 import re
 import sqlite3
@@ -68,6 +67,8 @@ MAX_FEATURES = 64
 MIN_WINDOW_RECORDS = 30
 PSI_PSEUDO_COUNT = 0.5
 DETECTOR = "page_hinkley"
+_ORT = ort.capi.onnxruntime_pybind11_state
+INFERENCE_ERRORS = (_ORT.Fail, _ORT.InvalidArgument, _ORT.RuntimeException)
 WINDOW_KEY = "window"
 
 
@@ -346,6 +347,8 @@ def read_npz(data: bytes, specs: list[InputSpec], cfg: Config) -> Records:
         archive = np.load(io.BytesIO(data), allow_pickle=False)
     except (ValueError, OSError, zipfile.BadZipFile) as e:
         raise FileRejected(f"not a valid .npz (zip) archive: {e}") from e
+    if not isinstance(archive, np.lib.npyio.NpzFile):
+        raise FileRejected("not a valid .npz (zip) archive: it holds a single .npy array")
     with archive:
         names = set(archive.files)
         known = {s.name for s in specs} | {"id", "label", "ts"}
@@ -929,7 +932,10 @@ class Pipeline:
         except FileRejected as e:
             return self.quarantine(name, sha, len(data), kind, str(e))
         del data
-        self.commit(name, sha, size, kind, records, ids)
+        try:
+            self.commit(name, sha, size, kind, records, ids)
+        except INFERENCE_ERRORS as e:
+            self.quarantine(name, sha, size, kind, f"inference failed: {e}")
 
     def duplicate(self, name, sha, size, kind, done):
         self.db.execute("BEGIN")

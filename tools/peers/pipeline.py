@@ -428,19 +428,27 @@ def _segment_value(v, where: str, key: str) -> str:
     raise FileRejected(f"{where}, field segment.{key}: expected a string, number or bool, got {type(v).__name__}")
 
 
+_JSON = json.JSONDecoder(parse_constant=_reject_constant)
+
+
 def read_jsonl(data: bytes, specs: list[InputSpec]) -> Records:
     if data.startswith(b"\xef\xbb\xbf"):
         data = data[3:]
+    try:
+        text = data.decode()
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        raise FileRejected(f"line {line}: invalid UTF-8: expected UTF-8 encoded JSON text") from e
     ids, origins, ts, segments, labels = [], [], [], [], []
     tensors: dict[str, list] = {s.name: [] for s in specs}
     spec_names = {s.name for s in specs}
-    for number, raw in enumerate(data.split(b"\n"), start=1):
+    for number, raw in enumerate(text.split("\n"), start=1):
         if not raw.strip():
             continue
         where = f"line {number}"
         try:
-            obj = json.loads(raw, parse_constant=_reject_constant)
-        except (ValueError, UnicodeDecodeError) as e:
+            obj = _JSON.decode(raw)
+        except ValueError as e:
             raise FileRejected(f"{where}: invalid JSON: {e}") from e
         if not isinstance(obj, dict):
             raise FileRejected(f"{where}: expected a JSON object {{\"inputs\": ...}}, got {type(obj).__name__}")

@@ -939,6 +939,7 @@ class Pipeline:
                     seen.add(rid)
         except FileRejected as e:
             return self.quarantine(name, sha, len(data), kind, str(e))
+        size = len(data)
         del data
         try:
             self.commit(name, sha, size, kind, records, ids)
@@ -957,12 +958,16 @@ class Pipeline:
 
     def quarantine(self, name, sha, size, kind, reason):
         print(f"{name}: quarantined: {reason}", file=sys.stderr)
+        self.report.files_quarantined += 1
+        # The same file quarantined again keeps its one ledger row, as in sensei.
+        if self.db.execute("SELECT 1 FROM files WHERE status = 'quarantined' AND name = ? AND sha256 = ? "
+                           "AND size = ?", (name, sha, size)).fetchone():
+            return
         self.db.execute("BEGIN")
         self.db.execute(
             "INSERT INTO files (name, sha256, size, kind, status, records, reason, processed_at) "
             "VALUES (?, ?, ?, ?, 'quarantined', 0, ?, ?)", (name, sha, size, kind, reason, now_ms()))
         self.db.execute("COMMIT")
-        self.report.files_quarantined += 1
 
     def commit(self, name: str, sha: str, size: int, kind: str, records: Records, ids: list[str]):
         cfg, n = self.cfg, len(records)

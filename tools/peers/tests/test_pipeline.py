@@ -129,6 +129,14 @@ def test_every_record_and_every_teacher_comparison_match_sensei(tmp_path, inbox)
     q = "SELECT start, segment, records, teacher_samples, weight_sum, disagreement_wsum FROM windows ORDER BY start, segment"
     assert rows(p, q) == rows(s, q)
 
+    # Replayed again, nothing is counted twice; only the copy under another name is noted as a
+    # duplicate once more (each arrival of it is), in both.
+    replay(tmp_path, "sensei", 1.0, [inbox])
+    replay(tmp_path, "peer", 1.0, [inbox])
+    assert rows(p, ledger) == rows(s, ledger)
+    assert [r[4] for r in rows(s, ledger)].count("duplicate") == 2 and len(rows(s, ledger)) == 7
+    assert rows(p, "SELECT count(*) FROM records") == rows(s, "SELECT count(*) FROM records") == [(1350,)]
+
 
 def test_the_teacher_samples_the_same_records(tmp_path, inbox):
     s = replay(tmp_path, "sensei", 0.1, [inbox / f for f in FILES])

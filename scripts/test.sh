@@ -1,17 +1,17 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh checkout: installs what the tests need (the pinned ONNX
-# Runtime library, the Python packages of the reference distiller), then runs the Rust tests
-# (unit and integration, against the real ONNX Runtime and real SQLite files) and the Python
-# tests of tools/distill.
+# Runtime library, the Python packages of the reference distiller and the pipeline peer), then
+# runs the Rust tests (unit and integration, against the real ONNX Runtime and real SQLite files)
+# and the Python tests of tools/distill and tools/peers.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 echo "== ONNX Runtime"
 scripts/setup-onnxruntime.sh
 
-echo "== Python packages (tools/distill/requirements.txt)"
+echo "== Python packages (tools/distill/requirements.txt, tools/peers/requirements-pipeline.txt)"
 python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore \
-  -r tools/distill/requirements.txt
+  -r tools/distill/requirements.txt -r tools/peers/requirements-pipeline.txt
 
 echo "== System tools for the operations tests (promtool, prometheus, chromium, systemd-analyze)"
 missing=()
@@ -37,3 +37,6 @@ cargo test --locked
 
 echo "== Python: tools/distill"
 python3 -m pytest tools/distill/tests -q
+
+echo "== Python: the pipeline peer against sensei replay (tools/peers)"
+python3 -m pytest tools/peers/tests -q

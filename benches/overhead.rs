@@ -1,0 +1,260 @@
+//! Monitoring overhead per record, excluding inference (criterion).
+//!
+//!     cargo bench --bench overhead
+//!
+//! Everything sensei does for a record between the models' answers and the committed row, on
+//! the demo models' real outputs for 1000 field records (one file), with an active baseline so
+//! that every detector runs:
+//!
+//! - the dispatcher: output statistics, input features, the sampling decision (rate 0.1);
+//! - the teacher worker, for sampled records: every comparison metric and attention KL;
+//! - the writer: the drift detectors (`pipeline::observe_records`) and the file's SQLite
+//!   transaction (`Store::commit_file`: ledger row, record rows, teacher samples with their
+//!   inputs and outputs, window sums, detector changes).
+//!
+//! The inference itself is done once, before timing. Each iteration is one new file of the same
+//! 1000 records, into one database that grows through the run. Criterion reports the time per
+//! file; divided by 1000 it is the time per record (the goal is ≤ 5 µs).
+//!
+//! The database lives in the temporary directory (`TMPDIR`, on disk) and, in a second run of the
+//! same benchmark, in `/dev/shm` (memory): the difference is what the disk costs (WAL writes and
+//! checkpoint fsyncs), which depends on the machine's disk more than on sensei.
+
+mod support;
+
+use std::fmt::Write;
+use std::time::{Duration, Instant};
+
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use sensei::compare::{Comparer, attention_kl, input_features};
+use sensei::config::Config;
+use sensei::drift::DriftMonitor;
+use sensei::model::{BatchOutput, Model};
+use sensei::record::{Origin, Record, Tensor};
+use sensei::sampler::{Decision, Sampler};
+use sensei::store::{FileCommit, RecordRow, Store, TeacherRow};
+
+use support::*;
+
+const RECORDS: usize = 1000;
+
+struct Fixture {
+    _dir: tempfile::TempDir,
+    config: Config,
+    records: Vec<Record>,
+    ids: Vec<String>,
+    segments: Vec<String>,
+    student: BatchOutput,
+    teacher: BatchOutput,
+    store: Store,
+    monitor: DriftMonitor,
+    comparer: Comparer,
+    sampler: Sampler,
+    files: u64,
+}
+
+impl Fixture {
+    fn new(root: &std::path::Path) -> Fixture {
+        let dir = tempfile::tempdir_in(root).expect("tempdir");
+        let config = Config::from_toml(
+            &config_toml(&dir.path().join("state"), 0.1, ""),
+            &dir.path().join("bench.toml"),
+        )
+        .expect("config");
+        sensei::commands::baseline(&config, &[demo_model("lab.npz")]).expect("baseline");
+        let rows = field_rows();
+        let records: Vec<Record> = (0..RECORDS)
+            .map(|i| Record {
+                id: None,
+                ts: None,
+                segment: Default::default(),
+                inputs: [(
+                    "x".to_string(),
+                    Tensor::f32(vec![8, 8], row(&rows, i).to_vec()),
+                )]
+                .into(),
+                label: None,
+                origin: Origin::Index(i),
+            })
+            .collect();
+        let rt = sensei::model::runtime(&config.onnxruntime).expect("ONNX Runtime");
+        let refs: Vec<&Record> = records.iter().collect();
+        let student = Model::load(rt, "student", &config.student)
+            .expect("student")
+            .run(&refs)
+            .expect("student run");
+        let teacher = Model::load(rt, "teacher", &config.teacher)
+            .expect("teacher")
+            .run(&refs)
+            .expect("teacher run");
+        let store = Store::open(&config.store.path).expect("store");
+        let monitor = sensei::daemon::drift_monitor(&config, &store).expect("active baseline");
+        let comparer = Comparer {
+            task: config.compare.task,
+            output_kind: config.compare.output_kind,
+            pooling: config.compare.pooling,
+        };
+        let sampler = Sampler::new(&config.sampling, None);
+        Fixture {
+            ids: (0..RECORDS).map(|i| format!("b{i}")).collect(),
+            segments: (0..RECORDS)
+                .map(|i| format!("line={}", if i % 2 == 0 { "A" } else { "B" }))
+                .collect(),
+            _dir: dir,
+            config,
+            records,
+            student,
+            teacher,
+            store,
+            monitor,
+            comparer,
+            sampler,
+            files: 0,
+        }
+    }
+
+    /// The dispatcher's and the teacher worker's work for every record of one file.
+    fn rows(&mut self) -> Vec<RecordRow> {
+        // Producers' ids are unique and usually increase: `<file>-<record>`.
+        let file = self.files + 1;
+        for (i, id) in self.ids.iter_mut().enumerate() {
+            id.clear();
+            let _ = write!(id, "{file:08}-{i:04}");
+        }
+        let now = Instant::now();
+        let now_ms = sensei::pipeline::now_ms();
+        (0..RECORDS)
+            .map(|i| {
+                let out = self.student.output_of(i);
+                let stats = self.comparer.stats(out);
+                let features = input_features(&self.records[i]);
+                let decision =
+                    self.sampler
+                        .decide(&self.ids[i], stats.confidence.map(|c| 1.0 - c), now);
+                let teacher = match decision {
+                    Decision::Sampled { weight } => Some(self.teacher_row(i, weight)),
+                    _ => None,
+                };
+                RecordRow {
+                    record_id: self.ids[i].clone(),
+                    features,
+                    ts_ms: now_ms,
+                    segment: self.segments[i].clone(),
+                    prediction: stats.prediction,
+                    confidence: stats.confidence,
+                    entropy: stats.entropy,
+                    value: stats.value,
+                    latency_us: 20,
+                    sampled: decision.code(),
+                    label: None,
+                    teacher,
+                }
+            })
+            .collect()
+    }
+
+    fn teacher_row(&self, i: usize, weight: f64) -> TeacherRow {
+        let (t, s) = (self.teacher.output_of(i), self.student.output_of(i));
+        let shape = &self.teacher.output_shape;
+        let mut comparison = self.comparer.compare(t, s, shape, None);
+        let teacher_attention = self.teacher.attention.as_ref().map(|(shape, _)| {
+            (
+                shape.clone(),
+                self.teacher.attention_of(i).unwrap().to_vec(),
+            )
+        });
+        if let (Some((ts, td)), Some((ss, _)), Some(sd)) = (
+            &teacher_attention,
+            &self.student.attention,
+            self.student.attention_of(i),
+        ) {
+            comparison.attention_kl = attention_kl(td, ts, sd, ss);
+        }
+        let stats = self.comparer.stats(t);
+        TeacherRow {
+            weight,
+            teacher_prediction: stats.prediction,
+            teacher_confidence: stats.confidence,
+            comparison,
+            latency_us: 130,
+            output_shape: shape.clone(),
+            teacher_output: t.to_vec(),
+            student_output: s.to_vec(),
+            teacher_attention,
+            inputs: self.records[i].inputs.clone().into_iter().collect(),
+            shadow: Vec::new(),
+        }
+    }
+
+    /// The writer's work for one file: detectors, then the file's transaction.
+    fn commit(&mut self, records: Vec<RecordRow>) {
+        self.files += 1;
+        let now_ms = sensei::pipeline::now_ms();
+        let first_seq = self.store.next_seq().expect("seq");
+        let delta =
+            sensei::pipeline::observe_records(&mut self.monitor, first_seq, &records, now_ms);
+        let file = FileCommit {
+            first_seq,
+            name: format!("part-{}.npz", self.files),
+            sha256: format!("{:064x}", self.files),
+            size: 1,
+            kind: "npz",
+            student: "student00000".into(),
+            teacher: "teacher00000".into(),
+            records,
+        };
+        let window_ms = self.config.store.window.as_millis() as i64;
+        self.store
+            .commit_file(
+                &file,
+                window_ms,
+                now_ms,
+                Some((self.monitor.baseline_version, &delta)),
+            )
+            .expect("commit");
+    }
+}
+
+fn overhead(c: &mut Criterion) {
+    let mut places = vec![("on disk", std::env::temp_dir())];
+    let shm = std::path::PathBuf::from("/dev/shm");
+    if shm.is_dir() {
+        places.push(("in memory", shm));
+    }
+    for (place, root) in places {
+        let mut fx = Fixture::new(&root);
+        let mut group = c.benchmark_group(format!("1000 records, database {place}"));
+        group.throughput(Throughput::Elements(RECORDS as u64));
+        group.sample_size(20);
+        group.measurement_time(Duration::from_secs(10));
+        group.bench_function("all monitoring", |b| {
+            b.iter(|| {
+                let rows = fx.rows();
+                fx.commit(rows);
+            })
+        });
+        if place == "in memory" {
+            // The parts, to see where the time goes.
+            group.bench_function("dispatch and comparisons", |b| {
+                b.iter(|| std::hint::black_box(fx.rows()))
+            });
+            let rows = fx.rows();
+            group.bench_function("drift detectors", |b| {
+                b.iter(|| {
+                    let now_ms = sensei::pipeline::now_ms();
+                    let first_seq = fx.store.next_seq().expect("seq");
+                    std::hint::black_box(sensei::pipeline::observe_records(
+                        &mut fx.monitor,
+                        first_seq,
+                        &rows,
+                        now_ms,
+                    ))
+                })
+            });
+        }
+        group.finish();
+    }
+}
+
+criterion_group!(benches, overhead);
+criterion_main!(benches);

@@ -440,11 +440,13 @@ struct Running {
     serving: ServingModels,
 }
 
-/// The content hashes of the models a pipeline was started with.
+/// The content hashes of the models a pipeline was started with, and the baseline version its
+/// detectors were armed on.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct ServingModels {
     student: String,
     teacher: String,
+    baseline: Option<i64>,
 }
 
 impl Running {
@@ -457,12 +459,13 @@ impl Running {
         on_file: Option<FileCallback>,
     ) -> anyhow::Result<Running> {
         prepare_dirs(config)?;
+        let store = Store::open(&config.store.path)?;
+        let ledger = Reader::open(&config.store.path)?;
         let serving = ServingModels {
             student: models.student.sha256.clone(),
             teacher: models.teacher.sha256.clone(),
+            baseline: active_baseline_version(&ledger),
         };
-        let store = Store::open(&config.store.path)?;
-        let ledger = Reader::open(&config.store.path)?;
         let (mut ingest, threads) = start(
             config,
             models,
@@ -728,13 +731,25 @@ async fn reload(
         }
     };
     let replaced = replaced_models(&new, &running.serving);
-    if new == old && replaced.is_empty() {
-        tracing::info!("The config and the model files are unchanged; nothing to apply.");
+    let baseline = Reader::open(&new.store.path)
+        .ok()
+        .and_then(|r| active_baseline_version(&r));
+    let new_baseline = baseline != running.serving.baseline;
+    if new == old && replaced.is_empty() && !new_baseline {
+        tracing::info!(
+            "The config, the model files and the active baseline are unchanged; nothing to apply."
+        );
         metrics.reload(true);
         return Ok((old, running));
     }
     for (role, path) in &replaced {
         tracing::info!(model = role, path = %path.display(), "The model file changed on disk; loading it.");
+    }
+    if new_baseline {
+        tracing::info!(
+            baseline = ?baseline,
+            "Another baseline is active; the detectors re-arm on it."
+        );
     }
     if new.http != old.http {
         tracing::warn!(
@@ -784,6 +799,11 @@ fn replaced_models(config: &Config, serving: &ServingModels) -> Vec<(&'static st
     .filter(|(_, path, sha)| file_sha256(path).ok().as_ref() != Some(*sha))
     .map(|(role, path, _)| (role, path.clone()))
     .collect()
+}
+
+/// The version of the active baseline, if there is one and it can be read.
+fn active_baseline_version(reader: &Reader) -> Option<i64> {
+    reader.active_baseline().ok().flatten().map(|b| b.version)
 }
 
 fn file_sha256(path: &std::path::Path) -> std::io::Result<String> {
@@ -868,6 +888,7 @@ mod tests {
         let serving = ServingModels {
             student: file_sha256(&student).unwrap(),
             teacher: file_sha256(&teacher).unwrap(),
+            baseline: None,
         };
         assert!(replaced_models(&config, &serving).is_empty());
 

@@ -228,3 +228,43 @@ fn uncertainty_weighted_sampling_is_fitted_on_the_lab_set_and_weighted() {
         .unwrap();
     assert!(weighted < raw, "weighted {weighted} vs raw {raw}");
 }
+
+#[test]
+fn a_new_baseline_re_arms_the_running_daemon_at_sighup() {
+    let site = site_with_baseline();
+    let daemon = site.start();
+    let first = std::fs::read(part(&site, "clean", 0, 100)).unwrap();
+    site.deliver("first.jsonl", &first);
+    let wait = std::time::Duration::from_secs(60);
+    crate::common::wait_until(wait, "the first file", || site.records() == 100);
+    let armed_on = |version: i64| {
+        site.query_i64(&format!(
+            "SELECT COUNT(*) FROM detector_state WHERE baseline_version = {version}"
+        ))
+    };
+    assert!(armed_on(1) > 0, "detectors armed on baseline 1");
+
+    // A second lab run makes version 2 active while the daemon runs.
+    let out = site.sensei(&["baseline", demo("lab.jsonl").to_str().unwrap()]);
+    assert!(out.status.success());
+    daemon.signal("HUP");
+    crate::common::wait_until(wait, "the reload to re-arm", || {
+        daemon
+            .log_text()
+            .contains("Another baseline is active; the detectors re-arm on it.")
+    });
+    crate::common::wait_until(wait, "the reload to finish", || {
+        daemon.log_text().contains("The new config is applied.")
+    });
+    let second = std::fs::read(part(&site, "clean", 100, 200)).unwrap();
+    site.deliver("second.jsonl", &second);
+    crate::common::wait_until(wait, "the second file", || site.records() == 200);
+    assert!(armed_on(2) > 0, "detectors armed on baseline 2");
+
+    // Without a change, a reload applies nothing.
+    daemon.signal("HUP");
+    crate::common::wait_until(wait, "the second reload", || {
+        daemon.log_text().contains("nothing to apply")
+    });
+    assert!(daemon.stop().success());
+}

@@ -440,16 +440,8 @@ impl Check<'_> {
             }
         };
         let threads = self.integer(&key("threads"), raw.threads, 1, 1, 1024);
-        let output = self.name(&key("output"), raw.output, DEFAULT_OUTPUT);
-        let attention = raw
-            .attention
-            .map(|attention| self.name(&key("attention"), Some(attention), ""));
-        if attention.as_deref() == Some(output.as_str()) && !output.is_empty() {
-            self.problem(
-                &key("attention"),
-                format!("must differ from challengers[{index}].output (both are \"{output}\")"),
-            );
-        }
+        let (output, attention) =
+            self.outputs(&format!("challengers[{index}]"), raw.output, raw.attention);
         Some(ChallengerConfig {
             name: name?,
             path: path?,
@@ -534,16 +526,7 @@ impl Check<'_> {
             Duration::ZERO,
         );
         let inputs = self.names(&key("inputs"), raw.inputs.unwrap_or_default());
-        let output = self.name(&key("output"), raw.output, DEFAULT_OUTPUT);
-        let attention = raw
-            .attention
-            .map(|attention| self.name(&key("attention"), Some(attention), ""));
-        if attention.as_deref() == Some(output.as_str()) && !output.is_empty() {
-            self.problem(
-                &key("attention"),
-                format!("must differ from {section}.output (both are \"{output}\")"),
-            );
-        }
+        let (output, attention) = self.outputs(section, raw.output, raw.attention);
         ModelConfig {
             path,
             threads,
@@ -737,6 +720,26 @@ impl Check<'_> {
     }
 
     /// A non-empty name; `default` when absent.
+    /// A model's compared output and optional attention output, under `section`; the two must
+    /// differ.
+    fn outputs(
+        &mut self,
+        section: &str,
+        output: Option<String>,
+        attention: Option<String>,
+    ) -> (String, Option<String>) {
+        let output = self.name(&format!("{section}.output"), output, DEFAULT_OUTPUT);
+        let attention_key = format!("{section}.attention");
+        let attention = attention.map(|attention| self.name(&attention_key, Some(attention), ""));
+        if attention.as_deref() == Some(output.as_str()) && !output.is_empty() {
+            self.problem(
+                &attention_key,
+                format!("must differ from {section}.output (both are \"{output}\")"),
+            );
+        }
+        (output, attention)
+    }
+
     fn name(&mut self, key: &str, value: Option<String>, default: &str) -> String {
         match value {
             None => default.to_owned(),

@@ -69,14 +69,7 @@ fn main() {
         .status()
         .expect("sensei baseline");
     assert!(baseline.success(), "sensei baseline failed");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_sensei"))
-        .arg("--config")
-        .arg(&config)
-        .arg("run")
-        .env("SENSEI_LOG", "warn,ort=error")
-        .stdin(Stdio::null())
-        .spawn()
-        .expect("start sensei run");
+    let mut child = start_daemon(&config);
     let db = state.join("sensei.db");
     let done = |db: &std::path::Path| -> i64 {
         rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)

@@ -9,7 +9,7 @@
 
 mod support;
 
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use support::*;
@@ -60,14 +60,7 @@ fn main() {
     let staging = tmp.path().join("staging");
     std::fs::create_dir_all(&inbox).unwrap();
     std::fs::create_dir_all(&staging).unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_sensei"))
-        .arg("--config")
-        .arg(&config)
-        .arg("run")
-        .env("SENSEI_LOG", "warn,ort=error")
-        .stdin(Stdio::null())
-        .spawn()
-        .expect("start sensei run");
+    let mut child = start_daemon(&config);
     let pid = child.id();
     let db = state.join("sensei.db");
     let start = Instant::now();

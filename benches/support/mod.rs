@@ -164,3 +164,15 @@ pub fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     v[v.len() / 2]
 }
+
+/// The real `sensei run` daemon on `config`, logging only warnings.
+pub fn start_daemon(config: &Path) -> std::process::Child {
+    std::process::Command::new(env!("CARGO_BIN_EXE_sensei"))
+        .arg("--config")
+        .arg(config)
+        .arg("run")
+        .env("SENSEI_LOG", "warn,ort=error")
+        .stdin(std::process::Stdio::null())
+        .spawn()
+        .expect("start sensei run")
+}

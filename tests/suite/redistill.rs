@@ -485,6 +485,17 @@ fn a_candidate_no_better_than_the_student_is_rejected_by_the_gate_with_its_evide
     assert!(reasons.contains("not significant"), "{reasons}");
 }
 
+/// The student that answered the records after `seq` (one, or the query fails).
+fn student_after(site: &Site, seq: i64) -> String {
+    site.db()
+        .query_row(
+            "SELECT DISTINCT student FROM records WHERE seq > ?1",
+            [seq],
+            |r| r.get(0),
+        )
+        .unwrap()
+}
+
 #[test]
 fn a_candidate_the_gate_passes_is_promoted_and_serves_the_next_records_and_rollback_restores() {
     // The job hands back a copy of the teacher: the strongest possible candidate.
@@ -568,14 +579,7 @@ fn a_candidate_the_gate_passes_is_promoted_and_serves_the_next_records_and_rollb
             .status
             .success()
     );
-    let served: String = site
-        .db()
-        .query_row(
-            "SELECT DISTINCT student FROM records WHERE seq > ?1",
-            [before],
-            |r| r.get(0),
-        )
-        .unwrap();
+    let served = student_after(&site, before);
     let teacher: String = site
         .db()
         .query_row(
@@ -618,14 +622,7 @@ fn a_candidate_the_gate_passes_is_promoted_and_serves_the_next_records_and_rollb
             .status
             .success()
     );
-    let served: String = site
-        .db()
-        .query_row(
-            "SELECT DISTINCT student FROM records WHERE seq > ?1",
-            [before],
-            |r| r.get(0),
-        )
-        .unwrap();
+    let served = student_after(&site, before);
     assert_ne!(served, teacher);
     let out = site.sensei(&["rollback"]);
     assert!(!out.status.success());

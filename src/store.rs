@@ -36,6 +36,10 @@ const MIGRATIONS: &[(&str, &str)] = &[
         "0006_records_indexes",
         include_str!("../migrations/0006_records_indexes.sql"),
     ),
+    (
+        "0007_redistill_failures",
+        include_str!("../migrations/0007_redistill_failures.sql"),
+    ),
 ];
 
 /// The schema version this binary writes.
@@ -968,17 +972,16 @@ impl Store {
     }
 
     /// Queues a re-distillation job unless one is queued or running, or the last one started
-    /// less than `min_interval_ms` ago (unless `force`).
+    /// less than the back-off's interval ago (unless `force`): `min_interval`, doubled for each
+    /// further job in the current failure streak, up to `max_backoff`.
     pub fn enqueue_redistill_job(
         &mut self,
         request: &JobRequest,
-        min_interval_ms: i64,
+        backoff: &crate::redistill::streak::Backoff,
         force: bool,
         now_ms: i64,
     ) -> Result<Enqueued> {
-        let tx = self
-            .conn
-            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let tx = write_transaction(&mut self.conn)?;
         let active: Option<i64> = tx
             .query_row(
                 "SELECT id FROM redistill_jobs WHERE status IN ('queued', 'running') ORDER BY id LIMIT 1",
@@ -999,12 +1002,16 @@ impl Store {
             .optional()?;
         if let Some((id, at)) = last
             && !force
-            && now_ms < at.saturating_add(min_interval_ms)
         {
-            return Ok(Enqueued::TooSoon {
-                last_job: id,
-                next_allowed_ms: at.saturating_add(min_interval_ms),
-            });
+            let failures = consecutive_failures(&tx)?;
+            let next_allowed_ms = backoff.next_allowed_ms(at, failures);
+            if now_ms < next_allowed_ms {
+                return Ok(Enqueued::TooSoon {
+                    last_job: id,
+                    failures,
+                    next_allowed_ms,
+                });
+            }
         }
         tx.execute(
             "INSERT INTO redistill_jobs (status, trigger, reason, action_id, requested_at, updated_at)
@@ -1014,6 +1021,132 @@ impl Store {
         let id = tx.last_insert_rowid();
         tx.commit()?;
         Ok(Enqueued::Queued { job: id })
+    }
+
+    /// Reads the jobs since the last success and the latest announced failure streak, lets
+    /// `decide` say what to announce, and writes it in the same transaction: each notice's
+    /// `redistill_failure_alerts` change and its outbox rows (one per receiver). A notice whose
+    /// change was already made (by another process) writes nothing. Returns the receivers that
+    /// got a notification.
+    pub fn announce_redistill_failures(
+        &mut self,
+        now_ms: i64,
+        decide: impl FnOnce(&FailureState) -> Vec<FailureNotice>,
+    ) -> Result<Vec<String>> {
+        let tx = write_transaction(&mut self.conn)?;
+        let last_success: Option<i64> = tx.query_row(
+            "SELECT MAX(id) FROM redistill_jobs WHERE status = 'succeeded'",
+            [],
+            |r| r.get(0),
+        )?;
+        let finished = {
+            let mut stmt = tx.prepare(
+                "SELECT id, status, COALESCE(started_at, requested_at), COALESCE(detail, ''), dir
+                 FROM redistill_jobs
+                 WHERE status IN ('succeeded', 'failed', 'timed_out') AND id >= ?1
+                 ORDER BY id",
+            )?;
+            let rows = stmt.query_map([last_success.unwrap_or(0)], |r| {
+                Ok(FinishedJob {
+                    id: r.get(0)?,
+                    status: r.get(1)?,
+                    started_at: r.get(2)?,
+                    detail: r.get(3)?,
+                    dir: r.get(4)?,
+                })
+            })?;
+            rows.collect::<rusqlite::Result<Vec<_>>>()?
+        };
+        let alerted = tx
+            .query_row(
+                "SELECT first_job, last_job, failures, alerted_at, resolved_job
+                 FROM redistill_failure_alerts ORDER BY first_job DESC LIMIT 1",
+                [],
+                |r| {
+                    Ok(FailureAlertRow {
+                        first_job: r.get(0)?,
+                        last_job: r.get(1)?,
+                        failures: r.get(2)?,
+                        alerted_at: r.get(3)?,
+                        resolved_job: r.get(4)?,
+                    })
+                },
+            )
+            .optional()?;
+        let notices = decide(&FailureState {
+            finished,
+            last_success,
+            alerted,
+        });
+        let mut receivers: Vec<String> = Vec::new();
+        for notice in &notices {
+            let (changed, kind, dedup_key, alert_id, payload, to) = match notice {
+                FailureNotice::Failing {
+                    first_job,
+                    last_job,
+                    failures,
+                    dedup_key,
+                    alert_id,
+                    payload,
+                    receivers,
+                } => (
+                    tx.execute(
+                        "INSERT INTO redistill_failure_alerts (first_job, last_job, failures, alerted_at)
+                         VALUES (?1, ?2, ?3, ?4) ON CONFLICT (first_job) DO NOTHING",
+                        params![first_job, last_job, failures, now_ms],
+                    )?,
+                    "firing",
+                    dedup_key,
+                    alert_id,
+                    payload,
+                    receivers,
+                ),
+                FailureNotice::Resolved {
+                    first_job,
+                    by_job,
+                    dedup_key,
+                    alert_id,
+                    payload,
+                    receivers,
+                } => (
+                    tx.execute(
+                        "UPDATE redistill_failure_alerts SET resolved_job = ?2, resolved_at = ?3
+                         WHERE first_job = ?1 AND resolved_job IS NULL",
+                        params![first_job, by_job, now_ms],
+                    )?,
+                    "resolved",
+                    dedup_key,
+                    alert_id,
+                    payload,
+                    receivers,
+                ),
+            };
+            if changed == 0 {
+                continue;
+            }
+            let mut ins = tx.prepare_cached(
+                "INSERT INTO alert_outbox (dedup_key, alert_id, receiver, rule, kind, payload,
+                                           created_at, next_attempt_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7)
+                 ON CONFLICT (dedup_key, receiver) DO NOTHING",
+            )?;
+            for receiver in to {
+                ins.execute(params![
+                    dedup_key,
+                    alert_id,
+                    receiver,
+                    crate::redistill::streak::RULE,
+                    kind,
+                    payload,
+                    now_ms
+                ])?;
+                if !receivers.contains(receiver) {
+                    receivers.push(receiver.clone());
+                }
+            }
+        }
+        tx.commit()?;
+        Ok(receivers)
     }
 
     /// Moves a queued job to running under this process; false when it is no longer queued.
@@ -1872,10 +2005,81 @@ pub enum Enqueued {
     Busy {
         job: i64,
     },
-    /// The minimum interval since the last job has not passed.
+    /// The minimum interval since the last job (longer after failures) has not passed.
     TooSoon {
         last_job: i64,
+        /// Jobs in a row that failed (the back-off doubles the interval for each after the
+        /// first).
+        failures: u32,
         next_allowed_ms: i64,
+    },
+}
+
+/// Jobs that ended `failed` or `timed_out` since the last one that `succeeded`.
+fn consecutive_failures(conn: &Connection) -> rusqlite::Result<u32> {
+    conn.query_row(
+        "SELECT COUNT(*) FROM redistill_jobs
+         WHERE status IN ('failed', 'timed_out')
+           AND id > COALESCE((SELECT MAX(id) FROM redistill_jobs WHERE status = 'succeeded'), 0)",
+        [],
+        |r| r.get::<_, i64>(0),
+    )
+    .map(|n| u32::try_from(n).unwrap_or(u32::MAX))
+}
+
+/// A job that ended, as the failure streak sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FinishedJob {
+    pub id: i64,
+    /// `succeeded`, `failed` or `timed_out`.
+    pub status: String,
+    /// When it started (when it was requested, if it never started).
+    pub started_at: i64,
+    pub detail: String,
+    /// The job's directory (its `job.log` is there).
+    pub dir: Option<String>,
+}
+
+/// A `redistill_failure_alerts` row: a failure streak that was announced.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FailureAlertRow {
+    pub first_job: i64,
+    pub last_job: i64,
+    pub failures: u32,
+    pub alerted_at: i64,
+    pub resolved_job: Option<i64>,
+}
+
+/// What the failure-streak announcement decides on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FailureState {
+    /// Finished jobs from the last success on (or all of them), oldest first.
+    pub finished: Vec<FinishedJob>,
+    pub last_success: Option<i64>,
+    /// The latest streak announced.
+    pub alerted: Option<FailureAlertRow>,
+}
+
+/// A notification about a failure streak, with the rows that record it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FailureNotice {
+    Failing {
+        first_job: i64,
+        last_job: i64,
+        failures: u32,
+        dedup_key: String,
+        alert_id: String,
+        /// The notification document (JSON).
+        payload: String,
+        receivers: Vec<String>,
+    },
+    Resolved {
+        first_job: i64,
+        by_job: i64,
+        dedup_key: String,
+        alert_id: String,
+        payload: String,
+        receivers: Vec<String>,
     },
 }
 

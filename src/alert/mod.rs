@@ -170,6 +170,18 @@ async fn run(alerts: AlertConfig, path: PathBuf, mut stopped: watch::Receiver<bo
             }
             Err(e) => tracing::error!(error = %e, "Alert evaluation failed; retrying."),
         }
+        // Notifications other parts of sensei wrote (re-distillation that keeps failing).
+        let now = now_ms();
+        match with_db(&db, move |db| store::due_receivers(db.conn(), now)).await {
+            Ok(due) => {
+                for r in due {
+                    if let Some(w) = wakers.get(&r) {
+                        w.notify_one();
+                    }
+                }
+            }
+            Err(e) => tracing::error!(error = %e, "Cannot read the outbox."),
+        }
         tokio::select! {
             _ = stopped.changed() => break,
             _ = tokio::time::sleep(alerts.evaluation_interval) => {}
@@ -315,6 +327,7 @@ fn document(
         dashboard_url: alerts.dashboard_url.clone(),
         action,
         drifts,
+        redistill: None,
     }
 }
 
@@ -449,6 +462,7 @@ async fn refresh_alertmanager(sender: &Sender, alerts: &Arc<AlertConfig>, db: &D
                 now_ms(),
             ));
         }
+        docs.extend(store::open_redistill_failures(conn, &name)?);
         Ok(docs)
     })
     .await;
@@ -519,6 +533,7 @@ pub async fn send_test(alerts: &AlertConfig, receiver: &str) -> anyhow::Result<N
         dashboard_url: alerts.dashboard_url.clone(),
         action: None,
         drifts: vec![drift],
+        redistill: None,
     };
     sender
         .send(&doc)

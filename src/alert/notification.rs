@@ -55,6 +55,83 @@ pub struct Notification {
     pub dashboard_url: Option<String>,
     pub action: Option<ActionNote>,
     pub drifts: Vec<Drift>,
+    /// Re-distillation that keeps failing (rule `redistill-failing`; no drifts): the streak.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redistill: Option<RedistillFailure>,
+}
+
+/// A run of re-distillation jobs that failed (docs/redistill.md).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RedistillFailure {
+    /// Jobs in a row that ended `failed` or `timed_out`.
+    pub failures: u32,
+    /// `redistill_jobs.id` of the first and the latest of them.
+    pub first_job: i64,
+    pub last_job: i64,
+    /// The latest job's status (`failed`, `timed_out`) and the first line of its detail.
+    pub last_status: String,
+    pub last_detail: String,
+    /// The latest job's log.
+    #[serde(default)]
+    pub log: Option<String>,
+    /// The earliest time an alert rule's request starts the next job.
+    #[serde(with = "rfc3339_ms")]
+    pub next_allowed_at: i64,
+    /// The job whose success ended the streak (resolved notifications).
+    #[serde(default)]
+    pub resolved_by_job: Option<i64>,
+}
+
+impl RedistillFailure {
+    fn headline(&self, resolved: bool) -> String {
+        match self.resolved_by_job {
+            Some(job) if resolved => format!(
+                "Resolved: re-distillation works again: job {job} succeeded after {} jobs in a row had failed (jobs {} to {} and maybe more).",
+                self.failures, self.first_job, self.last_job
+            ),
+            _ => format!(
+                "Re-distillation keeps failing: {} jobs in a row failed (jobs {} to {}). The serving student stays; the drift it was meant to fix is not being fixed.",
+                self.failures, self.first_job, self.last_job
+            ),
+        }
+    }
+
+    fn lines(&self, resolved: bool) -> Vec<(&'static str, String)> {
+        if resolved {
+            return vec![
+                (
+                    "failed",
+                    format!(
+                        "{} jobs in a row, from job {}",
+                        self.failures, self.first_job
+                    ),
+                ),
+                (
+                    "succeeded",
+                    self.resolved_by_job
+                        .map_or_else(|| "–".to_owned(), |j| format!("job {j}")),
+                ),
+            ];
+        }
+        vec![
+            ("failures", format!("{} jobs in a row", self.failures)),
+            (
+                "last job",
+                format!(
+                    "job {} {}: {}",
+                    self.last_job, self.last_status, self.last_detail
+                ),
+            ),
+            ("log", self.log.clone().unwrap_or_else(|| "–".to_owned())),
+            (
+                "next job",
+                format!(
+                    "{} at the earliest (sensei redistill --force runs one now)",
+                    human(self.next_allowed_at)
+                ),
+            ),
+        ]
+    }
 }
 
 /// What a signal measures, for people.
@@ -168,6 +245,9 @@ impl Notification {
 
     /// The first paragraph, for people.
     fn headline(&self) -> String {
+        if let Some(f) = &self.redistill {
+            return f.headline(self.kind == Kind::Resolved);
+        }
         let since = self.drifts.iter().map(|d| d.since).min();
         let since = since.map_or(String::new(), |s| format!(" since {}", human(s)));
         match self.kind {
@@ -206,6 +286,9 @@ impl Notification {
     }
 
     fn action_text(&self) -> String {
+        if self.redistill.is_some() {
+            return "the serving student stays, and automatic jobs back off (the wait doubles after each failure, up to [redistill] max_backoff). Someone should read the job's log.".to_owned();
+        }
         match &self.action {
             Some(a) if a.action == "redistill" => {
                 let detail = a
@@ -300,6 +383,12 @@ impl Notification {
             }
             s.push('\n');
         }
+        if let Some(f) = &self.redistill {
+            for (k, v) in f.lines(self.kind == Kind::Resolved) {
+                let _ = writeln!(s, "    {k:<10} {v}");
+            }
+            s.push('\n');
+        }
         if self.kind != Kind::Resolved {
             let _ = writeln!(s, "What sensei did: {}\n", self.action_text());
         }
@@ -329,25 +418,35 @@ impl Notification {
             "<p style=\"color: {colour}; font-weight: bold\">{}</p>",
             escape(&self.headline())
         );
-        s.push_str(
+        if let Some(f) = &self.redistill {
+            s.push_str(
+                "<table border=\"1\" cellpadding=\"4\" style=\"border-collapse: collapse\">\n",
+            );
+            for (k, v) in f.lines(self.kind == Kind::Resolved) {
+                let _ = writeln!(s, "<tr><th>{}</th><td>{}</td></tr>", escape(k), escape(&v));
+            }
+            s.push_str("</table>\n");
+        } else {
+            s.push_str(
             "<table border=\"1\" cellpadding=\"4\" style=\"border-collapse: collapse\">\n<tr><th>segment</th><th>signal</th><th>since</th><th>baseline</th><th>current [95% interval]</th><th>statistic / threshold</th><th>detector</th></tr>\n",
         );
-        for d in &self.drifts {
-            let e = &d.event;
-            let _ = writeln!(
-                s,
-                "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{} / {}</td><td>{}</td></tr>",
-                escape(segment_text(&e.segment)),
-                escape(signal_text(&e.signal)),
-                escape(&human(d.since)),
-                escape(&number(e.baseline_value)),
-                escape(&current(d)),
-                escape(&number(Some(e.statistic))),
-                escape(&number(Some(e.threshold))),
-                escape(&e.detector)
-            );
+            for d in &self.drifts {
+                let e = &d.event;
+                let _ = writeln!(
+                    s,
+                    "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{} / {}</td><td>{}</td></tr>",
+                    escape(segment_text(&e.segment)),
+                    escape(signal_text(&e.signal)),
+                    escape(&human(d.since)),
+                    escape(&number(e.baseline_value)),
+                    escape(&current(d)),
+                    escape(&number(Some(e.statistic))),
+                    escape(&number(Some(e.threshold))),
+                    escape(&e.detector)
+                );
+            }
+            s.push_str("</table>\n");
         }
-        s.push_str("</table>\n");
         if self.kind != Kind::Resolved {
             let _ = writeln!(
                 s,
@@ -469,6 +568,7 @@ mod tests {
                 detail: None,
             }),
             drifts: vec![drift("line=A")],
+            redistill: None,
         };
         let json = serde_json::to_string(&n).expect("json");
         assert!(

@@ -223,6 +223,9 @@ pub fn email_message(e: &EmailReceiver, n: &Notification) -> Result<Message, Sen
 /// ends `lifetime` after it is posted unless posted again; a resolved one ends when it resolved.
 pub fn alertmanager_alerts(n: &Notification, now: i64, lifetime: Duration) -> Value {
     let lifetime_ms = i64::try_from(lifetime.as_millis()).unwrap_or(i64::MAX / 2);
+    if let Some(f) = &n.redistill {
+        return redistill_alert(n, f, now, lifetime_ms);
+    }
     let alerts: Vec<Value> = n
         .drifts
         .iter()
@@ -281,6 +284,51 @@ pub fn alertmanager_alerts(n: &Notification, now: i64, lifetime: Duration) -> Va
         })
         .collect();
     Value::Array(alerts)
+}
+
+/// The one Alertmanager alert of a failing re-distillation: labelled by the rule
+/// (`redistill-failing`) and the streak's first job. A firing one is posted again while the
+/// streak lasts (as drift alerts are); a resolved one ends when it was resolved.
+fn redistill_alert(
+    n: &Notification,
+    f: &super::notification::RedistillFailure,
+    now: i64,
+    lifetime_ms: i64,
+) -> Value {
+    let ends_at = if n.firing() {
+        now.saturating_add(lifetime_ms)
+    } else {
+        n.resolved_at.unwrap_or(now)
+    };
+    let mut alert = json!({
+        "labels": {
+            "alertname": n.rule,
+            "severity": n.severity.as_str(),
+            "instance": n.instance,
+            "source": "sensei",
+            "sensei_alert_id": n.alert_id,
+            "first_job": f.first_job.to_string(),
+        },
+        "annotations": {
+            "summary": n.summary,
+            "description": format!(
+                "{} jobs in a row failed; job {} {}: {}. Log: {}. Next job at {} at the earliest.",
+                f.failures,
+                f.last_job,
+                f.last_status,
+                f.last_detail,
+                f.log.as_deref().unwrap_or("–"),
+                rfc3339(f.next_allowed_at)
+            ),
+            "dedup_key": n.dedup_key,
+        },
+        "startsAt": rfc3339(n.fired_at),
+        "endsAt": rfc3339(ends_at),
+    });
+    if let Some(url) = &n.dashboard_url {
+        alert["generatorURL"] = json!(url);
+    }
+    Value::Array(vec![alert])
 }
 
 /// Runs the command with the document on stdin; success is exit status 0.
@@ -352,6 +400,7 @@ mod tests {
             dashboard_url: None,
             action: None,
             drifts: Vec::new(),
+            redistill: None,
         }
     }
 

@@ -280,6 +280,41 @@ pub fn retire_unconfigured(tx: &Connection, rules: &[&str], now: i64) -> rusqlit
     )
 }
 
+/// Receivers with a notification due now. Not only the evaluator writes the outbox (the
+/// re-distillation loop does, from the daemon or from `sensei redistill`), so the delivery
+/// workers are woken for whatever is due, whoever wrote it.
+pub fn due_receivers(conn: &Connection, now: i64) -> rusqlite::Result<Vec<String>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT DISTINCT receiver FROM alert_outbox WHERE status = 'pending' AND next_attempt_at <= ?1",
+    )?;
+    let rows = stmt.query_map([now], |r| r.get(0))?;
+    rows.collect()
+}
+
+/// The firing notifications of failure streaks of re-distillation that are not over yet,
+/// delivered to `receiver` (for Alertmanager, which must be told again that they still fire).
+pub fn open_redistill_failures(
+    conn: &Connection,
+    receiver: &str,
+) -> rusqlite::Result<Vec<Notification>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT o.payload FROM alert_outbox o
+           JOIN redistill_failure_alerts f ON o.alert_id = 'redistill-failing.job-' || f.first_job
+         WHERE f.resolved_job IS NULL AND o.receiver = ?1 AND o.kind = 'firing'
+           AND o.status = 'sent'
+         ORDER BY o.id",
+    )?;
+    let rows = stmt.query_map([receiver], |r| r.get::<_, String>(0))?;
+    let mut docs = Vec::new();
+    for payload in rows {
+        match serde_json::from_str(&payload?) {
+            Ok(doc) => docs.push(doc),
+            Err(e) => tracing::debug!(receiver, error = %e, "An outbox payload does not parse."),
+        }
+    }
+    Ok(docs)
+}
+
 /// Rules whose alert is firing now.
 pub fn firing(conn: &Connection) -> rusqlite::Result<Vec<String>> {
     let mut stmt = conn.prepare_cached("SELECT rule FROM alert_state WHERE status = 'firing'")?;

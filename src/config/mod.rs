@@ -93,6 +93,13 @@ pub struct RedistillConfig {
     pub timeout: Duration,
     /// At least this long between the starts of two jobs (failed ones count too).
     pub min_interval: Duration,
+    /// After consecutive failures the interval doubles per failure, up to this.
+    pub max_backoff: Duration,
+    /// Tell the `alert_receivers` once when this many jobs in a row failed; 0: never.
+    pub alert_after_failures: u32,
+    /// Who hears that re-distillation keeps failing (names of `[receivers.*]`): the configured
+    /// list, or else the receivers of the rules whose action is `redistill`.
+    pub alert_receivers: Vec<String>,
     /// Where each job gets its directory (dataset, held-out set, log, output).
     pub work_dir: PathBuf,
     /// Promote a job's candidate when the gate passes it (the daemon reloads to serve it).

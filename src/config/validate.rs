@@ -261,7 +261,7 @@ impl Check<'_> {
             ),
         };
 
-        let redistill = self.redistill(raw.redistill, &state_dir);
+        let redistill = self.redistill(raw.redistill, &state_dir, &alerts);
         let shadow = ShadowConfig {
             agreement_floor: self.fraction(
                 "shadow.agreement_floor",
@@ -307,7 +307,12 @@ impl Check<'_> {
         }
     }
 
-    fn redistill(&mut self, raw: raw::RawRedistill, state_dir: &Path) -> RedistillConfig {
+    fn redistill(
+        &mut self,
+        raw: raw::RawRedistill,
+        state_dir: &Path,
+        alerts: &crate::alert::AlertConfig,
+    ) -> RedistillConfig {
         const PLACEHOLDERS: [&str; 4] = ["{dataset}", "{teacher}", "{student}", "{output}"];
         let command = raw.command.unwrap_or_default();
         if let Some(program) = command.first()
@@ -361,15 +366,65 @@ impl Check<'_> {
                 format!("must be within 0..=1, got {share}"),
             );
         }
+        let min_interval = self.duration(
+            "redistill.min_interval",
+            raw.min_interval,
+            360 * MINUTE,
+            Duration::ZERO,
+        );
+        let max_backoff = self.duration(
+            "redistill.max_backoff",
+            raw.max_backoff,
+            7 * DAY,
+            Duration::ZERO,
+        );
+        if max_backoff < min_interval {
+            self.problem(
+                "redistill.max_backoff",
+                format!(
+                    "must be at least redistill.min_interval ({}), got {}",
+                    show_duration(min_interval),
+                    show_duration(max_backoff)
+                ),
+            );
+        }
+        let alert_receivers = match raw.alert_receivers {
+            Some(names) => {
+                let names = self.names("redistill.alert_receivers", names);
+                for (index, name) in names.iter().enumerate() {
+                    if !name.trim().is_empty() && !alerts.receivers.contains_key(name) {
+                        let known: Vec<&str> =
+                            alerts.receivers.keys().map(String::as_str).collect();
+                        self.problem(
+                            &format!("redistill.alert_receivers[{index}]"),
+                            format!(
+                                "no receiver \"{name}\" in [receivers] (configured: {})",
+                                if known.is_empty() {
+                                    "none".to_owned()
+                                } else {
+                                    known.join(", ")
+                                }
+                            ),
+                        );
+                    }
+                }
+                names
+            }
+            None => redistill_rule_receivers(alerts),
+        };
         RedistillConfig {
             command,
             timeout: self.duration("redistill.timeout", raw.timeout, 120 * MINUTE, SECOND),
-            min_interval: self.duration(
-                "redistill.min_interval",
-                raw.min_interval,
-                360 * MINUTE,
-                Duration::ZERO,
+            min_interval,
+            max_backoff,
+            alert_after_failures: self.integer(
+                "redistill.alert_after_failures",
+                raw.alert_after_failures,
+                2,
+                0,
+                1000,
             ),
+            alert_receivers,
             work_dir: self.path_or("redistill.work_dir", raw.work_dir, || {
                 state_dir.join("redistill")
             }),
@@ -767,6 +822,24 @@ impl Check<'_> {
     }
 }
 
+/// The receivers of the rules whose action is `redistill`, each once, in the order the rules
+/// name them: the default audience of "re-distillation keeps failing".
+fn redistill_rule_receivers(alerts: &crate::alert::AlertConfig) -> Vec<String> {
+    let mut receivers: Vec<String> = Vec::new();
+    for rule in alerts
+        .rules
+        .iter()
+        .filter(|r| r.action == Some(crate::alert::config::Action::Redistill))
+    {
+        for name in &rule.receivers {
+            if !receivers.contains(name) {
+                receivers.push(name.clone());
+            }
+        }
+    }
+    receivers
+}
+
 /// Parses a duration such as `500ms`, `2s`, `15m`, `1h` or `30d`: a whole number and a unit,
 /// optionally separated by spaces.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
@@ -1051,6 +1124,38 @@ path = "/models/teacher.onnx"
                 format: LogFormat::Auto,
                 filter: "info,ort=warn".to_owned(),
             }
+        );
+    }
+
+    #[test]
+    fn the_failure_back_off_and_its_receivers_are_validated() {
+        let config = from_toml(MINIMAL, Path::new("/etc/sensei/sensei.toml"))
+            .unwrap_or_else(|error| panic!("{error}"));
+        assert_eq!(config.redistill.max_backoff, 7 * DAY);
+        assert_eq!(config.redistill.alert_after_failures, 2);
+        assert!(config.redistill.alert_receivers.is_empty());
+        let text = format!(
+            "{MINIMAL}[receivers.ops]\ntype = \"webhook\"\nurl = \"http://127.0.0.1:9/\"\n\
+             [redistill]\nmin_interval = \"2h\"\nmax_backoff = \"1h\"\n\
+             alert_receivers = [\"ops\", \"pager\"]\nalert_after_failures = -1\n"
+        );
+        let found = problems(&text);
+        assert_eq!(
+            paths(&found),
+            [
+                "redistill.max_backoff",
+                "redistill.alert_receivers[1]",
+                "redistill.alert_after_failures"
+            ],
+            "{found:?}"
+        );
+        assert!(
+            found[0].message.contains("at least redistill.min_interval"),
+            "{found:?}"
+        );
+        assert!(
+            found[1].message.contains("no receiver \"pager\""),
+            "{found:?}"
         );
     }
 

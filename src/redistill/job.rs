@@ -9,6 +9,10 @@
 //! wrong ends the job as `failed` or `timed_out` with the reason in `detail`; the serving
 //! student is never touched by a job.
 //!
+//! After jobs fail in a row, the interval before the next one doubles per failure (up to
+//! `max_backoff`), and the receivers hear once that re-distillation keeps failing
+//! ([`super::streak`]).
+//!
 //! The command runs in a process group of its own, so a timeout kills everything it started.
 //! If the sensei process that supervised a job dies, the next check (the daemon's task, or the
 //! next `sensei redistill`) finds the job `running` under a process that no longer exists; it
@@ -24,6 +28,7 @@ use anyhow::Context;
 use serde::Serialize;
 
 use super::export::{ExportOptions, export};
+use super::streak::{Backoff, announce};
 use crate::alert::time::{now_ms, rfc3339};
 use crate::config::Config;
 use crate::store::{Enqueued, JobRequest, JobRow, Store};
@@ -62,10 +67,8 @@ pub enum RequestError {
     Off,
     #[error("job {0} is already queued or running; one job runs at a time")]
     Busy(i64),
-    #[error(
-        "the last job ({last_job}) started less than [redistill] min_interval ago; the next is allowed at {next_allowed} (--force overrides)"
-    )]
-    TooSoon { last_job: i64, next_allowed: String },
+    #[error("{reason} (--force overrides)")]
+    TooSoon { last_job: i64, reason: String },
     #[error(transparent)]
     Other(#[from] anyhow::Error),
 }
@@ -77,6 +80,7 @@ pub fn run_by_hand(config: &Config, reason: &str, force: bool) -> Result<JobOutc
     }
     let mut store = Store::open(&config.store.path).context("opening the database")?;
     recover(&mut store).context("checking earlier jobs")?;
+    announce(&mut store, config, now_ms()).context("checking for a failure streak")?;
     let request = JobRequest {
         trigger: "manual".into(),
         reason: reason.into(),
@@ -87,15 +91,38 @@ pub fn run_by_hand(config: &Config, reason: &str, force: bool) -> Result<JobOutc
         Enqueued::Busy { job } => return Err(RequestError::Busy(job)),
         Enqueued::TooSoon {
             last_job,
+            failures,
             next_allowed_ms,
         } => {
             return Err(RequestError::TooSoon {
                 last_job,
-                next_allowed: rfc3339(next_allowed_ms),
+                reason: too_soon(last_job, failures, next_allowed_ms),
             });
         }
     };
-    run_job(&mut store, config, job, &|| false)?.ok_or(RequestError::Busy(job))
+    let outcome = run_job(&mut store, config, job, &|| false)?.ok_or(RequestError::Busy(job))?;
+    if let Err(e) = announce(&mut store, config, now_ms()) {
+        tracing::error!(error = %format!("{e:#}"), "Checking for a failure streak of re-distillation failed.");
+    }
+    Ok(outcome)
+}
+
+/// Why a job may not start yet, in words: the interval since the last job's start, doubled
+/// after consecutive failures.
+pub fn too_soon(last_job: i64, failures: u32, next_allowed_ms: i64) -> String {
+    let next = rfc3339(next_allowed_ms);
+    match failures {
+        0 => format!(
+            "job {last_job} started less than [redistill] min_interval ago; next allowed at {next}"
+        ),
+        1 => format!(
+            "job {last_job} failed and started less than [redistill] min_interval ago; next allowed at {next}"
+        ),
+        n => format!(
+            "{n} jobs in a row failed (the latest is job {last_job}), so the wait after its start is [redistill] min_interval × 2^{}, at most max_backoff; next allowed at {next}",
+            n - 1
+        ),
+    }
 }
 
 fn enqueue(
@@ -104,12 +131,8 @@ fn enqueue(
     request: &JobRequest,
     force: bool,
 ) -> anyhow::Result<Enqueued> {
-    let min_interval = config
-        .redistill
-        .min_interval
-        .as_millis()
-        .min(i64::MAX as u128) as i64;
-    Ok(store.enqueue_redistill_job(request, min_interval, force, now_ms())?)
+    let backoff = Backoff::new(&config.redistill);
+    Ok(store.enqueue_redistill_job(request, &backoff, force, now_ms())?)
 }
 
 /// Whether `pid` is a running sensei process (Linux: `/proc/<pid>/comm`). Checking the name, not
@@ -205,12 +228,13 @@ pub fn take_alert_actions(store: &mut Store, config: &Config) -> anyhow::Result<
             ),
             Enqueued::TooSoon {
                 last_job,
+                failures,
                 next_allowed_ms,
             } => (
                 "skipped",
                 format!(
-                    "rate-limited: job {last_job} started less than [redistill] min_interval ago; next allowed at {}",
-                    rfc3339(next_allowed_ms)
+                    "rate-limited: {}",
+                    too_soon(last_job, failures, next_allowed_ms)
                 ),
             ),
         };
@@ -614,23 +638,26 @@ fn task(shared: &SharedConfig, stopped: &Receiver<()>, promoted: &tokio::sync::m
     }
 }
 
-/// One round: end interrupted jobs, take requests, run the next queued job (returns how it
-/// ended).
+/// One round: end interrupted jobs, announce a failure streak (or its end), take requests,
+/// run the next queued job and announce again (returns how the job ended).
 fn step(
     store: &mut Store,
     config: &Config,
     stopping: &dyn Fn() -> bool,
 ) -> anyhow::Result<Option<JobOutcome>> {
     recover(store)?;
+    announce(store, config, now_ms())?;
     take_alert_actions(store, config)?;
     let queued = store
         .active_redistill_jobs()?
         .into_iter()
         .find(|j| j.status == "queued");
-    match queued {
-        Some(job) => run_job(store, config, job.id, stopping),
-        None => Ok(None),
-    }
+    let Some(job) = queued else {
+        return Ok(None);
+    };
+    let outcome = run_job(store, config, job.id, stopping)?;
+    announce(store, config, now_ms())?;
+    Ok(outcome)
 }
 
 /// `auto_promote`: promotes a job's candidate the gate passed, and asks the daemon to reload.

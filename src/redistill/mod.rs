@@ -3,7 +3,8 @@
 //!
 //! The loop closes in the database: alert rules with `action = "redistill"` leave a row in
 //! `alert_actions`; the daemon's re-distillation task turns it into a `redistill_jobs` row
-//! (at most one job queued or running, a minimum interval between jobs), exports the teacher
+//! (at most one job queued or running, a minimum interval between jobs that grows while jobs
+//! fail), exports the teacher
 //! samples as a dataset with a held-out share the job never sees, runs the configured command
 //! with a timeout, and records how it ended. `sensei redistill` does the same by hand.
 //!
@@ -14,6 +15,7 @@
 //!   set, with a significance test.
 //! - [`promote`]: `sensei promote` and `sensei rollback`; which student serves.
 //! - [`job`]: requests, the job runner, recovery after a restart, the daemon's task.
+//! - [`streak`]: jobs failing in a row: the back-off, and the notification that says so.
 
 pub mod buffer;
 pub mod export;
@@ -21,6 +23,7 @@ pub mod gate;
 pub mod job;
 pub mod promote;
 pub mod safetensors;
+pub mod streak;
 
 pub use buffer::{BufferEntry, BufferPolicy};
 pub use export::{ExportOptions, ExportSummary, export};

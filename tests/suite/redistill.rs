@@ -888,3 +888,243 @@ fn status_lists_the_latest_jobs_and_check_finds_a_missing_job_program() {
         text(&out)
     );
 }
+
+/// The `redistill-failing` notifications the webhook received, as JSON documents.
+fn failing_notices(hook: &crate::common::alerting::Webhook) -> Vec<serde_json::Value> {
+    hook.received()
+        .iter()
+        .filter_map(|r| serde_json::from_str::<serde_json::Value>(&r.body).ok())
+        .filter(|doc| doc["rule"] == "redistill-failing")
+        .collect()
+}
+
+/// Raises drift episodes that each ask for a re-distillation (the rule's action), one after
+/// the other, until `jobs` jobs have ended.
+fn keep_asking_for_jobs(site: &Site, jobs: i64) {
+    use crate::common::alerting::{insert_drift, now_ms, resolve_all};
+    let wait = std::time::Duration::from_secs(60);
+    let db = site.db();
+    while site.query_i64("SELECT COUNT(*) FROM redistill_jobs WHERE finished_at IS NOT NULL") < jobs
+    {
+        let before = site.query_i64("SELECT COALESCE(MAX(id), 0) FROM alert_actions");
+        insert_drift(&db, "disagreement", "line=A", now_ms());
+        crate::common::wait_until(wait, "the alert's re-distillation request", || {
+            site.query_i64("SELECT COALESCE(MAX(id), 0) FROM alert_actions") > before
+        });
+        crate::common::wait_until(wait, "the request taken or skipped", || {
+            site.query_i64(
+                "SELECT COUNT(*) FROM alert_actions WHERE id = (SELECT MAX(id) FROM alert_actions)
+                 AND status != 'requested'",
+            ) == 1
+        });
+        resolve_all(&db, now_ms());
+        crate::common::wait_until(wait, "the drift alert resolved", || {
+            site.query_i64(
+                "SELECT COUNT(*) FROM alert_state WHERE rule = 'line-drift' AND status = 'resolved'",
+            ) == 1
+        });
+    }
+}
+
+/// A job that can never succeed while drift keeps asking for one: the jobs start ever more
+/// rarely (the interval doubles per failure, up to max_backoff), the webhook hears once that
+/// re-distillation keeps failing — not again after a restart, however many more jobs fail —
+/// and once that it works again; the student keeps serving and files keep being processed.
+#[test]
+fn a_job_that_keeps_failing_backs_off_and_is_announced_once() {
+    use crate::common::alerting::{Webhook, alerts_section, wait_evaluations};
+    let hook = Webhook::start();
+    let site = Site::new();
+    let config = |command: &str, settings: &str| {
+        format!(
+            "{}[receivers.hook]\ntype = \"webhook\"\nurl = \"{}\"\ntimeout = \"2s\"\n\
+             [[rules]]\nname = \"line-drift\"\nsegment = \"line=*\"\nrepeat_interval = \"1h\"\n\
+             send_resolved = false\nreceivers = [\"hook\"]\naction = \"redistill\"\n{}",
+            alerts_section(""),
+            hook.url(),
+            redistill_config(command, settings)
+        )
+    };
+    let failing = r#"["false", "{dataset}", "{output}"]"#;
+    site.write_config(&config(
+        failing,
+        "min_interval = \"1s\"\nmax_backoff = \"3s\"",
+    ));
+    let data = site.root().join("field.jsonl");
+    std::fs::write(&data, crate::common::jsonl("j", 120)).unwrap();
+    let out = site.sensei(&["replay", data.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out));
+    let student: String = site
+        .db()
+        .query_row("SELECT DISTINCT student FROM records", [], |r| r.get(0))
+        .unwrap();
+
+    let daemon = site.start();
+    keep_asking_for_jobs(&site, 2);
+    crate::common::wait_until(
+        std::time::Duration::from_secs(60),
+        "the keeps-failing notification",
+        || !failing_notices(&hook).is_empty(),
+    );
+    // A restart in the middle of the streak: it is remembered, not announced again.
+    assert!(daemon.stop().success());
+    let daemon = site.start();
+    keep_asking_for_jobs(&site, 5);
+    // The daemon keeps processing files while its jobs fail.
+    site.deliver("more.jsonl", &crate::common::jsonl("k", 40));
+    crate::common::wait_until(
+        std::time::Duration::from_secs(60),
+        "the new file processed",
+        || site.records() == 160,
+    );
+    wait_evaluations(&site.db(), 3);
+    assert!(daemon.stop().success());
+
+    // Start to start, the wait doubles from min_interval (1 s) per failure, capped at 3 s.
+    let jobs: Vec<(i64, String, i64)> = {
+        let db = site.db();
+        let mut stmt = db
+            .prepare("SELECT id, status, started_at FROM redistill_jobs ORDER BY id")
+            .unwrap();
+        stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap()
+    };
+    assert!(jobs.len() >= 5, "{jobs:?}");
+    let gaps: Vec<i64> = jobs.windows(2).map(|p| p[1].2 - p[0].2).collect();
+    eprintln!("start-to-start gaps of the failing jobs (ms): {gaps:?}");
+    assert!(jobs.iter().all(|j| j.1 == "failed"), "{jobs:?}");
+    let expected_wait = |failures: usize| [1_000, 1_000, 2_000, 3_000][failures.min(3)];
+    for (k, pair) in jobs.windows(2).enumerate() {
+        let gap = pair[1].2 - pair[0].2;
+        assert!(
+            gap >= expected_wait(k + 1),
+            "job {} started {gap} ms after job {}: {jobs:?}",
+            pair[1].0,
+            pair[0].0
+        );
+    }
+    // Requests in between were skipped, saying why and until when.
+    let skipped: Vec<String> = {
+        let db = site.db();
+        let mut stmt = db
+            .prepare("SELECT detail FROM alert_actions WHERE status = 'skipped' ORDER BY id")
+            .unwrap();
+        stmt.query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap()
+    };
+    let mut backed_off = 0;
+    for detail in &skipped {
+        let Some(rest) = detail.strip_prefix("rate-limited: ") else {
+            panic!("{detail}");
+        };
+        let Some((failures, _)) = rest.split_once(" jobs in a row failed (the latest is job ")
+        else {
+            continue;
+        };
+        let failures: usize = failures.parse().unwrap();
+        let latest: i64 = rest
+            .split("the latest is job ")
+            .nth(1)
+            .and_then(|r| r.split(')').next())
+            .and_then(|id| id.parse().ok())
+            .unwrap_or_else(|| panic!("{detail}"));
+        let started = jobs.iter().find(|j| j.0 == latest).unwrap().2;
+        let next = sensei::alert::time::rfc3339(started + expected_wait(failures));
+        assert!(
+            detail.ends_with(&format!("next allowed at {next}")),
+            "{detail}: expected {next}"
+        );
+        backed_off += 1;
+    }
+    assert!(backed_off > 0, "no request met the back-off: {skipped:?}");
+
+    // One notification for the streak, across the restart and the later failures.
+    let notices = failing_notices(&hook);
+    assert_eq!(notices.len(), 1, "{notices:#?}");
+    let f = &notices[0]["redistill"];
+    assert_eq!(notices[0]["status"], "firing");
+    assert_eq!(notices[0]["dedup_key"], "redistill-failing.job-1.1");
+    assert_eq!(
+        (f["failures"].as_i64(), f["first_job"].as_i64()),
+        (Some(2), Some(1))
+    );
+    assert_eq!(
+        (f["last_job"].as_i64(), f["last_status"].as_str()),
+        (Some(2), Some("failed"))
+    );
+    assert!(
+        f["last_detail"]
+            .as_str()
+            .unwrap()
+            .starts_with("the command failed (exit status 1)"),
+        "{f}"
+    );
+    assert!(f["log"].as_str().unwrap().ends_with("job-2/job.log"), "{f}");
+    assert_eq!(
+        f["next_allowed_at"].as_str().unwrap(),
+        sensei::alert::time::rfc3339(jobs[1].2 + 2_000)
+    );
+    assert_eq!(
+        site.query_i64("SELECT COUNT(*) FROM alert_outbox WHERE rule = 'redistill-failing'"),
+        1
+    );
+
+    // By hand, without --force, the back-off is what the command reports.
+    let failed = jobs.len();
+    site.write_config(&config(
+        failing,
+        "min_interval = \"1h\"\nmax_backoff = \"7d\"",
+    ));
+    let out = site.sensei(&["redistill"]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out).contains(&format!(
+            "{failed} jobs in a row failed (the latest is job {failed}), so the wait after its start is [redistill] min_interval × 2^{}",
+            failed - 1
+        )),
+        "{}",
+        text(&out)
+    );
+
+    // A job that succeeds ends the streak: one resolved notification, written by the command
+    // and delivered by the daemon.
+    site.write_config(&config(
+        r#"["sh", "-c", "cp \"$1\" \"$2\"", "job", "{student}", "{output}", "{dataset}"]"#,
+        "min_interval = \"1h\"",
+    ));
+    let out = site.sensei(&["redistill", "--force"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let daemon = site.start();
+    crate::common::wait_until(
+        std::time::Duration::from_secs(60),
+        "the resolved notification",
+        || failing_notices(&hook).len() == 2,
+    );
+    wait_evaluations(&site.db(), 3);
+    let notices = failing_notices(&hook);
+    assert_eq!(notices.len(), 2, "{notices:#?}");
+    assert_eq!(notices[1]["status"], "resolved");
+    assert_eq!(notices[1]["alert_id"], notices[0]["alert_id"]);
+    assert_eq!(
+        notices[1]["redistill"]["resolved_by_job"].as_i64(),
+        Some(failed as i64 + 1)
+    );
+    assert!(daemon.stop().success());
+
+    // The student never changed.
+    assert_eq!(site.query_i64("SELECT COUNT(*) FROM student_promotions"), 0);
+    assert!(!site.root().join("state/models/student.json").exists());
+    let served: Vec<String> = {
+        let db = site.db();
+        let mut stmt = db.prepare("SELECT DISTINCT student FROM records").unwrap();
+        stmt.query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap()
+    };
+    assert_eq!(served, [student]);
+}

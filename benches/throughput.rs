@@ -9,6 +9,9 @@
 //!    sampler, teacher, SQLite writer) over the same records as .npz and as .jsonl files of
 //!    1000 records, teacher off (rate 0), each into a fresh database.
 //! 3. The same with teacher rate r, against the ideal 1 / (t_student + r × t_teacher).
+//! 4. For the explanation, not the ratios: the plain student loop again while a second thread
+//!    keeps the other core busy (spinning on registers, or copying memory), which shows how much
+//!    a busy neighbour core alone costs the bare loop on this machine.
 //!
 //! Each figure is the median of 3 runs. Results print as a Markdown table for docs/performance.md.
 
@@ -60,6 +63,56 @@ fn plain_loop(rt: &sensei::model::Runtime, model: &Path, rows: &[Vec<f32>], reco
     }
     std::hint::black_box(checksum);
     start.elapsed().as_secs_f64() / records as f64
+}
+
+/// What the other core does while [`plain_loop`] runs in [`plain_loop_beside`].
+#[derive(Clone, Copy)]
+enum Neighbour {
+    /// Arithmetic on registers only: no memory traffic.
+    Spin,
+    /// Copies between two 8 MiB buffers: memory and shared-cache traffic, as parsing and
+    /// SQLite make.
+    Copy,
+}
+
+/// [`plain_loop`] while a second thread keeps the other core busy. sensei's other stages
+/// (ingest, dispatch, writer) must run somewhere while the student runs; on two cores that is
+/// the student's neighbour. How much a busy neighbour alone slows the bare loop is the part of
+/// the gap to the bare loop that no pipeline design on this machine can close.
+fn plain_loop_beside(
+    rt: &sensei::model::Runtime,
+    model: &Path,
+    rows: &[Vec<f32>],
+    records: usize,
+    neighbour: Neighbour,
+) -> f64 {
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = stop.clone();
+    let busy = std::thread::spawn(move || {
+        let (mut a, mut b) = (vec![1u8; 8 << 20], vec![2u8; 8 << 20]);
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+            match neighbour {
+                Neighbour::Spin => {
+                    for _ in 0..100_000 {
+                        x ^= x << 13;
+                        x ^= x >> 7;
+                        x ^= x << 17;
+                    }
+                    std::hint::black_box(x);
+                }
+                Neighbour::Copy => {
+                    a.copy_from_slice(&b);
+                    std::mem::swap(&mut a, &mut b);
+                    std::hint::black_box(&a);
+                }
+            }
+        }
+    });
+    let t = plain_loop(rt, model, rows, records);
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    busy.join().expect("neighbour thread");
+    t
 }
 
 /// Seconds per record of sensei's own model wrapper (`Model::run`) in a loop on this thread:
@@ -167,6 +220,7 @@ fn main() {
     // write-back of the generated files) hit the baseline and sensei alike; each ratio is taken
     // within a round, and the median over rounds is reported.
     let (mut ts, mut tt, mut tm) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut t_spin, mut t_copy) = (Vec::new(), Vec::new());
     let mut ratios: [Vec<f64>; 4] = Default::default();
     let mut speeds: [Vec<f64>; 4] = Default::default();
     let mut steady_ratios: [Vec<f64>; 4] = Default::default();
@@ -174,6 +228,21 @@ fn main() {
         let t_student = plain_loop(rt, &demo_model("student.onnx"), &rows, records);
         let t_teacher = plain_loop(rt, &demo_model("teacher.onnx"), &rows, 4096.min(records));
         tm.push(model_loop(&probe, &rows, records));
+        let student = demo_model("student.onnx");
+        t_spin.push(plain_loop_beside(
+            rt,
+            &student,
+            &rows,
+            records,
+            Neighbour::Spin,
+        ));
+        t_copy.push(plain_loop_beside(
+            rt,
+            &student,
+            &rows,
+            records,
+            Neighbour::Copy,
+        ));
         let plain = 1.0 / t_student;
         let ideal = 1.0 / (t_student + rate * t_teacher);
         let runs = [
@@ -207,8 +276,16 @@ fn main() {
         t_teacher * 1e6
     );
     println!(
-        "sensei's Model::run alone in a loop: {:.1} µs/record\n",
+        "sensei's Model::run alone in a loop: {:.1} µs/record",
         t_model * 1e6
+    );
+    let (t_spin, t_copy) = (median(t_spin), median(t_copy));
+    println!(
+        "the plain student loop while the other core is busy: {:.1} µs/record beside a spinning thread ({:.3} of the plain loop's speed), {:.1} beside a copying thread ({:.3})\n",
+        t_spin * 1e6,
+        t_student / t_spin,
+        t_copy * 1e6,
+        t_student / t_copy
     );
     println!("| measure | sensei records/s | baseline records/s | ratio | ratio, steady state |");
     println!("|---|---:|---:|---:|---:|");

@@ -18,7 +18,8 @@
 //!
 //! The database lives in the temporary directory (`TMPDIR`, on disk) and, in a second run of the
 //! same benchmark, in `/dev/shm` (memory): the difference is what the disk costs (WAL writes and
-//! checkpoint fsyncs), which depends on the machine's disk more than on sensei.
+//! checkpoint fsyncs), which depends on the machine's disk more than on sensei. On disk it runs
+//! once more with `[store] synchronous = "full"` (an fsync per file commit).
 
 mod support;
 
@@ -233,6 +234,18 @@ fn overhead(c: &mut Criterion) {
                 fx.commit(rows);
             })
         });
+        if place == "on disk" {
+            // `[store] synchronous = "full"`: one fsync of the log per file commit.
+            fx.store
+                .set_synchronous(sensei::config::Synchronous::Full)
+                .expect("synchronous");
+            group.bench_function("all monitoring, synchronous = full", |b| {
+                b.iter(|| {
+                    let rows = fx.rows();
+                    fx.commit(rows);
+                })
+            });
+        }
         if place == "in memory" {
             // The parts, to see where the time goes.
             group.bench_function("dispatch and comparisons", |b| {

@@ -460,6 +460,7 @@ impl Running {
     ) -> anyhow::Result<Running> {
         prepare_dirs(config)?;
         let store = Store::open(&config.store.path)?;
+        store.set_synchronous(config.store.synchronous)?;
         let ledger = Reader::open(&config.store.path)?;
         let serving = ServingModels {
             student: models.student.sha256.clone(),
@@ -822,6 +823,7 @@ pub fn replay(
     std::fs::create_dir_all(&config.state_dir)
         .with_context(|| format!("creating {}", config.state_dir.display()))?;
     let store = Store::open(&config.store.path)?;
+    store.set_synchronous(config.store.synchronous)?;
     let models = load_models(config).map_err(|p| anyhow!("{}", p.join("\n")))?;
     let ledger = Reader::open(&config.store.path)?;
     let (mut ingest, threads) = start(

@@ -468,6 +468,16 @@ impl Store {
         Ok(Store { conn })
     }
 
+    /// Sets when commits reach the disk (`[store] synchronous`).
+    pub fn set_synchronous(&self, mode: crate::config::Synchronous) -> Result<()> {
+        let value = match mode {
+            crate::config::Synchronous::Normal => "NORMAL",
+            crate::config::Synchronous::Full => "FULL",
+        };
+        self.conn.pragma_update(None, "synchronous", value)?;
+        Ok(())
+    }
+
     /// The current schema version (`PRAGMA user_version`).
     pub fn schema_version(&self) -> Result<i64> {
         Ok(self
@@ -2645,7 +2655,8 @@ mod tests {
             .conn
             .prepare("SELECT seq, record_id, segment, prediction, latency_us, label FROM records ORDER BY seq")
             .unwrap();
-        let stored: Vec<(i64, String, String, Option<i64>, i64, Option<i64>)> = stmt
+        type Row = (i64, String, String, Option<i64>, i64, Option<i64>);
+        let stored: Vec<Row> = stmt
             .query_map([], |r| {
                 Ok((
                     r.get(0)?,
@@ -2666,6 +2677,22 @@ mod tests {
         assert_eq!(all.records, 268);
         let k0 = s.segments.iter().find(|x| x.segment == "k=0").unwrap();
         assert_eq!(k0.records, 68 + 1 + 22);
+    }
+
+    #[test]
+    fn synchronous_full_makes_every_commit_sync_the_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("s.db")).unwrap();
+        let mode = |s: &Store| -> i64 {
+            s.conn
+                .pragma_query_value(None, "synchronous", |r| r.get(0))
+                .unwrap()
+        };
+        assert_eq!(mode(&store), 1, "NORMAL by default");
+        store
+            .set_synchronous(crate::config::Synchronous::Full)
+            .unwrap();
+        assert_eq!(mode(&store), 2, "FULL");
     }
 
     #[test]

@@ -276,6 +276,20 @@ pub struct StoreConfig {
     pub record_retention: Duration,
     /// Length of the per-segment aggregate windows.
     pub window: Duration,
+    /// When a file's commit reaches the disk (SQLite `synchronous` of the writer).
+    pub synchronous: Synchronous,
+}
+
+/// SQLite's `synchronous` setting for the writer's connection (WAL mode).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Synchronous {
+    /// The WAL is synced at checkpoints only: a commit survives a crash of the process, but a
+    /// power cut may roll back the last commits after their files were moved, leaving those
+    /// records uncounted (docs/crash.md).
+    Normal,
+    /// The WAL is synced at every commit, before the file is moved: a commit survives a power
+    /// cut too. Costs an fsync per file.
+    Full,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

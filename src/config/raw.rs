@@ -183,6 +183,7 @@ pub struct RawStore {
     pub path: Option<String>,
     pub record_retention: Option<RawDuration>,
     pub window: Option<RawDuration>,
+    pub synchronous: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -16,7 +16,7 @@ use super::{ChallengerConfig, DaemonConfig, HttpConfig, RedistillConfig, Secret,
 use super::{
     CompareConfig, Config, DetectConfig, InboxConfig, LogConfig, LogFormat, ModelConfig,
     NonFinitePolicy, OnDone, OnnxRuntimeConfig, OutputKind, Pooling, SamplingConfig,
-    SamplingPolicy, SegmentConfig, StoreConfig, Task,
+    SamplingPolicy, SegmentConfig, StoreConfig, Synchronous, Task,
 };
 
 /// A config that cannot be used, with every problem found in it.
@@ -227,6 +227,12 @@ impl Check<'_> {
                 SECOND,
             ),
             window: self.duration("store.window", store.window, 15 * MINUTE, SECOND),
+            synchronous: self.choice(
+                "store.synchronous",
+                store.synchronous,
+                Synchronous::Normal,
+                &[("normal", Synchronous::Normal), ("full", Synchronous::Full)],
+            ),
         };
 
         let log = LogConfig {
@@ -1116,6 +1122,7 @@ path = "/models/teacher.onnx"
                 path: state.join("sensei.db"),
                 record_retention: Duration::from_secs(30 * 86_400),
                 window: Duration::from_secs(15 * 60),
+                synchronous: Synchronous::Normal,
             }
         );
         assert_eq!(
@@ -1197,6 +1204,19 @@ path = "/models/teacher.onnx"
         let found = super::tests::problems(&unknown);
         assert_eq!(paths(&found), ["challengers"], "{found:?}");
         assert!(found[0].message.contains("pth"), "{found:?}");
+    }
+
+    #[test]
+    fn store_synchronous_is_normal_or_full() {
+        let full = Config::from_toml(
+            &format!("{MINIMAL}[store]\nsynchronous = \"full\"\n"),
+            Path::new("/etc/sensei/sensei.toml"),
+        )
+        .unwrap();
+        assert_eq!(full.store.synchronous, Synchronous::Full);
+        let found = problems(&format!("{MINIMAL}[store]\nsynchronous = \"off\"\n"));
+        assert_eq!(paths(&found), ["store.synchronous"], "{found:?}");
+        assert!(found[0].message.contains("\"full\""), "{found:?}");
     }
 
     #[test]

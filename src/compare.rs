@@ -335,6 +335,9 @@ mod tests {
 pub fn input_features(record: &crate::record::Record) -> Vec<f64> {
     let mut out = Vec::new();
     for tensor in record.inputs.values() {
+        if out.len() >= MAX_FEATURES {
+            break;
+        }
         let crate::record::TensorData::F32(data) = &tensor.data else {
             continue;
         };
@@ -343,12 +346,19 @@ pub fn input_features(record: &crate::record::Record) -> Vec<f64> {
         if rows == 0 {
             continue;
         }
-        for f in 0..width {
-            if out.len() >= MAX_FEATURES {
-                return out;
+        // Row by row, each channel summed in row order: contiguous reads the compiler can
+        // vectorise, and the same sums as adding up each channel on its own.
+        let start = out.len();
+        let take = width.min(MAX_FEATURES - start);
+        out.resize(start + take, 0.0);
+        let sums = &mut out[start..];
+        for row in data.chunks_exact(width) {
+            for (sum, &v) in sums.iter_mut().zip(row) {
+                *sum += v as f64;
             }
-            let sum: f64 = (0..rows).map(|r| data[r * width + f] as f64).sum();
-            out.push(sum / rows as f64);
+        }
+        for sum in sums.iter_mut() {
+            *sum /= rows as f64;
         }
     }
     out
@@ -377,5 +387,42 @@ mod feature_tests {
             origin: Origin::Index(0),
         };
         assert_eq!(input_features(&record), vec![2.0, 3.0, 4.0]);
+    }
+
+    #[test]
+    fn features_stop_at_the_bound_across_inputs_and_match_channel_by_channel_sums() {
+        // Two inputs of 40 channels: all of the first, 24 of the second.
+        let mut x = 0x2545_f491_4f6c_dd1du64;
+        let mut values = |n: usize| -> Vec<f32> {
+            (0..n)
+                .map(|_| {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    (x % 10_000) as f32 / 7.0 - 500.0
+                })
+                .collect()
+        };
+        let (a, b) = (values(5 * 40), values(3 * 40));
+        let record = Record {
+            id: None,
+            ts: None,
+            segment: Default::default(),
+            inputs: [
+                ("a".to_string(), Tensor::f32(vec![5, 40], a.clone())),
+                ("b".to_string(), Tensor::f32(vec![3, 40], b.clone())),
+            ]
+            .into(),
+            label: None,
+            origin: Origin::Index(0),
+        };
+        let mean = |data: &[f32], rows: usize, f: usize| -> f64 {
+            (0..rows).map(|r| data[r * 40 + f] as f64).sum::<f64>() / rows as f64
+        };
+        let expected: Vec<f64> = (0..40)
+            .map(|f| mean(&a, 5, f))
+            .chain((0..24).map(|f| mean(&b, 3, f)))
+            .collect();
+        assert_eq!(input_features(&record), expected);
     }
 }

@@ -483,10 +483,28 @@ fn check_every_drift_announced(
                     && e.announced(member)
             })
         });
-        assert!(
-            listed || overlapped,
-            "rule {rule}: drift event {id} {member:?} was never announced"
-        );
+        if !(listed || overlapped) {
+            let history: Vec<String> = events
+                .iter()
+                .filter(|(_, m, _, _)| m == member)
+                .map(|(id, _, at, end)| format!("event {id}: detected {at}, resolved {end:?}"))
+                .chain(outbox.iter().filter(|n| n.rule == rule).map(|n| {
+                    format!(
+                        "{} {} created {:?} resolved {:?}: {:?}",
+                        n.dedup_key,
+                        n.kind,
+                        ms(&n.doc["created_at"]),
+                        ms(&n.doc["resolved_at"]),
+                        n.drifts()
+                            .iter()
+                            .filter(|(m, _, _)| m == member)
+                            .map(|(_, event, since)| (*event, *since))
+                            .collect::<Vec<_>>()
+                    )
+                }))
+                .collect();
+            panic!("rule {rule}: drift event {id} {member:?} was never announced:\n{history:#?}");
+        }
     }
     events.len()
 }

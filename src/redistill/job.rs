@@ -283,8 +283,18 @@ pub fn take_alert_actions(store: &mut Store, config: &Config) -> anyhow::Result<
             reason: format!("alert {alert_id}: {}", drift_summary(&drifts)),
             action_id: Some(id),
         };
-        let (status, detail) = match enqueue(store, config, &request, false)? {
+        let enqueued = enqueue(store, config, &request, false)?;
+        // Queuing the job and moving the request on are two commits: after a crash between
+        // them, the job that keeps the request busy is its own.
+        let own = match enqueued {
+            Enqueued::Busy { job } => store
+                .redistill_job(job)?
+                .is_some_and(|j| j.action_id == Some(id)),
+            _ => false,
+        };
+        let (status, detail) = match enqueued {
             Enqueued::Queued { job } => ("started", format!("job {job} queued")),
+            Enqueued::Busy { job } if own => ("started", format!("job {job} queued")),
             Enqueued::Busy { job } => (
                 "skipped",
                 format!("job {job} is already queued or running; one job runs at a time"),
@@ -835,6 +845,67 @@ mod tests {
             )) && detail.ends_with(") were still running and were killed"),
             "{detail}"
         );
+    }
+
+    #[test]
+    fn a_request_whose_job_was_queued_before_a_crash_is_started_not_skipped() {
+        use crate::store::JobRequest;
+        let tmp = tempfile::tempdir().unwrap();
+        let config = Config::from_toml(
+            "state_dir = \"state\"\n[student]\npath = \"s.onnx\"\n[teacher]\npath = \"t.onnx\"\n\
+             [redistill]\ncommand = [\"true\", \"{dataset}\", \"{output}\"]\n",
+            &tmp.path().join("sensei.toml"),
+        )
+        .unwrap();
+        let mut store = Store::open(&config.store.path).unwrap();
+        let db = rusqlite::Connection::open(&config.store.path).unwrap();
+        db.execute(
+            "INSERT INTO alert_actions (action, rule, alert_id, requested_at, drifts, updated_at)
+             VALUES ('redistill', 'r', 'r.1', 1, '[]', 1)",
+            [],
+        )
+        .unwrap();
+        let action = db.last_insert_rowid();
+        // The job was queued for the request; the crash came before the request was moved on.
+        let request = JobRequest {
+            trigger: "alert:r".into(),
+            reason: "alert r.1: drift".into(),
+            action_id: Some(action),
+        };
+        let Enqueued::Queued { job } = store.enqueue_redistill_job(&request, 0, false, 2).unwrap()
+        else {
+            panic!("the job was not queued");
+        };
+        take_alert_actions(&mut store, &config).unwrap();
+        let (status, detail): (String, String) = db
+            .query_row(
+                "SELECT status, detail FROM alert_actions WHERE id = ?1",
+                [action],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .unwrap();
+        assert_eq!(
+            (status.as_str(), detail),
+            ("started", format!("job {job} queued"))
+        );
+
+        // Another request while that job is queued is skipped, saying why.
+        db.execute(
+            "INSERT INTO alert_actions (action, rule, alert_id, requested_at, drifts, updated_at)
+             VALUES ('redistill', 'r', 'r.2', 3, '[]', 3)",
+            [],
+        )
+        .unwrap();
+        let other = db.last_insert_rowid();
+        take_alert_actions(&mut store, &config).unwrap();
+        let status: String = db
+            .query_row(
+                "SELECT status FROM alert_actions WHERE id = ?1",
+                [other],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(status, "skipped");
     }
 
     #[test]

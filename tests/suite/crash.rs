@@ -734,6 +734,15 @@ fn sigkill_while_alerting_and_redistilling_loses_no_alert_and_orphans_no_job() {
         kills < 2 || !interrupted.is_empty(),
         "no kill landed while a job ran"
     );
+    // The command always succeeds: a job no kill interrupted ran to its end.
+    let others: Vec<&Job> = all_jobs
+        .iter()
+        .filter(|j| j.status != "succeeded" && !interrupted.iter().any(|i| i.id == j.id))
+        .collect();
+    assert!(
+        others.is_empty(),
+        "jobs that failed without a kill: {others:#?}"
+    );
     let succeeded = all_jobs.iter().filter(|j| j.status == "succeeded").count();
     assert!(
         all_jobs[before..].iter().any(|j| j.status == "succeeded"),

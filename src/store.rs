@@ -1889,7 +1889,12 @@ impl Reader {
         teacher: &str,
         since_ms: Option<i64>,
     ) -> Result<Vec<ExportSample>> {
-        let mut stmt = self.conn.prepare(
+        // One read transaction: the samples and their inputs come from one snapshot. Read in
+        // separate statements, a buffer cap or retention the writer applies in between (the
+        // daemon applies them at start, while its re-distillation task may be exporting) would
+        // leave samples whose inputs are gone.
+        let tx = self.conn.unchecked_transaction()?;
+        let mut stmt = tx.prepare(
             "SELECT t.seq, t.record_id, t.ts, t.segment, t.weight, t.student,
                     COALESCE(t.label, l.label), t.output_shape, t.teacher_output, t.student_output,
                     t.attention_shape, t.teacher_attention
@@ -1914,20 +1919,24 @@ impl Reader {
             })
         })?;
         let mut samples = rows.collect::<rusqlite::Result<Vec<_>>>()?;
-        let mut inputs = self.conn.prepare_cached(
-            "SELECT name, dtype, shape, data FROM teacher_sample_inputs WHERE seq = ?1 ORDER BY name",
-        )?;
-        for s in &mut samples {
-            let rows = inputs.query_map([s.seq], |r| {
-                Ok(ExportInput {
-                    name: r.get(0)?,
-                    dtype: r.get(1)?,
-                    shape: r.get(2)?,
-                    data: r.get(3)?,
-                })
-            })?;
-            s.inputs = rows.collect::<rusqlite::Result<_>>()?;
+        drop(stmt);
+        {
+            let mut inputs = tx.prepare_cached(
+                "SELECT name, dtype, shape, data FROM teacher_sample_inputs WHERE seq = ?1 ORDER BY name",
+            )?;
+            for s in &mut samples {
+                let rows = inputs.query_map([s.seq], |r| {
+                    Ok(ExportInput {
+                        name: r.get(0)?,
+                        dtype: r.get(1)?,
+                        shape: r.get(2)?,
+                        data: r.get(3)?,
+                    })
+                })?;
+                s.inputs = rows.collect::<rusqlite::Result<_>>()?;
+            }
         }
+        tx.commit()?;
         Ok(samples)
     }
 

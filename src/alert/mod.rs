@@ -206,6 +206,15 @@ pub fn evaluate(db: &mut AlertDb, alerts: &AlertConfig, now: i64) -> rusqlite::R
     // On the very first evaluation, drifts that are already over are history: only open ones.
     let max_before = store::max_event_id(&tx)?;
     let events = store::events(&tx, cursor.unwrap_or(max_before))?;
+    // `now` was read before the snapshot, and a file committed in between brings drift events
+    // stamped later. An evaluation cannot precede what it reads: were such an event judged by
+    // the earlier time, it would not yet count as open (its `for` not met), its episode would
+    // end, and if it closed before the next evaluation nobody would hear of it.
+    let now = events
+        .iter()
+        .flat_map(|e| [Some(e.detected_at), e.resolved_at])
+        .flatten()
+        .fold(now, i64::max);
     let new_cursor = events
         .iter()
         .map(|e| e.id)
@@ -655,6 +664,61 @@ mod tests {
                 "SELECT COUNT(*) FROM alert_state WHERE status = 'firing'"
             ),
             0
+        );
+    }
+
+    #[test]
+    fn an_event_stamped_after_the_evaluation_clock_neither_ends_the_episode_nor_goes_unheard() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("sensei.db");
+        drop(crate::store::Store::open(&path).expect("store"));
+        let mut db = AlertDb::open(&path).expect("alert db");
+        let alerts = alerts_with_rule();
+        evaluate(&mut db, &alerts, 500).unwrap();
+        insert_event(db.conn(), "line=A", 1_000);
+        assert_eq!(evaluate(&mut db, &alerts, 2_000).unwrap(), ["hook"]);
+        // One file's commit closes the drift and opens it again, its events stamped at 3500;
+        // the evaluation read its clock (3400) before that commit and its snapshot after it.
+        db.conn()
+            .execute("UPDATE drift_events SET resolved_at = 3500", [])
+            .unwrap();
+        insert_event(db.conn(), "line=A", 3_500);
+        assert!(evaluate(&mut db, &alerts, 3_400).unwrap().is_empty());
+        let status = |db: &AlertDb| -> String {
+            db.conn()
+                .query_row(
+                    "SELECT status FROM alert_state WHERE rule = 'lines'",
+                    [],
+                    |r| r.get(0),
+                )
+                .unwrap()
+        };
+        assert_eq!(status(&db), "firing", "the drift goes on");
+        // It closes before the next evaluation, which resolves the episode: the drift was
+        // part of it all along.
+        db.conn()
+            .execute(
+                "UPDATE drift_events SET resolved_at = 3600 WHERE resolved_at IS NULL",
+                [],
+            )
+            .unwrap();
+        assert_eq!(evaluate(&mut db, &alerts, 3_800).unwrap(), ["hook"]);
+        assert_eq!(status(&db), "resolved");
+        let mut stmt = db
+            .conn()
+            .prepare("SELECT kind, created_at FROM alert_outbox ORDER BY id")
+            .unwrap();
+        let sent: Vec<(String, i64)> = stmt
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        assert_eq!(
+            sent,
+            [
+                ("firing".to_string(), 2_000),
+                ("resolved".to_string(), 3_800)
+            ]
         );
     }
 

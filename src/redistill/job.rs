@@ -17,6 +17,9 @@
 //! If the sensei process that supervised a job dies, the next check (the daemon's task, or the
 //! next `sensei redistill`) finds the job `running` under a process that no longer exists; it
 //! kills the job's process group if it is still there and marks the job failed, saying so.
+//! The command and everything it starts carry `SENSEI_JOB_DIR` in their environment, so the
+//! check also finds them when their pid was never recorded (the supervisor died between starting
+//! the command and writing its pid) or when the group's leader exited before its children.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -174,6 +177,69 @@ fn kill_group(pid: i64) {
         .status();
 }
 
+/// The environment variable that marks a job's command and every process it starts: the job's
+/// directory.
+const JOB_DIR_ENV: &str = "SENSEI_JOB_DIR";
+
+/// The live processes whose environment marks them as the job's (Linux: `/proc/<pid>/environ`,
+/// readable for processes of the same user, as a job's are).
+fn job_processes(dir: &str) -> Vec<i64> {
+    let marker = format!("{JOB_DIR_ENV}={dir}");
+    let me = i64::from(std::process::id());
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let mut found: Vec<i64> = entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse::<i64>().ok()))
+        // A sensei run by a job's command (it may call `sensei export`) never kills itself.
+        .filter(|&pid| pid != me)
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/environ"))
+                .is_ok_and(|env| env.split(|&b| b == 0).any(|var| var == marker.as_bytes()))
+                && !is_zombie(*pid)
+        })
+        .collect();
+    found.sort_unstable();
+    found
+}
+
+fn is_zombie(pid: i64) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        stat.rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            == Some("Z")
+    })
+}
+
+/// Kills every process of the job still running (it may fork while being killed: a few
+/// rounds). Returns the pids found in the first round.
+fn kill_job_processes(dir: &str) -> Vec<i64> {
+    let first = job_processes(dir);
+    let mut found = first.clone();
+    for _ in 0..5 {
+        if found.is_empty() {
+            break;
+        }
+        for pid in &found {
+            let _ = Command::new("kill")
+                .args(["-s", "KILL", "--", &pid.to_string()])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+        }
+        found = job_processes(dir);
+    }
+    first
+}
+
+fn pid_list(pids: &[i64]) -> String {
+    pids.iter()
+        .map(i64::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// Ends every `running` job whose supervising sensei process is gone, killing what is left of
 /// its command. Returns the jobs it ended.
 pub fn recover(store: &mut Store) -> anyhow::Result<Vec<i64>> {
@@ -186,13 +252,33 @@ pub fn recover(store: &mut Store) -> anyhow::Result<Vec<i64>> {
         if job.status != "running" || running_here(job.id) || (owner != me && sensei_alive(owner)) {
             continue;
         }
-        let what = match job.pid {
-            Some(pid) if group_leader_alive(pid) => {
-                kill_group(pid);
+        let leader = job.pid.filter(|&pid| group_leader_alive(pid));
+        if let Some(pid) = leader {
+            kill_group(pid);
+        }
+        // Whatever the group kill did not reach: a command whose pid was never recorded, or
+        // processes left by a leader that exited.
+        let strays = job
+            .dir
+            .as_deref()
+            .map(kill_job_processes)
+            .unwrap_or_default();
+        let what = match (job.pid, leader) {
+            (Some(pid), Some(_)) => {
                 format!("its command (pid {pid}) was still running and was killed")
             }
-            Some(pid) => format!("its command (pid {pid}) is gone, with no exit status recorded"),
-            None => "before its command started".to_string(),
+            (Some(pid), None) if strays.is_empty() => {
+                format!("its command (pid {pid}) is gone, with no exit status recorded")
+            }
+            (Some(pid), None) => format!(
+                "its command (pid {pid}) is gone, with no exit status recorded; processes it started (pid {}) were still running and were killed",
+                pid_list(&strays)
+            ),
+            (None, _) if strays.is_empty() => "before its command started".to_string(),
+            (None, _) => format!(
+                "its command was started but its pid not recorded; its processes (pid {}) were still running and were killed",
+                pid_list(&strays)
+            ),
         };
         let detail = format!("sensei (pid {owner}) that supervised the job exited; {what}");
         tracing::warn!(job = job.id, %detail, "Re-distillation job interrupted.");
@@ -220,8 +306,18 @@ pub fn take_alert_actions(store: &mut Store, config: &Config) -> anyhow::Result<
             reason: format!("alert {alert_id}: {}", drift_summary(&drifts)),
             action_id: Some(id),
         };
-        let (status, detail) = match enqueue(store, config, &request, false)? {
+        let enqueued = enqueue(store, config, &request, false)?;
+        // Queuing the job and moving the request on are two commits: after a crash between
+        // them, the job that keeps the request busy is its own.
+        let own = match enqueued {
+            Enqueued::Busy { job } => store
+                .redistill_job(job)?
+                .is_some_and(|j| j.action_id == Some(id)),
+            _ => false,
+        };
+        let (status, detail) = match enqueued {
             Enqueued::Queued { job } => ("started", format!("job {job} queued")),
+            Enqueued::Busy { job } if own => ("started", format!("job {job} queued")),
             Enqueued::Busy { job } => (
                 "skipped",
                 format!("job {job} is already queued or running; one job runs at a time"),
@@ -435,6 +531,7 @@ fn execute(
         .with_context(|| format!("opening {}", log.display()))?;
     let mut cmd = Command::new(&args[0]);
     cmd.args(&args[1..])
+        .env(JOB_DIR_ENV, dir.display().to_string())
         .current_dir(dir)
         .stdin(Stdio::null())
         .stdout(log_file.try_clone()?)
@@ -715,6 +812,127 @@ mod tests {
             .rsplit_once(')')
             .map_or(Vec::new(), |(_, rest)| rest.split_whitespace().collect());
         fields.get(2).and_then(|g| g.parse::<u32>().ok()) == Some(std::process::id())
+    }
+
+    #[test]
+    fn recovery_kills_a_command_whose_pid_was_never_recorded() {
+        use crate::store::{Enqueued, JobRequest};
+        let tmp = tempfile::tempdir().unwrap();
+        let mut store = Store::open(&tmp.path().join("sensei.db")).unwrap();
+        let dir = tmp.path().join("job-1").display().to_string();
+        // The supervisor is gone: a process that exited and was reaped.
+        let mut gone = Command::new("true").spawn().unwrap();
+        gone.wait().unwrap();
+        let request = JobRequest {
+            trigger: "manual".into(),
+            reason: "test".into(),
+            action_id: None,
+        };
+        let Enqueued::Queued { job } = store.enqueue_redistill_job(&request, 0, true, 1).unwrap()
+        else {
+            panic!("the job was not queued");
+        };
+        assert!(store.start_redistill_job(job, gone.id(), &dir, 2).unwrap());
+        // Its command, started as a job's is, with a child of its own; no pid recorded.
+        let mut cmd = Command::new("sh");
+        cmd.args(["-c", "sleep 60 & wait"]).env(JOB_DIR_ENV, &dir);
+        std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+        let mut command = cmd.spawn().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while job_processes(&dir).len() < 2 {
+            assert!(
+                Instant::now() < deadline,
+                "the command's child did not start"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        // Another job's processes are not touched.
+        let mut other = Command::new("sleep")
+            .arg("60")
+            .env(JOB_DIR_ENV, format!("{dir}0"))
+            .spawn()
+            .unwrap();
+
+        assert_eq!(recover(&mut store).unwrap(), vec![job]);
+        let _ = command.wait();
+        assert_eq!(job_processes(&dir), Vec::<i64>::new());
+        assert!(
+            other.try_wait().unwrap().is_none(),
+            "another job's process was killed"
+        );
+        let _ = other.kill();
+        let _ = other.wait();
+        let row = store.redistill_job(job).unwrap().unwrap();
+        let detail = row.detail.unwrap_or_default();
+        assert_eq!(row.status, "failed");
+        assert!(
+            detail.starts_with(&format!(
+                "sensei (pid {}) that supervised the job exited; its command was started but its pid not recorded; its processes (pid ",
+                gone.id()
+            )) && detail.ends_with(") were still running and were killed"),
+            "{detail}"
+        );
+    }
+
+    #[test]
+    fn a_request_whose_job_was_queued_before_a_crash_is_started_not_skipped() {
+        use crate::store::JobRequest;
+        let tmp = tempfile::tempdir().unwrap();
+        let config = Config::from_toml(
+            "state_dir = \"state\"\n[student]\npath = \"s.onnx\"\n[teacher]\npath = \"t.onnx\"\n\
+             [redistill]\ncommand = [\"true\", \"{dataset}\", \"{output}\"]\n",
+            &tmp.path().join("sensei.toml"),
+        )
+        .unwrap();
+        let mut store = Store::open(&config.store.path).unwrap();
+        let db = rusqlite::Connection::open(&config.store.path).unwrap();
+        db.execute(
+            "INSERT INTO alert_actions (action, rule, alert_id, requested_at, drifts, updated_at)
+             VALUES ('redistill', 'r', 'r.1', 1, '[]', 1)",
+            [],
+        )
+        .unwrap();
+        let action = db.last_insert_rowid();
+        // The job was queued for the request; the crash came before the request was moved on.
+        let request = JobRequest {
+            trigger: "alert:r".into(),
+            reason: "alert r.1: drift".into(),
+            action_id: Some(action),
+        };
+        let Enqueued::Queued { job } = store.enqueue_redistill_job(&request, 0, false, 2).unwrap()
+        else {
+            panic!("the job was not queued");
+        };
+        take_alert_actions(&mut store, &config).unwrap();
+        let (status, detail): (String, String) = db
+            .query_row(
+                "SELECT status, detail FROM alert_actions WHERE id = ?1",
+                [action],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .unwrap();
+        assert_eq!(
+            (status.as_str(), detail),
+            ("started", format!("job {job} queued"))
+        );
+
+        // Another request while that job is queued is skipped, saying why.
+        db.execute(
+            "INSERT INTO alert_actions (action, rule, alert_id, requested_at, drifts, updated_at)
+             VALUES ('redistill', 'r', 'r.2', 3, '[]', 3)",
+            [],
+        )
+        .unwrap();
+        let other = db.last_insert_rowid();
+        take_alert_actions(&mut store, &config).unwrap();
+        let status: String = db
+            .query_row(
+                "SELECT status FROM alert_actions WHERE id = ?1",
+                [other],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(status, "skipped");
     }
 
     #[test]

@@ -246,6 +246,11 @@ pub struct Webhook {
 
 impl Webhook {
     pub fn start() -> Webhook {
+        Webhook::start_answering_after(Duration::ZERO)
+    }
+
+    /// A slow receiver: it records each request at once and answers it `delay` later.
+    pub fn start_answering_after(delay: Duration) -> Webhook {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
         let port = listener.local_addr().expect("addr").port();
         let requests = Arc::new(Mutex::new(Vec::new()));
@@ -263,6 +268,7 @@ impl Webhook {
                 if let Some(r) = read_request(&stream) {
                     seen.lock().unwrap().push(r);
                 }
+                std::thread::sleep(delay);
                 let mut stream = stream;
                 let _ = stream.write_all(
                     b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",

@@ -787,6 +787,13 @@ fn auto_promote(config: &Config, outcome: &JobOutcome, promoted: &tokio::sync::m
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::redistill::streak::Backoff;
+
+    /// No minimum interval: jobs may start back to back.
+    const NO_BACKOFF: Backoff = Backoff {
+        min_interval_ms: 0,
+        max_backoff_ms: 0,
+    };
 
     #[test]
     fn a_job_command_is_recognised_as_its_group_leader_until_it_is_killed() {
@@ -828,7 +835,9 @@ mod tests {
             reason: "test".into(),
             action_id: None,
         };
-        let Enqueued::Queued { job } = store.enqueue_redistill_job(&request, 0, true, 1).unwrap()
+        let Enqueued::Queued { job } = store
+            .enqueue_redistill_job(&request, &NO_BACKOFF, true, 1)
+            .unwrap()
         else {
             panic!("the job was not queued");
         };
@@ -899,7 +908,9 @@ mod tests {
             reason: "alert r.1: drift".into(),
             action_id: Some(action),
         };
-        let Enqueued::Queued { job } = store.enqueue_redistill_job(&request, 0, false, 2).unwrap()
+        let Enqueued::Queued { job } = store
+            .enqueue_redistill_job(&request, &NO_BACKOFF, false, 2)
+            .unwrap()
         else {
             panic!("the job was not queued");
         };

@@ -38,16 +38,12 @@ fn main() {
     let files = (Duration::from_secs(seconds).as_millis() / EVERY.as_millis()) as usize;
     let rows = field_rows();
     let tmp = tempfile::tempdir().unwrap();
-    let state = tmp.path().join("state");
-    let config = tmp.path().join("sensei.toml");
-    let toml = config_toml(&state, 0.1, "[inbox]\non_done = \"delete\"\n")
-        .replace("max_per_minute = 100000000", "max_per_minute = 6000")
-        .replace("queue = 100000", "queue = 256");
-    std::fs::write(&config, toml).unwrap();
-    let inbox = state.join("inbox");
-    let staging = tmp.path().join("staging");
-    std::fs::create_dir_all(&inbox).unwrap();
-    std::fs::create_dir_all(&staging).unwrap();
+    let DaemonSite {
+        config,
+        state,
+        inbox,
+        staging,
+    } = DaemonSite::new(tmp.path(), "");
     // Every file written before the clock starts, so writing costs the schedule nothing.
     for f in 0..files {
         let bytes = jsonl(

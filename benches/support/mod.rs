@@ -159,6 +159,42 @@ keys = ["line"]
     )
 }
 
+/// A site for the real daemon under `root`: the config (demo models, teacher rate 0.1 under a
+/// budget of 6000 per minute and a queue of 256, `inbox_extra` appended to its `[inbox]` section
+/// that deletes done files), the state directory with its inbox, and a staging directory on the
+/// same file system to rename files in from.
+pub struct DaemonSite {
+    pub config: PathBuf,
+    pub state: PathBuf,
+    pub inbox: PathBuf,
+    pub staging: PathBuf,
+}
+
+impl DaemonSite {
+    pub fn new(root: &Path, inbox_extra: &str) -> DaemonSite {
+        let state = root.join("state");
+        let config = root.join("sensei.toml");
+        let toml = config_toml(
+            &state,
+            0.1,
+            &format!("[inbox]\non_done = \"delete\"\n{inbox_extra}"),
+        )
+        .replace("max_per_minute = 100000000", "max_per_minute = 6000")
+        .replace("queue = 100000", "queue = 256");
+        std::fs::write(&config, toml).expect("config");
+        let inbox = state.join("inbox");
+        let staging = root.join("staging");
+        std::fs::create_dir_all(&inbox).expect("inbox");
+        std::fs::create_dir_all(&staging).expect("staging");
+        DaemonSite {
+            config,
+            state,
+            inbox,
+            staging,
+        }
+    }
+}
+
 /// Median of a few measurements.
 pub fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));

@@ -196,10 +196,10 @@ fn redistill_config(command: &str, settings: &str) -> String {
     format!("[redistill]\ncommand = {command}\nmin_samples = 20\n{settings}\n")
 }
 
-/// The reference distiller as the job, kept short.
-fn distiller_command() -> String {
+/// The reference distiller as the job, trained for `epochs`.
+fn distiller_command(epochs: u32) -> String {
     format!(
-        r#"["python3", {:?}, "--dataset", "{{dataset}}", "--teacher", "{{teacher}}", "--student", "{{student}}", "--out", "{{output}}", "--epochs", "3"]"#,
+        r#"["python3", {:?}, "--dataset", "{{dataset}}", "--teacher", "{{teacher}}", "--student", "{{student}}", "--out", "{{output}}", "--epochs", "{epochs}"]"#,
         repo()
             .join("tools/distill/redistill.py")
             .display()
@@ -221,7 +221,7 @@ fn job(site: &Site, id: i64) -> (String, Option<i64>, String) {
 #[test]
 fn a_job_by_hand_trains_a_candidate_on_the_dataset_without_the_held_out_records() {
     let site = site_with_drifted_stream(&redistill_config(
-        &distiller_command(),
+        &distiller_command(3),
         "min_interval = \"1h\"",
     ));
     let out = site.sensei(&["redistill", "--reason", "line B drifted"]);
@@ -677,20 +677,30 @@ fn a_rejected_candidate_is_promoted_only_with_force_and_old_copies_are_pruned() 
     assert_eq!(site.query_i64("SELECT COUNT(*) FROM student_promotions"), 3);
 }
 
-/// The loop in the running daemon: a drifted stream raises a drift event, the alert rule asks
-/// for a re-distillation, the daemon runs the job, the gate passes the candidate, the operator
-/// promotes it, a reload serves it, and the rest of the stream disagrees less with the teacher.
-/// The job hands back a copy of the teacher (the ideal re-distillation), so the numbers are
-/// deterministic; the reference distiller itself is exercised by the tests above.
+/// The loop in the running daemon with the reference distiller as the job: a drifted stream
+/// raises a drift event, the alert rule asks for a re-distillation, the daemon runs
+/// tools/distill/redistill.py on the buffer, the gate passes its candidate on the held-out
+/// records, the operator promotes it, a reload serves it, and the rest of the stream disagrees
+/// with the teacher less than the old student does on the same records.
 #[test]
 fn drift_alert_job_gate_promotion_and_reload_close_the_loop_in_the_daemon() {
-    close_the_loop(false);
+    close_the_loop(Loop::Distiller);
 }
 
 /// The same with `auto_promote`: the daemon promotes the candidate the gate passed and reloads.
+/// The job hands back a copy of the teacher (the ideal re-distillation), so the promoted
+/// student must agree with the teacher as well as on the lab set.
 #[test]
 fn with_auto_promote_the_daemon_promotes_a_passed_candidate_and_serves_it() {
-    close_the_loop(true);
+    close_the_loop(Loop::AutoTeacherCopy);
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Loop {
+    /// The reference distiller; the operator promotes.
+    Distiller,
+    /// A copy of the teacher as the candidate; the daemon promotes.
+    AutoTeacherCopy,
 }
 
 /// Waits for a condition like `common::wait_until`, but a timeout shows the daemon's log.
@@ -711,7 +721,8 @@ fn until(
     }
 }
 
-fn close_the_loop(auto: bool) {
+fn close_the_loop(kind: Loop) {
+    let auto = kind == Loop::AutoTeacherCopy;
     let site = Site::with_models(demo("student.onnx"), demo("teacher.onnx"));
     let notifications = site.root().join("notifications.jsonl");
     site.write_config(&format!(
@@ -720,10 +731,14 @@ fn close_the_loop(auto: bool) {
          [receivers.log]\ntype = \"command\"\ncommand = [\"sh\", \"-c\", \"cat >> \\\"$0\\\"; echo >> \\\"$0\\\"\", {:?}]\n\
          [[rules]]\nname = \"student-drifts\"\nsignal = \"disagreement\"\nreceivers = [\"log\"]\naction = \"redistill\"\n{}",
         notifications.display().to_string(),
-        redistill_config(
-            r#"["sh", "-c", "cp \"$1\" \"$2\"", "job", "{teacher}", "{output}", "{dataset}"]"#,
-            if auto { "auto_promote = true" } else { "" }
-        )
+        match kind {
+            // Half the buffer held out: enough records for the gate's sign test to have power.
+            Loop::Distiller => redistill_config(&distiller_command(10), "holdout = 0.5"),
+            Loop::AutoTeacherCopy => redistill_config(
+                r#"["sh", "-c", "cp \"$1\" \"$2\"", "job", "{teacher}", "{output}", "{dataset}"]"#,
+                "auto_promote = true",
+            ),
+        }
     ));
     assert!(
         site.sensei(&["baseline", demo("lab.jsonl").to_str().unwrap()])
@@ -774,6 +789,36 @@ fn close_the_loop(auto: bool) {
         site.query_i64("SELECT COUNT(*) FROM alert_actions WHERE status = 'done'"),
         1
     );
+    let evidence: serde_json::Value = serde_json::from_str(
+        &site
+            .db()
+            .query_row(
+                "SELECT evidence FROM redistill_jobs WHERE id = 1",
+                [],
+                |r| r.get::<_, String>(0),
+            )
+            .unwrap(),
+    )
+    .unwrap();
+    eprintln!("gate evidence: {evidence}");
+    let held = &evidence["holdout"];
+    let number = |v: &serde_json::Value| v.as_f64().unwrap();
+    // The records the job never saw (a fifth of the 400 in the buffer, or half with the
+    // distiller), the candidate agreeing with the teacher more often, significantly.
+    let held_out = if kind == Loop::Distiller { 150.0 } else { 60.0 };
+    assert!(number(&held["records"]) >= held_out, "{evidence}");
+    assert!(
+        number(&held["candidate_agreement"]) >= number(&held["student_agreement"]) + 0.03,
+        "{evidence}"
+    );
+    assert!(number(&held["p_value"]) < 0.05, "{evidence}");
+    // The lab set was checked, and the candidate is within the tolerance on it.
+    let lab = &evidence["lab"];
+    assert_eq!(lab["records"], 270, "{evidence}");
+    assert!(
+        number(&lab["candidate_disagreement"]) <= number(&lab["student_disagreement"]) + 0.02,
+        "{evidence}"
+    );
     let before: f64 = site
         .db()
         .query_row(
@@ -820,10 +865,39 @@ fn close_the_loop(auto: bool) {
             |r| r.get(0),
         )
         .unwrap();
-    eprintln!("disagreement: lab {p0:.3}, drifted before promotion {before:.3}, after {after:.3}");
-    assert!(before > p0 + 0.05, "before {before}, lab {p0}");
-    assert!(after <= p0, "after {after}, lab {p0}");
     assert!(daemon.stop().success());
+    assert!(before > p0 + 0.05, "before {before}, lab {p0}");
+    match kind {
+        Loop::Distiller => {
+            // The old student on the same records, in a site of its own.
+            let control = Site::with_models(demo("student.onnx"), demo("teacher.onnx"));
+            control.write_config(
+                "[sampling]\nrate = 1.0\nseed = 3\nmax_per_minute = 1000000\nqueue = 100000\n",
+            );
+            let out = control.sensei(&[
+                "replay",
+                part(&control, "offset_drift", 400, 450).to_str().unwrap(),
+            ]);
+            assert!(out.status.success(), "{}", text(&out));
+            let old: f64 = control
+                .db()
+                .query_row("SELECT AVG(disagreement) FROM teacher_samples", [], |r| {
+                    r.get(0)
+                })
+                .unwrap();
+            eprintln!(
+                "disagreement: lab {p0:.3}, drifted before promotion {before:.3}; \
+                 records 401-450: old student {old:.3}, re-distilled student {after:.3}"
+            );
+            assert!(after <= old - 0.1, "after {after}, old student {old}");
+        }
+        Loop::AutoTeacherCopy => {
+            eprintln!(
+                "disagreement: lab {p0:.3}, drifted before promotion {before:.3}, after {after:.3}"
+            );
+            assert!(after <= p0, "after {after}, lab {p0}");
+        }
+    }
 }
 
 #[test]

@@ -26,7 +26,7 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
 use crate::pipeline::{FileMeta, FileOutcome};
-use crate::store::Reader;
+use crate::store::{CountedTable, Reader};
 
 type Labels = Vec<(String, String)>;
 
@@ -454,6 +454,26 @@ fn database_families(path: &std::path::Path) -> anyhow::Result<Vec<FamilyOut>> {
         }
     }
 
+    out.extend(shadow_families(&reader)?);
+
+    let mut jobs = FamilyOut::new(
+        "redistill_jobs",
+        "Re-distillation jobs, by status (queued, running, succeeded, failed, timed_out)",
+        MetricType::Counter,
+    );
+    for (status, n) in reader.counts_by(CountedTable::JobsByStatus)? {
+        jobs.push(labels(&[("status", &status)]), n as f64);
+    }
+    let mut promotions = FamilyOut::new(
+        "student_promotions",
+        "Student promotions and rollbacks, by kind (promote, rollback)",
+        MetricType::Counter,
+    );
+    for (kind, n) in reader.counts_by(CountedTable::PromotionsByKind)? {
+        promotions.push(labels(&[("kind", &kind)]), n as f64);
+    }
+    out.extend([jobs, promotions]);
+
     let mut size = FamilyOut::new(
         "database_size_bytes",
         "Size of the SQLite database file and its write-ahead log",
@@ -472,6 +492,98 @@ fn database_families(path: &std::path::Path) -> anyhow::Result<Vec<FamilyOut>> {
     size.push(Vec::new(), bytes as f64);
     out.push(size);
     Ok(out)
+}
+
+/// The serving student and each shadow model (candidates, challengers) of the latest pipeline
+/// start, measured on the same teacher-sampled records: what `sensei report` ranks.
+fn shadow_families(reader: &Reader) -> anyhow::Result<Vec<FamilyOut>> {
+    let mut samples = FamilyOut::new(
+        "shadow_samples",
+        "Teacher-sampled records each model answered in shadow (model 'student' is the serving student)",
+        MetricType::Counter,
+    );
+    let mut agreement = FamilyOut::new(
+        "shadow_agreement_rate",
+        "Weighted top-1 agreement with the teacher in shadow, per model",
+        MetricType::Gauge,
+    );
+    let mut agreement_low = FamilyOut::new(
+        "shadow_agreement_rate_low",
+        "Lower bound of the 95% interval of the shadow agreement, per model (what the agreement floor is checked against)",
+        MetricType::Gauge,
+    );
+    let mut kl = FamilyOut::new(
+        "shadow_kl_mean",
+        "Weighted mean KL(teacher || model) in shadow, nats, per model",
+        MetricType::Gauge,
+    );
+    let mut att = FamilyOut::new(
+        "shadow_attention_kl_mean",
+        "Weighted mean attention KL in shadow, nats, per model",
+        MetricType::Gauge,
+    );
+    let mut latency = FamilyOut::new(
+        "shadow_latency_seconds_mean",
+        "Mean inference time per record in shadow, per model",
+        MetricType::Gauge,
+    );
+    let mut size = FamilyOut::new(
+        "shadow_model_size_bytes",
+        "Size of each shadow model's ONNX file",
+        MetricType::Gauge,
+    );
+    let mut failed = FamilyOut::new(
+        "shadow_model_failed",
+        "1 when a shadow model failed to load or at inference and is skipped (see sensei report)",
+        MetricType::Gauge,
+    );
+    let shadow = reader.shadow_models()?;
+    if shadow.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut measured = Vec::new();
+    if let Some((_, t)) = reader.student_shadow_totals(None)? {
+        measured.push((crate::shadow::STUDENT.to_string(), t));
+    }
+    for m in &shadow {
+        let l = labels(&[("model", &m.name), ("kind", m.kind.as_str())]);
+        if let Some(bytes) = m.size_bytes {
+            size.push(l.clone(), bytes as f64);
+        }
+        failed.push(l, f64::from(u8::from(m.status == "failed")));
+        if let Some(sha) = &m.sha256
+            && let Some(t) = reader.shadow_totals(&m.name, sha)?
+        {
+            measured.push((m.name.clone(), t));
+        }
+    }
+    for (model, t) in measured {
+        let l = labels(&[("model", &model)]);
+        samples.push(l.clone(), t.samples as f64);
+        if let Some(a) = t.agreement_interval() {
+            agreement.push(l.clone(), a.estimate);
+            agreement_low.push(l.clone(), a.low);
+        }
+        if let Some(v) = t.mean_kl() {
+            kl.push(l.clone(), v);
+        }
+        if let Some(v) = t.mean_attention_kl() {
+            att.push(l.clone(), v);
+        }
+        if let Some(us) = t.mean_latency_us() {
+            latency.push(l, us / 1e6);
+        }
+    }
+    Ok(vec![
+        samples,
+        agreement,
+        agreement_low,
+        kl,
+        att,
+        latency,
+        size,
+        failed,
+    ])
 }
 
 #[cfg(test)]

@@ -1958,6 +1958,30 @@ impl Reader {
         }
         jobs(&self.conn, "ORDER BY id DESC", limit)
     }
+
+    /// How many rows of `table` have each value of `column` (one of the re-distillation tables:
+    /// jobs by status, promotions by kind); empty while the table does not exist.
+    pub fn counts_by(&self, table: CountedTable) -> Result<Vec<(String, i64)>> {
+        let (table, column) = match table {
+            CountedTable::JobsByStatus => ("redistill_jobs", "status"),
+            CountedTable::PromotionsByKind => ("student_promotions", "kind"),
+        };
+        if !self.table_exists(table)? {
+            return Ok(Vec::new());
+        }
+        let mut stmt = self.conn.prepare_cached(&format!(
+            "SELECT {column}, COUNT(*) FROM {table} GROUP BY {column} ORDER BY {column}"
+        ))?;
+        let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+}
+
+/// The tables [`Reader::counts_by`] counts.
+#[derive(Debug, Clone, Copy)]
+pub enum CountedTable {
+    JobsByStatus,
+    PromotionsByKind,
 }
 
 /// A teacher sample as the re-distillation export reads it (blobs as stored).

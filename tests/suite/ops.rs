@@ -188,7 +188,13 @@ fn sighup_with_a_broken_config_keeps_the_old_one_and_a_valid_one_is_applied() {
 #[test]
 fn metrics_pass_promtool_and_a_real_prometheus_scrapes_them() {
     let site = Site::new();
-    site.write_config(HTTP_ANY_PORT);
+    // A challenger in shadow, so that its families are checked too.
+    site.write_config(&format!(
+        "{HTTP_ANY_PORT}[[challengers]]\nname = \"lite\"\npath = {:?}\n",
+        crate::common::fixture_model("teacher_no_attention.onnx")
+            .display()
+            .to_string()
+    ));
     let daemon = site.start();
     let addr = daemon.http_addr();
     site.deliver("m.jsonl", &jsonl("m", 200));
@@ -210,6 +216,9 @@ fn metrics_pass_promtool_and_a_real_prometheus_scrapes_them() {
         "sensei_ready 1",
         "sensei_alerts_firing 0",
         "sensei_alert_outbox_backlog 0",
+        "sensei_shadow_samples_total{model=\"lite\"}",
+        "sensei_shadow_agreement_rate{model=\"lite\"} 1",
+        "sensei_shadow_model_failed{model=\"lite\",kind=\"challenger\"} 0",
     ] {
         assert!(text.contains(needle), "{needle} missing in:\n{text}");
     }

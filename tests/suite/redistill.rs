@@ -866,6 +866,13 @@ fn close_the_loop(kind: Loop) {
         )
         .unwrap();
     assert!(daemon.stop().success());
+    let metrics = sensei::metrics::Metrics::new(site.db_path()).encode();
+    for series in [
+        "sensei_redistill_jobs_total{status=\"succeeded\"} 1.0\n",
+        "sensei_student_promotions_total{kind=\"promote\"} 1.0\n",
+    ] {
+        assert!(metrics.contains(series), "{series} in:\n{metrics}");
+    }
     assert!(before > p0 + 0.05, "before {before}, lab {p0}");
     match kind {
         Loop::Distiller => {

@@ -136,6 +136,34 @@ fn challengers_run_on_teacher_samples_only_and_the_report_names_the_smallest_tha
     assert!(tiny_row["latency_us"].as_f64().is_some());
     assert_eq!(c["standings"][0]["samples"], samples);
 
+    // /metrics says the same (read from the database at each scrape, as the daemon serves it).
+    let metrics = sensei::metrics::Metrics::new(site.db_path()).encode();
+    let series = |name: &str| -> f64 {
+        let line = metrics
+            .lines()
+            .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
+            .unwrap_or_else(|| panic!("no series {name} in:\n{metrics}"));
+        line[name.len() + 1..].parse().unwrap()
+    };
+    for model in ["student", "lite", "tiny"] {
+        assert_eq!(
+            series(&format!("sensei_shadow_samples_total{{model=\"{model}\"}}")),
+            samples as f64
+        );
+    }
+    assert_eq!(series("sensei_shadow_agreement_rate{model=\"lite\"}"), 1.0);
+    assert!(series("sensei_shadow_agreement_rate{model=\"tiny\"}") < 0.75);
+    assert!(series("sensei_shadow_agreement_rate_low{model=\"lite\"}") >= 0.9);
+    assert!(series("sensei_shadow_latency_seconds_mean{model=\"tiny\"}") > 0.0);
+    assert_eq!(
+        series("sensei_shadow_model_size_bytes{model=\"lite\",kind=\"challenger\"}"),
+        3829.0
+    );
+    assert_eq!(
+        series("sensei_shadow_model_failed{model=\"tiny\",kind=\"challenger\"}"),
+        0.0
+    );
+
     // The text form says the same, and the page carries the section.
     let out = site.sensei(&["report", "--out", html.to_str().unwrap()]);
     let text = String::from_utf8_lossy(&out.stdout);
@@ -221,6 +249,15 @@ fn a_corrupt_challenger_is_reported_and_every_record_is_still_processed() {
         .find(|m| m["name"] == "broken")
         .expect("broken listed");
     assert_eq!(broken["status"], "failed");
+    let metrics = sensei::metrics::Metrics::new(site.db_path()).encode();
+    assert!(
+        metrics.contains("sensei_shadow_model_failed{model=\"broken\",kind=\"challenger\"} 1.0\n"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("sensei_shadow_model_failed{model=\"lite\",kind=\"challenger\"} 0.0\n"),
+        "{metrics}"
+    );
 }
 
 #[test]

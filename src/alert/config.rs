@@ -492,21 +492,9 @@ impl Validator<'_> {
             }
             (None, None) => return None,
         };
-        match std::fs::read_to_string(&path) {
-            Ok(text) => {
-                let secret = text.lines().next().unwrap_or("").trim().to_owned();
-                if secret.is_empty() {
-                    self.problem(key, format!("{} is empty", path.display()));
-                    None
-                } else {
-                    Some(Secret::new(secret))
-                }
-            }
-            Err(e) => {
-                self.problem(key, format!("cannot read {}: {e}", path.display()));
-                None
-            }
-        }
+        crate::config::read_secret(&path)
+            .map_err(|message| self.problem(key, message))
+            .ok()
     }
 
     fn receiver(&mut self, name: &str, raw: RawReceiver) -> Option<Receiver> {

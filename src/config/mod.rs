@@ -347,6 +347,34 @@ impl std::fmt::Debug for Secret {
     }
 }
 
+/// The most a secret file (a token, a password) may hold: it is one line.
+pub const MAX_SECRET_FILE: u64 = 64 * 1024;
+
+/// Reads a secret: the first line of the file at `path`, trimmed, which must not be empty. A
+/// file over [`MAX_SECRET_FILE`] (or a device that never ends) is refused before it is read
+/// whole. The error says what is wrong with the file, naming it; it never quotes the content.
+pub fn read_secret(path: &Path) -> Result<Secret, String> {
+    use std::io::Read;
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)
+        .and_then(|f| f.take(MAX_SECRET_FILE + 1).read_to_end(&mut bytes))
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    if bytes.len() as u64 > MAX_SECRET_FILE {
+        return Err(format!(
+            "{} is larger than {} KiB; a secret file holds one line",
+            path.display(),
+            MAX_SECRET_FILE / 1024
+        ));
+    }
+    let text =
+        String::from_utf8(bytes).map_err(|_| format!("{} is not UTF-8 text", path.display()))?;
+    let secret = text.lines().next().unwrap_or("").trim();
+    if secret.is_empty() {
+        return Err(format!("{} is empty", path.display()));
+    }
+    Ok(Secret::new(secret.to_owned()))
+}
+
 impl Config {
     /// Reads and validates a config file; on failure the error lists every problem.
     /// A student promoted by `sensei promote` serves in place of `[student] path`

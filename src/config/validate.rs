@@ -58,14 +58,38 @@ impl fmt::Display for ConfigProblem {
     }
 }
 
+/// The most a config file may hold; the commented example is about 20 KiB.
+const MAX_CONFIG_FILE: u64 = 4 * 1024 * 1024;
+
 /// Reads and validates the config file at `path`.
 pub fn load(path: &Path) -> Result<Config, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|error| ConfigError {
+    use std::io::Read;
+    let unreadable = |message: String| ConfigError {
         file: path.to_path_buf(),
         problems: vec![ConfigProblem {
             path: String::new(),
-            message: format!("cannot read {}: {error}", path.display()),
+            message,
         }],
+    };
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)
+        .and_then(|f| f.take(MAX_CONFIG_FILE + 1).read_to_end(&mut bytes))
+        .map_err(|e| unreadable(format!("cannot read {}: {e}", path.display())))?;
+    if bytes.len() as u64 > MAX_CONFIG_FILE {
+        return Err(unreadable(format!(
+            "{} is larger than {} MiB; is it the config file?",
+            path.display(),
+            MAX_CONFIG_FILE >> 20
+        )));
+    }
+    let text = String::from_utf8(bytes).map_err(|e| {
+        let valid = &e.as_bytes()[..e.utf8_error().valid_up_to()];
+        unreadable(format!(
+            "{} is not UTF-8 text (line {}, byte {})",
+            path.display(),
+            valid.iter().filter(|&&b| b == b'\n').count() + 1,
+            valid.len()
+        ))
     })?;
     from_toml(&text, path)
 }
@@ -1003,21 +1027,9 @@ impl Check<'_> {
 
     /// Reads a bearer token: the first line of the file, which must not be empty.
     fn token(&mut self, key: &str, path: &Path) -> Option<Secret> {
-        match std::fs::read_to_string(path) {
-            Ok(text) => {
-                let token = text.lines().next().unwrap_or("").trim().to_owned();
-                if token.is_empty() {
-                    self.problem(key, format!("{} is empty", path.display()));
-                    None
-                } else {
-                    Some(Secret::new(token))
-                }
-            }
-            Err(e) => {
-                self.problem(key, format!("cannot read {}: {e}", path.display()));
-                None
-            }
-        }
+        super::read_secret(path)
+            .map_err(|message| self.problem(key, message))
+            .ok()
     }
 }
 
@@ -1470,5 +1482,56 @@ path = "/opt/models/teacher.onnx"
             );
             assert_eq!(paths(&problems(&text)), ["inbox.max_file_size"], "{bad}");
         }
+    }
+
+    #[test]
+    fn secret_files_are_one_line_and_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = |name: &str, content: &[u8]| {
+            let p = dir.path().join(name);
+            std::fs::write(&p, content).unwrap();
+            p
+        };
+        let ok = file("ok", b"  s3cret \nignored\n");
+        assert_eq!(super::super::read_secret(&ok).unwrap().expose(), "s3cret");
+        let error = |p: &Path| super::super::read_secret(p).expect_err("refused");
+        let big = file("big", &vec![b'a'; 64 * 1024 + 1]);
+        assert!(error(&big).ends_with("is larger than 64 KiB; a secret file holds one line"));
+        // A device that never ends costs 64 KiB, not the machine.
+        assert!(error(Path::new("/dev/zero")).contains("is larger than 64 KiB"));
+        assert!(error(&file("empty", b"\n  \n")).ends_with("is empty"));
+        let latin1 = error(&file("latin1", b"p\xe4ss\n"));
+        assert!(latin1.ends_with("is not UTF-8 text"), "{latin1}");
+        assert!(!latin1.contains("p\u{fffd}ss"), "{latin1}");
+        assert!(error(&dir.path().join("missing")).starts_with("cannot read"));
+
+        // Through the config: the problem carries the key path.
+        let text = format!(
+            "{MINIMAL}[http]\nlisten = \"127.0.0.1:9477\"\ntoken_file = {:?}\n",
+            big.display().to_string()
+        );
+        let found = problems(&text);
+        assert_eq!(paths(&found), ["http.token_file"]);
+    }
+
+    #[test]
+    fn a_config_file_that_is_not_text_or_is_huge_is_refused_with_its_reason() {
+        let dir = tempfile::tempdir().unwrap();
+        let message = |content: &[u8]| {
+            let p = dir.path().join("sensei.toml");
+            std::fs::write(&p, content).unwrap();
+            let e = load(&p).expect_err("refused");
+            assert_eq!(e.problems.len(), 1);
+            e.problems[0].message.clone()
+        };
+        let m = message(b"state_dir = \"/x\"\n\xff\xfe");
+        assert!(m.ends_with("is not UTF-8 text (line 2, byte 17)"), "{m}");
+        let m = message(&vec![b'#'; 4 * 1024 * 1024 + 1]);
+        assert!(
+            m.ends_with("is larger than 4 MiB; is it the config file?"),
+            "{m}"
+        );
+        let e = load(Path::new("/dev/zero")).expect_err("refused");
+        assert!(e.problems[0].message.contains("larger than 4 MiB"));
     }
 }

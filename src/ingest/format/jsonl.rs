@@ -332,7 +332,8 @@ fn tensors(
             at,
             format!("inputs.{unknown}"),
             format!(
-                "unknown input '{unknown}'; the model's inputs are: {}",
+                "unknown input '{}'; the model's inputs are: {}",
+                super::clip(unknown),
                 spec_names(specs)
             ),
         ));

@@ -119,20 +119,21 @@ impl FormatError {
         }
     }
 
-    /// A problem with one field of one line or record.
+    /// A problem with one field of one line or record. A field path longer than
+    /// [`MAX_NAME_CHARS`] is cut short: its key comes from the file.
     fn field(location: Origin, field: impl Into<String>, message: impl Into<String>) -> Self {
         FormatError {
             location: Some(location),
-            field: Some(field.into()),
+            field: Some(clip(&field.into())),
             message: message.into(),
         }
     }
 
-    /// A problem with a whole array of a NumPy file.
+    /// A problem with a whole array of a NumPy file (the name cut short like a field path).
     fn array(name: impl Into<String>, message: impl Into<String>) -> FormatError {
         FormatError {
             location: None,
-            field: Some(name.into()),
+            field: Some(clip(&name.into())),
             message: message.into(),
         }
     }
@@ -219,6 +220,18 @@ fn parse_ts(s: &str) -> Result<time::OffsetDateTime, String> {
             quote(s)
         )
     })
+}
+
+/// The most characters of a name from the file (an input key, a segment key, an array name)
+/// that a message repeats: a hostile file may use a name of 64 KiB.
+const MAX_NAME_CHARS: usize = 64;
+
+/// A name from the file, cut short for a message if long ("..." marks the cut).
+fn clip(s: &str) -> String {
+    match s.char_indices().nth(MAX_NAME_CHARS) {
+        Some((end, _)) => format!("{}...", &s[..end]),
+        None => s.to_string(),
+    }
 }
 
 /// A string quoted for a message, cut short if long: a bad value may be a whole document.

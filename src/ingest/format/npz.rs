@@ -141,7 +141,8 @@ fn read_members(
         let name = array_name(member.name(), specs)?;
         if names.contains(&name) {
             return Err(FormatError::whole(format!(
-                "the archive has two arrays named '{name}': expected each array once"
+                "the archive has two arrays named '{}': expected each array once",
+                super::clip(&name)
             )));
         }
         declared = declared.saturating_add(member.size());
@@ -202,7 +203,8 @@ fn array_name(member: &str, specs: &[InputSpec]) -> Result<String, FormatError> 
         Ok(name.to_string())
     } else {
         Err(FormatError::whole(format!(
-            "unknown array '{name}'; expected model inputs ({}) and optional {OPTIONAL}",
+            "unknown array '{}'; expected model inputs ({}) and optional {OPTIONAL}",
+            super::clip(name),
             super::spec_names(specs)
         )))
     }

@@ -938,6 +938,25 @@ fn npz_unknown_array() {
     assert!(message("a.npz", &bytes, &x22()).starts_with("unknown array 'segment.'"));
     let bytes = npz(&[("x.txt", x_npy(1))]);
     assert!(message("a.npz", &bytes, &x22()).starts_with("unknown array 'x.txt'"));
+    // A 60,000-character member name is repeated cut short.
+    let long = format!("{}.npy", "f".repeat(60_000));
+    let bytes = npz(&[("x.npy", x_npy(1)), (long.as_str(), x_npy(1))]);
+    let text = message("a.npz", &bytes, &x22());
+    assert!(
+        text.starts_with(&format!("unknown array '{}...'; expected", "f".repeat(64))),
+        "{}",
+        &text[..200]
+    );
+    assert!(text.len() < 200);
+    // A segment array of that name is known, and named cut short in its own error.
+    let long = format!("segment.{}.npy", "s".repeat(60_000));
+    let bytes = npz(&[("x.npy", x_npy(2)), (long.as_str(), x_npy(2))]);
+    let text = message("a.npz", &bytes, &x22());
+    assert!(text.len() < 300, "{}", &text[..300]);
+    assert!(
+        text.starts_with(&format!("array segment.{}...: ", "s".repeat(56))),
+        "{text}"
+    );
 }
 
 #[test]
@@ -1120,4 +1139,42 @@ fn corpus_valid_files_written_by_numpy_are_read() {
     assert_eq!(got[1].label, Some(1));
     assert_eq!(got[1].segment["line"], "B");
     assert_eq!(got[1].ts, Some(ts("2024-05-01T12:00:01Z")));
+}
+
+#[test]
+fn names_from_the_file_are_cut_short_in_messages() {
+    // A hostile file may name an input, a segment key or an array with 60,000 characters; the
+    // message (the quarantine note, the log line, the ledger) repeats 64 of them.
+    let long = "k".repeat(60_000);
+    let cut = format!("{}...", "k".repeat(64));
+    let unknown = message(
+        "a.jsonl",
+        format!("{{\"inputs\": {{\"{long}\": 1}}}}\n").as_bytes(),
+        &x22(),
+    );
+    // The field path is cut at 64 characters too: "inputs." and 57 of the key's.
+    assert_eq!(
+        unknown,
+        format!(
+            "line 1, field inputs.{}...: unknown input '{cut}'; the model's inputs are: x",
+            "k".repeat(57)
+        )
+    );
+    let segment = message(
+        "a.jsonl",
+        format!("{{\"inputs\": {{\"x\": [[1,2],[3,4]]}}, \"segment\": {{\"{long}\": []}}}}\n")
+            .as_bytes(),
+        &x22(),
+    );
+    assert!(segment.len() < 200, "{segment}");
+    assert!(
+        segment.ends_with("expected a string, number or bool, got an array of 0"),
+        "{segment}"
+    );
+    // Short names are whole.
+    let short = message("a.jsonl", b"{\"inputs\": {\"y\": 1}}\n", &x22());
+    assert_eq!(
+        short,
+        "line 1, field inputs.y: unknown input 'y'; the model's inputs are: x"
+    );
 }

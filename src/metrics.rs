@@ -75,7 +75,7 @@ impl Metrics {
         let files = Family::<Labels, Counter>::default();
         registry.register(
             "files_finished",
-            "Inbox files finished by this process, by outcome (committed, labels, duplicate, quarantined, failed)",
+            "Inbox files finished by this process, by outcome (committed, labels, duplicate, quarantined; failed counts each failed commit of a file that stays in the inbox and is retried, so one file may count several times)",
             files.clone(),
         );
         // 0.1 s .. about 15 h

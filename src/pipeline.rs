@@ -15,7 +15,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TryRecvError, TrySendError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -186,7 +186,7 @@ impl StudentWorker {
             }
             // Run full batches; a partial one only when its wait is over or input closed.
             while !pending.is_empty() {
-                let n = same_shape_prefix(&pending, self.max_batch);
+                let n = top_up(&mut pending, &input, self.max_batch, &mut closed);
                 if n < self.max_batch && !closed && Instant::now() < deadline && n == pending.len()
                 {
                     break;
@@ -340,6 +340,30 @@ impl<T> ByFile<T> {
 fn attention_of(out: &BatchOutput, i: usize) -> Option<(Vec<usize>, Vec<f32>)> {
     let (shape, _) = out.attention.as_ref()?;
     Some((shape.clone(), out.attention_of(i)?.to_vec()))
+}
+
+/// The size of the next batch: the longest same-shape prefix of `pending`, up to `max`. When
+/// that is all of `pending` and short of `max` (the tail of a file), the next files already
+/// queued in `input` are taken first, so that a file boundary does not cost a partial batch.
+/// Sets `closed` when `input` turns out to be closed.
+fn top_up(
+    pending: &mut VecDeque<Pending>,
+    input: &Receiver<FileWork>,
+    max: usize,
+    closed: &mut bool,
+) -> usize {
+    let mut n = same_shape_prefix(pending, max);
+    while n == pending.len() && n < max && !*closed {
+        match input.try_recv() {
+            Ok(work) => {
+                push_work(pending, work);
+                n = same_shape_prefix(pending, max);
+            }
+            Err(TryRecvError::Empty) => break,
+            Err(TryRecvError::Disconnected) => *closed = true,
+        }
+    }
+    n
 }
 
 fn push_work(pending: &mut VecDeque<Pending>, work: FileWork) {
@@ -986,5 +1010,98 @@ impl Channels {
             teacher: mpsc::sync_channel(teacher_queue.max(1)),
             writer: mpsc::sync_channel(WRITER_QUEUE),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::record::{Origin, Record, Tensor};
+
+    /// A file's work of `records` records of input shape `[width]`.
+    fn work(key: u64, records: usize, width: usize) -> FileWork {
+        let meta = Arc::new(FileMeta {
+            key,
+            path: PathBuf::from(format!("f{key}.jsonl")),
+            name: format!("f{key}.jsonl"),
+            sha256: String::new(),
+            size: 0,
+            kind: "jsonl",
+            records,
+            on_done: Disposition::Keep,
+            quarantine_dir: None,
+            in_flight: InFlightPaths::default(),
+            retry: None,
+        });
+        let records = (0..records)
+            .map(|i| Prepared {
+                record_id: format!("f{key}-{i}"),
+                ts_ms: 0,
+                segment: String::new(),
+                label: None,
+                record: Record {
+                    id: None,
+                    ts: None,
+                    segment: Default::default(),
+                    inputs: [("x".to_string(), Tensor::f32(vec![width], vec![0.0; width]))].into(),
+                    label: None,
+                    origin: Origin::Line(i + 1),
+                },
+            })
+            .collect();
+        FileWork { meta, records }
+    }
+
+    /// The batch sizes the student runs over `pending` and whatever `input` holds, taking a
+    /// batch at a time the way the worker does once the wait is over.
+    fn batches(pending: &mut VecDeque<Pending>, input: &Receiver<FileWork>) -> Vec<usize> {
+        let mut closed = false;
+        let mut sizes = Vec::new();
+        loop {
+            if pending.is_empty() {
+                match input.try_recv() {
+                    Ok(w) => push_work(pending, w),
+                    Err(_) => return sizes,
+                }
+            }
+            let n = top_up(pending, input, 32, &mut closed);
+            pending.drain(..n);
+            sizes.push(n);
+        }
+    }
+
+    #[test]
+    fn a_file_tail_is_topped_up_from_the_next_queued_file() {
+        let (tx, rx) = mpsc::sync_channel(8);
+        let mut pending = VecDeque::new();
+        push_work(&mut pending, work(1, 40, 4));
+        tx.send(work(2, 40, 4)).unwrap();
+        tx.send(work(3, 10, 4)).unwrap();
+        drop(tx);
+        // 90 records: three full batches across the two boundaries, then the last 26.
+        assert_eq!(batches(&mut pending, &rx), [32, 32, 26]);
+    }
+
+    #[test]
+    fn a_tail_is_not_topped_up_across_a_shape_change_or_from_an_empty_queue() {
+        let (tx, rx) = mpsc::sync_channel(8);
+        let mut pending = VecDeque::new();
+        push_work(&mut pending, work(1, 40, 4));
+        // Nothing queued: the tail of 8 stays short, and the queue is still open.
+        let mut closed = false;
+        assert_eq!(top_up(&mut pending, &rx, 32, &mut closed), 32);
+        pending.drain(..32);
+        assert_eq!(top_up(&mut pending, &rx, 32, &mut closed), 8);
+        assert!(!closed);
+        // The next file has another shape: it is taken, but one batch holds one shape.
+        tx.send(work(2, 40, 6)).unwrap();
+        assert_eq!(top_up(&mut pending, &rx, 32, &mut closed), 8);
+        assert_eq!(pending.len(), 48);
+        drop(tx);
+        pending.drain(..8);
+        assert_eq!(top_up(&mut pending, &rx, 32, &mut closed), 32);
+        pending.drain(..32);
+        assert_eq!(top_up(&mut pending, &rx, 32, &mut closed), 8);
+        assert!(closed);
     }
 }

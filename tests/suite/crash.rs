@@ -45,6 +45,7 @@ fn sigkill_at_random_points_loses_nothing_and_counts_nothing_twice() {
     let files = env_or("SENSEI_CRASH_FILES", 60) as usize;
     let per_file = env_or("SENSEI_CRASH_RECORDS", 200) as usize;
     let mut rng = Rng(env_or("SENSEI_CRASH_SEED", 20261127));
+    let started = std::time::Instant::now();
     let site = Site::new();
     site.write_config("[inbox]\nquiet = \"200ms\"\nmax_file_size = \"16 MiB\"\n");
     std::fs::create_dir_all(site.inbox()).unwrap();
@@ -106,6 +107,11 @@ fn sigkill_at_random_points_loses_nothing_and_counts_nothing_twice() {
         .query_row("PRAGMA integrity_check", [], |r| r.get(0))
         .unwrap();
     assert_eq!(ok, "ok");
+    eprintln!(
+        "crash harness (records): {killed} kills, {files} files ({bad} bad), {total} records, \
+         {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
 }
 
 // --- Alerts and re-distillation jobs across kills. ---

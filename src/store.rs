@@ -40,6 +40,10 @@ const MIGRATIONS: &[(&str, &str)] = &[
         "0007_redistill_failures",
         include_str!("../migrations/0007_redistill_failures.sql"),
     ),
+    (
+        "0008_records_by_seq",
+        include_str!("../migrations/0008_records_by_seq.sql"),
+    ),
 ];
 
 /// The schema version this binary writes.
@@ -521,6 +525,10 @@ impl Store {
             None,
             now_ms,
         )?;
+        if !file.records.is_empty() {
+            tx.prepare_cached("UPDATE files SET first_seq = ?2 WHERE id = ?1")?
+                .execute(params![file_id, file.first_seq])?;
+        }
         insert_records(&tx, file, file_id)?;
         let mut windows = FileWindows::default();
         let mut shadow = ShadowBatch::default();
@@ -832,15 +840,21 @@ impl Store {
     /// Deletes per-record rows of files processed before `cutoff_ms` (retention counts from
     /// when sensei received a record, not from the record's own timestamp, so a backfill of old
     /// data is kept as long as fresh data). Window sums and teacher samples stay.
+    ///
+    /// A file's records are the `records` consecutive sequence numbers from its `first_seq`, so
+    /// each range is found through the primary key.
     pub fn apply_retention(&mut self, cutoff_ms: i64) -> Result<usize> {
+        // The sequence numbers of the records of files received before the cutoff.
+        const OLD: &str = "SELECT r.seq FROM files f JOIN records r
+                 ON r.seq >= f.first_seq AND r.seq < f.first_seq + f.records
+             WHERE f.processed_at < ?1 AND f.first_seq IS NOT NULL";
         let tx = self.conn.transaction()?;
         tx.execute(
-            "DELETE FROM shadow_samples WHERE seq IN (SELECT seq FROM records WHERE file_id IN
-                 (SELECT id FROM files WHERE processed_at < ?1))",
+            &format!("DELETE FROM shadow_samples WHERE seq IN ({OLD})"),
             [cutoff_ms],
         )?;
         let deleted = tx.execute(
-            "DELETE FROM records WHERE file_id IN (SELECT id FROM files WHERE processed_at < ?1)",
+            &format!("DELETE FROM records WHERE seq IN ({OLD})"),
             [cutoff_ms],
         )?;
         tx.commit()?;
@@ -2799,6 +2813,66 @@ mod tests {
             (2, 1, Some(1.0))
         );
         assert_eq!(a_seg.weight_sq_sum, 4.0);
+    }
+
+    #[test]
+    fn files_of_an_older_schema_get_their_first_seq_and_retention_finds_their_records() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.db");
+        {
+            // A database of schema 7, with the records of two files and a labels file.
+            let mut conn = Connection::open(&path).unwrap();
+            let tx = conn.transaction().unwrap();
+            for (_, sql) in &MIGRATIONS[..7] {
+                tx.execute_batch(sql).unwrap();
+            }
+            tx.pragma_update(None, "user_version", 7).unwrap();
+            tx.execute_batch(
+                "INSERT INTO files (id, name, sha256, size, kind, status, records, processed_at)
+                 VALUES (1, 'a', 'a', 1, 'jsonl', 'done', 2, 1000),
+                        (2, 'l', 'l', 1, 'labels', 'done', 5, 1500),
+                        (3, 'b', 'b', 1, 'jsonl', 'done', 3, 5000);
+                 INSERT INTO records (seq, file_id, record_id, ts, segment, student, latency_us, sampled)
+                 VALUES (1, 1, 'r1', 0, '', 's', 1, 0), (2, 1, 'r2', 0, '', 's', 1, 0),
+                        (3, 3, 'r3', 0, '', 's', 1, 0), (4, 3, 'r4', 0, '', 's', 1, 0),
+                        (5, 3, 'r5', 0, '', 's', 1, 0);",
+            )
+            .unwrap();
+            tx.commit().unwrap();
+        }
+        let mut store = Store::open(&path).unwrap();
+        assert_eq!(store.schema_version().unwrap(), SCHEMA_VERSION);
+        let count = |store: &Store, sql: &str| -> i64 {
+            store.conn.query_row(sql, [], |r| r.get(0)).unwrap()
+        };
+        let first: Vec<Option<i64>> = store
+            .conn
+            .prepare("SELECT first_seq FROM files ORDER BY id")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<rusqlite::Result<_>>()
+            .unwrap();
+        assert_eq!(first, [Some(1), None, Some(3)]);
+        assert_eq!(
+            count(
+                &store,
+                "SELECT COUNT(*) FROM sqlite_master WHERE name = 'records_file_id'"
+            ),
+            0
+        );
+        // A file committed now records its own first_seq; retention takes the old file's
+        // records only, then the next one's.
+        let c = file("c.jsonl", "c", vec![record("r6", "", 0, None)]);
+        commit(&mut store, c, 60_000, 9_000).unwrap();
+        assert_eq!(
+            count(&store, "SELECT first_seq FROM files WHERE name = 'c.jsonl'"),
+            6
+        );
+        assert_eq!(store.apply_retention(2_000).unwrap(), 2);
+        assert_eq!(store.apply_retention(6_000).unwrap(), 3);
+        assert_eq!(store.apply_retention(6_000).unwrap(), 0);
+        assert_eq!(count(&store, "SELECT MIN(seq) FROM records"), 6);
     }
 
     #[test]

@@ -196,10 +196,11 @@ fn redistill_config(command: &str, settings: &str) -> String {
     format!("[redistill]\ncommand = {command}\nmin_samples = 20\n{settings}\n")
 }
 
-/// The reference distiller as the job, trained for `epochs`.
+/// The reference distiller as the job, trained for `epochs` on one thread (the suite runs other
+/// tests beside it on two cores).
 fn distiller_command(epochs: u32) -> String {
     format!(
-        r#"["python3", {:?}, "--dataset", "{{dataset}}", "--teacher", "{{teacher}}", "--student", "{{student}}", "--out", "{{output}}", "--epochs", "{epochs}"]"#,
+        r#"["env", "OMP_NUM_THREADS=1", "python3", {:?}, "--dataset", "{{dataset}}", "--teacher", "{{teacher}}", "--student", "{{student}}", "--out", "{{output}}", "--epochs", "{epochs}"]"#,
         repo()
             .join("tools/distill/redistill.py")
             .display()

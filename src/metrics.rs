@@ -497,6 +497,10 @@ fn database_families(path: &std::path::Path) -> anyhow::Result<Vec<FamilyOut>> {
 /// The serving student and each shadow model (candidates, challengers) of the latest pipeline
 /// start, measured on the same teacher-sampled records: what `sensei report` ranks.
 fn shadow_families(reader: &Reader) -> anyhow::Result<Vec<FamilyOut>> {
+    let shadow = reader.shadow_models()?;
+    if shadow.is_empty() {
+        return Ok(Vec::new());
+    }
     let mut samples = FamilyOut::new(
         "shadow_samples",
         "Teacher-sampled records each model answered in shadow (model 'student' is the serving student)",
@@ -537,10 +541,6 @@ fn shadow_families(reader: &Reader) -> anyhow::Result<Vec<FamilyOut>> {
         "1 when a shadow model failed to load or at inference and is skipped (see sensei report)",
         MetricType::Gauge,
     );
-    let shadow = reader.shadow_models()?;
-    if shadow.is_empty() {
-        return Ok(Vec::new());
-    }
     let mut measured = Vec::new();
     if let Some((_, t)) = reader.student_shadow_totals(None)? {
         measured.push((crate::shadow::STUDENT.to_string(), t));

@@ -208,6 +208,19 @@ fn distiller_command(epochs: u32) -> String {
     )
 }
 
+/// The gate's evidence for a job, as stored.
+fn gate_evidence(site: &Site, id: i64) -> serde_json::Value {
+    let text: String = site
+        .db()
+        .query_row(
+            "SELECT evidence FROM redistill_jobs WHERE id = ?1",
+            [id],
+            |r| r.get(0),
+        )
+        .unwrap();
+    serde_json::from_str(&text).unwrap()
+}
+
 /// (status, exit_code, detail) of a job.
 fn job(site: &Site, id: i64) -> (String, Option<i64>, String) {
     site.db()
@@ -520,17 +533,7 @@ fn a_candidate_the_gate_passes_is_promoted_and_serves_the_next_records_and_rollb
     let out = site.sensei(&["redistill"]);
     assert!(out.status.success(), "{}", text(&out));
     assert!(text(&out).contains("gate: passed"), "{}", text(&out));
-    let e: serde_json::Value = serde_json::from_str(
-        &site
-            .db()
-            .query_row(
-                "SELECT evidence FROM redistill_jobs WHERE id = 1",
-                [],
-                |r| r.get::<_, String>(0),
-            )
-            .unwrap(),
-    )
-    .unwrap();
+    let e = gate_evidence(&site, 1);
     assert_eq!(e["holdout"]["candidate_agreement"], 1.0);
     assert!(e["holdout"]["p_value"].as_f64().unwrap() < 0.05, "{e}");
     assert_eq!(e["lab"]["candidate_disagreement"], 0.0);
@@ -790,17 +793,7 @@ fn close_the_loop(kind: Loop) {
         site.query_i64("SELECT COUNT(*) FROM alert_actions WHERE status = 'done'"),
         1
     );
-    let evidence: serde_json::Value = serde_json::from_str(
-        &site
-            .db()
-            .query_row(
-                "SELECT evidence FROM redistill_jobs WHERE id = 1",
-                [],
-                |r| r.get::<_, String>(0),
-            )
-            .unwrap(),
-    )
-    .unwrap();
+    let evidence = gate_evidence(&site, 1);
     eprintln!("gate evidence: {evidence}");
     let held = &evidence["holdout"];
     let number = |v: &serde_json::Value| v.as_f64().unwrap();

@@ -598,12 +598,19 @@ mod tests {
         .expect("insert");
     }
 
-    #[test]
-    fn evaluations_persist_state_outbox_and_actions_once() {
+    /// A database with sensei's schema in a temporary directory (kept while the first value
+    /// lives), its path, and the alert evaluator's connection to it.
+    fn migrated_db() -> (tempfile::TempDir, std::path::PathBuf, AlertDb) {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("sensei.db");
         drop(crate::store::Store::open(&path).expect("store"));
-        let mut db = AlertDb::open(&path).expect("alert db");
+        let db = AlertDb::open(&path).expect("alert db");
+        (dir, path, db)
+    }
+
+    #[test]
+    fn evaluations_persist_state_outbox_and_actions_once() {
+        let (_dir, path, mut db) = migrated_db();
         let alerts = alerts_with_rule();
         // History before the first evaluation: a closed drift is not news.
         insert_event(db.conn(), "line=A", 1_000);
@@ -669,10 +676,7 @@ mod tests {
 
     #[test]
     fn an_event_stamped_after_the_evaluation_clock_neither_ends_the_episode_nor_goes_unheard() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let path = dir.path().join("sensei.db");
-        drop(crate::store::Store::open(&path).expect("store"));
-        let mut db = AlertDb::open(&path).expect("alert db");
+        let (_dir, _, mut db) = migrated_db();
         let alerts = alerts_with_rule();
         evaluate(&mut db, &alerts, 500).unwrap();
         insert_event(db.conn(), "line=A", 1_000);

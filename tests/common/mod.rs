@@ -145,6 +145,13 @@ impl Site {
         c
     }
 
+    /// `PRAGMA integrity_check` of the database: "ok" when SQLite finds nothing wrong.
+    pub fn integrity_check(&self) -> String {
+        self.db()
+            .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+            .expect("integrity_check")
+    }
+
     /// `SELECT <expr>` as an i64, 0 when the database does not exist yet.
     pub fn query_i64(&self, sql: &str) -> i64 {
         if !self.db_path().exists() {

@@ -102,11 +102,7 @@ fn sigkill_at_random_points_loses_nothing_and_counts_nothing_twice() {
     assert_eq!(site.ledger_count("done") as usize, good);
     assert_eq!(site.ledger_count("quarantined") as usize, bad);
     assert_eq!(std::fs::read_dir(site.inbox()).unwrap().count(), 0);
-    let ok: String = site
-        .db()
-        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
-        .unwrap();
-    assert_eq!(ok, "ok");
+    assert_eq!(site.integrity_check(), "ok");
     eprintln!(
         "crash harness (records): {killed} kills, {files} files ({bad} bad), {total} records, \
          {:.1} s",
@@ -760,11 +756,7 @@ fn sigkill_while_alerting_and_redistilling_loses_no_alert_and_orphans_no_job() {
         all_jobs[before..].iter().any(|j| j.status == "succeeded"),
         "no job after the recovery ran to its end: {all_jobs:#?}"
     );
-    let ok: String = site
-        .db()
-        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
-        .unwrap();
-    assert_eq!(ok, "ok");
+    assert_eq!(site.integrity_check(), "ok");
     eprintln!(
         "crash harness (alerts, jobs): {kills} kills, {} files ({} bad), {total} records, \
          {events} drift events, {} episodes, {} notifications sent, {} deliveries ({repeats} repeated), \

@@ -111,11 +111,7 @@ fn a_daemon_killed_mid_stream_and_restarted_counts_every_record_once() {
     wait_until(WAIT, "inbox empty", || {
         std::fs::read_dir(site.inbox()).unwrap().count() == 0
     });
-    let ok: String = site
-        .db()
-        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
-        .unwrap();
-    assert_eq!(ok, "ok");
+    assert_eq!(site.integrity_check(), "ok");
     assert!(daemon.stop().success());
 }
 

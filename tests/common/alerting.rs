@@ -89,27 +89,33 @@ impl SmtpServer {
         });
     }
 
-    /// Every message delivered so far.
+    /// Every message delivered so far, in the order the server received them.
     pub fn mails(&self) -> Vec<Mail> {
         const PARSE: &str = r#"
-import email, email.policy, json, os, sys
-out = []
+import email, email.policy, json, os, re, sys
+def arrival(path):
+    # Maildir names are "<seconds>.M<microseconds>P<pid>Q<counter>.<host>", the microseconds
+    # not zero-padded: sorted as text, 123456 comes before 99999 of the same second.
+    m = re.match(r"(\d+)\.M(\d+)P\d+Q(\d+)", os.path.basename(path))
+    return (int(m[1]), int(m[2]), int(m[3])) if m else (os.stat(path).st_mtime_ns, 0, 0)
+paths = []
 for sub in ("new", "cur"):
     d = os.path.join(sys.argv[1], sub)
-    if not os.path.isdir(d):
-        continue
-    for name in sorted(os.listdir(d)):
-        with open(os.path.join(d, name), "rb") as f:
-            m = email.message_from_binary_file(f, policy=email.policy.default)
-        plain = m.get_body(preferencelist=("plain",))
-        html = m.get_body(preferencelist=("html",))
-        out.append({
-            "subject": str(m["subject"]),
-            "headers": {k: str(v) for k, v in m.items()},
-            "plain": plain.get_content() if plain else "",
-            "html": html.get_content() if html else "",
-            "content_type": m.get_content_type(),
-        })
+    if os.path.isdir(d):
+        paths += [os.path.join(d, name) for name in os.listdir(d)]
+out = []
+for path in sorted(paths, key=arrival):
+    with open(path, "rb") as f:
+        m = email.message_from_binary_file(f, policy=email.policy.default)
+    plain = m.get_body(preferencelist=("plain",))
+    html = m.get_body(preferencelist=("html",))
+    out.append({
+        "subject": str(m["subject"]),
+        "headers": {k: str(v) for k, v in m.items()},
+        "plain": plain.get_content() if plain else "",
+        "html": html.get_content() if html else "",
+        "content_type": m.get_content_type(),
+    })
 print(json.dumps(out))
 "#;
         let out = Command::new("python3")

@@ -16,12 +16,9 @@ fn output(o: &std::process::Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned() + &String::from_utf8_lossy(&o.stderr)
 }
 
-/// An email receiver. Its timeout is generous: a delivery the server accepted but whose answer
-/// came after the timeout is sent again (at-least-once), and these tests count mails exactly
-/// while the suite runs CPU-heavy tests beside them on two cores.
 fn email_receiver(name: &str, port: u16) -> String {
     format!(
-        "[receivers.{name}]\ntype = \"email\"\nsmtp_host = \"127.0.0.1\"\nsmtp_port = {port}\ntls = \"none\"\nfrom = \"sensei <sensei@site.example>\"\nto = [\"maintenance@site.example\"]\ntimeout = \"10s\"\n"
+        "[receivers.{name}]\ntype = \"email\"\nsmtp_host = \"127.0.0.1\"\nsmtp_port = {port}\ntls = \"none\"\nfrom = \"sensei <sensei@site.example>\"\nto = [\"maintenance@site.example\"]\ntimeout = \"2s\"\n"
     )
 }
 
@@ -36,7 +33,7 @@ fn a_drift_in_two_segments_is_one_mail_and_alertmanager_sees_it_fire_and_resolve
     let am = Alertmanager::start();
     let site = Site::new();
     site.write_config(&format!(
-        "{}{}[receivers.am]\ntype = \"alertmanager\"\nurl = \"{}\"\ntimeout = \"10s\"\n\
+        "{}{}[receivers.am]\ntype = \"alertmanager\"\nurl = \"{}\"\ntimeout = \"2s\"\n\
          [[rules]]\nname = \"student-disagrees\"\nsignal = \"disagreement\"\nsegment = \"line=*\"\n\
          severity = \"critical\"\nrepeat_interval = \"1h\"\nreceivers = [\"mail\", \"am\"]\naction = \"redistill\"\n",
         alerts_section(""),

@@ -55,7 +55,9 @@ struct Fixture {
 }
 
 impl Fixture {
-    fn new(root: &std::path::Path) -> Fixture {
+    /// `background`: checkpoints on a thread of their own, as the daemon does; otherwise the
+    /// writer checkpoints by itself (SQLite's default), for comparison.
+    fn new(root: &std::path::Path, background: bool) -> Fixture {
         let dir = tempfile::tempdir_in(root).expect("tempdir");
         let config = Config::from_toml(
             &config_toml(&dir.path().join("state"), 0.1, ""),
@@ -88,7 +90,12 @@ impl Fixture {
             .expect("teacher")
             .run(&refs)
             .expect("teacher run");
-        let store = Store::open(&config.store.path).expect("store");
+        let mut store = Store::open(&config.store.path).expect("store");
+        if background {
+            store
+                .checkpoint_in_background(sensei::store::CHECKPOINT_INTERVAL)
+                .expect("checkpointer");
+        }
         let monitor = sensei::daemon::drift_monitor(&config, &store).expect("active baseline");
         let comparer = Comparer {
             task: config.compare.task,
@@ -216,6 +223,65 @@ impl Fixture {
     }
 }
 
+/// CPU time of every thread of this process so far, in nanoseconds
+/// (`/proc/self/task/*/schedstat`).
+fn process_cpu_ns() -> u64 {
+    std::fs::read_dir("/proc/self/task")
+        .map(|tasks| {
+            tasks
+                .flatten()
+                .filter_map(|t| std::fs::read_to_string(t.path().join("schedstat")).ok())
+                .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+/// Outside criterion: `files` files through the writer's path, timed by the wall clock (that
+/// path's time) and by the CPU time of all threads (which adds the background checkpointer's);
+/// µs per record.
+fn writer_and_cpu_time(fx: &mut Fixture, files: usize) -> (f64, f64) {
+    let (wall, cpu) = (Instant::now(), process_cpu_ns());
+    for _ in 0..files {
+        let rows = fx.rows();
+        fx.commit(rows);
+    }
+    let wall = wall.elapsed();
+    // The background checkpointer copies what is left of these files now, so that its work
+    // counts here and not in the next round, which may be the other fixture's.
+    if let Some(done) = fx.store.background_checkpoint_now() {
+        done.expect("checkpoint");
+    }
+    let per_record = |ns: f64| ns / (files * RECORDS) as f64 / 1000.0;
+    (
+        per_record(wall.as_nanos() as f64),
+        per_record((process_cpu_ns() - cpu) as f64),
+    )
+}
+
+/// The daemon's background checkpointer against SQLite's default (the writer checkpoints at
+/// 1000 pages of log), alternately, `rounds` rounds of `files` files each; prints the medians.
+fn checkpoint_comparison(daemon: &mut Fixture, root: &std::path::Path, place: &str) {
+    let (rounds, files) = (3, 100);
+    let mut writer = Fixture::new(root, false);
+    let (mut ours, mut theirs) = (Vec::new(), Vec::new());
+    for _ in 0..rounds {
+        ours.push(writer_and_cpu_time(daemon, files));
+        theirs.push(writer_and_cpu_time(&mut writer, files));
+    }
+    for (name, runs) in [
+        ("background checkpointer", ours),
+        ("writer checkpoints (SQLite default)", theirs),
+    ] {
+        let wall = median(runs.iter().map(|r| r.0).collect());
+        let cpu = median(runs.iter().map(|r| r.1).collect());
+        println!(
+            "database {place}, {name}: {wall:.2} µs per record on the writer's path, \
+             {cpu:.2} µs of CPU per record in all threads ({rounds} × {files} files, medians)"
+        );
+    }
+}
+
 fn overhead(c: &mut Criterion) {
     let mut places = vec![("on disk", std::env::temp_dir())];
     let shm = std::path::PathBuf::from("/dev/shm");
@@ -223,7 +289,7 @@ fn overhead(c: &mut Criterion) {
         places.push(("in memory", shm));
     }
     for (place, root) in places {
-        let mut fx = Fixture::new(&root);
+        let mut fx = Fixture::new(&root, true);
         let mut group = c.benchmark_group(format!("1000 records, database {place}"));
         group.throughput(Throughput::Elements(RECORDS as u64));
         group.sample_size(20);
@@ -234,11 +300,15 @@ fn overhead(c: &mut Criterion) {
                 fx.commit(rows);
             })
         });
+        checkpoint_comparison(&mut fx, &root, place);
         if place == "on disk" {
             // `[store] synchronous = "full"`: one fsync of the log per file commit.
             fx.store
                 .set_synchronous(sensei::config::Synchronous::Full)
                 .expect("synchronous");
+            fx.store
+                .checkpoint_in_background(sensei::store::CHECKPOINT_INTERVAL)
+                .expect("checkpointer");
             group.bench_function("all monitoring, synchronous = full", |b| {
                 b.iter(|| {
                     let rows = fx.rows();
@@ -271,3 +341,7 @@ fn overhead(c: &mut Criterion) {
 
 criterion_group!(benches, overhead);
 criterion_main!(benches);
+
+// The same allocator as the `sensei` binary.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;

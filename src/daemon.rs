@@ -459,8 +459,9 @@ impl Running {
         on_file: Option<FileCallback>,
     ) -> anyhow::Result<Running> {
         prepare_dirs(config)?;
-        let store = Store::open(&config.store.path)?;
+        let mut store = Store::open(&config.store.path)?;
         store.set_synchronous(config.store.synchronous)?;
+        store.checkpoint_in_background(crate::store::CHECKPOINT_INTERVAL)?;
         let ledger = Reader::open(&config.store.path)?;
         let serving = ServingModels {
             student: models.student.sha256.clone(),
@@ -822,8 +823,9 @@ pub fn replay(
 ) -> anyhow::Result<WriterReport> {
     std::fs::create_dir_all(&config.state_dir)
         .with_context(|| format!("creating {}", config.state_dir.display()))?;
-    let store = Store::open(&config.store.path)?;
+    let mut store = Store::open(&config.store.path)?;
     store.set_synchronous(config.store.synchronous)?;
+    store.checkpoint_in_background(crate::store::CHECKPOINT_INTERVAL)?;
     let models = load_models(config).map_err(|p| anyhow!("{}", p.join("\n")))?;
     let ledger = Reader::open(&config.store.path)?;
     let (mut ingest, threads) = start(

@@ -9,7 +9,7 @@
 //! by `PRAGMA user_version` (append-only: never edit a released migration).
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use rusqlite::{Connection, OpenFlags, OptionalExtension, Transaction, params};
@@ -70,13 +70,129 @@ pub enum StoreError {
     },
     #[error(transparent)]
     Sql(#[from] rusqlite::Error),
+    #[error("starting the checkpoint thread: {0}")]
+    Thread(std::io::Error),
+    #[error("a background checkpointer needs a database file, not an in-memory database")]
+    InMemory,
 }
 
 pub type Result<T> = std::result::Result<T, StoreError>;
 
 /// The writing connection.
 pub struct Store {
+    // Stopped before the writer's connection closes, so that the writer's close, as the last
+    // connection, still checkpoints and removes the log.
+    checkpointer: Option<Checkpointer>,
     conn: Connection,
+}
+
+/// How often the background checkpointer copies committed pages from the write-ahead log into
+/// the database file (see [`Store::checkpoint_in_background`]).
+pub const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(1);
+
+/// The log size, in pages, at which the writer checkpoints by itself after all: only when the
+/// background checkpointer has fallen far behind (4096-byte pages: 40 MiB).
+const BACKSTOP_CHECKPOINT_PAGES: i64 = 10_000;
+
+/// What one checkpoint did: `PRAGMA wal_checkpoint(PASSIVE)`'s answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CheckpointResult {
+    /// The checkpoint could not finish because another connection held a lock it needed.
+    pub busy: bool,
+    /// Pages in the write-ahead log.
+    pub log_pages: i64,
+    /// Of those, the pages now copied into the database file.
+    pub checkpointed_pages: i64,
+}
+
+/// The background checkpointer: a thread with its own connection. Dropping it stops the thread.
+///
+/// Its passive checkpoints copy the log beside the writer, but frames the writer commits while
+/// one runs stay behind, and SQLite starts the log over only once every frame is copied. So
+/// after each background pass the writer copies that remainder itself, after its next commit
+/// (a few pages); its next transaction then starts the log over, which keeps the log file at
+/// about one interval's worth of commits.
+struct Checkpointer {
+    requests: std::sync::mpsc::Sender<std::sync::mpsc::SyncSender<Result<CheckpointResult>>>,
+    remainder_due: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Checkpointer {
+    fn start(path: &Path, synchronous: &str, every: Duration) -> Result<Checkpointer> {
+        let open_err = |source| StoreError::Open {
+            path: path.display().to_string(),
+            source,
+        };
+        let conn = Connection::open(path).map_err(open_err)?;
+        conn.busy_timeout(Duration::from_secs(10))
+            .map_err(open_err)?;
+        // The checkpoint's syncs follow the writer's `[store] synchronous`.
+        conn.pragma_update(None, "synchronous", synchronous)
+            .map_err(open_err)?;
+        let (requests, rx) =
+            std::sync::mpsc::channel::<std::sync::mpsc::SyncSender<Result<CheckpointResult>>>();
+        let remainder_due = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let due = remainder_due.clone();
+        let thread = std::thread::Builder::new()
+            .name("sensei-checkpoint".into())
+            .spawn(move || {
+                let mut failing = false;
+                loop {
+                    let reply = match rx.recv_timeout(every) {
+                        Ok(reply) => Some(reply),
+                        Err(std::sync::mpsc::RecvTimeoutError::Timeout) => None,
+                        Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return,
+                    };
+                    let result = checkpoint(&conn);
+                    if matches!(&result, Ok(r) if r.log_pages > 0) {
+                        due.store(true, std::sync::atomic::Ordering::Release);
+                    }
+                    match &result {
+                        Err(e) if !failing => {
+                            failing = true;
+                            tracing::warn!(error = %e, "Checkpointing the write-ahead log failed; retrying every {every:?}.");
+                        }
+                        Ok(_) if failing => {
+                            failing = false;
+                            tracing::info!("Checkpointing the write-ahead log works again.");
+                        }
+                        _ => {}
+                    }
+                    if let Some(reply) = reply {
+                        let _ = reply.send(result);
+                    }
+                }
+            })
+            .map_err(StoreError::Thread)?;
+        Ok(Checkpointer {
+            requests,
+            remainder_due,
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for Checkpointer {
+    fn drop(&mut self) {
+        // Closing the channel ends the thread's wait; a checkpoint under way finishes first.
+        let (closed, _) = std::sync::mpsc::channel();
+        self.requests = closed;
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// One passive checkpoint: copies what it can without waiting for readers or the writer.
+fn checkpoint(conn: &Connection) -> Result<CheckpointResult> {
+    Ok(conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
+        Ok(CheckpointResult {
+            busy: r.get::<_, i64>(0)? != 0,
+            log_pages: r.get(1)?,
+            checkpointed_pages: r.get(2)?,
+        })
+    })?)
 }
 
 fn configure(conn: &Connection) -> rusqlite::Result<()> {
@@ -469,7 +585,62 @@ impl Store {
         // The writer keeps every statement it uses prepared (the record inserts alone are one
         // per size in `RECORD_CHUNKS`).
         conn.set_prepared_statement_cache_capacity(64);
-        Ok(Store { conn })
+        Ok(Store {
+            conn,
+            checkpointer: None,
+        })
+    }
+
+    /// Moves checkpoints off the writer. By default SQLite's committing connection copies the
+    /// write-ahead log into the database file, and syncs it, whenever the log passes 1000
+    /// pages, so about every dozenth file's commit waits for that. Here a thread with its own
+    /// connection does it every `every` ([`CHECKPOINT_INTERVAL`] in the daemon) beside the
+    /// writer; the writer still checkpoints by itself if the log grows past
+    /// [`BACKSTOP_CHECKPOINT_PAGES`], and copies the few pages a background pass leaves
+    /// behind (see [`Checkpointer`]). Call it after [`Store::set_synchronous`]: the
+    /// checkpoints sync as the writer does.
+    pub fn checkpoint_in_background(&mut self, every: Duration) -> Result<()> {
+        let path = match self.conn.path() {
+            Some(path) if !path.is_empty() => PathBuf::from(path),
+            _ => return Err(StoreError::InMemory),
+        };
+        let synchronous: i64 = self
+            .conn
+            .pragma_query_value(None, "synchronous", |r| r.get(0))?;
+        let synchronous = match synchronous {
+            0 => "OFF",
+            1 => "NORMAL",
+            2 => "FULL",
+            _ => "EXTRA",
+        };
+        self.checkpointer = None; // a second call replaces the first thread
+        self.checkpointer = Some(Checkpointer::start(&path, synchronous, every)?);
+        self.conn
+            .pragma_update(None, "wal_autocheckpoint", BACKSTOP_CHECKPOINT_PAGES)?;
+        Ok(())
+    }
+
+    /// After a commit: copies what the last background pass left behind (see [`Checkpointer`]).
+    fn finish_checkpoint(&self) {
+        let Some(checkpointer) = &self.checkpointer else {
+            return;
+        };
+        if checkpointer
+            .remainder_due
+            .swap(false, std::sync::atomic::Ordering::AcqRel)
+            && let Err(e) = checkpoint(&self.conn)
+        {
+            tracing::warn!(error = %e, "Checkpointing the write-ahead log after a commit failed.");
+        }
+    }
+
+    /// Asks the background checkpointer for a checkpoint now and waits for its answer; `None`
+    /// when there is no background checkpointer.
+    pub fn background_checkpoint_now(&self) -> Option<Result<CheckpointResult>> {
+        let checkpointer = self.checkpointer.as_ref()?;
+        let (reply, answer) = std::sync::mpsc::sync_channel(1);
+        checkpointer.requests.send(reply).ok()?;
+        answer.recv().ok()
     }
 
     /// Sets when commits reach the disk (`[store] synchronous`).
@@ -600,6 +771,7 @@ impl Store {
             write_delta(&tx, version, delta, now_ms)?;
         }
         tx.commit()?;
+        self.finish_checkpoint();
         Ok(CommitOutcome::Committed {
             file_id,
             records: file.records.len(),
@@ -2624,6 +2796,93 @@ mod tests {
             teacher: "t".into(),
             records,
         }
+    }
+
+    /// Records in the database file itself, without its write-ahead log: a copy of the file
+    /// alone, opened on its own.
+    fn records_in_main_file(path: &Path) -> i64 {
+        let copy = path.with_file_name("copy.db");
+        std::fs::copy(path, &copy).unwrap();
+        let conn = Connection::open(&copy).unwrap();
+        let n = conn
+            .query_row("SELECT COUNT(*) FROM records", [], |r| r.get(0))
+            .unwrap();
+        drop(conn);
+        std::fs::remove_file(&copy).unwrap();
+        n
+    }
+
+    #[test]
+    fn the_background_checkpointer_and_not_the_writer_copies_the_log_into_the_database() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.db");
+        let mut store = Store::open(&path).unwrap();
+        // An interval that never comes during the test: checkpoints run when asked.
+        store
+            .checkpoint_in_background(Duration::from_secs(3600))
+            .unwrap();
+        // The schema goes into the file first; the writer copies the remainder, its
+        // first file, after that file's commit.
+        store.background_checkpoint_now().unwrap().unwrap();
+        let rows = vec![record("first", "line=A", 0, None)];
+        commit(&mut store, file("first.jsonl", "first", rows), 60_000, 0).unwrap();
+        assert_eq!(records_in_main_file(&path), 1);
+        // Past SQLite's default threshold of 1000 pages, where the writer used to checkpoint
+        // by itself, and short of the backstop.
+        for f in 0..6 {
+            let rows = (0..10_000)
+                .map(|i| record(&format!("{f}-{i:05}"), "line=A", i, None))
+                .collect();
+            commit(
+                &mut store,
+                file(&format!("{f}.jsonl"), &format!("{f}"), rows),
+                60_000,
+                0,
+            )
+            .unwrap();
+        }
+        assert_eq!(records_in_main_file(&path), 1, "the writer checkpointed");
+
+        let done = store.background_checkpoint_now().unwrap().unwrap();
+        assert!(!done.busy, "{done:?}");
+        assert!(
+            (1000..BACKSTOP_CHECKPOINT_PAGES).contains(&done.log_pages),
+            "{done:?}"
+        );
+        assert_eq!(done.checkpointed_pages, done.log_pages);
+        assert_eq!(records_in_main_file(&path), 60_001);
+
+        // The writer copies what the pass left behind after its next commit, and its
+        // transaction after that starts the log over: the log holds that file alone.
+        for f in 6..8 {
+            let rows = vec![record(&format!("{f}"), "line=A", 0, None)];
+            commit(
+                &mut store,
+                file(&format!("{f}.jsonl"), &format!("{f}"), rows),
+                60_000,
+                0,
+            )
+            .unwrap();
+        }
+        let again = store.background_checkpoint_now().unwrap().unwrap();
+        assert!(
+            again.log_pages < 50,
+            "the log did not start over: {again:?}"
+        );
+
+        // Closing stops the thread; the writer, last to close, removes the log.
+        drop(store);
+        assert!(!dir.path().join("s.db-wal").exists());
+    }
+
+    #[test]
+    fn an_in_memory_database_has_no_background_checkpointer() {
+        let mut store = Store::open(Path::new(":memory:")).unwrap();
+        assert!(matches!(
+            store.checkpoint_in_background(Duration::from_secs(1)),
+            Err(StoreError::InMemory)
+        ));
+        assert!(store.background_checkpoint_now().is_none());
     }
 
     #[test]

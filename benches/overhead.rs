@@ -20,6 +20,11 @@
 //! same benchmark, in `/dev/shm` (memory): the difference is what the disk costs (WAL writes and
 //! checkpoint fsyncs), which depends on the machine's disk more than on sensei. On disk it runs
 //! once more with `[store] synchronous = "full"` (an fsync per file commit).
+//!
+//! The store runs as the daemon's does, with checkpoints on a thread of their own. Outside
+//! criterion, each place also compares it, in the same run, with a store whose writer
+//! checkpoints by itself (SQLite's default): the writer's path by the wall clock, and the CPU
+//! time of all threads, the checkpointer's included.
 
 mod support;
 

@@ -78,6 +78,13 @@ pub enum StoreError {
 
 pub type Result<T> = std::result::Result<T, StoreError>;
 
+/// Retention: the sequence numbers of the records of files received before `?1`.
+const RETENTION_OLD: &str = "SELECT r.seq FROM files f JOIN records r
+         ON r.seq >= f.first_seq AND r.seq < f.first_seq + f.records
+     WHERE f.processed_at < ?1 AND f.first_seq IS NOT NULL
+       AND f.processed_at >= (SELECT processed_at FROM files WHERE id =
+               (SELECT file_id FROM records ORDER BY seq LIMIT 1))";
+
 /// The writing connection.
 pub struct Store {
     // Stopped before the writer's connection closes, so that the writer's close, as the last
@@ -1015,18 +1022,18 @@ impl Store {
     ///
     /// A file's records are the `records` consecutive sequence numbers from its `first_seq`, so
     /// each range is found through the primary key.
+    ///
+    /// The files it looks at start at the one that holds the oldest record left, so a run costs
+    /// what it deletes and not every file ever received. (Should the clock have gone back, a
+    /// file received "earlier" than that one waits for the next run after it.)
     pub fn apply_retention(&mut self, cutoff_ms: i64) -> Result<usize> {
-        // The sequence numbers of the records of files received before the cutoff.
-        const OLD: &str = "SELECT r.seq FROM files f JOIN records r
-                 ON r.seq >= f.first_seq AND r.seq < f.first_seq + f.records
-             WHERE f.processed_at < ?1 AND f.first_seq IS NOT NULL";
         let tx = self.conn.transaction()?;
         tx.execute(
-            &format!("DELETE FROM shadow_samples WHERE seq IN ({OLD})"),
+            &format!("DELETE FROM shadow_samples WHERE seq IN ({RETENTION_OLD})"),
             [cutoff_ms],
         )?;
         let deleted = tx.execute(
-            &format!("DELETE FROM records WHERE seq IN ({OLD})"),
+            &format!("DELETE FROM records WHERE seq IN ({RETENTION_OLD})"),
             [cutoff_ms],
         )?;
         tx.commit()?;
@@ -3158,6 +3165,53 @@ mod tests {
             store.summary().unwrap().records,
             3,
             "window sums keep the history"
+        );
+    }
+
+    #[test]
+    fn retention_starts_at_the_oldest_record_left_and_catches_up_after_a_clock_step_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::open(&dir.path().join("s.db")).unwrap();
+        // Received at t=1000, 3000, then 2000: the clock stepped back before the third.
+        for (name, at) in [("a", 1_000), ("b", 3_000), ("c", 2_000)] {
+            let rows = vec![
+                record(name, "", 0, None),
+                record(&format!("{name}2"), "", 0, None),
+            ];
+            commit(&mut store, file(name, name, rows), 60_000, at).unwrap();
+        }
+        let left = |store: &Store| -> Vec<String> {
+            let mut stmt = store
+                .conn
+                .prepare("SELECT record_id FROM records ORDER BY seq")
+                .unwrap();
+            stmt.query_map([], |r| r.get(0))
+                .unwrap()
+                .collect::<rusqlite::Result<_>>()
+                .unwrap()
+        };
+        assert_eq!(store.apply_retention(1_500).unwrap(), 2);
+        assert_eq!(left(&store), ["b", "b2", "c", "c2"]);
+        // The oldest record left is b's (received at 3000): c, "received" at 2000, waits.
+        assert_eq!(store.apply_retention(3_500).unwrap(), 2);
+        assert_eq!(left(&store), ["c", "c2"]);
+        assert_eq!(store.apply_retention(3_500).unwrap(), 2);
+        assert!(left(&store).is_empty());
+        assert_eq!(store.apply_retention(10_000).unwrap(), 0);
+
+        // The ledger is read from the oldest record's receipt time on, not from its start.
+        let plan: Vec<String> = store
+            .conn
+            .prepare(&format!("EXPLAIN QUERY PLAN {RETENTION_OLD}"))
+            .unwrap()
+            .query_map([0], |r| r.get(3))
+            .unwrap()
+            .collect::<rusqlite::Result<_>>()
+            .unwrap();
+        assert!(
+            plan.iter()
+                .any(|p| p.contains("files_processed_at (processed_at>? AND processed_at<?)")),
+            "{plan:?}"
         );
     }
 

@@ -1027,7 +1027,7 @@ impl Store {
     /// what it deletes and not every file ever received. (Should the clock have gone back, a
     /// file received "earlier" than that one waits for the next run after it.)
     pub fn apply_retention(&mut self, cutoff_ms: i64) -> Result<usize> {
-        let tx = self.conn.transaction()?;
+        let tx = write_transaction(&mut self.conn)?;
         tx.execute(
             &format!("DELETE FROM shadow_samples WHERE seq IN ({RETENTION_OLD})"),
             [cutoff_ms],
@@ -1043,7 +1043,8 @@ impl Store {
     /// Records the shadow models of a pipeline start: each one's identity and whether it
     /// loaded. Models no longer configured leave `shadow_models` (their totals stay).
     pub fn register_shadow_models(&mut self, models: &[ShadowModelRow], now_ms: i64) -> Result<()> {
-        let tx = self.conn.transaction()?;
+        // It reads before it writes: see `write_transaction`.
+        let tx = write_transaction(&mut self.conn)?;
         {
             let names: Vec<&str> = models.iter().map(|m| m.name.as_str()).collect();
             let mut stmt = tx.prepare("SELECT name FROM shadow_models")?;
@@ -2892,24 +2893,49 @@ mod tests {
         assert!(store.background_checkpoint_now().is_none());
     }
 
+    /// Another connection takes the write lock and holds it a while, well inside the busy
+    /// timeout; returns once it holds it.
+    fn hold_write_lock(path: &Path) -> std::thread::JoinHandle<()> {
+        let (locked_tx, locked) = std::sync::mpsc::channel();
+        let path = path.to_path_buf();
+        let holder = std::thread::spawn(move || {
+            let conn = Connection::open(&path).unwrap();
+            conn.execute_batch("BEGIN IMMEDIATE").unwrap();
+            locked_tx.send(()).unwrap();
+            std::thread::sleep(Duration::from_millis(300));
+            conn.execute_batch("COMMIT").unwrap();
+        });
+        locked.recv().unwrap();
+        holder
+    }
+
+    #[test]
+    fn registering_shadow_models_waits_for_a_write_lock_held_by_another_connection() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.db");
+        let mut store = Store::open(&path).unwrap();
+        let model = ShadowModelRow {
+            name: "lite".into(),
+            kind: ShadowKind::Challenger,
+            path: "/m/lite.onnx".into(),
+            sha256: Some("c0ffee".into()),
+            size_bytes: Some(100),
+            parameters: Some(10),
+            failure: None,
+            job_id: None,
+        };
+        let holder = hold_write_lock(&path);
+        let outcome = store.register_shadow_models(&[model], 1);
+        holder.join().unwrap();
+        assert!(outcome.is_ok(), "{outcome:?}");
+    }
+
     #[test]
     fn a_commit_waits_for_a_write_lock_held_by_another_connection() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("s.db");
         let mut store = Store::open(&path).unwrap();
-        let (locked_tx, locked) = std::sync::mpsc::channel();
-        let holder = {
-            let path = path.clone();
-            std::thread::spawn(move || {
-                let conn = Connection::open(&path).unwrap();
-                conn.execute_batch("BEGIN IMMEDIATE").unwrap();
-                locked_tx.send(()).unwrap();
-                // The other writer's transaction lasts a while, well inside the busy timeout.
-                std::thread::sleep(Duration::from_millis(300));
-                conn.execute_batch("COMMIT").unwrap();
-            })
-        };
-        locked.recv().unwrap();
+        let holder = hold_write_lock(&path);
         let outcome = commit(
             &mut store,
             file("a.jsonl", "abc", vec![record("r1", "line=A", 1_000, None)]),

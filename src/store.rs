@@ -142,7 +142,7 @@ impl Checkpointer {
         let remainder_due = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let due = remainder_due.clone();
         let thread = std::thread::Builder::new()
-            .name("sensei-checkpoint".into())
+            .name("checkpoint".into())
             .spawn(move || {
                 let mut failing = false;
                 loop {

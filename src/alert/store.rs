@@ -95,6 +95,9 @@ impl AlertDb {
         )?;
         conn.busy_timeout(Duration::from_secs(10))?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
+        // Copying the write-ahead log into the database is the store's checkpoint thread's
+        // job; an evaluation's commit should not do it whenever the log has passed 1000 pages.
+        conn.pragma_update(None, "wal_autocheckpoint", 0)?;
         Ok(AlertDb { conn })
     }
 

@@ -311,9 +311,6 @@ fn overhead(c: &mut Criterion) {
             fx.store
                 .set_synchronous(sensei::config::Synchronous::Full)
                 .expect("synchronous");
-            fx.store
-                .checkpoint_in_background(sensei::store::CHECKPOINT_INTERVAL)
-                .expect("checkpointer");
             group.bench_function("all monitoring, synchronous = full", |b| {
                 b.iter(|| {
                     let rows = fx.rows();

@@ -120,13 +120,16 @@ pub struct CheckpointResult {
 /// (a few pages); its next transaction then starts the log over, which keeps the log file at
 /// about one interval's worth of commits.
 struct Checkpointer {
-    requests: std::sync::mpsc::Sender<std::sync::mpsc::SyncSender<Result<CheckpointResult>>>,
+    every: Duration,
+    /// `None` once dropping: closing the channel ends the thread's wait.
+    requests:
+        Option<std::sync::mpsc::Sender<std::sync::mpsc::SyncSender<Result<CheckpointResult>>>>,
     remainder_due: std::sync::Arc<std::sync::atomic::AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Checkpointer {
-    fn start(path: &Path, synchronous: &str, every: Duration) -> Result<Checkpointer> {
+    fn start(path: &Path, synchronous: i64, every: Duration) -> Result<Checkpointer> {
         let open_err = |source| StoreError::Open {
             path: path.display().to_string(),
             source,
@@ -173,7 +176,8 @@ impl Checkpointer {
             })
             .map_err(StoreError::Thread)?;
         Ok(Checkpointer {
-            requests,
+            every,
+            requests: Some(requests),
             remainder_due,
             thread: Some(thread),
         })
@@ -182,9 +186,8 @@ impl Checkpointer {
 
 impl Drop for Checkpointer {
     fn drop(&mut self) {
-        // Closing the channel ends the thread's wait; a checkpoint under way finishes first.
-        let (closed, _) = std::sync::mpsc::channel();
-        self.requests = closed;
+        // A checkpoint under way finishes first.
+        self.requests = None;
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }
@@ -604,22 +607,17 @@ impl Store {
     /// connection does it every `every` ([`CHECKPOINT_INTERVAL`] in the daemon) beside the
     /// writer; the writer still checkpoints by itself if the log grows past
     /// [`BACKSTOP_CHECKPOINT_PAGES`], and copies the few pages a background pass leaves
-    /// behind (see [`Checkpointer`]). Call it after [`Store::set_synchronous`]: the
-    /// checkpoints sync as the writer does.
+    /// behind (see [`Checkpointer`]). Its checkpoints sync as the writer does, also after a
+    /// later [`Store::set_synchronous`].
     pub fn checkpoint_in_background(&mut self, every: Duration) -> Result<()> {
         let path = match self.conn.path() {
             Some(path) if !path.is_empty() => PathBuf::from(path),
             _ => return Err(StoreError::InMemory),
         };
+        // SQLite takes the level as the number it reports.
         let synchronous: i64 = self
             .conn
             .pragma_query_value(None, "synchronous", |r| r.get(0))?;
-        let synchronous = match synchronous {
-            0 => "OFF",
-            1 => "NORMAL",
-            2 => "FULL",
-            _ => "EXTRA",
-        };
         self.checkpointer = None; // a second call replaces the first thread
         self.checkpointer = Some(Checkpointer::start(&path, synchronous, every)?);
         self.conn
@@ -646,17 +644,21 @@ impl Store {
     pub fn background_checkpoint_now(&self) -> Option<Result<CheckpointResult>> {
         let checkpointer = self.checkpointer.as_ref()?;
         let (reply, answer) = std::sync::mpsc::sync_channel(1);
-        checkpointer.requests.send(reply).ok()?;
+        checkpointer.requests.as_ref()?.send(reply).ok()?;
         answer.recv().ok()
     }
 
-    /// Sets when commits reach the disk (`[store] synchronous`).
-    pub fn set_synchronous(&self, mode: crate::config::Synchronous) -> Result<()> {
+    /// Sets when commits reach the disk (`[store] synchronous`), for the background
+    /// checkpointer too.
+    pub fn set_synchronous(&mut self, mode: crate::config::Synchronous) -> Result<()> {
         let value = match mode {
             crate::config::Synchronous::Normal => "NORMAL",
             crate::config::Synchronous::Full => "FULL",
         };
         self.conn.pragma_update(None, "synchronous", value)?;
+        if let Some(every) = self.checkpointer.as_ref().map(|c| c.every) {
+            self.checkpoint_in_background(every)?;
+        }
         Ok(())
     }
 
@@ -3021,7 +3023,7 @@ mod tests {
     #[test]
     fn synchronous_full_makes_every_commit_sync_the_log() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&dir.path().join("s.db")).unwrap();
+        let mut store = Store::open(&dir.path().join("s.db")).unwrap();
         let mode = |s: &Store| -> i64 {
             s.conn
                 .pragma_query_value(None, "synchronous", |r| r.get(0))

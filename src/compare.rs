@@ -54,6 +54,11 @@ impl Comparer {
     pub fn stats(&self, output: &[f32]) -> OutputStats {
         match self.task {
             Task::Classification => {
+                if self.output_kind == OutputKind::Logits
+                    && let Some(stats) = logit_stats(output)
+                {
+                    return stats;
+                }
                 let p = self.probabilities(output);
                 let (arg, max) = argmax(&p);
                 OutputStats {
@@ -126,6 +131,37 @@ impl Comparer {
     }
 }
 
+/// [`Comparer::stats`] of logits without building the probabilities: with m the largest logit
+/// and S = Σ e^(z_i − m), p_i = e^(z_i − m) / S, so the top probability is 1 / S and the entropy
+/// −Σ p_i ln p_i is ln S − Σ p_i (z_i − m), one logarithm instead of one per class. `None` when
+/// S is not finite (a NaN or infinite logit), which the general path handles.
+fn logit_stats(logits: &[f32]) -> Option<OutputStats> {
+    let mut best: Option<(usize, f64)> = None;
+    for (i, &z) in logits.iter().enumerate() {
+        let z = z as f64;
+        if best.is_none_or(|(_, b)| z > b) {
+            best = Some((i, z));
+        }
+    }
+    let (arg, max) = best?;
+    let (mut sum, mut weighted) = (0.0, 0.0);
+    for &z in logits {
+        let d = z as f64 - max;
+        let e = d.exp();
+        sum += e;
+        weighted += e * d;
+    }
+    if !sum.is_finite() {
+        return None;
+    }
+    Some(OutputStats {
+        prediction: Some(arg as i64),
+        confidence: Some(1.0 / sum),
+        entropy: Some((sum.ln() - weighted / sum).max(0.0)),
+        value: None,
+    })
+}
+
 fn to_f64(v: &[f32]) -> Vec<f64> {
     v.iter().map(|&x| x as f64).collect()
 }
@@ -163,7 +199,7 @@ pub fn kl_divergence(p: &[f64], q: &[f64]) -> f64 {
     p.iter()
         .zip(q)
         .filter(|&(&pi, _)| pi > 0.0)
-        .map(|(&pi, &qi)| pi * (pi.max(EPS).ln() - qi.max(EPS).ln()))
+        .map(|(&pi, &qi)| pi * (pi / qi.max(EPS)).ln())
         .sum::<f64>()
         .max(0.0)
 }
@@ -233,7 +269,7 @@ pub fn attention_kl(
             .filter(|&(&ti, _)| ti > 0.0)
             .map(|(&ti, &si)| {
                 let (ti, si) = (ti as f64, si as f64);
-                ti * (ti.max(EPS).ln() - si.max(EPS).ln())
+                ti * (ti / si.max(EPS)).ln()
             })
             .sum::<f64>();
     }
@@ -287,6 +323,52 @@ mod tests {
         assert_eq!(s.prediction, Some(0));
         assert!((s.confidence.unwrap() - 0.5).abs() < 1e-12);
         assert!((s.entropy.unwrap() - std::f64::consts::LN_2).abs() < 1e-12);
+    }
+
+    /// The statistics of logits, computed without the probabilities, equal those of the
+    /// probabilities themselves: ties, one class, huge and tiny spreads; a NaN or infinite
+    /// logit takes the general path.
+    #[test]
+    fn logit_statistics_equal_those_of_the_softmax() {
+        let mut cases: Vec<Vec<f32>> = vec![
+            vec![0.0, 0.0],
+            vec![3.0],
+            vec![1.0, 5.0, 5.0, -2.0],
+            vec![-1e30, 0.0, 1e30],
+            vec![100.0, -100.0, 0.5],
+            vec![1e-7, 0.0, -1e-7],
+        ];
+        // A fixed linear congruential sequence: 200 ten-class outputs spread over ±20.
+        let mut x: u64 = 20_261_128;
+        for _ in 0..200 {
+            cases.push(
+                (0..10)
+                    .map(|_| {
+                        x = x.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+                        ((x >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 40.0
+                    })
+                    .collect(),
+            );
+        }
+        for z in &cases {
+            let fast = logit_stats(z).expect("finite logits");
+            let p = softmax(z);
+            let (arg, max) = argmax(&p);
+            assert_eq!(fast.prediction, arg.map(|a| a as i64), "{z:?}");
+            assert!(
+                (fast.confidence.unwrap() - max.unwrap()).abs() < 1e-12,
+                "{z:?}"
+            );
+            assert!((fast.entropy.unwrap() - entropy(&p)).abs() < 1e-12, "{z:?}");
+        }
+        assert_eq!(logit_stats(&[]), None);
+        for bad in [f32::NAN, f32::INFINITY] {
+            let z = [0.0, bad, 1.0];
+            assert_eq!(logit_stats(&z), None);
+            let p = softmax(&z);
+            let general = classifier().stats(&z);
+            assert_eq!(general.prediction, argmax(&p).0.map(|a| a as i64));
+        }
     }
 
     #[test]

@@ -439,6 +439,78 @@ struct Watch {
     dirty: bool,
 }
 
+impl Watch {
+    /// Feeds one value; an alarm opens an event unless one is open, a quiet stretch of
+    /// `quiet_after` values resolves it.
+    #[allow(clippy::too_many_arguments)]
+    fn step(
+        &mut self,
+        signal: Signal,
+        segment: &str,
+        value: Value,
+        seq: i64,
+        now_ms: i64,
+        quiet_after: u64,
+        out: &mut MonitorDelta,
+    ) {
+        let alarm = match (&mut self.detector, value) {
+            (Sequential::Rate(d), Value::Flag(x)) => d.update(x, seq as u64),
+            (Sequential::Value(d), Value::Real(x)) => d.update(x, seq as u64),
+            _ => None,
+        };
+        let detector_name = match self.detector {
+            Sequential::Rate(_) => "bernoulli_cusum",
+            Sequential::Value(_) => "cusum",
+        };
+        match alarm {
+            Some(a) => {
+                self.since_alarm = 0;
+                if !self.open {
+                    self.open = true;
+                    out.events.push(event_from_alarm(
+                        signal.name(),
+                        segment,
+                        detector_name,
+                        &a,
+                        now_ms,
+                        matches!(self.detector, Sequential::Rate(_)),
+                    ));
+                }
+            }
+            None => {
+                self.since_alarm += 1;
+                if self.open && self.since_alarm >= quiet_after {
+                    self.open = false;
+                    out.resolved.push((
+                        signal.name().to_string(),
+                        segment.to_string(),
+                        detector_name,
+                    ));
+                }
+            }
+        }
+        self.dirty = true;
+    }
+}
+
+/// A new detector for `signal`, or `None` when the baseline has no reference for it.
+fn new_watch(r: &Reference, signal: Signal) -> Option<Watch> {
+    let detector = match signal {
+        Signal::Disagreement => rate_detector(r.disagreement.as_ref())?,
+        Signal::StudentError => rate_detector(r.student_error.as_ref())?,
+        Signal::TeacherError => rate_detector(r.teacher_error.as_ref())?,
+        Signal::Kl => value_detector(r.kl.as_ref())?,
+        Signal::AttentionKl => value_detector(r.attention_kl.as_ref())?,
+        Signal::Confidence => value_detector(r.uncertainty.as_ref())?,
+    };
+    Some(Watch {
+        detector,
+        open: false,
+        since_alarm: 0,
+        dirty: true,
+    })
+}
+
 /// Per-segment window accumulators for the windowed tests.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 struct Window {
@@ -462,8 +534,9 @@ pub struct DriftMonitor {
     min_ks: f64,
     min_class_shift: f64,
     min_psi: f64,
-    /// signal → segment → detector (two levels, so a lookup by `&str` allocates nothing).
-    watches: BTreeMap<String, BTreeMap<String, Watch>>,
+    /// segment → its sequential detectors, one slot per [`Signal`] (a lookup by `&str`
+    /// allocates nothing, and a record's signals share one lookup of its segment).
+    watches: BTreeMap<String, [Option<Watch>; Signal::ALL.len()]>,
     windows: BTreeMap<String, Window>,
     open_windowed: BTreeMap<(String, String), bool>,
 }
@@ -482,6 +555,44 @@ pub struct Observation<'a> {
 }
 
 const WINDOW_KEY: &str = "window";
+
+/// The signals the sequential detectors watch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Signal {
+    Disagreement,
+    Kl,
+    AttentionKl,
+    Confidence,
+    StudentError,
+    TeacherError,
+}
+
+impl Signal {
+    const ALL: [Signal; 6] = [
+        Signal::Disagreement,
+        Signal::Kl,
+        Signal::AttentionKl,
+        Signal::Confidence,
+        Signal::StudentError,
+        Signal::TeacherError,
+    ];
+
+    /// The name in `detector_state` and `drift_events`.
+    fn name(self) -> &'static str {
+        match self {
+            Signal::Disagreement => "disagreement",
+            Signal::Kl => "kl",
+            Signal::AttentionKl => "attention_kl",
+            Signal::Confidence => "confidence",
+            Signal::StudentError => "student_error",
+            Signal::TeacherError => "teacher_error",
+        }
+    }
+
+    fn from_name(name: &str) -> Option<Signal> {
+        Signal::ALL.into_iter().find(|s| s.name() == name)
+    }
+}
 
 impl DriftMonitor {
     pub fn new(baseline_version: i64, reference: Reference, config: &Config) -> DriftMonitor {
@@ -513,88 +624,47 @@ impl DriftMonitor {
                 }
             } else if detector.starts_with("windowed:") {
                 self.open_windowed.insert((signal, segment), json == "open");
-            } else if let Ok(w) = serde_json::from_str::<Watch>(&json) {
-                self.watches.entry(signal).or_default().insert(segment, w);
+            } else if let (Some(signal), Ok(w)) = (
+                Signal::from_name(&signal),
+                serde_json::from_str::<Watch>(&json),
+            ) {
+                self.watches.entry(segment).or_default()[signal as usize] = Some(w);
             }
         }
     }
 
-    fn watch(&mut self, signal: &str, segment: &str) -> Option<&mut Watch> {
-        let known = self
-            .watches
-            .get(signal)
-            .is_some_and(|by_segment| by_segment.contains_key(segment));
-        if !known {
-            let r = &self.reference;
-            let detector = match signal {
-                "disagreement" => rate_detector(r.disagreement.as_ref())?,
-                "student_error" => rate_detector(r.student_error.as_ref())?,
-                "teacher_error" => rate_detector(r.teacher_error.as_ref())?,
-                "kl" => value_detector(r.kl.as_ref())?,
-                "attention_kl" => value_detector(r.attention_kl.as_ref())?,
-                "confidence" => value_detector(r.uncertainty.as_ref())?,
-                _ => return None,
-            };
-            self.watches.entry(signal.to_string()).or_default().insert(
-                segment.to_string(),
-                Watch {
-                    detector,
-                    open: false,
-                    since_alarm: 0,
-                    dirty: true,
-                },
-            );
-        }
-        self.watches.get_mut(signal)?.get_mut(segment)
-    }
-
+    /// Feeds a record's `values` (one per signal, `None` where the record has none) to the
+    /// detectors of `segment`, creating each on first use where the baseline has a reference.
     fn step(
         &mut self,
-        signal: &str,
         segment: &str,
-        value: Value,
+        values: &[(Signal, Option<Value>)],
         seq: i64,
         now_ms: i64,
         out: &mut MonitorDelta,
     ) {
+        if values.iter().all(|(_, v)| v.is_none()) {
+            return;
+        }
         let quiet_after = self.window_records as u64;
-        let Some(w) = self.watch(signal, segment) else {
+        if !self.watches.contains_key(segment) {
+            self.watches.insert(segment.to_string(), Default::default());
+        }
+        let Some(slots) = self.watches.get_mut(segment) else {
             return;
         };
-        let alarm = match (&mut w.detector, value) {
-            (Sequential::Rate(d), Value::Flag(x)) => d.update(x, seq as u64),
-            (Sequential::Value(d), Value::Real(x)) => d.update(x, seq as u64),
-            _ => None,
-        };
-        let detector_name = match w.detector {
-            Sequential::Rate(_) => "bernoulli_cusum",
-            Sequential::Value(_) => "cusum",
-        };
-        match alarm {
-            Some(a) => {
-                w.since_alarm = 0;
-                if !w.open {
-                    w.open = true;
-                    out.events.push(event_from_alarm(
-                        signal,
-                        segment,
-                        detector_name,
-                        &a,
-                        now_ms,
-                        matches!(w.detector, Sequential::Rate(_)),
-                    ));
-                }
+        for &(signal, value) in values {
+            let Some(value) = value else {
+                continue;
+            };
+            let slot = &mut slots[signal as usize];
+            if slot.is_none() {
+                *slot = new_watch(&self.reference, signal);
             }
-            None => {
-                w.since_alarm += 1;
-                if w.open && w.since_alarm >= quiet_after {
-                    w.open = false;
-                    out.resolved
-                        .push((signal.to_string(), segment.to_string(), detector_name));
-                }
+            if let Some(w) = slot {
+                w.step(signal, segment, value, seq, now_ms, quiet_after, out);
             }
         }
-        w.dirty = true;
     }
 
     /// Feeds one record to every detector of its segment and of the whole fleet.
@@ -604,40 +674,17 @@ impl DriftMonitor {
         } else {
             &[obs.segment, ALL_SEGMENTS]
         };
+        let values = [
+            (Signal::Disagreement, obs.disagreement.map(Value::Flag)),
+            (Signal::Kl, obs.kl.map(Value::Real)),
+            (Signal::AttentionKl, obs.attention_kl.map(Value::Real)),
+            (
+                Signal::Confidence,
+                obs.confidence.map(|c| Value::Real(1.0 - c)),
+            ),
+        ];
         for &segment in segments {
-            if let Some(d) = obs.disagreement {
-                self.step(
-                    "disagreement",
-                    segment,
-                    Value::Flag(d),
-                    obs.seq,
-                    now_ms,
-                    out,
-                );
-            }
-            if let Some(kl) = obs.kl {
-                self.step("kl", segment, Value::Real(kl), obs.seq, now_ms, out);
-            }
-            if let Some(a) = obs.attention_kl {
-                self.step(
-                    "attention_kl",
-                    segment,
-                    Value::Real(a),
-                    obs.seq,
-                    now_ms,
-                    out,
-                );
-            }
-            if let Some(c) = obs.confidence {
-                self.step(
-                    "confidence",
-                    segment,
-                    Value::Real(1.0 - c),
-                    obs.seq,
-                    now_ms,
-                    out,
-                );
-            }
+            self.step(segment, &values, obs.seq, now_ms, out);
             self.accumulate(segment, obs);
         }
         let round_full = self
@@ -659,23 +706,17 @@ impl DriftMonitor {
         now_ms: i64,
         out: &mut MonitorDelta,
     ) {
-        let segments: Vec<&str> = if segment == ALL_SEGMENTS {
-            vec![ALL_SEGMENTS]
+        let segments: &[&str] = if segment == ALL_SEGMENTS {
+            &[ALL_SEGMENTS]
         } else {
-            vec![segment, ALL_SEGMENTS]
+            &[segment, ALL_SEGMENTS]
         };
-        for s in segments {
-            self.step(
-                "student_error",
-                s,
-                Value::Flag(student_wrong),
-                seq,
-                now_ms,
-                out,
-            );
-            if let Some(t) = teacher_wrong {
-                self.step("teacher_error", s, Value::Flag(t), seq, now_ms, out);
-            }
+        let values = [
+            (Signal::StudentError, Some(Value::Flag(student_wrong))),
+            (Signal::TeacherError, teacher_wrong.map(Value::Flag)),
+        ];
+        for &s in segments {
+            self.step(s, &values, seq, now_ms, out);
         }
     }
 
@@ -821,8 +862,11 @@ impl DriftMonitor {
     /// the database. Called once per commit, after the last observation: serialising states per
     /// record would cost more than the detectors themselves.
     pub fn collect_states(&mut self, out: &mut MonitorDelta) {
-        for (signal, by_segment) in &mut self.watches {
-            for (segment, w) in by_segment.iter_mut().filter(|(_, w)| w.dirty) {
+        for (segment, slots) in &mut self.watches {
+            for (signal, w) in Signal::ALL.iter().zip(slots.iter_mut()) {
+                let Some(w) = w.as_mut().filter(|w| w.dirty) else {
+                    continue;
+                };
                 w.dirty = false;
                 let (detector, samples, statistic, threshold) = match &w.detector {
                     Sequential::Rate(d) => (
@@ -834,7 +878,11 @@ impl DriftMonitor {
                     Sequential::Value(d) => ("cusum", d.observed(), d.statistic(), d.threshold()),
                 };
                 out.states.insert(
-                    (signal.clone(), segment.clone(), detector.to_string()),
+                    (
+                        signal.name().to_string(),
+                        segment.clone(),
+                        detector.to_string(),
+                    ),
                     StateRow {
                         samples,
                         statistic,

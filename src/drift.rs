@@ -108,6 +108,13 @@ fn keep<T>(warnings: &mut Vec<String>, r: Result<T, String>) -> Option<T> {
     }
 }
 
+/// [`thin`], in ascending order: the Kolmogorov–Smirnov test of every round needs them sorted.
+fn sorted_thin(values: &[f64]) -> Vec<f64> {
+    let mut v = thin(values);
+    v.sort_unstable_by(f64::total_cmp);
+    v
+}
+
 fn thin(values: &[f64]) -> Vec<f64> {
     if values.len() <= MAX_REFERENCE_VALUES {
         return values.to_vec();
@@ -363,7 +370,7 @@ pub fn build_reference(run: &LabRun, config: &Config) -> Result<Reference, Strin
         kl,
         attention_kl,
         uncertainty,
-        confidence_values: thin(&run.confidence),
+        confidence_values: sorted_thin(&run.confidence),
         class_counts,
         features,
         student_error,

@@ -955,11 +955,8 @@ impl Store {
     pub fn next_seq(&self) -> Result<i64> {
         let last: Option<i64> = self
             .conn
-            .query_row(
-                "SELECT seq FROM sqlite_sequence WHERE name = 'records'",
-                [],
-                |r| r.get(0),
-            )
+            .prepare_cached("SELECT seq FROM sqlite_sequence WHERE name = 'records'")?
+            .query_row([], |r| r.get(0))
             .optional()?;
         Ok(last.unwrap_or(0) + 1)
     }
@@ -2500,8 +2497,9 @@ fn insert_file(
 /// fixed amount of work (compile-free, but bind, step, halt and reset) on top of its rows.
 const RECORD_CHUNKS: [usize; 7] = [64, 32, 16, 8, 4, 2, 1];
 
-/// Columns of one `records` row in [`insert_records`].
-const RECORD_COLUMNS: usize = 13;
+/// Parameters of one `records` row in [`insert_records`]; the file's id (`?1`) and its student
+/// (`?2`) are bound once per statement and shared by its rows.
+const RECORD_COLUMNS: usize = 11;
 
 /// `INSERT INTO records … VALUES (…), (…), …` for `rows` rows, built once per size.
 fn records_insert_sql(rows: usize) -> &'static str {
@@ -2511,19 +2509,16 @@ fn records_insert_sql(rows: usize) -> &'static str {
             .iter()
             .map(|&n| {
                 let mut sql = String::from(
-                    "INSERT INTO records (file_id, record_id, ts, segment, student, prediction, \
+                    "INSERT INTO records (file_id, student, record_id, ts, segment, prediction, \
                      confidence, entropy, value, latency_us, sampled, label, seq) VALUES ",
                 );
                 for row in 0..n {
                     if row > 0 {
                         sql.push_str(", ");
                     }
-                    sql.push('(');
+                    sql.push_str("(?1, ?2");
                     for col in 0..RECORD_COLUMNS {
-                        if col > 0 {
-                            sql.push_str(", ");
-                        }
-                        sql.push_str(&format!("?{}", row * RECORD_COLUMNS + col + 1));
+                        sql.push_str(&format!(", ?{}", 3 + row * RECORD_COLUMNS + col));
                     }
                     sql.push(')');
                 }
@@ -2538,7 +2533,6 @@ fn records_insert_sql(rows: usize) -> &'static str {
     &all[at]
 }
 
-/// Inserts a file's record rows, `seq` = `first_seq` + the record's index in the file.
 fn insert_records(tx: &Transaction<'_>, file: &FileCommit, file_id: i64) -> Result<()> {
     let mut rest: &[RecordRow] = &file.records;
     let mut seq = file.first_seq;
@@ -2547,23 +2541,23 @@ fn insert_records(tx: &Transaction<'_>, file: &FileCommit, file_id: i64) -> Resu
             continue;
         }
         let mut stmt = tx.prepare_cached(records_insert_sql(chunk))?;
+        stmt.raw_bind_parameter(1, file_id)?;
+        stmt.raw_bind_parameter(2, &file.student)?;
         while rest.len() >= chunk {
             let (rows, tail) = rest.split_at(chunk);
             for (j, r) in rows.iter().enumerate() {
-                let at = j * RECORD_COLUMNS;
-                stmt.raw_bind_parameter(at + 1, file_id)?;
-                stmt.raw_bind_parameter(at + 2, &r.record_id)?;
-                stmt.raw_bind_parameter(at + 3, r.ts_ms)?;
-                stmt.raw_bind_parameter(at + 4, &r.segment)?;
-                stmt.raw_bind_parameter(at + 5, &file.student)?;
-                stmt.raw_bind_parameter(at + 6, r.prediction)?;
-                stmt.raw_bind_parameter(at + 7, r.confidence)?;
-                stmt.raw_bind_parameter(at + 8, r.entropy)?;
-                stmt.raw_bind_parameter(at + 9, r.value)?;
-                stmt.raw_bind_parameter(at + 10, r.latency_us)?;
-                stmt.raw_bind_parameter(at + 11, r.sampled)?;
-                stmt.raw_bind_parameter(at + 12, r.label)?;
-                stmt.raw_bind_parameter(at + 13, seq + j as i64)?;
+                let at = 2 + j * RECORD_COLUMNS;
+                stmt.raw_bind_parameter(at + 1, &r.record_id)?;
+                stmt.raw_bind_parameter(at + 2, r.ts_ms)?;
+                stmt.raw_bind_parameter(at + 3, &r.segment)?;
+                stmt.raw_bind_parameter(at + 4, r.prediction)?;
+                stmt.raw_bind_parameter(at + 5, r.confidence)?;
+                stmt.raw_bind_parameter(at + 6, r.entropy)?;
+                stmt.raw_bind_parameter(at + 7, r.value)?;
+                stmt.raw_bind_parameter(at + 8, r.latency_us)?;
+                stmt.raw_bind_parameter(at + 9, r.sampled)?;
+                stmt.raw_bind_parameter(at + 10, r.label)?;
+                stmt.raw_bind_parameter(at + 11, seq + j as i64)?;
             }
             stmt.raw_execute()?;
             seq += chunk as i64;

@@ -101,6 +101,27 @@ pub const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(1);
 /// background checkpointer has fallen far behind (4096-byte pages: 40 MiB).
 const BACKSTOP_CHECKPOINT_PAGES: i64 = 10_000;
 
+/// The most log pages the background checkpointer lets one interval add (10 MiB): when the
+/// writer commits faster, passes come more often, down to a sixteenth of the interval (see
+/// [`next_wait`]).
+const PASS_PAGES: i64 = 2_500;
+
+/// The wait before the background checkpointer's next pass, after a pass that found
+/// `log_pages` in the log. Passes come twice as often while the writer adds more than
+/// [`PASS_PAGES`] between two of them (the log restarts after each pass once the writer
+/// commits, so the log holds what it added since the last one), down to `every / 16`, and half
+/// as often again, up to `every`, once it adds less than a quarter of that or has not
+/// committed at all (`writer_idle`: the log then still holds what the last pass saw).
+fn next_wait(wait: Duration, every: Duration, writer_idle: bool, log_pages: i64) -> Duration {
+    if !writer_idle && log_pages > PASS_PAGES {
+        (wait / 2).max(every / 16)
+    } else if writer_idle || log_pages < PASS_PAGES / 4 {
+        (wait * 2).min(every)
+    } else {
+        wait
+    }
+}
+
 /// What one checkpoint did: `PRAGMA wal_checkpoint(PASSIVE)`'s answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CheckpointResult {
@@ -118,7 +139,8 @@ pub struct CheckpointResult {
 /// one runs stay behind, and SQLite starts the log over only once every frame is copied. So
 /// after each background pass the writer copies that remainder itself, after its next commit
 /// (a few pages); its next transaction then starts the log over, which keeps the log file at
-/// about one interval's worth of commits.
+/// about one interval's worth of commits, or [`PASS_PAGES`] when the writer commits faster than
+/// that in an interval (passes then come more often, see [`next_wait`]).
 struct Checkpointer {
     every: Duration,
     /// `None` once dropping: closing the channel ends the thread's wait.
@@ -148,20 +170,26 @@ impl Checkpointer {
             .name("checkpoint".into())
             .spawn(move || {
                 let mut failing = false;
+                let mut wait = every;
                 loop {
-                    let reply = match rx.recv_timeout(every) {
+                    let reply = match rx.recv_timeout(wait) {
                         Ok(reply) => Some(reply),
                         Err(std::sync::mpsc::RecvTimeoutError::Timeout) => None,
                         Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return,
                     };
+                    // Still set: the writer has not committed since the last pass.
+                    let writer_idle = due.load(std::sync::atomic::Ordering::Acquire);
                     let result = checkpoint(&conn);
-                    if matches!(&result, Ok(r) if r.log_pages > 0) {
-                        due.store(true, std::sync::atomic::Ordering::Release);
+                    if let Ok(r) = &result {
+                        wait = next_wait(wait, every, writer_idle, r.log_pages);
+                        if r.log_pages > 0 {
+                            due.store(true, std::sync::atomic::Ordering::Release);
+                        }
                     }
                     match &result {
                         Err(e) if !failing => {
                             failing = true;
-                            tracing::warn!(error = %e, "Checkpointing the write-ahead log failed; retrying every {every:?}.");
+                            tracing::warn!(error = %e, "Checkpointing the write-ahead log failed; retrying every {wait:?}.");
                         }
                         Ok(_) if failing => {
                             failing = false;
@@ -2814,6 +2842,31 @@ mod tests {
         drop(conn);
         std::fs::remove_file(&copy).unwrap();
         n
+    }
+
+    /// A writer adding more than `PASS_PAGES` per interval brings passes closer, down to a
+    /// sixteenth of the interval; a slower or idle writer lets them drift back to the interval.
+    #[test]
+    fn checkpoint_passes_come_sooner_while_the_log_grows_fast_and_relax_when_it_does_not() {
+        let every = Duration::from_secs(1);
+        let mut wait = every;
+        let mut waits = Vec::new();
+        for _ in 0..6 {
+            wait = next_wait(wait, every, false, PASS_PAGES + 1);
+            waits.push(wait.as_millis());
+        }
+        assert_eq!(waits, [500, 250, 125, 62, 62, 62]);
+        // Between a quarter and all of PASS_PAGES per pass: the pace holds.
+        assert_eq!(next_wait(wait, every, false, PASS_PAGES), wait);
+        assert_eq!(next_wait(wait, every, false, PASS_PAGES / 4), wait);
+        // A big log the writer has not added to since the last pass is no reason to hurry.
+        assert_eq!(next_wait(wait, every, true, 3 * PASS_PAGES), wait * 2);
+        let mut waits = Vec::new();
+        for _ in 0..6 {
+            wait = next_wait(wait, every, false, PASS_PAGES / 4 - 1);
+            waits.push(wait.as_millis());
+        }
+        assert_eq!(waits, [125, 250, 500, 1000, 1000, 1000]);
     }
 
     #[test]

@@ -74,6 +74,10 @@ pub enum StoreError {
     Thread(std::io::Error),
     #[error("a background checkpointer needs a database file, not an in-memory database")]
     InMemory,
+    #[error(
+        "the file's records were numbered from {got} instead of {expected}: something other than sensei's writer inserted records"
+    )]
+    Sequence { expected: i64, got: i64 },
 }
 
 pub type Result<T> = std::result::Result<T, StoreError>;
@@ -2526,8 +2530,9 @@ fn insert_file(
 const RECORD_CHUNKS: [usize; 7] = [64, 32, 16, 8, 4, 2, 1];
 
 /// Parameters of one `records` row in [`insert_records`]; the file's id (`?1`) and its student
-/// (`?2`) are bound once per statement and shared by its rows.
-const RECORD_COLUMNS: usize = 11;
+/// (`?2`) are bound once per statement and shared by its rows. The rows' `seq` is not among
+/// them: SQLite numbers them, see [`insert_records`].
+const RECORD_COLUMNS: usize = 10;
 
 /// `INSERT INTO records … VALUES (…), (…), …` for `rows` rows, built once per size.
 fn records_insert_sql(rows: usize) -> &'static str {
@@ -2538,7 +2543,7 @@ fn records_insert_sql(rows: usize) -> &'static str {
             .map(|&n| {
                 let mut sql = String::from(
                     "INSERT INTO records (file_id, student, record_id, ts, segment, prediction, \
-                     confidence, entropy, value, latency_us, sampled, label, seq) VALUES ",
+                     confidence, entropy, value, latency_us, sampled, label) VALUES ",
                 );
                 for row in 0..n {
                     if row > 0 {
@@ -2561,9 +2566,12 @@ fn records_insert_sql(rows: usize) -> &'static str {
     &all[at]
 }
 
+/// Inserts a file's record rows. SQLite numbers them itself, which spares it a search of the
+/// table for each row: the next number of an `AUTOINCREMENT` key is the one after the largest
+/// ever used, which is `file.first_seq` ([`Store::next_seq`]) when this is the only writer. The
+/// last number given is checked against it, and a mismatch fails the file's transaction.
 fn insert_records(tx: &Transaction<'_>, file: &FileCommit, file_id: i64) -> Result<()> {
     let mut rest: &[RecordRow] = &file.records;
-    let mut seq = file.first_seq;
     for &chunk in &RECORD_CHUNKS {
         if rest.len() < chunk {
             continue;
@@ -2585,12 +2593,18 @@ fn insert_records(tx: &Transaction<'_>, file: &FileCommit, file_id: i64) -> Resu
                 stmt.raw_bind_parameter(at + 8, r.latency_us)?;
                 stmt.raw_bind_parameter(at + 9, r.sampled)?;
                 stmt.raw_bind_parameter(at + 10, r.label)?;
-                stmt.raw_bind_parameter(at + 11, seq + j as i64)?;
             }
             stmt.raw_execute()?;
-            seq += chunk as i64;
             rest = tail;
         }
+    }
+    let count = file.records.len() as i64;
+    let last = tx.last_insert_rowid();
+    if count > 0 && last != file.first_seq + count - 1 {
+        return Err(StoreError::Sequence {
+            expected: file.first_seq,
+            got: last - count + 1,
+        });
     }
     Ok(())
 }
@@ -3216,6 +3230,58 @@ mod tests {
         assert_eq!(count(&store, "SELECT MIN(seq) FROM records"), 6);
     }
 
+    /// SQLite numbers a file's records from `first_seq` on; a file that expected other numbers
+    /// (something else inserted records since `next_seq`) fails whole and leaves no trace.
+    #[test]
+    fn records_are_numbered_from_first_seq_and_a_mismatch_fails_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::open(&dir.path().join("s.db")).unwrap();
+        let count = |store: &Store, sql: &str| -> i64 {
+            store.conn.query_row(sql, [], |r| r.get(0)).unwrap()
+        };
+        let rows = || -> Vec<RecordRow> {
+            (0..150)
+                .map(|i| record(&format!("r{i}"), "", 0, None))
+                .collect()
+        };
+        commit(&mut store, file("a.jsonl", "a", rows()), 60_000, 0).unwrap();
+        assert_eq!(count(&store, "SELECT MIN(seq) FROM records"), 1);
+        assert_eq!(count(&store, "SELECT MAX(seq) FROM records"), 150);
+        assert_eq!(
+            count(
+                &store,
+                "SELECT COUNT(*) FROM records WHERE record_id = 'r' || (seq - 1)"
+            ),
+            150
+        );
+        let mut stale = file("b.jsonl", "b", rows());
+        stale.first_seq = store.next_seq().unwrap();
+        store
+            .conn
+            .execute(
+                "INSERT INTO records (file_id, record_id, ts, segment, student, latency_us, sampled)
+                 VALUES (1, 'intruder', 0, '', 's', 0, 0)",
+                [],
+            )
+            .unwrap();
+        let err = store.commit_file(&stale, 60_000, 0, None).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                StoreError::Sequence {
+                    expected: 151,
+                    got: 152
+                }
+            ),
+            "{err}"
+        );
+        assert_eq!(
+            count(&store, "SELECT COUNT(*) FROM files WHERE name = 'b.jsonl'"),
+            0
+        );
+        assert_eq!(count(&store, "SELECT COUNT(*) FROM records"), 151);
+    }
+
     #[test]
     fn retention_deletes_records_by_receipt_time_and_keeps_windows() {
         let dir = tempfile::tempdir().unwrap();
@@ -3231,11 +3297,13 @@ mod tests {
         assert_eq!(store.next_seq().unwrap(), 3);
         let again = file("again.jsonl", "c", vec![record("r2", "", 0, None)]);
         commit(&mut store, again, 60_000, 5_000).unwrap();
-        let left: String = store
+        let (left, seq): (String, i64) = store
             .conn
-            .query_row("SELECT record_id FROM records", [], |r| r.get(0))
+            .query_row("SELECT record_id, seq FROM records", [], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
             .unwrap();
-        assert_eq!(left, "r2");
+        assert_eq!((left.as_str(), seq), ("r2", 3));
         assert_eq!(
             store.summary().unwrap().records,
             3,

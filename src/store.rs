@@ -2883,6 +2883,38 @@ mod tests {
         assert_eq!(waits, [125, 250, 500, 1000, 1000, 1000]);
     }
 
+    /// Frames a pass cannot copy (here a reader's snapshot holds them back) are copied by the
+    /// writer after its next commit, once the reader is gone.
+    #[test]
+    fn frames_a_pass_leaves_behind_are_copied_by_the_writer_after_its_next_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.db");
+        let mut store = Store::open(&path).unwrap();
+        store
+            .checkpoint_in_background(Duration::from_secs(3600))
+            .unwrap();
+        let one = |name: &str| file(name, name, vec![record(name, "line=A", 0, None)]);
+        commit(&mut store, one("a"), 60_000, 0).unwrap();
+        store.background_checkpoint_now().unwrap().unwrap();
+        let reader = Connection::open(&path).unwrap();
+        reader.execute_batch("BEGIN").unwrap();
+        let seen: i64 = reader
+            .query_row("SELECT COUNT(*) FROM records", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(seen, 1);
+        commit(&mut store, one("b"), 60_000, 0).unwrap();
+        let pass = store.background_checkpoint_now().unwrap().unwrap();
+        assert!(pass.checkpointed_pages < pass.log_pages, "{pass:?}");
+        assert_eq!(records_in_main_file(&path), 1);
+        reader.execute_batch("COMMIT").unwrap();
+        commit(&mut store, one("c"), 60_000, 0).unwrap();
+        assert_eq!(
+            records_in_main_file(&path),
+            3,
+            "the writer left the remainder"
+        );
+    }
+
     #[test]
     fn the_background_checkpointer_and_not_the_writer_copies_the_log_into_the_database() {
         let dir = tempfile::tempdir().unwrap();

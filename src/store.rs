@@ -2883,16 +2883,23 @@ mod tests {
         assert_eq!(waits, [125, 250, 500, 1000, 1000, 1000]);
     }
 
+    /// A store in `dir` whose background checkpointer runs only when asked: its interval
+    /// never comes during a test.
+    fn checkpointing_when_asked(dir: &Path) -> (PathBuf, Store) {
+        let path = dir.join("s.db");
+        let mut store = Store::open(&path).unwrap();
+        store
+            .checkpoint_in_background(Duration::from_secs(3600))
+            .unwrap();
+        (path, store)
+    }
+
     /// Frames a pass cannot copy (here a reader's snapshot holds them back) are copied by the
     /// writer after its next commit, once the reader is gone.
     #[test]
     fn frames_a_pass_leaves_behind_are_copied_by_the_writer_after_its_next_commit() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("s.db");
-        let mut store = Store::open(&path).unwrap();
-        store
-            .checkpoint_in_background(Duration::from_secs(3600))
-            .unwrap();
+        let (path, mut store) = checkpointing_when_asked(dir.path());
         let one = |name: &str| file(name, name, vec![record(name, "line=A", 0, None)]);
         commit(&mut store, one("a"), 60_000, 0).unwrap();
         store.background_checkpoint_now().unwrap().unwrap();
@@ -2918,12 +2925,7 @@ mod tests {
     #[test]
     fn the_background_checkpointer_and_not_the_writer_copies_the_log_into_the_database() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("s.db");
-        let mut store = Store::open(&path).unwrap();
-        // An interval that never comes during the test: checkpoints run when asked.
-        store
-            .checkpoint_in_background(Duration::from_secs(3600))
-            .unwrap();
+        let (path, mut store) = checkpointing_when_asked(dir.path());
         // The schema goes into the file first; the writer copies the remainder, its
         // first file, after that file's commit.
         store.background_checkpoint_now().unwrap().unwrap();

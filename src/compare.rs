@@ -134,7 +134,8 @@ impl Comparer {
 /// [`Comparer::stats`] of logits without building the probabilities: with m the largest logit
 /// and S = Σ e^(z_i − m), p_i = e^(z_i − m) / S, so the top probability is 1 / S and the entropy
 /// −Σ p_i ln p_i is ln S − Σ p_i (z_i − m), one logarithm instead of one per class. `None` when
-/// S is not finite (a NaN or infinite logit), which the general path handles.
+/// S is not finite (a NaN or +∞ logit), which the general path handles; a −∞ logit is a class
+/// with no mass.
 fn logit_stats(logits: &[f32]) -> Option<OutputStats> {
     let mut best: Option<(usize, f64)> = None;
     for (i, &z) in logits.iter().enumerate() {
@@ -149,7 +150,10 @@ fn logit_stats(logits: &[f32]) -> Option<OutputStats> {
         let d = z as f64 - max;
         let e = d.exp();
         sum += e;
-        weighted += e * d;
+        // A class with no mass adds nothing (and e · d would be 0 · −∞ for a −∞ logit).
+        if e > 0.0 {
+            weighted += e * d;
+        }
     }
     if !sum.is_finite() {
         return None;
@@ -325,8 +329,8 @@ mod tests {
     }
 
     /// The statistics of logits, computed without the probabilities, equal those of the
-    /// probabilities themselves: ties, one class, huge and tiny spreads; a NaN or infinite
-    /// logit takes the general path.
+    /// probabilities themselves: ties, one class, huge and tiny spreads, a −∞ logit; a NaN or
+    /// +∞ logit takes the general path.
     #[test]
     fn logit_statistics_equal_those_of_the_softmax() {
         let mut cases: Vec<Vec<f32>> = vec![
@@ -336,6 +340,7 @@ mod tests {
             vec![-1e30, 0.0, 1e30],
             vec![100.0, -100.0, 0.5],
             vec![1e-7, 0.0, -1e-7],
+            vec![2.0, f32::NEG_INFINITY, 1.0],
         ];
         // A fixed linear congruential sequence: 200 ten-class outputs spread over ±20.
         let mut x: u64 = 20_261_128;

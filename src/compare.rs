@@ -60,7 +60,7 @@ impl Comparer {
                     return stats;
                 }
                 let p = self.probabilities(output);
-                let (arg, max) = argmax(&p);
+                let (arg, max) = argmax(p.iter().copied());
                 OutputStats {
                     prediction: arg.map(|a| a as i64),
                     confidence: max,
@@ -93,7 +93,7 @@ impl Comparer {
                 }
                 let pt = self.probabilities(teacher);
                 let ps = self.probabilities(student);
-                c.disagreement = Some(argmax(&pt).0 != argmax(&ps).0);
+                c.disagreement = Some(argmax(pt.iter().copied()).0 != argmax(ps.iter().copied()).0);
                 c.kl = Some(kl_divergence(&pt, &ps));
                 c.total_variation = Some(total_variation(&pt, &ps));
             }
@@ -137,14 +137,9 @@ impl Comparer {
 /// S is not finite (a NaN or +∞ logit), which the general path handles; a −∞ logit is a class
 /// with no mass.
 fn logit_stats(logits: &[f32]) -> Option<OutputStats> {
-    let mut best: Option<(usize, f64)> = None;
-    for (i, &z) in logits.iter().enumerate() {
-        let z = z as f64;
-        if best.is_none_or(|(_, b)| z > b) {
-            best = Some((i, z));
-        }
-    }
-    let (arg, max) = best?;
+    let (Some(arg), Some(max)) = argmax(logits.iter().map(|&z| z as f64)) else {
+        return None;
+    };
     let (mut sum, mut weighted) = (0.0, 0.0);
     for &z in logits {
         let d = z as f64 - max;
@@ -180,10 +175,10 @@ pub fn softmax(logits: &[f32]) -> Vec<f64> {
     exps.into_iter().map(|e| e / sum).collect()
 }
 
-/// Index and value of the largest element (first on ties); `None` for an empty slice.
-pub fn argmax(p: &[f64]) -> (Option<usize>, Option<f64>) {
+/// Index and value of the largest element (first on ties); `None` for no elements.
+pub fn argmax(p: impl IntoIterator<Item = f64>) -> (Option<usize>, Option<f64>) {
     let mut best: Option<(usize, f64)> = None;
-    for (i, &v) in p.iter().enumerate() {
+    for (i, v) in p.into_iter().enumerate() {
         if best.is_none_or(|(_, b)| v > b) {
             best = Some((i, v));
         }
@@ -357,7 +352,7 @@ mod tests {
         for z in &cases {
             let fast = logit_stats(z).expect("finite logits");
             let p = softmax(z);
-            let (arg, max) = argmax(&p);
+            let (arg, max) = argmax(p.iter().copied());
             assert_eq!(fast.prediction, arg.map(|a| a as i64), "{z:?}");
             assert!(
                 (fast.confidence.unwrap() - max.unwrap()).abs() < 1e-12,
@@ -371,7 +366,10 @@ mod tests {
             assert_eq!(logit_stats(&z), None);
             let p = softmax(&z);
             let general = classifier().stats(&z);
-            assert_eq!(general.prediction, argmax(&p).0.map(|a| a as i64));
+            assert_eq!(
+                general.prediction,
+                argmax(p.iter().copied()).0.map(|a| a as i64)
+            );
         }
     }
 

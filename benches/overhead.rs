@@ -307,18 +307,25 @@ fn checkpoint_comparison(daemon: &mut Fixture, root: &std::path::Path, place: &s
     }
 }
 
-/// `n` files through the dispatcher's, the teacher worker's and the writer's work, timed without
-/// what ingest makes (see [`Fixture::next_file`]).
-fn monitor(fx: &mut Fixture, n: u64) -> Duration {
-    let mut timed = Duration::ZERO;
+/// `work` on `n` new files, timed without what ingest makes for them (see
+/// [`Fixture::next_file`]).
+fn timed(fx: &mut Fixture, n: u64, mut work: impl FnMut(&mut Fixture, FileInput)) -> Duration {
+    let mut total = Duration::ZERO;
     for _ in 0..n {
         let input = fx.next_file();
         let start = Instant::now();
+        work(fx, input);
+        total += start.elapsed();
+    }
+    total
+}
+
+/// The dispatcher's, the teacher worker's and the writer's work on `n` files.
+fn monitor(fx: &mut Fixture, n: u64) -> Duration {
+    timed(fx, n, |fx, input| {
         let rows = fx.rows(input);
         fx.commit(rows);
-        timed += start.elapsed();
-    }
-    timed
+    })
 }
 
 fn overhead(c: &mut Criterion) {
@@ -348,14 +355,9 @@ fn overhead(c: &mut Criterion) {
             // The parts, to see where the time goes.
             group.bench_function("dispatch and comparisons", |b| {
                 b.iter_custom(|n| {
-                    let mut timed = Duration::ZERO;
-                    for _ in 0..n {
-                        let input = fx.next_file();
-                        let start = Instant::now();
-                        drop(std::hint::black_box(fx.rows(input)));
-                        timed += start.elapsed();
-                    }
-                    timed
+                    timed(&mut fx, n, |fx, input| {
+                        drop(std::hint::black_box(fx.rows(input)))
+                    })
                 })
             });
             let input = fx.next_file();

@@ -97,8 +97,9 @@ pub struct Store {
     conn: Connection,
 }
 
-/// How often the background checkpointer copies committed pages from the write-ahead log into
-/// the database file (see [`Store::checkpoint_in_background`]).
+/// The longest wait between two passes of the background checkpointer, which copy committed
+/// pages from the write-ahead log into the database file; passes come sooner while the log grows
+/// fast (see [`Store::checkpoint_in_background`]).
 pub const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(1);
 
 /// The log size, in pages, at which the writer checkpoints by itself after all: only when the
@@ -636,8 +637,9 @@ impl Store {
     /// Moves checkpoints off the writer. By default SQLite's committing connection copies the
     /// write-ahead log into the database file, and syncs it, whenever the log passes 1000
     /// pages, so about every dozenth file's commit waits for that. Here a thread with its own
-    /// connection does it every `every` ([`CHECKPOINT_INTERVAL`] in the daemon) beside the
-    /// writer; the writer still checkpoints by itself if the log grows past
+    /// connection does it beside the writer every `every` ([`CHECKPOINT_INTERVAL`] in the
+    /// daemon), or down to every `every / 16` while the log grows fast ([`next_wait`]); the
+    /// writer still checkpoints by itself if the log grows past
     /// [`BACKSTOP_CHECKPOINT_PAGES`], and copies the few pages a background pass leaves
     /// behind (see [`Checkpointer`]). Its checkpoints sync as the writer does, also after a
     /// later [`Store::set_synchronous`].

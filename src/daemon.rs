@@ -186,7 +186,7 @@ pub fn dims(shape: &[Option<usize>]) -> String {
 
 /// The running threads of one pipeline.
 struct Threads {
-    student: JoinHandle<()>,
+    student: JoinHandle<crate::pipeline::StudentTime>,
     dispatcher: JoinHandle<()>,
     teacher: JoinHandle<()>,
     writer: JoinHandle<WriterReport>,
@@ -194,7 +194,8 @@ struct Threads {
 
 impl Threads {
     fn join(self) -> anyhow::Result<WriterReport> {
-        self.student
+        let student = self
+            .student
             .join()
             .map_err(|_| anyhow!("student worker panicked"))?;
         self.dispatcher
@@ -203,7 +204,9 @@ impl Threads {
         self.teacher
             .join()
             .map_err(|_| anyhow!("teacher worker panicked"))?;
-        self.writer.join().map_err(|_| anyhow!("writer panicked"))
+        let mut report = self.writer.join().map_err(|_| anyhow!("writer panicked"))?;
+        report.student = student;
+        Ok(report)
     }
 }
 

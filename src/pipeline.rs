@@ -114,6 +114,31 @@ pub struct WriterReport {
     /// Commits the database refused (disk full, locked past the busy timeout, I/O error). The
     /// file stays in the inbox; the daemon takes it again after a back-off.
     pub commit_errors: u64,
+    /// Where the student's thread spent its time (filled in when the pipeline is joined).
+    pub student: StudentTime,
+}
+
+/// The student thread's time: how much of it went to the model. `sensei replay` prints it, so
+/// that a slow replay can be told apart into the model's time and the pipeline's.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct StudentTime {
+    pub batches: u64,
+    pub records: u64,
+    /// Inside `Model::run`: stacking the inputs, ONNX Runtime, copying the outputs.
+    pub model: Duration,
+    /// From the arrival of the first file to the hand-off of the last batch; zero before any.
+    pub active: Duration,
+}
+
+impl StudentTime {
+    /// The share of the active time spent in the model (0 when there was none).
+    pub fn model_share(&self) -> f64 {
+        if self.active.is_zero() {
+            0.0
+        } else {
+            self.model.as_secs_f64() / self.active.as_secs_f64()
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -154,13 +179,17 @@ impl StudentWorker {
         mut self,
         input: Receiver<FileWork>,
         output: SyncSender<Scored>,
-    ) -> std::io::Result<JoinHandle<()>> {
+    ) -> std::io::Result<JoinHandle<StudentTime>> {
         std::thread::Builder::new()
             .name("student".into())
-            .spawn(move || self.run(input, output))
+            .spawn(move || {
+                let mut time = Clock::default();
+                self.run(input, output, &mut time);
+                time.report
+            })
     }
 
-    fn run(&mut self, input: Receiver<FileWork>, output: SyncSender<Scored>) {
+    fn run(&mut self, input: Receiver<FileWork>, output: SyncSender<Scored>, time: &mut Clock) {
         let mut pending: VecDeque<Pending> = VecDeque::new();
         let mut closed = false;
         let mut deadline = Instant::now();
@@ -173,7 +202,9 @@ impl StudentWorker {
                     Ok(work) => push_work(&mut pending, work),
                     Err(_) => return,
                 }
-                deadline = Instant::now() + self.max_wait;
+                let now = Instant::now();
+                time.first.get_or_insert(now);
+                deadline = now + self.max_wait;
             }
             // Gather more until a full batch, the wait is over, or ingest is done.
             while !closed && pending.len() < self.max_batch {
@@ -195,12 +226,14 @@ impl StudentWorker {
                 let records: Vec<&Record> = batch.iter().map(|p| &p.prepared.record).collect();
                 let started = Instant::now();
                 let result = self.model.run(&records).map_err(|e| e.to_string());
-                self.metrics
-                    .batch("student", started.elapsed(), records.len());
+                let elapsed = started.elapsed();
+                self.metrics.batch("student", elapsed, records.len());
+                time.batch(elapsed, records.len());
                 drop(records);
                 if output.send(Scored { batch, result }).is_err() {
                     return; // the dispatcher is gone: shutting down
                 }
+                time.handed_over();
             }
             deadline = Instant::now() + self.max_wait;
         }
@@ -346,6 +379,27 @@ fn attention_of(out: &BatchOutput, i: usize) -> Option<(Vec<usize>, Vec<f32>)> {
 /// that is all of `pending` and short of `max` (the tail of a file), the next files already
 /// queued in `input` are taken first, so that a file boundary does not cost a partial batch.
 /// Sets `closed` when `input` turns out to be closed.
+/// Accumulates [`StudentTime`] on the student's thread.
+#[derive(Default)]
+struct Clock {
+    report: StudentTime,
+    first: Option<Instant>,
+}
+
+impl Clock {
+    fn batch(&mut self, elapsed: Duration, records: usize) {
+        self.report.batches += 1;
+        self.report.records += records as u64;
+        self.report.model += elapsed;
+    }
+
+    fn handed_over(&mut self) {
+        if let Some(first) = self.first {
+            self.report.active = first.elapsed();
+        }
+    }
+}
+
 fn top_up(
     pending: &mut VecDeque<Pending>,
     input: &Receiver<FileWork>,

@@ -23,13 +23,27 @@ fn replay_counts_files_once_and_leaves_them_in_place() {
         "{text}"
     );
     assert!(data.join("a.jsonl").is_file() && data.join("bad.jsonl").is_file());
-    // Replaying the same files again counts nothing new.
+    // The student's time: every record in batches of at most 16 (the config's max_batch), and
+    // the model's share of the student's active time.
+    let student = student_line(&text).unwrap_or_else(|| panic!("no student line: {text}"));
+    assert_eq!(student.records, 100, "{text}");
+    assert!(
+        (100usize.div_ceil(16)..=100).contains(&student.batches),
+        "{text}"
+    );
+    assert!(
+        student.model_seconds <= student.active_seconds && student.active_seconds > 0.0,
+        "{text}"
+    );
+    assert!(student.percent > 0.0 && student.percent <= 100.0, "{text}");
+    // Replaying the same files again counts nothing new, and runs nothing.
     let again = site.sensei(&["replay", data.join("a.jsonl").to_str().unwrap()]);
     let text = String::from_utf8_lossy(&again.stdout).into_owned();
     assert!(
         text.contains("0 files committed (0 records, 0 labels), 0 quarantined, 1 duplicates"),
         "{text}"
     );
+    assert!(student_line(&text).is_none(), "{text}");
     assert_eq!(site.records(), 100);
 
     let status = site.sensei(&["status", "--json"]);
@@ -176,4 +190,34 @@ fn the_demo_reports_every_stream_and_sees_the_drift() {
             seg("line=A")
         );
     }
+}
+
+/// The numbers of `sensei replay`'s "student: …" line.
+struct StudentLine {
+    records: u64,
+    batches: usize,
+    model_seconds: f64,
+    percent: f64,
+    active_seconds: f64,
+}
+
+fn student_line(text: &str) -> Option<StudentLine> {
+    // "student: 100 records in 7 batches; 0.002 s in the model, 18% of the 0.011 s from the
+    // first file to the last batch"
+    let line = text.lines().find_map(|l| l.strip_prefix("student: "))?;
+    let numbers: Vec<f64> = line
+        .split(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .filter(|w| !w.is_empty() && *w != ".")
+        .map(|w| w.parse().expect("a number"))
+        .collect();
+    let [records, batches, model_seconds, percent, active_seconds] = numbers[..] else {
+        panic!("unexpected student line: {line}");
+    };
+    Some(StudentLine {
+        records: records as u64,
+        batches: batches as usize,
+        model_seconds,
+        percent,
+        active_seconds,
+    })
 }

@@ -159,12 +159,17 @@ fn write_files(dir: &Path, rows: &[Vec<f32>], records: usize, json: bool) {
     }
 }
 
-/// Seconds per record of `sensei replay` over `data`, teacher rate `rate`, into a fresh database.
 /// Seconds per record of `sensei replay` over `data`, teacher rate `rate`, into a fresh
 /// database: (wall time including start-up, steady state between the first and the last file
 /// commit). Start-up (ONNX Runtime sessions for both models, the database and its migrations)
-/// is a fixed cost the plain loop does not pay, so both are reported.
-fn replay(tmp: &Path, data: &Path, rate: f64, records: usize) -> (f64, f64) {
+/// is a fixed cost the plain loop does not pay, so both are reported. Also the student thread's
+/// time as the replay reports it.
+fn replay(
+    tmp: &Path,
+    data: &Path,
+    rate: f64,
+    records: usize,
+) -> (f64, f64, sensei::pipeline::StudentTime) {
     let state = tmp.join("state");
     std::fs::remove_dir_all(&state).ok();
     let config =
@@ -194,7 +199,7 @@ fn replay(tmp: &Path, data: &Path, rate: f64, records: usize) -> (f64, f64) {
         }
         _ => wall,
     };
-    (wall, steady)
+    (wall, steady, report.student.clone())
 }
 
 fn main() {
@@ -233,6 +238,10 @@ fn main() {
     let mut ratios: [Vec<f64>; 4] = Default::default();
     let mut speeds: [Vec<f64>; 4] = Default::default();
     let mut steady_ratios: [Vec<f64>; 4] = Default::default();
+    // Inside the replays: the model's share of the student thread's active time, and the plain
+    // loop's time per record over the model's inside the pipeline.
+    let mut shares: [Vec<f64>; 4] = Default::default();
+    let mut model_speeds: [Vec<f64>; 4] = Default::default();
     for _ in 0..rounds {
         let t_student = plain_loop(rt, &demo_model("student.onnx"), &rows, records);
         let t_teacher = plain_loop(rt, &demo_model("teacher.onnx"), &rows, 4096.min(records));
@@ -261,7 +270,10 @@ fn main() {
             (&json_dir, rate, ideal),
         ];
         for (k, (dir, r, baseline)) in runs.into_iter().enumerate() {
-            let (wall, steady) = replay(tmp.path(), dir, r, records);
+            let (wall, steady, student) = replay(tmp.path(), dir, r, records);
+            shares[k].push(student.model_share());
+            model_speeds[k]
+                .push(t_student / (student.model.as_secs_f64() / student.records as f64));
             speeds[k].push(1.0 / wall);
             ratios[k].push(1.0 / wall / baseline);
             steady_ratios[k].push(1.0 / steady / baseline);
@@ -337,6 +349,19 @@ fn main() {
             steady_ratios[k],
             ranges[k].0,
             ranges[k].1
+        );
+    }
+    println!(
+        "\nthe student thread inside each replay (medians over rounds): the model's share of its time from the first file to the last batch, and the model's speed there against the plain loop of the same round\n"
+    );
+    println!("| measure | model's share of the student thread | model's speed vs the plain loop |");
+    println!("|---|---:|---:|");
+    let shares = shares.map(median);
+    let model_speeds = model_speeds.map(median);
+    for k in 0..4 {
+        println!(
+            "| {} | {:.3} | {:.3} |",
+            names[k], shares[k], model_speeds[k]
         );
     }
 }

@@ -119,7 +119,7 @@ pub struct WriterReport {
 }
 
 /// The student thread's time: how much of it went to the model. `sensei replay` prints it, so
-/// that a slow replay can be told apart into the model's time and the pipeline's.
+/// that the time of a slow replay can be split into the model's and the pipeline's.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct StudentTime {
     pub batches: u64,
@@ -395,14 +395,10 @@ fn attention_of(out: &BatchOutput, i: usize) -> Option<(Vec<usize>, Vec<f32>)> {
     Some((shape.clone(), out.attention_of(i)?.to_vec()))
 }
 
-/// The size of the next batch: the longest same-shape prefix of `pending`, up to `max`. When
-/// that is all of `pending` and short of `max` (the tail of a file), the next files already
-/// queued in `input` are taken first, so that a file boundary does not cost a partial batch.
-/// Sets `closed` when `input` turns out to be closed.
 /// Records the student answers before it hands them to the dispatcher, while more are waiting.
-/// Each hand-off wakes the dispatcher (a system call and a context switch, about 10 µs here),
-/// so one per batch of 32 cost the student's thread 1–2% of its time; while the student has
-/// nothing queued, it hands over every batch at once.
+/// Each hand-off wakes the dispatcher (a system call and a context switch: 11–16 µs on the
+/// two-core machine of docs/performance.md), so one per batch of 32 cost the student's thread
+/// 1–2% of its time. While the student has nothing queued, it hands over every batch at once.
 const HANDOFF_RECORDS: usize = 256;
 
 /// Sends the answered batches to the dispatcher; false when it is gone.
@@ -433,6 +429,10 @@ impl Clock {
     }
 }
 
+/// The size of the next batch: the longest same-shape prefix of `pending`, up to `max`. When
+/// that is all of `pending` and short of `max` (the tail of a file), the next files already
+/// queued in `input` are taken first, so that a file boundary does not cost a partial batch.
+/// Sets `closed` when `input` turns out to be closed.
 fn top_up(
     pending: &mut VecDeque<Pending>,
     input: &Receiver<FileWork>,

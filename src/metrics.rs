@@ -4,7 +4,7 @@
 //! per model, files finished per outcome, ingest lag, reloads — lives in the in-process
 //! [`Metrics`], updated by the pipeline threads. Everything the database already knows — records,
 //! teacher samples, disagreement, KL, detector statistics, drift events, alerts — is read from
-//! SQLite at scrape time ([`DatabaseCollector`]), so the numbers agree with `sensei status` and
+//! SQLite at scrape time (`DatabaseCollector`), so the numbers agree with `sensei status` and
 //! survive restarts, and nothing is counted twice.
 //!
 //! The heartbeat is a counter bumped by every student batch, teacher batch and finished file.

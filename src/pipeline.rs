@@ -1079,7 +1079,7 @@ const RETENTION_EVERY: Duration = Duration::from_secs(600);
 pub const FILE_QUEUE: usize = 2;
 pub const WRITER_QUEUE: usize = 1024;
 /// Hand-offs of student batches waiting for the dispatcher (each up to about
-/// [`HANDOFF_RECORDS`] records).
+/// `HANDOFF_RECORDS` records).
 pub const SCORED_QUEUE: usize = 8;
 
 /// The bounded channels of one pipeline.

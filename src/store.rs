@@ -638,10 +638,10 @@ impl Store {
     /// write-ahead log into the database file, and syncs it, whenever the log passes 1000
     /// pages, so about every dozenth file's commit waits for that. Here a thread with its own
     /// connection does it beside the writer every `every` ([`CHECKPOINT_INTERVAL`] in the
-    /// daemon), or down to every `every / 16` while the log grows fast ([`next_wait`]); the
+    /// daemon), or down to every `every / 16` while the log grows fast (`next_wait`); the
     /// writer still checkpoints by itself if the log grows past
-    /// [`BACKSTOP_CHECKPOINT_PAGES`], and copies the few pages a background pass leaves
-    /// behind (see [`Checkpointer`]). Its checkpoints sync as the writer does, also after a
+    /// `BACKSTOP_CHECKPOINT_PAGES`, and copies the few pages a background pass leaves
+    /// behind (see `Checkpointer`). Its checkpoints sync as the writer does, also after a
     /// later [`Store::set_synchronous`].
     pub fn checkpoint_in_background(&mut self, every: Duration) -> Result<()> {
         let path = match self.conn.path() {

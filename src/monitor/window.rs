@@ -206,7 +206,7 @@ pub fn class_mix_test(
 }
 
 /// Baseline bins of one input feature: interior edges at baseline quantiles and the baseline
-/// count in each bin. Bin i is (edge[i−1], edge[i]], the outer bins are open-ended, so every
+/// count in each bin. Bin i is `(edge[i−1], edge[i]]`, the outer bins are open-ended, so every
 /// field value has a bin.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct FeatureBins {

@@ -9,7 +9,7 @@
 //! with a timeout, and records how it ended. `sensei redistill` does the same by hand.
 //!
 //! - [`buffer`]: which teacher samples the size-capped buffer keeps.
-//! - [`export`]: `sensei export` and the job's dataset (docs/dataset-format.md).
+//! - [`export`](mod@export): `sensei export` and the job's dataset (docs/dataset-format.md).
 //! - [`safetensors`]: the tensor file format of the dataset.
 //! - [`gate`]: a candidate against the serving student, on held-out field records and the lab
 //!   set, with a significance test.

@@ -196,8 +196,8 @@ impl StudentWorker {
         time: &mut Clock,
     ) {
         let mut pending: VecDeque<Pending> = VecDeque::new();
-        // Answered batches not yet handed over, and their records.
-        let (mut ready, mut ready_records) = (Vec::new(), 0);
+        // Answered batches not yet handed over.
+        let mut ready: Vec<Scored> = Vec::new();
         let mut closed = false;
         let mut deadline = Instant::now();
         loop {
@@ -236,22 +236,16 @@ impl StudentWorker {
                 let elapsed = started.elapsed();
                 self.metrics.batch("student", elapsed, records.len());
                 time.batch(elapsed, records.len());
-                ready_records += records.len();
                 drop(records);
                 ready.push(Scored { batch, result });
-                if ready_records >= HANDOFF_RECORDS {
-                    if !hand_over(&output, &mut ready, time) {
-                        return; // the dispatcher is gone: shutting down
-                    }
-                    ready_records = 0;
+                let answered: usize = ready.iter().map(|s| s.batch.len()).sum();
+                if answered >= HANDOFF_RECORDS && !hand_over(&output, &mut ready, time) {
+                    return; // the dispatcher is gone: shutting down
                 }
             }
             // Nothing more to run until input comes: hand over what is answered.
-            if !ready.is_empty() {
-                if !hand_over(&output, &mut ready, time) {
-                    return;
-                }
-                ready_records = 0;
+            if !ready.is_empty() && !hand_over(&output, &mut ready, time) {
+                return;
             }
             deadline = Instant::now() + self.max_wait;
         }

@@ -1197,15 +1197,13 @@ mod tests {
     }
 
     /// The demo student (input `x` of shape [8, 8]) on the ONNX Runtime that
-    /// `scripts/setup-onnxruntime.sh` installs, in a worker whose partial batches wait an hour:
+    /// `scripts/setup-onnxruntime.sh` installs (the runtime's own search goes on to
+    /// `ORT_DYLIB_PATH` when it is not there), in a worker whose partial batches wait an hour:
     /// only the end of its input makes it run one.
     fn demo_student_worker() -> StudentWorker {
         let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
-        let library = std::env::var_os("ORT_DYLIB_PATH")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| root.join(".ort/libonnxruntime.so.1.32.0"));
         let runtime = crate::model::runtime(&crate::config::OnnxRuntimeConfig {
-            library: Some(library),
+            library: Some(root.join(".ort/libonnxruntime.so.1.32.0")),
         })
         .expect("ONNX Runtime (scripts/setup-onnxruntime.sh)");
         let max_wait = Duration::from_secs(3600);

@@ -8,7 +8,7 @@
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
 
 use ort::environment::Environment;
@@ -70,13 +70,29 @@ static RUNTIME: OnceLock<Runtime> = OnceLock::new();
 /// Loads ONNX Runtime (once per process) and returns it. A later call with a different
 /// configured path returns the library already loaded: a process cannot swap it.
 pub fn runtime(config: &OnnxRuntimeConfig) -> Result<&'static Runtime, ModelError> {
-    if let Some(rt) = RUNTIME.get() {
-        return Ok(rt);
+    static LOADING: Mutex<()> = Mutex::new(());
+    init_once(&RUNTIME, &LOADING, || load_runtime(config))
+}
+
+/// The value in `cell`, made by `load` if the cell is empty. Loads are serialised by `loading`,
+/// and a caller that waited for another's load takes its value. Unserialised, a thread that found
+/// the cell empty while another was loading would build its environment after the other's and be
+/// refused (ort: "only one environment is allowed per process"); threads that open models in
+/// parallel, as tests do, hit that. A failed load leaves the cell empty for the next caller.
+fn init_once<T, E>(
+    cell: &'static OnceLock<T>,
+    loading: &Mutex<()>,
+    load: impl FnOnce() -> Result<T, E>,
+) -> Result<&'static T, E> {
+    if let Some(value) = cell.get() {
+        return Ok(value);
     }
-    // Two threads racing here would both try to load; the OnceLock keeps the first. The loser's
-    // `init_from` is a no-op because ort keeps the first library too.
-    let rt = load_runtime(config)?;
-    Ok(RUNTIME.get_or_init(|| rt))
+    let _loading = loading.lock().unwrap_or_else(PoisonError::into_inner);
+    if let Some(value) = cell.get() {
+        return Ok(value);
+    }
+    let value = load()?;
+    Ok(cell.get_or_init(|| value))
 }
 
 fn load_runtime(config: &OnnxRuntimeConfig) -> Result<Runtime, ModelError> {
@@ -576,4 +592,53 @@ pub fn hex(bytes: &[u8]) -> String {
         let _ = write!(s, "{b:02x}");
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Barrier;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    #[test]
+    fn threads_asking_at_once_share_one_load() {
+        static CELL: OnceLock<usize> = OnceLock::new();
+        static LOADING: Mutex<()> = Mutex::new(());
+        static LOADS: AtomicUsize = AtomicUsize::new(0);
+        let start = Barrier::new(8);
+        let values: Vec<usize> = std::thread::scope(|s| {
+            let threads: Vec<_> = (0..8)
+                .map(|_| {
+                    s.spawn(|| {
+                        start.wait();
+                        let value = init_once(&CELL, &LOADING, || {
+                            Ok::<_, ()>(LOADS.fetch_add(1, Ordering::SeqCst))
+                        });
+                        *value.expect("the load succeeds")
+                    })
+                })
+                .collect();
+            threads.into_iter().map(|t| t.join().unwrap()).collect()
+        });
+        assert_eq!(LOADS.load(Ordering::SeqCst), 1);
+        assert_eq!(values, vec![0; 8]);
+    }
+
+    #[test]
+    fn a_failed_load_is_tried_again_by_the_next_caller() {
+        static CELL: OnceLock<&str> = OnceLock::new();
+        static LOADING: Mutex<()> = Mutex::new(());
+        assert_eq!(
+            init_once(&CELL, &LOADING, || Err("missing")),
+            Err("missing")
+        );
+        assert_eq!(
+            init_once(&CELL, &LOADING, || Ok::<_, &str>("loaded")),
+            Ok(&"loaded")
+        );
+        assert_eq!(
+            init_once(&CELL, &LOADING, || Err("not asked")),
+            Ok(&"loaded")
+        );
+    }
 }

@@ -9,8 +9,9 @@ use serde::Serialize;
 use crate::config::Config;
 use crate::daemon::{compatibility_notes, load_models};
 use crate::pipeline::WriterReport;
+use crate::record::ALL_SEGMENTS;
 use crate::stats::{Interval, weighted_rate_interval};
-use crate::store::{ALL_SEGMENTS, Reader, SCHEMA_VERSION, SegmentSummary, Summary};
+use crate::store::{Reader, SCHEMA_VERSION, SegmentSummary, Summary};
 
 /// Exit code for a configuration problem (sysexits.h `EX_CONFIG`).
 pub const EX_CONFIG: i32 = 78;

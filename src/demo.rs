@@ -242,7 +242,7 @@ pub fn run(models: &Path) -> anyhow::Result<DemoReport> {
         let all = st
             .segments
             .iter()
-            .find(|s| s.segment == crate::store::ALL_SEGMENTS)
+            .find(|s| s.segment == crate::record::ALL_SEGMENTS)
             .cloned();
         let events = crate::store::Reader::open(&config.store.path)?.recent_events(i64::MAX)?;
         report.streams.push(StreamReport {
@@ -272,7 +272,7 @@ pub fn run(models: &Path) -> anyhow::Result<DemoReport> {
             segments: st
                 .segments
                 .into_iter()
-                .filter(|s| s.segment != crate::store::ALL_SEGMENTS)
+                .filter(|s| s.segment != crate::record::ALL_SEGMENTS)
                 .collect(),
         });
     }
@@ -341,7 +341,7 @@ impl DemoReport {
                         st.name,
                         st.drift_events.len(),
                         first.signal,
-                        if first.segment == crate::store::ALL_SEGMENTS {
+                        if first.segment == crate::record::ALL_SEGMENTS {
                             "(all)"
                         } else {
                             &first.segment
@@ -352,7 +352,7 @@ impl DemoReport {
                             .map_or("-".to_string(), |c| c.to_string()),
                         segments
                             .into_iter()
-                            .map(|x| if x == crate::store::ALL_SEGMENTS {
+                            .map(|x| if x == crate::record::ALL_SEGMENTS {
                                 "(all)"
                             } else {
                                 x

@@ -31,8 +31,9 @@ use crate::monitor::window::{
 use crate::monitor::{
     Alarm, BaselineError, BernoulliCusum, Cusum, CusumParams, calibrate_bernoulli, calibrate_cusum,
 };
+use crate::record::ALL_SEGMENTS;
 use crate::stats::clopper_pearson;
-use crate::store::ALL_SEGMENTS;
+use crate::store::{MonitorDelta, NewEvent, StateRow};
 
 /// Values kept from the lab set for bootstrap calibration and KS tests.
 pub const MAX_REFERENCE_VALUES: usize = 5000;
@@ -383,48 +384,6 @@ pub fn build_reference(run: &LabRun, config: &Config) -> Result<Reference, Strin
         sampling_policy,
         warnings,
     })
-}
-
-/// A drift event on its way to the database.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct NewEvent {
-    pub signal: String,
-    pub segment: String,
-    pub detector: &'static str,
-    pub detected_at_ms: i64,
-    pub detected_at_record: i64,
-    pub estimated_change_record: Option<i64>,
-    pub statistic: f64,
-    pub threshold: f64,
-    pub baseline_value: Option<f64>,
-    pub current_value: Option<f64>,
-    pub current_low: Option<f64>,
-    pub current_high: Option<f64>,
-    pub p_value: Option<f64>,
-    pub effect_size: Option<f64>,
-}
-
-/// What one batch of observations changed: new events, events resolved, and the detector
-/// states to persist.
-#[derive(Debug, Default)]
-pub struct MonitorDelta {
-    pub events: Vec<NewEvent>,
-    /// (signal, segment, detector) whose open event is resolved.
-    pub resolved: Vec<(String, String, &'static str)>,
-    /// (signal, segment, detector) → its state.
-    pub states: BTreeMap<StateKey, StateRow>,
-}
-
-/// (signal, segment, detector).
-pub type StateKey = (String, String, String);
-
-/// One detector's persisted state (`detector_state`).
-#[derive(Debug, Clone, PartialEq)]
-pub struct StateRow {
-    pub samples: u64,
-    pub statistic: f64,
-    pub threshold: f64,
-    pub json: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -20,10 +20,11 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crate::compare::{Comparer, attention_kl};
-use crate::drift::{DriftMonitor, MonitorDelta, Observation};
+use crate::drift::{DriftMonitor, Observation};
 use crate::model::{BatchOutput, Model};
 use crate::record::Record;
 use crate::sampler::{Decision, Sampler};
+use crate::store::MonitorDelta;
 use crate::store::{
     CommitOutcome, FileCommit, LabelJoin, LabelsOutcome, RecordRow, Store, TeacherRow,
 };

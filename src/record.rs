@@ -9,6 +9,10 @@ use std::fmt;
 
 use time::OffsetDateTime;
 
+/// The segment name of the all-segments aggregate: every record counts in it beside its own
+/// segment (windows, detectors, drift events, alert rules).
+pub const ALL_SEGMENTS: &str = "*";
+
 /// Element types sensei can feed to a model. ONNX models in the field take `float32` tensors
 /// (sensor and image models) or `int64` token ids and masks (text models).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

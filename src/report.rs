@@ -17,9 +17,8 @@ use sha2::Digest;
 
 use crate::commands::StatusReport;
 use crate::config::Config;
-use crate::store::{
-    ALL_SEGMENTS, AlertCounts, DetectorRow, DriftEventRow, ModelVersion, Reader, WindowRow,
-};
+use crate::record::ALL_SEGMENTS;
+use crate::store::{AlertCounts, DetectorRow, DriftEventRow, ModelVersion, Reader, WindowRow};
 
 /// The dashboard page; `/*SENSEI_DATA*/null` is replaced by the data when it is inlined.
 const PAGE: &str = include_str!("http/dashboard.html");

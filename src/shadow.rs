@@ -22,7 +22,7 @@ use crate::config::Config;
 use crate::model::{BatchOutput, Model, Runtime};
 use crate::record::{Record, TensorData};
 use crate::stats::{Interval, weighted_rate_interval};
-use crate::store::{ShadowKind, ShadowMeasure, ShadowModelRow, ShadowRow};
+use crate::store::{ShadowKind, ShadowMeasure, ShadowModelRow, ShadowRow, Totals};
 
 /// The name under which the serving student's sums are kept beside the shadow models'.
 pub const STUDENT: &str = "student";
@@ -400,72 +400,8 @@ fn fields(message: &[u8]) -> Option<Vec<(u64, Wire<'_>)>> {
 // ---------------------------------------------------------------------------------------------
 // Aggregates and the verdict (pure)
 
-/// Running sums of one model version over the teacher-sampled records it answered, weighted
-/// by the samples' inverse inclusion probabilities (`shadow_totals`).
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct Totals {
-    pub samples: i64,
-    pub weight: f64,
-    pub weight_sq: f64,
-    /// Σ w over records whose top-1 agrees with the teacher's.
-    pub agreement: f64,
-    /// Σ w (and Σ w²) over records with a top-1 comparison (classification).
-    pub agreement_weight: f64,
-    pub agreement_weight_sq: f64,
-    pub kl: f64,
-    pub kl_weight: f64,
-    pub attention_kl: f64,
-    pub attention_kl_weight: f64,
-    /// Σ per-record latency, µs.
-    pub latency_us: i64,
-    /// Σ the teacher's per-record latency on the same records, µs.
-    pub teacher_latency_us: i64,
-    pub first_seq: i64,
-    pub last_seq: i64,
-}
-
+/// The statistics of a model version's shadow sums ([`Totals`] are kept by the store).
 impl Totals {
-    /// Adds one record (`seq`) of weight `weight`.
-    pub fn add(
-        &mut self,
-        seq: i64,
-        weight: f64,
-        comparison: &Comparison,
-        latency_us: i64,
-        teacher_latency_us: i64,
-    ) {
-        if !(weight.is_finite() && weight > 0.0) {
-            return;
-        }
-        if self.samples == 0 {
-            self.first_seq = seq;
-            self.last_seq = seq;
-        } else {
-            self.first_seq = self.first_seq.min(seq);
-            self.last_seq = self.last_seq.max(seq);
-        }
-        self.samples += 1;
-        self.weight += weight;
-        self.weight_sq += weight * weight;
-        if let Some(disagree) = comparison.disagreement {
-            if !disagree {
-                self.agreement += weight;
-            }
-            self.agreement_weight += weight;
-            self.agreement_weight_sq += weight * weight;
-        }
-        if let Some(kl) = comparison.kl.filter(|k| k.is_finite()) {
-            self.kl += weight * kl;
-            self.kl_weight += weight;
-        }
-        if let Some(a) = comparison.attention_kl.filter(|a| a.is_finite()) {
-            self.attention_kl += weight * a;
-            self.attention_kl_weight += weight;
-        }
-        self.latency_us += latency_us;
-        self.teacher_latency_us += teacher_latency_us;
-    }
-
     /// Weighted share of records whose top-1 agrees with the teacher's.
     pub fn agreement_rate(&self) -> Option<f64> {
         (self.agreement_weight > 0.0).then(|| self.agreement / self.agreement_weight)

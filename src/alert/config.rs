@@ -237,7 +237,7 @@ pub enum SegmentPattern {
 
 impl SegmentPattern {
     pub fn parse(text: &str) -> SegmentPattern {
-        if text == crate::store::ALL_SEGMENTS {
+        if text == crate::record::ALL_SEGMENTS {
             SegmentPattern::Aggregate
         } else if text.contains(['*', '?']) {
             SegmentPattern::Glob(text.to_owned())
@@ -248,11 +248,11 @@ impl SegmentPattern {
 
     pub fn matches(&self, segment: &str) -> bool {
         match self {
-            SegmentPattern::Aggregate => segment == crate::store::ALL_SEGMENTS,
+            SegmentPattern::Aggregate => segment == crate::record::ALL_SEGMENTS,
             SegmentPattern::Exact(s) => s == segment,
             // A glob never matches the aggregate: `line=*` means each line, not all together.
             SegmentPattern::Glob(g) => {
-                segment != crate::store::ALL_SEGMENTS
+                segment != crate::record::ALL_SEGMENTS
                     && glob_match(g.as_bytes(), segment.as_bytes())
             }
         }

@@ -1,0 +1,776 @@
+//! The store's tests, on real SQLite files.
+
+use std::path::{Path, PathBuf};
+
+use super::checkpoint::{BACKSTOP_CHECKPOINT_PAGES, PASS_PAGES, next_wait};
+use super::migrations::MIGRATIONS;
+use super::*;
+use crate::compare::Comparison;
+use crate::record::Tensor;
+
+fn record(id: &str, segment: &str, ts_ms: i64, teacher: Option<TeacherRow>) -> RecordRow {
+    RecordRow {
+        features: Vec::new(),
+        record_id: id.into(),
+        ts_ms,
+        segment: segment.into(),
+        prediction: Some(1),
+        confidence: Some(0.9),
+        entropy: Some(0.2),
+        value: None,
+        latency_us: 100,
+        sampled: if teacher.is_some() { 1 } else { 0 },
+        label: None,
+        teacher,
+    }
+}
+
+fn sample(disagree: bool, weight: f64) -> TeacherRow {
+    TeacherRow {
+        weight,
+        teacher_prediction: Some(if disagree { 0 } else { 1 }),
+        teacher_confidence: Some(0.8),
+        comparison: Comparison {
+            disagreement: Some(disagree),
+            kl: Some(0.5),
+            total_variation: Some(0.1),
+            attention_kl: Some(0.2),
+            ..Comparison::default()
+        },
+        latency_us: 1000,
+        output_shape: vec![2],
+        teacher_output: vec![0.1, 0.9],
+        student_output: vec![0.2, 0.8],
+        teacher_attention: None,
+        inputs: vec![("x".into(), Tensor::f32(vec![2], vec![1.0, 2.0]))],
+        shadow: Vec::new(),
+    }
+}
+
+/// Commits with the next free sequence numbers, as the writer does.
+fn commit(
+    store: &mut Store,
+    mut file: FileCommit,
+    window_ms: i64,
+    now_ms: i64,
+) -> Result<CommitOutcome> {
+    file.first_seq = store.next_seq()?;
+    store.commit_file(&file, window_ms, now_ms, None)
+}
+
+fn file(name: &str, sha: &str, records: Vec<RecordRow>) -> FileCommit {
+    FileCommit {
+        first_seq: 0,
+        name: name.into(),
+        sha256: sha.into(),
+        size: 10,
+        kind: "jsonl",
+        student: "s".into(),
+        teacher: "t".into(),
+        records,
+    }
+}
+
+/// Records in the database file itself, without its write-ahead log: a copy of the file
+/// alone, opened on its own.
+fn records_in_main_file(path: &Path) -> i64 {
+    let copy = path.with_file_name("copy.db");
+    std::fs::copy(path, &copy).unwrap();
+    let conn = Connection::open(&copy).unwrap();
+    let n = conn
+        .query_row("SELECT COUNT(*) FROM records", [], |r| r.get(0))
+        .unwrap();
+    drop(conn);
+    std::fs::remove_file(&copy).unwrap();
+    n
+}
+
+/// A writer adding more than `PASS_PAGES` per interval brings passes closer, down to a
+/// sixteenth of the interval; a slower or idle writer lets them drift back to the interval.
+#[test]
+fn checkpoint_passes_come_sooner_while_the_log_grows_fast_and_relax_when_it_does_not() {
+    let every = Duration::from_secs(1);
+    let mut wait = every;
+    let mut waits = Vec::new();
+    for _ in 0..6 {
+        wait = next_wait(wait, every, false, PASS_PAGES + 1);
+        waits.push(wait.as_millis());
+    }
+    assert_eq!(waits, [500, 250, 125, 62, 62, 62]);
+    // Between a quarter and all of PASS_PAGES per pass: the pace holds.
+    assert_eq!(next_wait(wait, every, false, PASS_PAGES), wait);
+    assert_eq!(next_wait(wait, every, false, PASS_PAGES / 4), wait);
+    // A big log the writer has not added to since the last pass is no reason to hurry.
+    assert_eq!(next_wait(wait, every, true, 3 * PASS_PAGES), wait * 2);
+    let mut waits = Vec::new();
+    for _ in 0..6 {
+        wait = next_wait(wait, every, false, PASS_PAGES / 4 - 1);
+        waits.push(wait.as_millis());
+    }
+    assert_eq!(waits, [125, 250, 500, 1000, 1000, 1000]);
+}
+
+/// A store in `dir` whose background checkpointer runs only when asked: its interval
+/// never comes during a test.
+fn checkpointing_when_asked(dir: &Path) -> (PathBuf, Store) {
+    let path = dir.join("s.db");
+    let mut store = Store::open(&path).unwrap();
+    store
+        .checkpoint_in_background(Duration::from_secs(3600))
+        .unwrap();
+    (path, store)
+}
+
+/// Frames a pass cannot copy (here a reader's snapshot holds them back) are copied by the
+/// writer after its next commit, once the reader is gone.
+#[test]
+fn frames_a_pass_leaves_behind_are_copied_by_the_writer_after_its_next_commit() {
+    let dir = tempfile::tempdir().unwrap();
+    let (path, mut store) = checkpointing_when_asked(dir.path());
+    let one = |name: &str| file(name, name, vec![record(name, "line=A", 0, None)]);
+    commit(&mut store, one("a"), 60_000, 0).unwrap();
+    store.background_checkpoint_now().unwrap().unwrap();
+    let reader = Connection::open(&path).unwrap();
+    reader.execute_batch("BEGIN").unwrap();
+    let seen: i64 = reader
+        .query_row("SELECT COUNT(*) FROM records", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(seen, 1);
+    commit(&mut store, one("b"), 60_000, 0).unwrap();
+    let pass = store.background_checkpoint_now().unwrap().unwrap();
+    assert!(pass.checkpointed_pages < pass.log_pages, "{pass:?}");
+    assert_eq!(records_in_main_file(&path), 1);
+    reader.execute_batch("COMMIT").unwrap();
+    commit(&mut store, one("c"), 60_000, 0).unwrap();
+    assert_eq!(
+        records_in_main_file(&path),
+        3,
+        "the writer left the remainder"
+    );
+}
+
+#[test]
+fn the_background_checkpointer_and_not_the_writer_copies_the_log_into_the_database() {
+    let dir = tempfile::tempdir().unwrap();
+    let (path, mut store) = checkpointing_when_asked(dir.path());
+    // The schema goes into the file first; the writer copies the remainder, its
+    // first file, after that file's commit.
+    store.background_checkpoint_now().unwrap().unwrap();
+    let rows = vec![record("first", "line=A", 0, None)];
+    commit(&mut store, file("first.jsonl", "first", rows), 60_000, 0).unwrap();
+    assert_eq!(records_in_main_file(&path), 1);
+    // Past SQLite's default threshold of 1000 pages, where the writer used to checkpoint
+    // by itself, and short of the backstop.
+    for f in 0..6 {
+        let rows = (0..10_000)
+            .map(|i| record(&format!("{f}-{i:05}"), "line=A", i, None))
+            .collect();
+        commit(
+            &mut store,
+            file(&format!("{f}.jsonl"), &format!("{f}"), rows),
+            60_000,
+            0,
+        )
+        .unwrap();
+    }
+    assert_eq!(records_in_main_file(&path), 1, "the writer checkpointed");
+
+    let done = store.background_checkpoint_now().unwrap().unwrap();
+    assert!(!done.busy, "{done:?}");
+    assert!(
+        (1000..BACKSTOP_CHECKPOINT_PAGES).contains(&done.log_pages),
+        "{done:?}"
+    );
+    assert_eq!(done.checkpointed_pages, done.log_pages);
+    assert_eq!(records_in_main_file(&path), 60_001);
+
+    // The writer copies what the pass left behind after its next commit, and its
+    // transaction after that starts the log over: the log holds that file alone.
+    for f in 6..8 {
+        let rows = vec![record(&format!("{f}"), "line=A", 0, None)];
+        commit(
+            &mut store,
+            file(&format!("{f}.jsonl"), &format!("{f}"), rows),
+            60_000,
+            0,
+        )
+        .unwrap();
+    }
+    let again = store.background_checkpoint_now().unwrap().unwrap();
+    assert!(
+        again.log_pages < 50,
+        "the log did not start over: {again:?}"
+    );
+
+    // Closing stops the thread; the writer, last to close, removes the log.
+    drop(store);
+    assert!(!dir.path().join("s.db-wal").exists());
+}
+
+#[test]
+fn an_in_memory_database_has_no_background_checkpointer() {
+    let mut store = Store::open(Path::new(":memory:")).unwrap();
+    assert!(matches!(
+        store.checkpoint_in_background(Duration::from_secs(1)),
+        Err(StoreError::InMemory)
+    ));
+    assert!(store.background_checkpoint_now().is_none());
+}
+
+/// Another connection takes the write lock and holds it a while, well inside the busy
+/// timeout; returns once it holds it.
+fn hold_write_lock(path: &Path) -> std::thread::JoinHandle<()> {
+    let (locked_tx, locked) = std::sync::mpsc::channel();
+    let path = path.to_path_buf();
+    let holder = std::thread::spawn(move || {
+        let conn = Connection::open(&path).unwrap();
+        conn.execute_batch("BEGIN IMMEDIATE").unwrap();
+        locked_tx.send(()).unwrap();
+        std::thread::sleep(Duration::from_millis(300));
+        conn.execute_batch("COMMIT").unwrap();
+    });
+    locked.recv().unwrap();
+    holder
+}
+
+#[test]
+fn registering_shadow_models_waits_for_a_write_lock_held_by_another_connection() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s.db");
+    let mut store = Store::open(&path).unwrap();
+    let model = ShadowModelRow {
+        name: "lite".into(),
+        kind: ShadowKind::Challenger,
+        path: "/m/lite.onnx".into(),
+        sha256: Some("c0ffee".into()),
+        size_bytes: Some(100),
+        parameters: Some(10),
+        failure: None,
+        job_id: None,
+    };
+    let holder = hold_write_lock(&path);
+    let outcome = store.register_shadow_models(&[model], 1);
+    holder.join().unwrap();
+    assert!(outcome.is_ok(), "{outcome:?}");
+}
+
+#[test]
+fn a_commit_waits_for_a_write_lock_held_by_another_connection() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s.db");
+    let mut store = Store::open(&path).unwrap();
+    let holder = hold_write_lock(&path);
+    let outcome = commit(
+        &mut store,
+        file("a.jsonl", "abc", vec![record("r1", "line=A", 1_000, None)]),
+        60_000,
+        0,
+    );
+    holder.join().unwrap();
+    assert!(
+        matches!(outcome, Ok(CommitOutcome::Committed { records: 1, .. })),
+        "{outcome:?}"
+    );
+}
+
+#[test]
+fn every_record_row_lands_once_with_its_own_values_whatever_the_file_size() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = Store::open(&dir.path().join("s.db")).unwrap();
+    // 203 = 3 × 64 + 8 + 2 + 1 rows: full chunks, then every smaller statement in turn;
+    // then files of one row and of exactly one chunk.
+    let mut expected = Vec::new();
+    for (f, n) in [(0, 203usize), (1, 1), (2, 64)] {
+        let rows: Vec<RecordRow> = (0..n)
+            .map(|i| {
+                let mut r = record(
+                    &format!("f{f}-{i}"),
+                    &format!("k={}", i % 3),
+                    i as i64,
+                    None,
+                );
+                r.prediction = Some((i % 7) as i64);
+                r.latency_us = (f * 1000 + i) as i64;
+                r.label = (i % 2 == 0).then_some(i as i64);
+                r
+            })
+            .collect();
+        let first = store.next_seq().unwrap();
+        expected.extend(rows.iter().enumerate().map(|(i, r)| {
+            (
+                first + i as i64,
+                r.record_id.clone(),
+                r.segment.clone(),
+                r.prediction,
+                r.latency_us,
+                r.label,
+            )
+        }));
+        commit(
+            &mut store,
+            file(&format!("{f}.jsonl"), &format!("sha{f}"), rows),
+            60_000,
+            0,
+        )
+        .unwrap();
+    }
+    let mut stmt = store
+        .conn
+        .prepare("SELECT seq, record_id, segment, prediction, latency_us, label FROM records ORDER BY seq")
+        .unwrap();
+    type Row = (i64, String, String, Option<i64>, i64, Option<i64>);
+    let stored: Vec<Row> = stmt
+        .query_map([], |r| {
+            Ok((
+                r.get(0)?,
+                r.get(1)?,
+                r.get(2)?,
+                r.get(3)?,
+                r.get(4)?,
+                r.get(5)?,
+            ))
+        })
+        .unwrap()
+        .collect::<rusqlite::Result<_>>()
+        .unwrap();
+    assert_eq!(stored.len(), 268);
+    assert_eq!(stored, expected);
+    let s = store.summary().unwrap();
+    let all = s.segments.iter().find(|x| x.segment == "*").unwrap();
+    assert_eq!(all.records, 268);
+    let k0 = s.segments.iter().find(|x| x.segment == "k=0").unwrap();
+    assert_eq!(k0.records, 68 + 1 + 22);
+}
+
+#[test]
+fn synchronous_full_makes_every_commit_sync_the_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = Store::open(&dir.path().join("s.db")).unwrap();
+    let mode = |s: &Store| -> i64 {
+        s.conn
+            .pragma_query_value(None, "synchronous", |r| r.get(0))
+            .unwrap()
+    };
+    assert_eq!(mode(&store), 1, "NORMAL by default");
+    store
+        .set_synchronous(crate::config::Synchronous::Full)
+        .unwrap();
+    assert_eq!(mode(&store), 2, "FULL");
+}
+
+#[test]
+fn migrating_twice_is_a_no_op() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s.db");
+    let store = Store::open(&path).unwrap();
+    assert_eq!(store.schema_version().unwrap(), SCHEMA_VERSION);
+    drop(store);
+    let store = Store::open(&path).unwrap();
+    assert_eq!(store.schema_version().unwrap(), SCHEMA_VERSION);
+}
+
+#[test]
+fn a_newer_schema_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s.db");
+    drop(Store::open(&path).unwrap());
+    let conn = Connection::open(&path).unwrap();
+    conn.pragma_update(None, "user_version", SCHEMA_VERSION + 1)
+        .unwrap();
+    drop(conn);
+    assert!(matches!(Store::open(&path), Err(StoreError::TooNew { .. })));
+}
+
+#[test]
+fn same_content_counts_once_and_windows_sum_per_segment() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = Store::open(&dir.path().join("s.db")).unwrap();
+    let a = file(
+        "a.jsonl",
+        "abc",
+        vec![
+            record("r1", "line=A", 1_000, Some(sample(true, 2.0))),
+            record("r2", "line=B", 2_000, Some(sample(false, 2.0))),
+            record("r3", "line=A", 3_000, None),
+        ],
+    );
+    assert_eq!(
+        commit(&mut store, a, 60_000, 0).unwrap(),
+        CommitOutcome::Committed {
+            file_id: 1,
+            records: 3
+        }
+    );
+    let again = file(
+        "a-copy.jsonl",
+        "abc",
+        vec![record("r1", "line=A", 1_000, None)],
+    );
+    assert!(matches!(
+        commit(&mut store, again, 60_000, 0).unwrap(),
+        CommitOutcome::Duplicate { of_id: 1, .. }
+    ));
+    let s = store.summary().unwrap();
+    assert_eq!(
+        (
+            s.files_done,
+            s.files_duplicate,
+            s.records,
+            s.teacher_samples
+        ),
+        (1, 1, 3, 2)
+    );
+    let all = s.segments.iter().find(|x| x.segment == "*").unwrap();
+    assert_eq!(all.disagreement, Some(0.5));
+    assert_eq!(all.weight_sq_sum, 8.0);
+    let a_seg = s.segments.iter().find(|x| x.segment == "line=A").unwrap();
+    assert_eq!(
+        (a_seg.records, a_seg.teacher_samples, a_seg.disagreement),
+        (2, 1, Some(1.0))
+    );
+    assert_eq!(a_seg.weight_sq_sum, 4.0);
+}
+
+#[test]
+fn files_of_an_older_schema_get_their_first_seq_and_retention_finds_their_records() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s.db");
+    {
+        // A database of schema 7, with the records of two files and a labels file.
+        let mut conn = Connection::open(&path).unwrap();
+        let tx = conn.transaction().unwrap();
+        for (_, sql) in &MIGRATIONS[..7] {
+            tx.execute_batch(sql).unwrap();
+        }
+        tx.pragma_update(None, "user_version", 7).unwrap();
+        tx.execute_batch(
+            "INSERT INTO files (id, name, sha256, size, kind, status, records, processed_at)
+             VALUES (1, 'a', 'a', 1, 'jsonl', 'done', 2, 1000),
+                    (2, 'l', 'l', 1, 'labels', 'done', 5, 1500),
+                    (3, 'b', 'b', 1, 'jsonl', 'done', 3, 5000);
+             INSERT INTO records (seq, file_id, record_id, ts, segment, student, latency_us, sampled)
+             VALUES (1, 1, 'r1', 0, '', 's', 1, 0), (2, 1, 'r2', 0, '', 's', 1, 0),
+                    (3, 3, 'r3', 0, '', 's', 1, 0), (4, 3, 'r4', 0, '', 's', 1, 0),
+                    (5, 3, 'r5', 0, '', 's', 1, 0);",
+        )
+        .unwrap();
+        tx.commit().unwrap();
+    }
+    let mut store = Store::open(&path).unwrap();
+    assert_eq!(store.schema_version().unwrap(), SCHEMA_VERSION);
+    let count =
+        |store: &Store, sql: &str| -> i64 { store.conn.query_row(sql, [], |r| r.get(0)).unwrap() };
+    let first: Vec<Option<i64>> = store
+        .conn
+        .prepare("SELECT first_seq FROM files ORDER BY id")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<rusqlite::Result<_>>()
+        .unwrap();
+    assert_eq!(first, [Some(1), None, Some(3)]);
+    assert_eq!(
+        count(
+            &store,
+            "SELECT COUNT(*) FROM sqlite_master WHERE name = 'records_file_id'"
+        ),
+        0
+    );
+    // A file committed now records its own first_seq; retention takes the old file's
+    // records only, then the next one's.
+    let c = file("c.jsonl", "c", vec![record("r6", "", 0, None)]);
+    commit(&mut store, c, 60_000, 9_000).unwrap();
+    assert_eq!(
+        count(&store, "SELECT first_seq FROM files WHERE name = 'c.jsonl'"),
+        6
+    );
+    assert_eq!(store.apply_retention(2_000).unwrap(), 2);
+    assert_eq!(store.apply_retention(6_000).unwrap(), 3);
+    assert_eq!(store.apply_retention(6_000).unwrap(), 0);
+    assert_eq!(count(&store, "SELECT MIN(seq) FROM records"), 6);
+}
+
+/// SQLite numbers a file's records from `first_seq` on; a file that expected other numbers
+/// (something else inserted records since `next_seq`) fails whole and leaves no trace.
+#[test]
+fn records_are_numbered_from_first_seq_and_a_mismatch_fails_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = Store::open(&dir.path().join("s.db")).unwrap();
+    let count =
+        |store: &Store, sql: &str| -> i64 { store.conn.query_row(sql, [], |r| r.get(0)).unwrap() };
+    let rows = || -> Vec<RecordRow> {
+        (0..150)
+            .map(|i| record(&format!("r{i}"), "", 0, None))
+            .collect()
+    };
+    commit(&mut store, file("a.jsonl", "a", rows()), 60_000, 0).unwrap();
+    assert_eq!(count(&store, "SELECT MIN(seq) FROM records"), 1);
+    assert_eq!(count(&store, "SELECT MAX(seq) FROM records"), 150);
+    assert_eq!(
+        count(
+            &store,
+            "SELECT COUNT(*) FROM records WHERE record_id = 'r' || (seq - 1)"
+        ),
+        150
+    );
+    let mut stale = file("b.jsonl", "b", rows());
+    stale.first_seq = store.next_seq().unwrap();
+    store
+        .conn
+        .execute(
+            "INSERT INTO records (file_id, record_id, ts, segment, student, latency_us, sampled)
+             VALUES (1, 'intruder', 0, '', 's', 0, 0)",
+            [],
+        )
+        .unwrap();
+    let err = store.commit_file(&stale, 60_000, 0, None).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            StoreError::Sequence {
+                expected: 151,
+                got: 152
+            }
+        ),
+        "{err}"
+    );
+    assert_eq!(
+        count(&store, "SELECT COUNT(*) FROM files WHERE name = 'b.jsonl'"),
+        0
+    );
+    assert_eq!(count(&store, "SELECT COUNT(*) FROM records"), 151);
+}
+
+#[test]
+fn retention_deletes_records_by_receipt_time_and_keeps_windows() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = Store::open(&dir.path().join("s.db")).unwrap();
+    // An old record (ts 0) received at t=1000, a fresh one received at t=5000.
+    let old = file("old.jsonl", "a", vec![record("r1", "", 0, None)]);
+    commit(&mut store, old, 60_000, 1_000).unwrap();
+    let new = file("new.jsonl", "b", vec![record("r2", "", 0, None)]);
+    commit(&mut store, new, 60_000, 5_000).unwrap();
+    // Sequence numbers are never reused, even once the rows are gone.
+    assert_eq!(store.apply_retention(2_000).unwrap(), 1);
+    store.conn.execute("DELETE FROM records", []).unwrap();
+    assert_eq!(store.next_seq().unwrap(), 3);
+    let again = file("again.jsonl", "c", vec![record("r2", "", 0, None)]);
+    commit(&mut store, again, 60_000, 5_000).unwrap();
+    let (left, seq): (String, i64) = store
+        .conn
+        .query_row("SELECT record_id, seq FROM records", [], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })
+        .unwrap();
+    assert_eq!((left.as_str(), seq), ("r2", 3));
+    assert_eq!(
+        store.summary().unwrap().records,
+        3,
+        "window sums keep the history"
+    );
+}
+
+#[test]
+fn retention_starts_at_the_oldest_record_left_and_catches_up_after_a_clock_step_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = Store::open(&dir.path().join("s.db")).unwrap();
+    // Received at t=1000, 3000, then 2000: the clock stepped back before the third.
+    for (name, at) in [("a", 1_000), ("b", 3_000), ("c", 2_000)] {
+        let rows = vec![
+            record(name, "", 0, None),
+            record(&format!("{name}2"), "", 0, None),
+        ];
+        commit(&mut store, file(name, name, rows), 60_000, at).unwrap();
+    }
+    let left = |store: &Store| -> Vec<String> {
+        let mut stmt = store
+            .conn
+            .prepare("SELECT record_id FROM records ORDER BY seq")
+            .unwrap();
+        stmt.query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<rusqlite::Result<_>>()
+            .unwrap()
+    };
+    assert_eq!(store.apply_retention(1_500).unwrap(), 2);
+    assert_eq!(left(&store), ["b", "b2", "c", "c2"]);
+    // The oldest record left is b's (received at 3000): c, "received" at 2000, waits.
+    assert_eq!(store.apply_retention(3_500).unwrap(), 2);
+    assert_eq!(left(&store), ["c", "c2"]);
+    assert_eq!(store.apply_retention(3_500).unwrap(), 2);
+    assert!(left(&store).is_empty());
+    assert_eq!(store.apply_retention(10_000).unwrap(), 0);
+
+    // The ledger is read from the oldest record's receipt time on, not from its start.
+    let plan: Vec<String> = store
+        .conn
+        .prepare(&format!("EXPLAIN QUERY PLAN {RETENTION_OLD}"))
+        .unwrap()
+        .query_map([0], |r| r.get(3))
+        .unwrap()
+        .collect::<rusqlite::Result<_>>()
+        .unwrap();
+    assert!(
+        plan.iter()
+            .any(|p| p.contains("files_processed_at (processed_at>? AND processed_at<?)")),
+        "{plan:?}"
+    );
+}
+
+fn shadow_row(model: &str, agrees: bool) -> ShadowRow {
+    ShadowRow {
+        model: model.into(),
+        sha256: "c0ffee".into(),
+        kind: ShadowKind::Challenger,
+        result: Ok(ShadowMeasure {
+            comparison: Comparison {
+                disagreement: Some(!agrees),
+                kl: Some(0.25),
+                ..Comparison::default()
+            },
+            latency_us: 40,
+        }),
+    }
+}
+
+#[test]
+fn shadow_rows_commit_with_their_file_once_and_leave_with_its_records() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = Store::open(&dir.path().join("s.db")).unwrap();
+    let model = |name: &str| ShadowModelRow {
+        name: name.into(),
+        kind: ShadowKind::Challenger,
+        path: format!("/m/{name}.onnx"),
+        sha256: Some("c0ffee".into()),
+        size_bytes: Some(100),
+        parameters: Some(10),
+        failure: None,
+        job_id: None,
+    };
+    store
+        .register_shadow_models(&[model("lite"), model("gone")], 1)
+        .unwrap();
+    store.register_shadow_models(&[model("lite")], 2).unwrap();
+    let with_shadow = |id: &str, agrees: bool| {
+        let mut t = sample(false, 2.0);
+        t.shadow = vec![shadow_row("lite", agrees)];
+        record(id, "", 0, Some(t))
+    };
+    let mut failing = sample(false, 2.0);
+    failing.shadow = vec![ShadowRow {
+        result: Err("inference failed".into()),
+        ..shadow_row("lite", true)
+    }];
+    let records = vec![
+        with_shadow("r1", true),
+        with_shadow("r2", false),
+        record("r3", "", 0, None),
+        with_shadow("r4", true),
+    ];
+    commit(&mut store, file("a.jsonl", "a", records), 60_000, 1_000).unwrap();
+    // The same content again is a duplicate: nothing is counted twice.
+    let again = vec![with_shadow("r1", true)];
+    let outcome = commit(&mut store, file("b.jsonl", "a", again), 60_000, 2_000).unwrap();
+    assert!(matches!(outcome, CommitOutcome::Duplicate { .. }));
+    let count =
+        |store: &Store, sql: &str| -> i64 { store.conn.query_row(sql, [], |r| r.get(0)).unwrap() };
+    assert_eq!(count(&store, "SELECT COUNT(*) FROM shadow_samples"), 3);
+    let (samples, agreement, weight, kl): (i64, f64, f64, f64) = store
+        .conn
+        .query_row(
+            "SELECT samples, agreement, agreement_weight, kl FROM shadow_totals
+             WHERE model = 'lite'",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+        )
+        .unwrap();
+    assert_eq!((samples, agreement, weight), (3, 4.0, 6.0));
+    assert!((kl - 1.5).abs() < 1e-12);
+    // The student's sums cover the same three records.
+    assert_eq!(
+        count(
+            &store,
+            "SELECT samples FROM shadow_totals WHERE model = 'student' AND sha256 = 's'"
+        ),
+        3
+    );
+    assert_eq!(count(&store, "SELECT COUNT(*) FROM shadow_models"), 1);
+
+    // A failure on a later file marks the model failed, in the same commit.
+    let later = vec![record("r5", "", 0, Some(failing))];
+    commit(&mut store, file("c.jsonl", "c", later), 60_000, 9_000).unwrap();
+    let (status, detail): (String, String) = store
+        .conn
+        .query_row(
+            "SELECT status, detail FROM shadow_models WHERE name = 'lite'",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    assert_eq!(
+        (status.as_str(), detail.as_str()),
+        ("failed", "inference failed")
+    );
+
+    // Retention takes the per-record rows with their records; the totals stay.
+    store.apply_retention(5_000).unwrap();
+    assert_eq!(count(&store, "SELECT COUNT(*) FROM shadow_samples"), 0);
+    assert_eq!(
+        count(
+            &store,
+            "SELECT samples FROM shadow_totals WHERE model = 'lite'"
+        ),
+        3
+    );
+}
+
+#[test]
+fn late_labels_join_records_by_id() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = Store::open(&dir.path().join("s.db")).unwrap();
+    let a = file(
+        "a.jsonl",
+        "abc",
+        vec![record("r1", "", 0, Some(sample(false, 1.0)))],
+    );
+    commit(&mut store, a, 60_000, 0).unwrap();
+    let out = store
+        .commit_labels(
+            "a.labels.jsonl",
+            "def",
+            5,
+            &[("r1".into(), 3), ("r9".into(), 4)],
+            0,
+            &mut |joins| {
+                assert_eq!(joins.len(), 1);
+                assert_eq!(
+                    (
+                        joins[0].prediction,
+                        joins[0].teacher_prediction,
+                        joins[0].label
+                    ),
+                    (Some(1), Some(1), 3)
+                );
+                None
+            },
+        )
+        .unwrap();
+    assert_eq!(
+        out,
+        LabelsOutcome::Committed {
+            file_id: 2,
+            labels: 2,
+            matched: 1
+        }
+    );
+    let label: Option<i64> = store
+        .conn
+        .query_row(
+            "SELECT label FROM teacher_samples WHERE record_id = 'r1'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(label, Some(3));
+    assert_eq!(store.pending_label("r9").unwrap(), Some(4));
+}

@@ -149,7 +149,7 @@ impl Fixture {
     /// The dispatcher's and the teacher worker's work for every record of one file.
     fn rows(&mut self, input: FileInput) -> Vec<RecordRow> {
         let now = Instant::now();
-        let now_ms = sensei::pipeline::now_ms();
+        let now_ms = sensei::time::now_ms();
         input
             .ids
             .into_iter()
@@ -221,7 +221,7 @@ impl Fixture {
     /// The writer's work for one file: detectors, then the file's transaction.
     fn commit(&mut self, records: Vec<RecordRow>) {
         self.files += 1;
-        let now_ms = sensei::pipeline::now_ms();
+        let now_ms = sensei::time::now_ms();
         let first_seq = self.store.next_seq().expect("seq");
         let delta =
             sensei::pipeline::observe_records(&mut self.monitor, first_seq, &records, now_ms);
@@ -364,7 +364,7 @@ fn overhead(c: &mut Criterion) {
             let rows = fx.rows(input);
             group.bench_function("drift detectors", |b| {
                 b.iter(|| {
-                    let now_ms = sensei::pipeline::now_ms();
+                    let now_ms = sensei::time::now_ms();
                     let first_seq = fx.store.next_seq().expect("seq");
                     std::hint::black_box(sensei::pipeline::observe_records(
                         &mut fx.monitor,

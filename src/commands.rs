@@ -593,7 +593,7 @@ impl StatusReport {
         if !self.redistill_jobs.is_empty() {
             let _ = writeln!(s, "\nre-distillation jobs (latest first):");
             for j in &self.redistill_jobs {
-                let when = crate::alert::time::rfc3339(j.finished_at.unwrap_or(j.requested_at));
+                let when = crate::time::rfc3339(j.finished_at.unwrap_or(j.requested_at));
                 let gate = j
                     .gate
                     .as_deref()
@@ -708,7 +708,7 @@ pub fn baseline(config: &Config, paths: &[PathBuf]) -> anyhow::Result<BaselineRe
         run.records() as i64,
         &crate::baseline::sources_json(&run.sources),
         &serde_json::to_string(&reference)?,
-        crate::pipeline::now_ms(),
+        crate::time::now_ms(),
     )?;
     Ok(BaselineReport {
         version,

@@ -392,7 +392,7 @@ fn shadow_set(config: &Config, models: &Models, store: &mut Store) -> ShadowSet 
         &models.student.sha256,
         candidate,
     );
-    if let Err(e) = store.register_shadow_models(&rows, crate::pipeline::now_ms()) {
+    if let Err(e) = store.register_shadow_models(&rows, crate::time::now_ms()) {
         tracing::error!(error = %e, "Recording the shadow models failed; they run all the same.");
     }
     set

@@ -228,7 +228,7 @@ pub fn run(models: &Path) -> anyhow::Result<DemoReport> {
                 lab.records as i64,
                 "[\"lab.jsonl\"]",
                 &profile,
-                crate::pipeline::now_ms(),
+                crate::time::now_ms(),
             )?;
         }
         let summary = replay(&config, std::slice::from_ref(&stream), None)

@@ -46,3 +46,4 @@ pub mod sampler;
 pub mod shadow;
 pub mod stats;
 pub mod store;
+pub mod time;

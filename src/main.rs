@@ -131,7 +131,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 if let Some(outbox) = &status.outbox
                     && !outbox.receivers.is_empty()
                 {
-                    print!("\n{}", outbox.text(sensei::alert::time::now_ms()));
+                    print!("\n{}", outbox.text(sensei::time::now_ms()));
                 }
             }
             Ok(ExitCode::SUCCESS)
@@ -262,7 +262,7 @@ fn alert_command(config: &Config, command: AlertCommand) -> anyhow::Result<ExitC
             if json {
                 println!("{}", serde_json::to_string_pretty(&summary)?);
             } else {
-                print!("{}", summary.text(sensei::alert::time::now_ms()));
+                print!("{}", summary.text(sensei::time::now_ms()));
             }
             Ok(ExitCode::SUCCESS)
         }

@@ -28,6 +28,7 @@ use crate::store::MonitorDelta;
 use crate::store::{
     CommitOutcome, FileCommit, LabelJoin, LabelsOutcome, RecordRow, Store, TeacherRow,
 };
+use crate::time::now_ms;
 
 /// What happens to a file in the inbox once sensei is done with it.
 #[derive(Debug, Clone)]
@@ -1060,11 +1061,6 @@ fn log_drift(delta: &MonitorDelta) {
     for (signal, segment, detector) in &delta.resolved {
         tracing::info!(%signal, %segment, detector, "Drift resolved: the signal is back in control.");
     }
-}
-
-/// Wall-clock now in unix milliseconds.
-pub fn now_ms() -> i64 {
-    (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64
 }
 
 /// How often the writer deletes per-record rows past their retention.

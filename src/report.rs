@@ -263,7 +263,7 @@ pub fn dashboard_data(config: &Config, ready: bool, report: bool) -> anyhow::Res
     };
 
     Ok(DashboardData {
-        generated_at: crate::pipeline::now_ms(),
+        generated_at: crate::time::now_ms(),
         report,
         ready: ready || report,
         window_ms: config.store.window.as_millis().min(i64::MAX as u128) as i64,

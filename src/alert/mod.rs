@@ -19,7 +19,6 @@ pub mod notification;
 pub mod receiver;
 pub mod rule;
 pub mod store;
-pub mod time;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -32,12 +31,12 @@ use tokio::task::JoinHandle;
 pub use config::AlertConfig;
 pub use store::{OutboxSummary, ReceiverOutbox, outbox_summary, outbox_summary_conn};
 
+use crate::time::now_ms;
 use config::{Rule, Severity};
 use notification::{ActionNote, Notification, VERSION, summarize};
 use receiver::Sender;
 use rule::{Drift, DriftEvent, GroupState, Kind, Policy};
 use store::{AlertDb, EvaluationCommit, NewAction, NewNotification};
-use time::now_ms;
 
 /// The running alert task; [`AlertTask::stop`] ends it.
 pub struct AlertTask {

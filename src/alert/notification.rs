@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use super::config::Severity;
 use super::rule::{Drift, Kind};
-use super::time::{human, rfc3339_ms, rfc3339_ms_opt};
+use crate::time::{human, rfc3339_ms, rfc3339_ms_opt};
 
 /// The schema version of [`Notification`] documents.
 pub const VERSION: u32 = 1;

@@ -20,7 +20,7 @@ use tokio::io::AsyncWriteExt;
 use super::config::{EmailReceiver, Receiver, ReceiverKind, SmtpTls};
 use super::notification::{Notification, segment_text, signal_text};
 use super::rule::Kind;
-use super::time::{now_ms, rfc3339};
+use crate::time::{now_ms, rfc3339};
 
 /// Why a delivery failed (it is retried).
 #[derive(Debug, thiserror::Error)]

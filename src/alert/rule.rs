@@ -18,7 +18,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::config::Rule;
-use super::time::{rfc3339_ms, rfc3339_ms_opt};
+use crate::time::{rfc3339_ms, rfc3339_ms_opt};
 
 /// One row of `drift_events`, as alerting reads it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

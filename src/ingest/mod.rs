@@ -29,11 +29,10 @@ use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
 
 use crate::config::{Config, OnDone};
-use crate::pipeline::{
-    Disposition, FileMeta, FileWork, InFlightPaths, Prepared, WriterMsg, now_ms,
-};
+use crate::pipeline::{Disposition, FileMeta, FileWork, InFlightPaths, Prepared, WriterMsg};
 use crate::record::{FileContent, InputSpec, Origin};
 use crate::store::Reader;
+use crate::time::now_ms;
 
 use format::{FileKind, FormatOptions};
 

@@ -88,7 +88,7 @@ pub fn export(config: &Config, options: &ExportOptions) -> anyhow::Result<Export
             teacher.prefix(),
             options
                 .since_ms
-                .map(|t| format!(" since {}", crate::alert::time::rfc3339(t)))
+                .map(|t| format!(" since {}", crate::time::rfc3339(t)))
                 .unwrap_or_default(),
             options
                 .segment
@@ -332,7 +332,7 @@ fn write_dataset(
 
     let from = rows.iter().map(|r| r.ts_ms).min().unwrap_or_default();
     let to = rows.iter().map(|r| r.ts_ms).max().unwrap_or_default();
-    let created = crate::alert::time::rfc3339(crate::alert::time::now_ms());
+    let created = crate::time::rfc3339(crate::time::now_ms());
     let manifest = serde_json::json!({
         "schema_version": 1,
         "created": created,
@@ -343,13 +343,13 @@ fn write_dataset(
         },
         "record_ids": rows.iter().map(|r| r.record_id.as_str()).collect::<Vec<_>>(),
         "time_range": {
-            "from": crate::alert::time::rfc3339(from),
-            "to": crate::alert::time::rfc3339(to),
+            "from": crate::time::rfc3339(from),
+            "to": crate::time::rfc3339(to),
         },
         "trigger": {"reason": options.reason},
         "count": n,
         "filters": {
-            "since": options.since_ms.map(crate::alert::time::rfc3339),
+            "since": options.since_ms.map(crate::time::rfc3339),
             "segment": options.segment,
         },
         "teacher_sample_seqs": rows.iter().map(|r| r.seq).collect::<Vec<_>>(),
@@ -363,8 +363,8 @@ fn write_dataset(
         out: dir.to_path_buf(),
         count: n,
         holdout: 0,
-        from: crate::alert::time::rfc3339(from),
-        to: crate::alert::time::rfc3339(to),
+        from: crate::time::rfc3339(from),
+        to: crate::time::rfc3339(to),
         student_logits,
         attention,
     })
@@ -378,7 +378,7 @@ pub fn options(
     reason: String,
 ) -> anyhow::Result<ExportOptions> {
     let since_ms = match since {
-        Some(text) => Some(crate::alert::time::parse(&text).ok_or_else(|| {
+        Some(text) => Some(crate::time::parse(&text).ok_or_else(|| {
             anyhow!("--since takes an RFC 3339 time such as 2026-03-03T06:00:00Z, got {text:?}")
         })?),
         None => None,

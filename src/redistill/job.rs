@@ -32,9 +32,9 @@ use serde::Serialize;
 
 use super::export::{ExportOptions, export};
 use super::streak::{Backoff, announce};
-use crate::alert::time::{now_ms, rfc3339};
 use crate::config::Config;
 use crate::store::{Enqueued, JobRequest, JobRow, Store};
+use crate::time::{now_ms, rfc3339};
 
 /// How often the daemon's task looks for requests and queued jobs.
 const POLL: Duration = Duration::from_secs(1);

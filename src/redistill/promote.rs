@@ -26,9 +26,9 @@ use anyhow::{Context, bail};
 use serde::{Deserialize, Serialize};
 
 use super::export::ModelFile;
-use crate::alert::time::now_ms;
 use crate::config::Config;
 use crate::store::{Promotion, Store};
+use crate::time::now_ms;
 
 /// `<state_dir>/models/student.json`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -19,9 +19,9 @@ use std::time::Duration;
 use crate::alert::config::Severity;
 use crate::alert::notification::{Notification, RedistillFailure, VERSION};
 use crate::alert::rule::Kind;
-use crate::alert::time::rfc3339;
 use crate::config::{Config, RedistillConfig};
 use crate::store::{FailureAlertRow, FailureNotice, FinishedJob, Store};
+use crate::time::rfc3339;
 
 /// The rule name that notifications about failing re-distillation carry. Rule names cannot
 /// collide with their alert ids (`redistill-failing.job-<first job>`): an alert rule's ids end

@@ -308,7 +308,7 @@ type Member = (String, String, String);
 
 /// RFC 3339 time of a document as unix ms.
 fn ms(v: &serde_json::Value) -> Option<i64> {
-    sensei::alert::time::parse(v.as_str()?)
+    sensei::time::parse(v.as_str()?)
 }
 
 /// The document without `action`, which each delivery refreshes to say what sensei did by then.

@@ -1108,7 +1108,7 @@ fn a_job_that_keeps_failing_backs_off_and_is_announced_once() {
             .and_then(|id| id.parse().ok())
             .unwrap_or_else(|| panic!("{detail}"));
         let started = jobs.iter().find(|j| j.0 == latest).unwrap().2;
-        let next = sensei::alert::time::rfc3339(started + expected_wait(failures));
+        let next = sensei::time::rfc3339(started + expected_wait(failures));
         assert!(
             detail.ends_with(&format!("next allowed at {next}")),
             "{detail}: expected {next}"
@@ -1141,7 +1141,7 @@ fn a_job_that_keeps_failing_backs_off_and_is_announced_once() {
     assert!(f["log"].as_str().unwrap().ends_with("job-2/job.log"), "{f}");
     assert_eq!(
         f["next_allowed_at"].as_str().unwrap(),
-        sensei::alert::time::rfc3339(jobs[1].2 + 2_000)
+        sensei::time::rfc3339(jobs[1].2 + 2_000)
     );
     assert_eq!(
         site.query_i64("SELECT COUNT(*) FROM alert_outbox WHERE rule = 'redistill-failing'"),

@@ -1,4 +1,5 @@
-//! Unix milliseconds (what the database stores) to and from RFC 3339 (what notifications show).
+//! Time as sensei keeps it: unix milliseconds (what the database stores), to and from RFC 3339
+//! (what notifications, JSON output and records carry).
 
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;

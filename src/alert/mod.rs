@@ -4,8 +4,9 @@
 //! - [`config`]: `[alerts]`, `[receivers.NAME]` and `[[rules]]`, raw and validated.
 //! - [`rule`]: the pure state machine (inactive → pending → firing → resolved) per rule.
 //! - [`notification`]: the notification document and its renderings (subject, text, HTML).
-//! - [`store`]: the alert tables: rule state, the outbox, requested actions.
 //! - [`receiver`]: email, webhook, Alertmanager and command delivery.
+//!
+//! Their tables (rule state, the outbox, requested actions) are `crate::store::alerts`.
 //!
 //! The alert task runs in the daemon. Every `evaluation_interval` it reads the drift events it
 //! has not seen (and every open one), runs each rule's state machine and, in one transaction,
@@ -18,7 +19,6 @@ pub mod config;
 pub mod notification;
 pub mod receiver;
 pub mod rule;
-pub mod store;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -28,15 +28,17 @@ use std::time::Duration;
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
 
+pub use crate::store::{OutboxSummary, ReceiverOutbox, outbox_summary};
 pub use config::AlertConfig;
-pub use store::{OutboxSummary, ReceiverOutbox, outbox_summary, outbox_summary_conn};
 
+use crate::store::{
+    ActionNote, AlertDb, AlertTables, DriftEvent, EvaluationCommit, NewAction, NewNotification,
+};
 use crate::time::now_ms;
 use config::{Rule, Severity};
-use notification::{ActionNote, Notification, VERSION, summarize};
+use notification::{Notification, VERSION, summarize};
 use receiver::Sender;
-use rule::{Drift, DriftEvent, GroupState, Kind, Policy};
-use store::{AlertDb, EvaluationCommit, NewAction, NewNotification};
+use rule::{Drift, GroupState, Kind, Policy};
 
 /// The running alert task; [`AlertTask::stop`] ends it.
 pub struct AlertTask {
@@ -107,9 +109,9 @@ fn alertmanager_lifetime(alerts: &AlertConfig) -> Duration {
 type Db = Arc<Mutex<AlertDb>>;
 
 /// Runs blocking database work off the async threads.
-async fn with_db<T: Send + 'static>(
+async fn with_db<T: Send + 'static, E: Into<anyhow::Error> + Send + 'static>(
     db: &Db,
-    f: impl FnOnce(&mut AlertDb) -> rusqlite::Result<T> + Send + 'static,
+    f: impl FnOnce(&mut AlertDb) -> Result<T, E> + Send + 'static,
 ) -> anyhow::Result<T> {
     let db = db.clone();
     tokio::task::spawn_blocking(move || {
@@ -117,7 +119,7 @@ async fn with_db<T: Send + 'static>(
         f(&mut guard)
     })
     .await?
-    .map_err(anyhow::Error::from)
+    .map_err(Into::into)
 }
 
 async fn run(alerts: AlertConfig, path: PathBuf, mut stopped: watch::Receiver<bool>) {
@@ -171,7 +173,7 @@ async fn run(alerts: AlertConfig, path: PathBuf, mut stopped: watch::Receiver<bo
         }
         // Notifications other parts of sensei wrote (re-distillation that keeps failing).
         let now = now_ms();
-        match with_db(&db, move |db| store::due_receivers(db.conn(), now)).await {
+        match with_db(&db, move |db| db.tables().due_receivers(now)).await {
             Ok(due) => {
                 for r in due {
                     if let Some(w) = wakers.get(&r) {
@@ -199,12 +201,13 @@ async fn run(alerts: AlertConfig, path: PathBuf, mut stopped: watch::Receiver<bo
 
 /// One evaluation of every rule, committed in one transaction. Returns the receivers that got
 /// new notifications.
-pub fn evaluate(db: &mut AlertDb, alerts: &AlertConfig, now: i64) -> rusqlite::Result<Vec<String>> {
+pub fn evaluate(db: &mut AlertDb, alerts: &AlertConfig, now: i64) -> anyhow::Result<Vec<String>> {
     let tx = db.transaction()?;
-    let cursor = store::cursor(&tx)?.map(|(last, _)| last);
+    let q = tx.tables();
+    let cursor = q.cursor()?.map(|(last, _)| last);
     // On the very first evaluation, drifts that are already over are history: only open ones.
-    let max_before = store::max_event_id(&tx)?;
-    let events = store::events(&tx, cursor.unwrap_or(max_before))?;
+    let max_before = q.max_event_id()?;
+    let events = q.events(cursor.unwrap_or(max_before))?;
     // `now` was read before the snapshot, and a file committed in between brings drift events
     // stamped later. An evaluation cannot precede what it reads: were such an event judged by
     // the earlier time, it would not yet count as open (its `for` not met), its episode would
@@ -226,7 +229,7 @@ pub fn evaluate(db: &mut AlertDb, alerts: &AlertConfig, now: i64) -> rusqlite::R
     };
     let mut documents: Vec<(&Rule, Notification)> = Vec::new();
     for rule in &alerts.rules {
-        let state = store::state(&tx, &rule.name)?;
+        let state = rule_state(q, &rule.name)?;
         let members = rule::members(rule, &events, cursor);
         let policy = Policy::new(rule, alerts.group_interval);
         let (next, notice) = rule::evaluate(&policy, &state, &members, now);
@@ -235,10 +238,8 @@ pub fn evaluate(db: &mut AlertDb, alerts: &AlertConfig, now: i64) -> rusqlite::R
             if notice.kind == Kind::Firing
                 && let Some(action) = rule.action
             {
-                let drifts_json = serde_json::to_string(&notice.members)
-                    .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
-                let id = store::request_action(
-                    &tx,
+                let drifts_json = serde_json::to_string(&notice.members)?;
+                let id = q.request_action(
                     &NewAction {
                         action: action.as_str(),
                         rule: &rule.name,
@@ -249,7 +250,7 @@ pub fn evaluate(db: &mut AlertDb, alerts: &AlertConfig, now: i64) -> rusqlite::R
                 )?;
                 tracing::warn!(rule = %rule.name, action = action.as_str(), id, "Alert action requested.");
             }
-            let action = store::action_of(&tx, &alert_id)?;
+            let action = q.action_of(&alert_id)?;
             let doc = document(
                 alerts,
                 rule,
@@ -271,24 +272,28 @@ pub fn evaluate(db: &mut AlertDb, alerts: &AlertConfig, now: i64) -> rusqlite::R
             documents.push((rule, doc));
         }
         if next != state {
-            commit.states.push((&rule.name, next));
+            commit.states.push((&rule.name, next.to_row()?));
         }
     }
     for (rule, doc) in &documents {
         commit.notifications.push(NewNotification {
             receivers: &rule.receivers,
-            notification: doc,
+            dedup_key: &doc.dedup_key,
+            alert_id: &doc.alert_id,
+            rule: &doc.rule,
+            kind: doc.kind.as_str(),
+            payload: serde_json::to_string(doc)?,
         });
     }
     let configured: Vec<&str> = alerts.rules.iter().map(|r| r.name.as_str()).collect();
-    let retired = store::retire_unconfigured(&tx, &configured, now)?;
+    let retired = q.retire_unconfigured(&configured, now)?;
     if retired > 0 {
         tracing::info!(
             alerts = retired,
             "Alerts of rules no longer in the config were retired (no notification)."
         );
     }
-    store::write_evaluation(&tx, &commit, now)?;
+    q.write_evaluation(&commit, now)?;
     tx.commit()?;
     let receivers: BTreeSet<String> = documents
         .iter()
@@ -299,6 +304,36 @@ pub fn evaluate(db: &mut AlertDb, alerts: &AlertConfig, now: i64) -> rusqlite::R
 
 fn alert_id(rule: &str, fired_at: i64) -> String {
     format!("{rule}.{fired_at}")
+}
+
+/// A rule's persisted state ([`GroupState::default`] before its first evaluation).
+fn rule_state(q: AlertTables<'_>, rule: &str) -> crate::store::Result<GroupState> {
+    Ok(q.rule_state(rule)?
+        .map(|row| GroupState::from_row(&row))
+        .unwrap_or_default())
+}
+
+/// An outbox row due for `receiver` and its notification.
+struct OutboxHead {
+    id: i64,
+    attempts: i64,
+    next_attempt_at: i64,
+    notification: Notification,
+}
+
+/// The oldest unsent notification of `receiver`; a payload that does not parse is an error.
+fn outbox_head(db: &AlertDb, receiver: &str) -> anyhow::Result<Option<OutboxHead>> {
+    let Some(row) = db.head(receiver)? else {
+        return Ok(None);
+    };
+    let notification = serde_json::from_str(&row.payload)
+        .map_err(|e| anyhow::anyhow!("outbox row {} does not parse: {e}", row.id))?;
+    Ok(Some(OutboxHead {
+        id: row.id,
+        attempts: row.attempts,
+        next_attempt_at: row.next_attempt_at,
+        notification,
+    }))
 }
 
 /// The notification document for a rule's state.
@@ -356,7 +391,7 @@ async fn deliver(
             return;
         }
         let n = name.clone();
-        let head = match with_db(&db, move |db| db.head(&n)).await {
+        let head = match with_db(&db, move |db| outbox_head(db, &n)).await {
             Ok(h) => h,
             Err(e) => {
                 tracing::error!(receiver = %name, error = %e, "Cannot read the outbox.");
@@ -372,7 +407,7 @@ async fn deliver(
                 if doc.action.is_some() {
                     let alert = doc.alert_id.clone();
                     if let Ok(Some(now)) =
-                        with_db(&db, move |db| store::action_of(db.conn(), &alert)).await
+                        with_db(&db, move |db| db.tables().action_of(&alert)).await
                     {
                         doc.action = Some(now);
                     }
@@ -444,9 +479,9 @@ async fn refresh_alertmanager(sender: &Sender, alerts: &Arc<AlertConfig>, db: &D
     let a = alerts.clone();
     let name = sender.name().to_owned();
     let docs = with_db(db, move |db| {
-        let conn = db.conn();
+        let q = db.tables();
         let mut docs = Vec::new();
-        for rule_name in store::firing(conn)? {
+        for rule_name in q.firing()? {
             let Some(rule) = a
                 .rules
                 .iter()
@@ -454,9 +489,9 @@ async fn refresh_alertmanager(sender: &Sender, alerts: &Arc<AlertConfig>, db: &D
             else {
                 continue;
             };
-            let state = store::state(conn, &rule.name)?;
+            let state = rule_state(q, &rule.name)?;
             let fired_at = state.fired_at.unwrap_or(0);
-            let action = store::action_of(conn, &alert_id(&rule.name, fired_at))?;
+            let action = q.action_of(&alert_id(&rule.name, fired_at))?;
             let key = format!("{}.{fired_at}.{}", rule.name, state.sent);
             let members = state.members.clone();
             docs.push(document(
@@ -470,8 +505,13 @@ async fn refresh_alertmanager(sender: &Sender, alerts: &Arc<AlertConfig>, db: &D
                 now_ms(),
             ));
         }
-        docs.extend(store::open_redistill_failures(conn, &name)?);
-        Ok(docs)
+        for payload in q.open_redistill_failures(&name)? {
+            match serde_json::from_str(&payload) {
+                Ok(doc) => docs.push(doc),
+                Err(e) => tracing::debug!(receiver = %name, error = %e, "An outbox payload does not parse."),
+            }
+        }
+        Ok::<_, anyhow::Error>(docs)
     })
     .await;
     match docs {
@@ -607,27 +647,35 @@ mod tests {
         (dir, path, db)
     }
 
+    /// A second connection for the tests' own rows and counts (drift events the pipeline would
+    /// have written).
+    fn fixture(path: &Path) -> rusqlite::Connection {
+        let conn = rusqlite::Connection::open(path).expect("fixture connection");
+        conn.busy_timeout(Duration::from_secs(10))
+            .expect("busy timeout");
+        conn
+    }
+
     #[test]
     fn evaluations_persist_state_outbox_and_actions_once() {
         let (_dir, path, mut db) = migrated_db();
+        let sql = fixture(&path);
         let alerts = alerts_with_rule();
         // History before the first evaluation: a closed drift is not news.
-        insert_event(db.conn(), "line=A", 1_000);
-        db.conn()
-            .execute("UPDATE drift_events SET resolved_at = 2000", [])
+        insert_event(&sql, "line=A", 1_000);
+        sql.execute("UPDATE drift_events SET resolved_at = 2000", [])
             .unwrap();
         assert!(evaluate(&mut db, &alerts, 10_000).unwrap().is_empty());
 
         for segment in ["line=A", "line=B", "*"] {
-            insert_event(db.conn(), segment, 11_000);
+            insert_event(&sql, segment, 11_000);
         }
         assert_eq!(evaluate(&mut db, &alerts, 12_000).unwrap(), ["hook"]);
         // A fresh connection (as after a restart) sees the same: nothing new to send.
         let mut db = AlertDb::open(&path).expect("reopen");
         assert!(evaluate(&mut db, &alerts, 13_000).unwrap().is_empty());
-        let count = |db: &AlertDb, sql: &str| -> i64 {
-            db.conn().query_row(sql, [], |r| r.get(0)).unwrap()
-        };
+        let count =
+            |_: &AlertDb, query: &str| -> i64 { sql.query_row(query, [], |r| r.get(0)).unwrap() };
         assert_eq!(count(&db, "SELECT COUNT(*) FROM alert_outbox"), 1);
         assert_eq!(
             count(
@@ -636,7 +684,7 @@ mod tests {
             ),
             1
         );
-        let head = db.head("hook").unwrap().expect("pending");
+        let head = outbox_head(&db, "hook").unwrap().expect("pending");
         assert_eq!(
             head.notification.drifts.len(),
             2,
@@ -675,40 +723,37 @@ mod tests {
 
     #[test]
     fn an_event_stamped_after_the_evaluation_clock_neither_ends_the_episode_nor_goes_unheard() {
-        let (_dir, _, mut db) = migrated_db();
+        let (_dir, path, mut db) = migrated_db();
+        let sql = fixture(&path);
         let alerts = alerts_with_rule();
         evaluate(&mut db, &alerts, 500).unwrap();
-        insert_event(db.conn(), "line=A", 1_000);
+        insert_event(&sql, "line=A", 1_000);
         assert_eq!(evaluate(&mut db, &alerts, 2_000).unwrap(), ["hook"]);
         // One file's commit closes the drift and opens it again, its events stamped at 3500;
         // the evaluation read its clock (3400) before that commit and its snapshot after it.
-        db.conn()
-            .execute("UPDATE drift_events SET resolved_at = 3500", [])
+        sql.execute("UPDATE drift_events SET resolved_at = 3500", [])
             .unwrap();
-        insert_event(db.conn(), "line=A", 3_500);
+        insert_event(&sql, "line=A", 3_500);
         assert!(evaluate(&mut db, &alerts, 3_400).unwrap().is_empty());
-        let status = |db: &AlertDb| -> String {
-            db.conn()
-                .query_row(
-                    "SELECT status FROM alert_state WHERE rule = 'lines'",
-                    [],
-                    |r| r.get(0),
-                )
-                .unwrap()
+        let status = |_: &AlertDb| -> String {
+            sql.query_row(
+                "SELECT status FROM alert_state WHERE rule = 'lines'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap()
         };
         assert_eq!(status(&db), "firing", "the drift goes on");
         // It closes before the next evaluation, which resolves the episode: the drift was
         // part of it all along.
-        db.conn()
-            .execute(
-                "UPDATE drift_events SET resolved_at = 3600 WHERE resolved_at IS NULL",
-                [],
-            )
-            .unwrap();
+        sql.execute(
+            "UPDATE drift_events SET resolved_at = 3600 WHERE resolved_at IS NULL",
+            [],
+        )
+        .unwrap();
         assert_eq!(evaluate(&mut db, &alerts, 3_800).unwrap(), ["hook"]);
         assert_eq!(status(&db), "resolved");
-        let mut stmt = db
-            .conn()
+        let mut stmt = sql
             .prepare("SELECT kind, created_at FROM alert_outbox ORDER BY id")
             .unwrap();
         let sent: Vec<(String, i64)> = stmt

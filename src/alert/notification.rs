@@ -7,25 +7,11 @@ use serde::{Deserialize, Serialize};
 
 use super::config::Severity;
 use super::rule::{Drift, Kind};
+use crate::store::ActionNote;
 use crate::time::{human, rfc3339_ms, rfc3339_ms_opt};
 
 /// The schema version of [`Notification`] documents.
 pub const VERSION: u32 = 1;
-
-/// What sensei did about a drift, when the rule has an action.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ActionNote {
-    /// `redistill`.
-    pub action: String,
-    /// `alert_actions.id`.
-    pub id: i64,
-    /// `requested`, then as the re-distillation loop moves it on: `started`, `skipped`, `done`,
-    /// `failed`.
-    pub status: String,
-    /// The loop's note (job id, or why it was skipped).
-    #[serde(default)]
-    pub detail: Option<String>,
-}
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Notification {
@@ -491,7 +477,7 @@ pub fn escape(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::alert::rule::DriftEvent;
+    use crate::store::DriftEvent;
 
     fn drift(segment: &str) -> Drift {
         Drift {

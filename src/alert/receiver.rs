@@ -454,7 +454,7 @@ mod tests {
         let mut n = doc();
         n.drifts = vec![crate::alert::rule::Drift {
             since: 1_000,
-            event: crate::alert::rule::DriftEvent {
+            event: crate::store::DriftEvent {
                 id: 1,
                 signal: "kl".into(),
                 segment: "line=A".into(),

@@ -18,35 +18,8 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::config::Rule;
-use crate::time::{rfc3339_ms, rfc3339_ms_opt};
-
-/// One row of `drift_events`, as alerting reads it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct DriftEvent {
-    #[serde(rename = "event_id")]
-    pub id: i64,
-    pub signal: String,
-    pub segment: String,
-    pub detector: String,
-    #[serde(with = "rfc3339_ms")]
-    pub detected_at: i64,
-    pub detected_at_record: i64,
-    pub estimated_change_record: Option<i64>,
-    /// The time of the record where the change is estimated to start, while it is kept.
-    #[serde(with = "rfc3339_ms_opt", default)]
-    pub estimated_change_at: Option<i64>,
-    pub statistic: f64,
-    pub threshold: f64,
-    pub baseline_value: Option<f64>,
-    pub current_value: Option<f64>,
-    pub current_low: Option<f64>,
-    pub current_high: Option<f64>,
-    pub p_value: Option<f64>,
-    pub effect_size: Option<f64>,
-    pub baseline_version: Option<i64>,
-    #[serde(with = "rfc3339_ms_opt", default)]
-    pub resolved_at: Option<i64>,
-}
+use crate::store::{DriftEvent, RuleStateRow};
+use crate::time::rfc3339_ms;
 
 /// One member of an alert: a (signal, segment, detector) with its latest event.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -130,6 +103,34 @@ pub enum Status {
     Pending,
     Firing,
     Resolved,
+}
+
+impl GroupState {
+    /// The state as `alert_state` holds it.
+    pub fn from_row(row: &RuleStateRow) -> GroupState {
+        GroupState {
+            status: Status::parse(&row.status),
+            pending_since: row.pending_since,
+            fired_at: row.fired_at,
+            resolved_at: row.resolved_at,
+            last_sent_at: row.last_sent_at,
+            sent: row.sent,
+            members: serde_json::from_str(&row.members).unwrap_or_default(),
+        }
+    }
+
+    /// The row for `alert_state`.
+    pub fn to_row(&self) -> serde_json::Result<RuleStateRow> {
+        Ok(RuleStateRow {
+            status: self.status.as_str().to_owned(),
+            pending_since: self.pending_since,
+            fired_at: self.fired_at,
+            resolved_at: self.resolved_at,
+            last_sent_at: self.last_sent_at,
+            sent: self.sent,
+            members: serde_json::to_string(&self.members)?,
+        })
+    }
 }
 
 impl Status {

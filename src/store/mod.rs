@@ -24,7 +24,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use rusqlite::Connection;
-
+pub mod alerts;
 pub mod buffer;
 pub mod checkpoint;
 pub mod drift;
@@ -34,7 +34,7 @@ pub mod migrations;
 pub mod reader;
 pub mod shadow;
 pub mod windows;
-
+pub use alerts::*;
 pub use buffer::*;
 pub use checkpoint::{CHECKPOINT_INTERVAL, CheckpointResult};
 pub use drift::*;

@@ -543,7 +543,7 @@ fn shadow_families(reader: &Reader) -> anyhow::Result<Vec<FamilyOut>> {
     );
     let mut measured = Vec::new();
     if let Some((_, t)) = reader.student_shadow_totals(None)? {
-        measured.push((crate::shadow::STUDENT.to_string(), t));
+        measured.push((crate::config::STUDENT.to_string(), t));
     }
     for m in &shadow {
         let l = labels(&[("model", &m.name), ("kind", m.kind.as_str())]);

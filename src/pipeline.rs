@@ -650,7 +650,7 @@ pub struct Writer {
     /// Per-record rows are kept this long after they were received.
     pub retention_ms: i64,
     /// The distillation buffer's cap, applied with the record retention.
-    pub buffer: crate::redistill::BufferPolicy,
+    pub buffer: crate::config::BufferPolicy,
     /// Called after each file is committed or quarantined (tests and `replay` count with it).
     pub on_file: Option<FileCallback>,
     /// The drift detectors of the active baseline (none until `sensei baseline` has run).
@@ -706,7 +706,7 @@ impl Writer {
                     }
                     Err(e) => tracing::error!(error = %e, "Applying record retention failed."),
                 }
-                match self.store.prune_teacher_samples(&self.buffer) {
+                match crate::redistill::buffer::prune(&mut self.store, &self.buffer) {
                     Ok(0) => {}
                     Ok(n) => {
                         tracing::info!(samples = n, "Pruned the distillation buffer to its cap.")

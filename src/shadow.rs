@@ -24,10 +24,7 @@ use crate::record::{Record, TensorData};
 use crate::stats::{Interval, weighted_rate_interval};
 use crate::store::{ShadowKind, ShadowMeasure, ShadowModelRow, ShadowRow, Totals};
 
-/// The name under which the serving student's sums are kept beside the shadow models'.
-pub const STUDENT: &str = "student";
-/// A candidate's shadow name is this followed by its job id.
-pub const CANDIDATE_PREFIX: &str = "candidate-";
+pub use crate::config::{CANDIDATE_PREFIX, STUDENT};
 /// Confidence of the agreement intervals and of the verdict.
 pub const CONFIDENCE: f64 = 0.95;
 

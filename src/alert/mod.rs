@@ -15,7 +15,6 @@
 //! order, each attempt bounded by a timeout, retrying with exponential backoff (capped) for as
 //! long as it takes; undelivered rows stay visible ([`outbox_summary`]).
 
-pub mod config;
 pub mod notification;
 pub mod receiver;
 pub mod rule;
@@ -28,14 +27,14 @@ use std::time::Duration;
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
 
+pub use crate::config::alerts::AlertConfig;
 pub use crate::store::{OutboxSummary, ReceiverOutbox, outbox_summary};
-pub use config::AlertConfig;
 
+use crate::config::alerts::{Rule, Severity};
 use crate::store::{
     ActionNote, AlertDb, AlertTables, DriftEvent, EvaluationCommit, NewAction, NewNotification,
 };
 use crate::time::now_ms;
-use config::{Rule, Severity};
 use notification::{Notification, VERSION, summarize};
 use receiver::Sender;
 use rule::{Drift, GroupState, Kind, Policy};
@@ -612,13 +611,13 @@ mod tests {
                     [[rules]]\nname = \"lines\"\nsegment = \"line=*\"\nreceivers = [\"hook\"]\naction = \"redistill\"\n";
         #[derive(serde::Deserialize)]
         struct Doc {
-            receivers: BTreeMap<String, config::RawReceiver>,
-            rules: Vec<config::RawRule>,
+            receivers: BTreeMap<String, crate::config::alerts::RawReceiver>,
+            rules: Vec<crate::config::alerts::RawRule>,
         }
         let doc: Doc = toml::from_str(text).expect("toml");
         let mut problems = Vec::new();
-        let alerts = config::validate(
-            config::RawAlerts::default(),
+        let alerts = crate::config::alerts::validate(
+            crate::config::alerts::RawAlerts::default(),
             doc.receivers,
             doc.rules,
             Path::new("/"),

@@ -5,8 +5,8 @@ use std::fmt::Write as _;
 
 use serde::{Deserialize, Serialize};
 
-use super::config::Severity;
 use super::rule::{Drift, Kind};
+use crate::config::alerts::Severity;
 use crate::store::ActionNote;
 use crate::time::{human, rfc3339_ms, rfc3339_ms_opt};
 

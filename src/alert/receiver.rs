@@ -17,9 +17,9 @@ use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 use serde_json::{Value, json};
 use tokio::io::AsyncWriteExt;
 
-use super::config::{EmailReceiver, Receiver, ReceiverKind, SmtpTls};
 use super::notification::{Notification, segment_text, signal_text};
 use super::rule::Kind;
+use crate::config::alerts::{EmailReceiver, Receiver, ReceiverKind, SmtpTls};
 use crate::time::{now_ms, rfc3339};
 
 /// Why a delivery failed (it is retried).
@@ -381,7 +381,7 @@ async fn command(argv: &[String], n: &Notification) -> Result<(), SendError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::alert::config::Severity;
+    use crate::config::alerts::Severity;
 
     fn doc() -> Notification {
         Notification {

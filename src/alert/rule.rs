@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::config::Rule;
+use crate::config::alerts::Rule;
 use crate::store::{DriftEvent, RuleStateRow};
 use crate::time::rfc3339_ms;
 
@@ -342,7 +342,7 @@ pub fn evaluate(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::alert::config::{SegmentPattern, Severity};
+    use crate::config::alerts::{SegmentPattern, Severity};
 
     const MIN: i64 = 60_000;
 

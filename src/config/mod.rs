@@ -5,6 +5,8 @@
 //! Relative paths in the file are resolved against the directory of the config file, so a
 //! config and its models can travel together.
 
+pub mod alerts;
+pub mod promoted;
 mod raw;
 mod validate;
 
@@ -34,8 +36,8 @@ pub struct Config {
     pub detect: DetectConfig,
     pub http: HttpConfig,
     pub daemon: DaemonConfig,
-    /// `[alerts]`, `[receivers.NAME]` and `[[rules]]` (see `crate::alert::config`).
-    pub alerts: crate::alert::AlertConfig,
+    /// `[alerts]`, `[receivers.NAME]` and `[[rules]]` (see `crate::config::alerts`).
+    pub alerts: alerts::AlertConfig,
     /// `[redistill]`: the distillation buffer and re-distillation jobs.
     pub redistill: RedistillConfig,
     /// `[shadow]`: the shadow models' verdict and whether a pending candidate runs in shadow.
@@ -53,6 +55,13 @@ pub struct ShadowConfig {
     /// Run the latest re-distillation candidate awaiting a decision in shadow too.
     pub candidate: bool,
 }
+
+/// The name under which the serving student's shadow sums are kept beside the shadow models'
+/// (no challenger may take it).
+pub const STUDENT: &str = "student";
+/// A re-distillation candidate's shadow name is this followed by its job id (no challenger name
+/// may start with it).
+pub const CANDIDATE_PREFIX: &str = "candidate-";
 
 /// One challenger (`[[challengers]]`): a model run in shadow beside the teacher.
 #[derive(Debug, Clone, PartialEq)]
@@ -117,7 +126,17 @@ pub struct RedistillConfig {
     /// ... and not regress on the lab set by more than this (disagreement and error rates).
     pub gate_lab_tolerance: f64,
     /// The distillation buffer's size cap and share.
-    pub buffer: crate::redistill::BufferPolicy,
+    pub buffer: BufferPolicy,
+}
+
+/// The buffer's size cap and how it is shared (`[redistill] buffer_max_samples`,
+/// `buffer_in_distribution_share`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct BufferPolicy {
+    /// Teacher samples kept at most.
+    pub max_samples: usize,
+    /// Share of the cap reserved for agreeing records, spread evenly over time.
+    pub in_distribution_share: f64,
 }
 
 /// Drift detection settings (`[detect]`; the method is in docs/detection.md).
@@ -378,10 +397,10 @@ pub fn read_secret(path: &Path) -> Result<Secret, String> {
 impl Config {
     /// Reads and validates a config file; on failure the error lists every problem.
     /// A student promoted by `sensei promote` serves in place of `[student] path`
-    /// (`crate::redistill::promote`).
+    /// (`promoted`).
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let mut config = validate::load(path)?;
-        crate::redistill::promote::apply_promoted_student(&mut config);
+        promoted::apply_promoted_student(&mut config);
         Ok(config)
     }
 

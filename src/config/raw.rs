@@ -50,11 +50,11 @@ pub struct RawConfig {
     #[serde(default)]
     pub daemon: RawDaemon,
     #[serde(default)]
-    pub alerts: crate::alert::config::RawAlerts,
+    pub alerts: crate::config::alerts::RawAlerts,
     #[serde(default)]
-    pub receivers: std::collections::BTreeMap<String, crate::alert::config::RawReceiver>,
+    pub receivers: std::collections::BTreeMap<String, crate::config::alerts::RawReceiver>,
     #[serde(default)]
-    pub rules: Vec<crate::alert::config::RawRule>,
+    pub rules: Vec<crate::config::alerts::RawRule>,
     #[serde(default)]
     pub redistill: RawRedistill,
     #[serde(default)]

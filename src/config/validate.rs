@@ -275,7 +275,7 @@ impl Check<'_> {
 
         let detect = self.detect(raw.detect);
         let http = self.http(raw.http);
-        let alerts = crate::alert::config::validate(
+        let alerts = crate::config::alerts::validate(
             raw.alerts,
             raw.receivers,
             raw.rules,
@@ -469,7 +469,7 @@ impl Check<'_> {
                 raw.gate_lab_tolerance,
                 0.02,
             ),
-            buffer: crate::redistill::BufferPolicy {
+            buffer: crate::config::BufferPolicy {
                 max_samples: self.integer(
                     "redistill.buffer_max_samples",
                     raw.buffer_max_samples,
@@ -500,15 +500,15 @@ impl Check<'_> {
                         ),
                     );
                     None
-                } else if name == crate::shadow::STUDENT
+                } else if name == crate::config::STUDENT
                     || name == "teacher"
-                    || name.starts_with(crate::shadow::CANDIDATE_PREFIX)
+                    || name.starts_with(crate::config::CANDIDATE_PREFIX)
                 {
                     self.problem(
                         &key("name"),
                         format!(
                             "\"{name}\" is reserved (student, teacher and {}<job> name other models)",
-                            crate::shadow::CANDIDATE_PREFIX
+                            crate::config::CANDIDATE_PREFIX
                         ),
                     );
                     None
@@ -859,7 +859,7 @@ fn redistill_rule_receivers(alerts: &crate::alert::AlertConfig) -> Vec<String> {
     for rule in alerts
         .rules
         .iter()
-        .filter(|r| r.action == Some(crate::alert::config::Action::Redistill))
+        .filter(|r| r.action == Some(crate::config::alerts::Action::Redistill))
     {
         for name in &rule.receivers {
             if !receivers.contains(name) {

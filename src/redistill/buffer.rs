@@ -8,25 +8,12 @@
 //! thinned evenly over the whole history rather than taken from its end, and the rest of the cap
 //! goes to disagreeing records first and then to the most recent ones.
 
-/// The buffer's size cap and how it is shared (`[redistill] buffer_max_samples`,
-/// `buffer_in_distribution_share`).
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct BufferPolicy {
-    /// Teacher samples kept at most.
-    pub max_samples: usize,
-    /// Share of the cap reserved for agreeing records, spread evenly over time.
-    pub in_distribution_share: f64,
-}
+use crate::config::BufferPolicy;
+use crate::store::{BufferEntry, Store};
 
-/// What the policy needs to know of one teacher sample.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct BufferEntry {
-    pub seq: i64,
-    /// Classification: whether the top-1 classes differ.
-    pub disagreement: Option<bool>,
-    /// KL, total variation, cosine distance or absolute error: ranks samples without a
-    /// disagreement flag (embeddings, regression).
-    pub divergence: Option<f64>,
+/// Prunes the store's distillation buffer to the policy's cap; returns how many samples went.
+pub fn prune(store: &mut Store, policy: &BufferPolicy) -> crate::store::Result<usize> {
+    store.prune_teacher_samples(policy.max_samples, |entries| to_delete(entries, policy))
 }
 
 /// The `seq`s to delete so that at most `policy.max_samples` entries remain. `entries` must be
@@ -204,8 +191,8 @@ mod tests {
             max_samples: 50,
             in_distribution_share: 0.2,
         };
-        assert_eq!(store.prune_teacher_samples(&policy).unwrap(), 150);
-        assert_eq!(store.prune_teacher_samples(&policy).unwrap(), 0);
+        assert_eq!(prune(&mut store, &policy).unwrap(), 150);
+        assert_eq!(prune(&mut store, &policy).unwrap(), 0);
         let conn = rusqlite::Connection::open(&path).unwrap();
         let count = |sql: &str| -> i64 { conn.query_row(sql, [], |r| r.get(0)).unwrap() };
         assert_eq!(count("SELECT COUNT(*) FROM teacher_samples"), 50);

@@ -135,7 +135,12 @@ fn enqueue(
     force: bool,
 ) -> anyhow::Result<Enqueued> {
     let backoff = Backoff::new(&config.redistill);
-    Ok(store.enqueue_redistill_job(request, &backoff, force, now_ms())?)
+    Ok(store.enqueue_redistill_job(
+        request,
+        |at, failures| backoff.next_allowed_ms(at, failures),
+        force,
+        now_ms(),
+    )?)
 }
 
 /// Whether `pid` is a running sensei process (Linux: `/proc/<pid>/comm`). Checking the name, not
@@ -836,7 +841,12 @@ mod tests {
             action_id: None,
         };
         let Enqueued::Queued { job } = store
-            .enqueue_redistill_job(&request, &NO_BACKOFF, true, 1)
+            .enqueue_redistill_job(
+                &request,
+                |at, failures| NO_BACKOFF.next_allowed_ms(at, failures),
+                true,
+                1,
+            )
             .unwrap()
         else {
             panic!("the job was not queued");
@@ -909,7 +919,12 @@ mod tests {
             action_id: Some(action),
         };
         let Enqueued::Queued { job } = store
-            .enqueue_redistill_job(&request, &NO_BACKOFF, false, 2)
+            .enqueue_redistill_job(
+                &request,
+                |at, failures| NO_BACKOFF.next_allowed_ms(at, failures),
+                false,
+                2,
+            )
             .unwrap()
         else {
             panic!("the job was not queued");

@@ -25,6 +25,5 @@ pub mod promote;
 pub mod safetensors;
 pub mod streak;
 
-pub use buffer::{BufferEntry, BufferPolicy};
 pub use export::{ExportOptions, ExportSummary, export};
 pub use job::{JobOutcome, RedistillTask, RequestError, run_by_hand};

@@ -23,44 +23,16 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 use super::export::ModelFile;
 use crate::config::Config;
+use crate::config::promoted::{Pointer, pointer_path, read_pointer};
 use crate::store::{Promotion, Store};
 use crate::time::now_ms;
 
-/// `<state_dir>/models/student.json`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-struct Pointer {
-    path: PathBuf,
-    sha256: String,
-    /// The `[student] path` this promotion overrides.
-    configured: PathBuf,
-}
-
 fn models_dir(config: &Config) -> PathBuf {
     config.state_dir.join("models")
-}
-
-fn pointer_path(state_dir: &Path) -> PathBuf {
-    state_dir.join("models").join("student.json")
-}
-
-fn read_pointer(state_dir: &Path) -> Option<Pointer> {
-    let bytes = std::fs::read(pointer_path(state_dir)).ok()?;
-    serde_json::from_slice(&bytes).ok()
-}
-
-/// Serves the promoted student, if a promotion of this config's `[student] path` exists and its
-/// file is there. Called by [`Config::load`].
-pub fn apply_promoted_student(config: &mut Config) {
-    if let Some(p) = read_pointer(&config.state_dir)
-        && p.configured == config.student.path
-        && p.path.is_file()
-    {
-        config.student.path = p.path;
-    }
 }
 
 /// The configured `[student] path` behind any promotion.

@@ -16,17 +16,16 @@
 
 use std::time::Duration;
 
-use crate::alert::config::Severity;
 use crate::alert::notification::{Notification, RedistillFailure, VERSION};
 use crate::alert::rule::Kind;
+use crate::config::alerts::Severity;
 use crate::config::{Config, RedistillConfig};
 use crate::store::{FailureAlertRow, FailureNotice, FinishedJob, Store};
 use crate::time::rfc3339;
 
-/// The rule name that notifications about failing re-distillation carry. Rule names cannot
-/// collide with their alert ids (`redistill-failing.job-<first job>`): an alert rule's ids end
-/// in a timestamp.
-pub const RULE: &str = "redistill-failing";
+/// The rule name that notifications about failing re-distillation carry (the store's
+/// outbox queries know it too).
+pub use crate::store::REDISTILL_FAILING_RULE as RULE;
 
 /// How long to wait, after the last job started, before the next may start.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -461,8 +460,14 @@ mod tests {
             action_id: None,
         };
         let b = Backoff::new(&config_with_receivers("").redistill);
-        let crate::store::Enqueued::Queued { job } =
-            store.enqueue_redistill_job(&request, &b, true, at).unwrap()
+        let crate::store::Enqueued::Queued { job } = store
+            .enqueue_redistill_job(
+                &request,
+                |at, failures| b.next_allowed_ms(at, failures),
+                true,
+                at,
+            )
+            .unwrap()
         else {
             panic!("not queued");
         };
@@ -505,7 +510,12 @@ mod tests {
         let b = Backoff::new(&config.redistill);
         assert_eq!(
             store
-                .enqueue_redistill_job(&request, &b, false, 6_000)
+                .enqueue_redistill_job(
+                    &request,
+                    |at, failures| b.next_allowed_ms(at, failures),
+                    false,
+                    6_000
+                )
                 .unwrap(),
             crate::store::Enqueued::TooSoon {
                 last_job: 3,

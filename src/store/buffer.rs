@@ -5,6 +5,17 @@ use rusqlite::{OptionalExtension, params};
 
 use super::{Reader, Result, Store, write_transaction};
 
+/// What the policy needs to know of one teacher sample.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct BufferEntry {
+    pub seq: i64,
+    /// Classification: whether the top-1 classes differ.
+    pub disagreement: Option<bool>,
+    /// KL, total variation, cosine distance or absolute error: ranks samples without a
+    /// disagreement flag (embeddings, regression).
+    pub divergence: Option<f64>,
+}
+
 /// A teacher sample as the re-distillation export reads it (blobs as stored).
 #[derive(Debug, Clone)]
 pub struct ExportSample {
@@ -35,15 +46,18 @@ pub struct ExportInput {
 
 impl Store {
     /// Applies the distillation buffer's retention policy to `teacher_samples` (their inputs
-    /// go with them); returns how many samples were deleted.
+    /// go with them): once more than `max_samples` are kept, `to_delete` picks the `seq`s to
+    /// delete from every sample, oldest first (`crate::redistill::buffer`). Returns how many
+    /// samples were deleted.
     pub fn prune_teacher_samples(
         &mut self,
-        policy: &crate::redistill::BufferPolicy,
+        max_samples: usize,
+        to_delete: impl FnOnce(&[BufferEntry]) -> Vec<i64>,
     ) -> Result<usize> {
         let count: i64 = self
             .conn
             .query_row("SELECT COUNT(*) FROM teacher_samples", [], |r| r.get(0))?;
-        if count as usize <= policy.max_samples {
+        if count as usize <= max_samples {
             return Ok(0);
         }
         let entries = {
@@ -52,7 +66,7 @@ impl Store {
                  FROM teacher_samples ORDER BY seq",
             )?;
             let rows = stmt.query_map([], |r| {
-                Ok(crate::redistill::BufferEntry {
+                Ok(BufferEntry {
                     seq: r.get(0)?,
                     disagreement: r.get::<_, Option<i64>>(1)?.map(|d| d != 0),
                     divergence: r.get(2)?,
@@ -60,7 +74,7 @@ impl Store {
             })?;
             rows.collect::<rusqlite::Result<Vec<_>>>()?
         };
-        let doomed = crate::redistill::buffer::to_delete(&entries, policy);
+        let doomed = to_delete(&entries);
         let tx = write_transaction(&mut self.conn)?;
         {
             let mut del = tx.prepare_cached("DELETE FROM teacher_samples WHERE seq = ?1")?;

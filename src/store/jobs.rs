@@ -7,6 +7,11 @@ use serde::Serialize;
 
 use super::{Reader, Result, Store, write_transaction};
 
+/// The rule name of the notifications about re-distillation that keeps failing (their alert ids
+/// are `redistill-failing.job-<first job>`, which no alert rule's id collides with: those end in
+/// a timestamp).
+pub const REDISTILL_FAILING_RULE: &str = "redistill-failing";
+
 /// A job's id, its gate verdict and the evidence (JSON).
 pub type JobVerdict = (i64, Option<String>, Option<String>);
 
@@ -177,13 +182,14 @@ fn jobs(conn: &Connection, tail: &str, limit: i64) -> Result<Vec<JobRow>> {
 }
 
 impl Store {
-    /// Queues a re-distillation job unless one is queued or running, or the last one started
-    /// less than the back-off's interval ago (unless `force`): `min_interval`, doubled for each
-    /// further job in the current failure streak, up to `max_backoff`.
+    /// Queues a re-distillation job unless one is queued or running, or (unless `force`) it is
+    /// too soon: `next_allowed_ms(last start, failures in a row)` is when the back-off lets the
+    /// next job start (`crate::redistill::streak::Backoff`: `min_interval`, doubled for each
+    /// further job in the current failure streak, up to `max_backoff`).
     pub fn enqueue_redistill_job(
         &mut self,
         request: &JobRequest,
-        backoff: &crate::redistill::streak::Backoff,
+        next_allowed_ms: impl FnOnce(i64, u32) -> i64,
         force: bool,
         now_ms: i64,
     ) -> Result<Enqueued> {
@@ -210,7 +216,7 @@ impl Store {
             && !force
         {
             let failures = consecutive_failures(&tx)?;
-            let next_allowed_ms = backoff.next_allowed_ms(at, failures);
+            let next_allowed_ms = next_allowed_ms(at, failures);
             if now_ms < next_allowed_ms {
                 return Ok(Enqueued::TooSoon {
                     last_job: id,
@@ -341,7 +347,7 @@ impl Store {
                     dedup_key,
                     alert_id,
                     receiver,
-                    crate::redistill::streak::RULE,
+                    REDISTILL_FAILING_RULE,
                     kind,
                     payload,
                     now_ms

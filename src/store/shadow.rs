@@ -88,7 +88,7 @@ impl ShadowBatch {
         if t.shadow.is_empty() {
             return;
         }
-        self.total(crate::shadow::STUDENT, student_sha, ShadowKind::Student)
+        self.total(crate::config::STUDENT, student_sha, ShadowKind::Student)
             .add(seq, t.weight, &t.comparison, r.latency_us, t.latency_us);
         for s in &t.shadow {
             match &s.result {
@@ -379,7 +379,7 @@ impl Reader {
         };
         let Some(sha) = sha else { return Ok(None) };
         Ok(self
-            .shadow_totals(crate::shadow::STUDENT, &sha)?
+            .shadow_totals(crate::config::STUDENT, &sha)?
             .map(|t| (sha, t)))
     }
 }

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::config::{ConfigProblem, Secret, parse_duration};
+use super::{ConfigProblem, Secret, parse_duration};
 
 /// Signals a drift event can carry (`drift_events.signal`).
 pub const SIGNALS: &[&str] = &[

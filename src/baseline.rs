@@ -10,8 +10,8 @@ use anyhow::{Context, bail};
 
 use crate::compare::{Comparer, attention_kl, input_features};
 use crate::config::Config;
-use crate::daemon::load_models;
 use crate::ingest::format::{self, FormatOptions};
+use crate::model::load_models;
 use crate::record::{FileContent, Record};
 
 /// Per-record measurements on the lab set (teacher run on every record).

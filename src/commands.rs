@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 
 use crate::config::Config;
-use crate::daemon::{compatibility_notes, load_models};
+use crate::model::{compatibility_notes, load_models};
 use crate::pipeline::WriterReport;
 use crate::record::ALL_SEGMENTS;
 use crate::stats::{Interval, weighted_rate_interval};
@@ -75,7 +75,7 @@ pub fn check(config_path: &Path) -> CheckReport {
                     .map(|i| format!("{} {} {}", i.name, i.elem_type, i.shape_display()))
                     .collect();
                 let att = m.attention.as_ref().map_or(String::from("none"), |a| {
-                    format!("{} {}", a.name, crate::daemon::dims(&a.shape))
+                    format!("{} {}", a.name, crate::model::shape_display(&a.shape))
                 });
                 r.lines.push(format!(
                     "{}: {} (sha256 {}, {} bytes); inputs: {}; output: {} {}; attention: {}",
@@ -85,7 +85,7 @@ pub fn check(config_path: &Path) -> CheckReport {
                     m.size_bytes,
                     inputs.join(", "),
                     m.output.name,
-                    crate::daemon::dims(&m.output.shape),
+                    crate::model::shape_display(&m.output.shape),
                     att
                 ));
             }
@@ -150,15 +150,14 @@ pub fn check(config_path: &Path) -> CheckReport {
 
 /// Loads every challenger and checks it can be compared with the teacher. A challenger that
 /// cannot is a warning, not a problem: the daemon runs without it (and `check` guards its start).
-fn check_challengers(config: &Config, models: &crate::daemon::Models, r: &mut CheckReport) {
+fn check_challengers(config: &Config, models: &crate::model::Models, r: &mut CheckReport) {
     for c in &config.challengers {
         let role = format!("challenger '{}'", c.name);
         let loaded =
             crate::model::Model::load(models.runtime, &role, &c.model_config(&config.teacher))
                 .map_err(|e| e.to_string())
                 .and_then(|m| {
-                    let problems =
-                        crate::daemon::model_problems(config, &role, &m, &models.teacher);
+                    let problems = crate::model::model_problems(config, &role, &m, &models.teacher);
                     if problems.is_empty() {
                         Ok(m)
                     } else {
@@ -176,9 +175,9 @@ fn check_challengers(config: &Config, models: &crate::daemon::Models, r: &mut Ch
                     &m.sha256[..12],
                     m.size_bytes,
                     m.output.name,
-                    crate::daemon::dims(&m.output.shape),
+                    crate::model::shape_display(&m.output.shape),
                     m.attention.as_ref().map_or(String::from("none"), |a| {
-                        format!("{} {}", a.name, crate::daemon::dims(&a.shape))
+                        format!("{} {}", a.name, crate::model::shape_display(&a.shape))
                     })
                 ));
                 if let (Some(a), Some(t)) = (&m.attention, &models.teacher.attention)
@@ -186,8 +185,8 @@ fn check_challengers(config: &Config, models: &crate::daemon::Models, r: &mut Ch
                 {
                     r.lines.push(format!(
                         "note: {role}: attention shapes differ ({} vs the teacher's {}): attention KL is not computed",
-                        crate::daemon::dims(&a.shape),
-                        crate::daemon::dims(&t.shape)
+                        crate::model::shape_display(&a.shape),
+                        crate::model::shape_display(&t.shape)
                     ));
                 }
             }

@@ -116,7 +116,7 @@ impl ShadowSet {
                 Ok(_) => Model::load(runtime, &role, &model_config)
                     .map_err(|e| e.to_string())
                     .and_then(|m| {
-                        let problems = crate::daemon::model_problems(config, &role, &m, teacher);
+                        let problems = crate::model::model_problems(config, &role, &m, teacher);
                         if problems.is_empty() {
                             Ok(m)
                         } else {

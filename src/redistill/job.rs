@@ -666,7 +666,7 @@ pub fn check_candidate(config: &Config, path: &Path) -> anyhow::Result<String> {
     candidate_config.path = path.to_path_buf();
     let candidate = crate::model::Model::load(runtime, "candidate", &candidate_config)?;
     let teacher = crate::model::Model::load(runtime, "teacher", &config.teacher)?;
-    let problems = crate::daemon::compatibility_problems(config, &candidate, &teacher);
+    let problems = crate::model::compatibility_problems(config, &candidate, &teacher);
     if !problems.is_empty() {
         anyhow::bail!("{}", problems.join("; "));
     }

@@ -5,6 +5,8 @@
 //! allows one environment per process, ever, so it lives in a process-wide cell. The search order
 //! is the config key, `ORT_DYLIB_PATH`, the binary's directory, then system library directories;
 //! when nothing loads, the error names every place searched and why each failed.
+//!
+//! [`pair`]: the student and the teacher loaded together and checked for comparability.
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -20,6 +22,12 @@ use sha2::{Digest, Sha256};
 
 use crate::config::{ModelConfig, OnnxRuntimeConfig};
 use crate::record::{ElemType, InputSpec, Record, TensorData};
+
+mod pair;
+
+pub use pair::{
+    Models, compatibility_notes, compatibility_problems, load_models, model_problems, shape_display,
+};
 
 /// The loaded ONNX Runtime: where it came from and its version.
 pub struct Runtime {

@@ -78,7 +78,7 @@ impl Fixture {
             &dir.path().join("bench.toml"),
         )
         .expect("config");
-        sensei::commands::baseline(&config, &[demo_model("lab.npz")]).expect("baseline");
+        sensei::baseline::measure(&config, &[demo_model("lab.npz")]).expect("baseline");
         let rows = field_rows();
         let records: Vec<Record> = (0..RECORDS)
             .map(|i| Record {

@@ -1,45 +1,22 @@
 //! The lab stage: `sensei baseline DATA…` runs both models on every record of the lab reference
 //! set and measures what the field will be compared with — agreement, divergences, confidence,
-//! class mix, input summaries, latency and accuracy. The measurements become a
-//! [`crate::drift::Reference`], stored as a new baseline version and made active.
+//! class mix, input summaries, latency and accuracy ([`run_lab`]). [`measure`] turns them into a
+//! [`crate::drift::Reference`] with calibrated detectors and stores it as a new baseline version,
+//! made active (`sensei baseline`, and a promotion or rollback of the student).
 
+use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{Context, bail};
+use serde::Serialize;
 
 use crate::compare::{Comparer, attention_kl, input_features};
 use crate::config::Config;
-use crate::ingest::format::{self, FormatOptions};
+use crate::format::{self, FormatOptions};
 use crate::model::load_models;
+use crate::monitor::lab::LabRun;
 use crate::record::{FileContent, Record};
-
-/// Per-record measurements on the lab set (teacher run on every record).
-#[derive(Debug, Default, Clone)]
-pub struct LabRun {
-    pub sources: Vec<PathBuf>,
-    pub student_sha: String,
-    pub teacher_sha: String,
-    pub confidence: Vec<f64>,
-    pub entropy: Vec<f64>,
-    pub prediction: Vec<i64>,
-    pub teacher_prediction: Vec<i64>,
-    pub teacher_confidence: Vec<f64>,
-    pub disagreement: Vec<bool>,
-    pub kl: Vec<f64>,
-    pub attention_kl: Vec<f64>,
-    pub features: Vec<Vec<f64>>,
-    pub labels: Vec<Option<i64>>,
-    pub classes: usize,
-    pub student_latency_us: f64,
-    pub teacher_latency_us: f64,
-}
-
-impl LabRun {
-    pub fn records(&self) -> usize {
-        self.prediction.len()
-    }
-}
 
 /// Files named directly, plus the data files of named directories.
 fn data_files(paths: &[PathBuf]) -> anyhow::Result<Vec<PathBuf>> {
@@ -52,7 +29,7 @@ fn data_files(paths: &[PathBuf]) -> anyhow::Result<Vec<PathBuf>> {
                 .filter(|f| {
                     f.file_name().is_some_and(|n| {
                         let n = n.to_string_lossy();
-                        !crate::ingest::is_ignored_name(&n)
+                        !crate::format::is_ignored_name(&n)
                             && matches!(
                                 format::file_kind(&n),
                                 Some(
@@ -171,4 +148,102 @@ pub fn run_lab(config: &Config, paths: &[PathBuf]) -> anyhow::Result<LabRun> {
 pub fn sources_json(paths: &[PathBuf]) -> String {
     let names: Vec<String> = paths.iter().map(|p| p.display().to_string()).collect();
     serde_json::to_string(&names).unwrap_or_else(|_| "[]".into())
+}
+
+/// What `sensei baseline` stored.
+#[derive(Debug, Clone, Serialize)]
+pub struct BaselineReport {
+    pub version: i64,
+    pub records: u64,
+    pub sources: Vec<PathBuf>,
+    pub reference: crate::drift::Reference,
+}
+
+/// Runs the lab stage and stores the result as the new active baseline.
+pub fn measure(config: &Config, paths: &[PathBuf]) -> anyhow::Result<BaselineReport> {
+    let run = run_lab(config, paths)?;
+    let reference = crate::drift::build_reference(&run, config)
+        .map_err(|e| anyhow::anyhow!("baseline refused: {e}"))?;
+    if let Some(parent) = config.store.path.parent() {
+        std::fs::create_dir_all(parent).ok();
+    }
+    let mut store = crate::store::Store::open(&config.store.path)?;
+    let version = store.insert_baseline(
+        &run.student_sha,
+        &run.teacher_sha,
+        run.records() as i64,
+        &sources_json(&run.sources),
+        &serde_json::to_string(&reference)?,
+        crate::time::now_ms(),
+    )?;
+    Ok(BaselineReport {
+        version,
+        records: run.records() as u64,
+        sources: run.sources,
+        reference,
+    })
+}
+
+impl BaselineReport {
+    pub fn text(&self) -> String {
+        let r = &self.reference;
+        let mut s = String::new();
+        let _ = writeln!(
+            s,
+            "baseline version {} (active), {} lab records",
+            self.version, self.records
+        );
+        let pct = |v: Option<f64>| v.map_or("-".to_string(), |x| format!("{:.1}%", 100.0 * x));
+        let _ = writeln!(
+            s,
+            "accuracy: student {}, teacher {}; top-1 agreement {:.1}%",
+            pct(r.student_accuracy),
+            pct(r.teacher_accuracy),
+            100.0 * r.agreement
+        );
+        let _ = writeln!(
+            s,
+            "latency per record: student {:.1} µs, teacher {:.1} µs",
+            r.student_latency_us, r.teacher_latency_us
+        );
+        let _ = writeln!(
+            s,
+            "detectors calibrated to ARL0 = {} samples between false alarms:",
+            r.arl0
+        );
+        let rate = |name: &str, x: &Option<crate::drift::RateReference>, s: &mut String| {
+            if let Some(x) = x {
+                let _ = writeln!(
+                    s,
+                    "  {name:<14} Bernoulli CUSUM  p0 {:.4} → p1 {:.4}  h {:.3}  (simulated ARL0 {:.0})",
+                    x.p0, x.p1, x.threshold, x.simulated_arl0
+                );
+            }
+        };
+        let value = |name: &str, x: &Option<crate::drift::ValueReference>, s: &mut String| {
+            if let Some(x) = x {
+                let _ = writeln!(
+                    s,
+                    "  {name:<14} CUSUM  mean {:.4} sd {:.4} k {:.4}  h {:.3}  (simulated ARL0 {:.0})",
+                    x.mean, x.sd, x.k, x.threshold, x.simulated_arl0
+                );
+            }
+        };
+        rate("disagreement", &r.disagreement, &mut s);
+        value("kl", &r.kl, &mut s);
+        value("attention_kl", &r.attention_kl, &mut s);
+        value("1-confidence", &r.uncertainty, &mut s);
+        rate("student_error", &r.student_error, &mut s);
+        rate("teacher_error", &r.teacher_error, &mut s);
+        let _ = writeln!(
+            s,
+            "windowed tests: KS on confidence, chi-square on {} classes, PSI on {} input features",
+            r.class_counts.len(),
+            r.features.iter().filter(|f| f.is_some()).count()
+        );
+        for w in &r.warnings {
+            let _ = writeln!(s, "warning: {w}");
+        }
+        s
+    }
 }

@@ -345,7 +345,10 @@ impl Running {
         };
         let stop = watch.stop.clone();
         let (events, events_rx) = mpsc::channel();
-        ingest.retry = Some(events.clone());
+        let retries = events.clone();
+        ingest.retry = Some(crate::pipeline::Retry::new(move |path| {
+            let _ = retries.send(IngestEvent::Retry(path));
+        }));
         let watcher = watch
             .start(events.clone())
             .with_context(|| format!("watching {}", inbox.display()))?;
@@ -714,7 +717,7 @@ fn expand(paths: &[PathBuf]) -> anyhow::Result<Vec<PathBuf>> {
                 .filter(|f| f.is_file())
                 .filter(|f| {
                     f.file_name()
-                        .is_some_and(|n| !crate::ingest::is_ignored_name(&n.to_string_lossy()))
+                        .is_some_and(|n| !crate::format::is_ignored_name(&n.to_string_lossy()))
                 })
                 .collect();
             files.sort();

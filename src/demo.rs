@@ -194,7 +194,7 @@ pub fn run(models: &Path) -> anyhow::Result<DemoReport> {
         &tmp.path().join("lab.toml"),
     )
     .map_err(|e| anyhow::anyhow!("{e}"))?;
-    let lab = crate::commands::baseline(&lab_config, &[models.join("lab.jsonl")])?;
+    let lab = crate::baseline::measure(&lab_config, &[models.join("lab.jsonl")])?;
     let profile = serde_json::to_string(&lab.reference)?;
     let mut report = DemoReport {
         baseline: BaselineSummary {

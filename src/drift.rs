@@ -21,9 +21,9 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::baseline::LabRun;
 use crate::config::{Config, SamplingPolicy};
 use crate::monitor::UncertaintyPolicy;
+use crate::monitor::lab::LabRun;
 use crate::monitor::sampling::{rate_under_policy, resample_under_policy};
 use crate::monitor::window::{
     FeatureBins, RoundTest, WindowTest, class_mix_test, evaluate_round, ks_test, psi_test,

@@ -32,6 +32,7 @@ pub mod config;
 pub mod daemon;
 pub mod demo;
 pub mod drift;
+pub mod format;
 pub mod http;
 pub mod ingest;
 pub mod metrics;

@@ -109,7 +109,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 Err(code) => return Ok(code),
             };
             init_logging(config.log.format, "warn,ort=error");
-            let report = commands::baseline(&config, &paths)?;
+            let report = sensei::baseline::measure(&config, &paths)?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {

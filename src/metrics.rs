@@ -11,7 +11,7 @@
 //! The systemd watchdog is pinged only while it advances (or while the pipeline is idle), so a
 //! stuck pipeline gets the daemon restarted.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
@@ -25,7 +25,6 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
-use crate::pipeline::{FileMeta, FileOutcome};
 use crate::store::{CountedTable, Reader};
 
 type Labels = Vec<(String, String)>;
@@ -127,25 +126,18 @@ impl Metrics {
         self.beat();
     }
 
-    /// A file finished; call before it is moved out of the inbox (its mtime gives the lag).
-    pub fn file_finished(&self, meta: &FileMeta, outcome: &FileOutcome) {
-        let name = match outcome {
-            FileOutcome::Committed { .. } => "committed",
-            FileOutcome::Labels { .. } => "labels",
-            FileOutcome::Duplicate => "duplicate",
-            FileOutcome::Quarantined { .. } => "quarantined",
-            FileOutcome::Failed { .. } => "failed",
-        };
+    /// A file at `path` finished with `outcome` (`committed`, `labels`, `duplicate`,
+    /// `quarantined` or `failed`); call before it is moved out of the inbox: a committed file's
+    /// modification time gives the ingest lag.
+    pub fn file_finished(&self, path: &Path, outcome: &str) {
         self.files
-            .get_or_create(&labels(&[("outcome", name)]))
+            .get_or_create(&labels(&[("outcome", outcome)]))
             .inc();
-        if matches!(
-            outcome,
-            FileOutcome::Committed { .. } | FileOutcome::Labels { .. }
-        ) && let Some(age) = std::fs::symlink_metadata(&meta.path)
-            .and_then(|m| m.modified())
-            .ok()
-            .and_then(|t| SystemTime::now().duration_since(t).ok())
+        if matches!(outcome, "committed" | "labels")
+            && let Some(age) = std::fs::symlink_metadata(path)
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| SystemTime::now().duration_since(t).ok())
         {
             self.ingest_lag.observe(age.as_secs_f64());
         }

@@ -2,7 +2,7 @@
 //! optional id, timestamp, segment and label that came with them.
 //!
 //! This module owns the in-memory shape of data only. Reading files into records lives in
-//! `ingest::format`; running records through a model lives in `model`.
+//! `format`; running records through a model lives in `model`.
 
 use std::collections::BTreeMap;
 use std::fmt;

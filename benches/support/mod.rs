@@ -7,7 +7,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use sensei::config::NonFinitePolicy;
-use sensei::ingest::format::{FormatOptions, read_file};
+use sensei::format::{FormatOptions, read_file};
 use sensei::record::{FileContent, InputSpec, TensorData};
 
 pub fn repo() -> PathBuf {

@@ -21,14 +21,14 @@
 use std::sync::OnceLock;
 
 use sensei::config::NonFinitePolicy;
-use sensei::ingest::format::{FormatError, FormatOptions, read_file};
+use sensei::format::{FormatError, FormatOptions, read_file};
 use sensei::record::{ElemType, FileContent, InputSpec, LateLabel, Origin, Record, TensorData};
 
 /// Upper bound on an `.npz` archive's expansion in the targets: small, so that a zip bomb the
 /// fuzzer builds costs a millisecond, not a second.
 pub const NPZ_LIMIT: u64 = 1 << 20;
 
-/// Longest id the parsers accept, in bytes (`ingest::format`'s limit).
+/// Longest id the parsers accept, in bytes (`format`'s limit).
 const MAX_ID_BYTES: usize = 256;
 
 /// A model's inputs, as `model` reads them from an ONNX graph.

@@ -341,7 +341,7 @@ impl Check<'_> {
         &mut self,
         raw: raw::RawRedistill,
         state_dir: &Path,
-        alerts: &crate::alert::AlertConfig,
+        alerts: &super::alerts::AlertConfig,
     ) -> RedistillConfig {
         const PLACEHOLDERS: [&str; 4] = ["{dataset}", "{teacher}", "{student}", "{output}"];
         let command = raw.command.unwrap_or_default();
@@ -854,7 +854,7 @@ impl Check<'_> {
 
 /// The receivers of the rules whose action is `redistill`, each once, in the order the rules
 /// name them: the default audience of "re-distillation keeps failing".
-fn redistill_rule_receivers(alerts: &crate::alert::AlertConfig) -> Vec<String> {
+fn redistill_rule_receivers(alerts: &super::alerts::AlertConfig) -> Vec<String> {
     let mut receivers: Vec<String> = Vec::new();
     for rule in alerts
         .rules

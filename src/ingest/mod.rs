@@ -12,7 +12,6 @@
 //! file is still in the inbox and is processed again from scratch; if it had already committed,
 //! the ledger recognises it and it is only moved.
 
-pub mod format;
 mod watch;
 
 pub use watch::{IngestEvent, Watch};
@@ -29,17 +28,12 @@ use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
 
 use crate::config::{Config, OnDone};
-use crate::pipeline::{Disposition, FileMeta, FileWork, InFlightPaths, Prepared, WriterMsg};
+use crate::pipeline::{Disposition, FileMeta, FileWork, InFlightPaths, Prepared, Retry, WriterMsg};
 use crate::record::{FileContent, InputSpec, Origin};
 use crate::store::Reader;
 use crate::time::now_ms;
 
-use format::{FileKind, FormatOptions};
-
-/// Whether a file name is one ingest ignores (temporary or hidden files being written).
-pub fn is_ignored_name(name: &str) -> bool {
-    name.starts_with('.') || name.ends_with(".tmp") || name.ends_with(".part")
-}
+use crate::format::{self, FileKind, FormatOptions, is_ignored_name};
 
 /// Turns the record's segment object into the stored segment string: the configured keys, in
 /// configured order, `key=value` joined by commas; `""` when the record has none of them. New
@@ -100,9 +94,8 @@ pub struct Ingest {
     /// Source of `FileMeta::key`.
     next_key: Arc<AtomicU64>,
     pub in_flight: InFlightPaths,
-    /// The ingest loop's own event channel: a file whose commit failed is sent back through it
-    /// (`None` in a replay).
-    pub retry: Option<std::sync::mpsc::Sender<IngestEvent>>,
+    /// Sends a file whose commit failed back to the ingest loop (`None` in a replay).
+    pub retry: Option<Retry>,
 }
 
 /// The pipeline is gone (shutting down): stop reading files.
@@ -355,77 +348,4 @@ fn read_limited(path: &Path, limit: u64) -> std::io::Result<Vec<u8>> {
         )));
     }
     Ok(bytes)
-}
-
-/// Moves (or deletes) a finished file per its disposition. Failure is logged, not fatal: the
-/// ledger already has the truth and a later scan will only move it.
-pub fn dispose(meta: &FileMeta) {
-    let result = match &meta.on_done {
-        Disposition::Keep => Ok(()),
-        Disposition::Delete => std::fs::remove_file(&meta.path),
-        Disposition::MoveTo(dir) => move_into(&meta.path, dir).map(|_| ()),
-    };
-    match result {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => {
-            tracing::error!(file = %meta.name, error = %e, "Could not move the finished file out of the inbox.")
-        }
-    }
-}
-
-/// Moves a bad file to quarantine with `<name>.error.txt` beside it.
-pub fn quarantine(meta: &FileMeta, reason: &str) {
-    let Some(dir) = &meta.quarantine_dir else {
-        return;
-    };
-    let target = match move_into(&meta.path, dir) {
-        Ok(t) => t,
-        Err(e) => {
-            tracing::error!(file = %meta.name, error = %e, "Could not move the file to quarantine.");
-            return;
-        }
-    };
-    let mut note = target.clone().into_os_string();
-    note.push(".error.txt");
-    let when = OffsetDateTime::now_utc()
-        .format(&time::format_description::well_known::Rfc3339)
-        .unwrap_or_default();
-    let text = format!(
-        "file: {}\nsha256: {}\nsize: {} bytes\nquarantined: {when}\nreason: {reason}\n",
-        meta.name,
-        if meta.sha256.is_empty() {
-            "(not read)"
-        } else {
-            &meta.sha256
-        },
-        meta.size
-    );
-    // Written beside and renamed into place, so whoever watches quarantine/ never reads half a
-    // note.
-    let mut partial = note.clone();
-    partial.push(".tmp");
-    let written = std::fs::write(&partial, text).and_then(|()| std::fs::rename(&partial, &note));
-    if let Err(e) = written {
-        let _ = std::fs::remove_file(&partial);
-        tracing::error!(file = %meta.name, error = %e, "Could not write the quarantine note.");
-    }
-}
-
-/// Renames `path` into `dir`, adding `.1`, `.2`, … when the name is taken. Returns the new path.
-fn move_into(path: &Path, dir: &Path) -> std::io::Result<PathBuf> {
-    std::fs::create_dir_all(dir)?;
-    let name = path
-        .file_name()
-        .ok_or_else(|| std::io::Error::other("path has no file name"))?;
-    let mut target = dir.join(name);
-    let mut n = 0;
-    while target.exists() {
-        n += 1;
-        let mut alt = name.to_os_string();
-        alt.push(format!(".{n}"));
-        target = dir.join(alt);
-    }
-    std::fs::rename(path, &target)?;
-    Ok(target)
 }

@@ -19,6 +19,7 @@
 //!   correction over segments × signals.
 //! - [`sampling`]: the uncertainty-weighted teacher sampling policy and the inverse-probability
 //!   weighted (Horvitz–Thompson / Hájek) estimators that keep rates unbiased under it.
+//! - [`lab`]: the lab set's per-record measurements that a reference profile is built from.
 //! - [`rng`]: the seeded generator every simulation uses.
 //!
 //! # Degenerate data
@@ -28,6 +29,7 @@
 
 pub mod calibrate;
 pub mod cusum;
+pub mod lab;
 pub mod rng;
 pub mod sampling;
 pub mod window;

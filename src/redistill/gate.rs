@@ -266,7 +266,7 @@ fn lab_evidence(config: &Config, candidate: &Path) -> anyhow::Result<Option<LabE
     let cand =
         crate::baseline::run_lab(&with_candidate, &sources).context("the lab set, candidate")?;
     let rate = |v: &[bool]| v.iter().filter(|&&d| d).count() as f64 / v.len().max(1) as f64;
-    let error = |run: &crate::baseline::LabRun| -> (usize, Option<f64>) {
+    let error = |run: &crate::monitor::lab::LabRun| -> (usize, Option<f64>) {
         let pairs: Vec<(i64, i64)> = run
             .labels
             .iter()

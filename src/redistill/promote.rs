@@ -247,7 +247,7 @@ fn rearm(config: &Config, student: &Path) -> Result<Option<i64>, String> {
     let mut with_student = config.clone();
     with_student.student.path = student.to_path_buf();
     let paths: Vec<PathBuf> = sources.into_iter().map(PathBuf::from).collect();
-    crate::commands::baseline(&with_student, &paths)
+    crate::baseline::measure(&with_student, &paths)
         .map(|report| Some(report.version))
         .map_err(|e| format!("{e:#}"))
 }

@@ -4,7 +4,7 @@ float32 [8, 8]. Run from anywhere: `python3 tests/corpus/make_corpus.py`. Needs 
 
 Each malformed file and the fragment its rejection message must contain is listed in
 EXPECTED.tsv; the unit test `corpus_files_are_rejected_with_their_reason` in
-src/ingest/format/tests.rs reads every file listed there with a limit of 8 MiB uncompressed
+src/format/tests.rs reads every file listed there with a limit of 8 MiB uncompressed
 and NaN/Infinity rejected.
 """
 

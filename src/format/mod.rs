@@ -1,4 +1,4 @@
-//! File formats of the inbox: turns the bytes of one dropped file into validated records (or late
+//! File formats of field data: turns the bytes of one dropped file into validated records (or late
 //! labels), or into one error that says what was wrong and where.
 //!
 //! This module is responsible for everything between "these are the bytes of `name`" and "these
@@ -27,6 +27,11 @@ use std::fmt;
 
 use crate::config::NonFinitePolicy;
 use crate::record::{FileContent, InputSpec, Origin};
+
+/// Whether a file name is one ingest ignores (temporary or hidden files being written).
+pub fn is_ignored_name(name: &str) -> bool {
+    name.starts_with('.') || name.ends_with(".tmp") || name.ends_with(".part")
+}
 
 /// How strict reading is; set from the model's config.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

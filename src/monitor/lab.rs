@@ -1,0 +1,32 @@
+//! The lab set as measured by the lab stage (`sensei baseline`): both models' answers and their
+//! comparison on every lab record, from which the reference profile is built
+//! (`crate::drift::build_reference`).
+
+use std::path::PathBuf;
+
+/// Per-record measurements on the lab set (teacher run on every record).
+#[derive(Debug, Default, Clone)]
+pub struct LabRun {
+    pub sources: Vec<PathBuf>,
+    pub student_sha: String,
+    pub teacher_sha: String,
+    pub confidence: Vec<f64>,
+    pub entropy: Vec<f64>,
+    pub prediction: Vec<i64>,
+    pub teacher_prediction: Vec<i64>,
+    pub teacher_confidence: Vec<f64>,
+    pub disagreement: Vec<bool>,
+    pub kl: Vec<f64>,
+    pub attention_kl: Vec<f64>,
+    pub features: Vec<Vec<f64>>,
+    pub labels: Vec<Option<i64>>,
+    pub classes: usize,
+    pub student_latency_us: f64,
+    pub teacher_latency_us: f64,
+}
+
+impl LabRun {
+    pub fn records(&self) -> usize {
+        self.prediction.len()
+    }
+}

@@ -1,0 +1,151 @@
+//! The teacher worker: runs the teacher on the sampled records (what is queued, up to a batch;
+//! never waiting for more), compares it with the student, runs the shadow models on the same
+//! batch, and sends the rows to the writer.
+
+use std::sync::Arc;
+use std::sync::mpsc::{Receiver, SyncSender};
+use std::thread::JoinHandle;
+use std::time::Instant;
+
+use super::{ByFile, FileMeta, WriterMsg, attention_of};
+use crate::compare::{Comparer, attention_kl};
+use crate::model::Model;
+use crate::record::Record;
+use crate::store::TeacherRow;
+
+/// A sampled record on its way to the teacher.
+pub struct TeacherJob {
+    pub meta: Arc<FileMeta>,
+    pub index: usize,
+    pub weight: f64,
+    pub record: Record,
+    pub student_output: Vec<f32>,
+    pub output_shape: Vec<usize>,
+    pub student_attention: Option<(Vec<usize>, Vec<f32>)>,
+}
+
+pub struct TeacherWorker {
+    pub model: Model,
+    pub comparer: Comparer,
+    pub max_batch: usize,
+    /// Name of the int64 mask input used for embedding pooling, if any.
+    pub mask_input: Option<String>,
+    pub metrics: Arc<crate::metrics::Metrics>,
+    /// Challengers and a pending candidate, run on the teacher's batches after the teacher.
+    pub shadow: crate::shadow::ShadowSet,
+}
+
+impl TeacherWorker {
+    pub fn spawn(
+        mut self,
+        input: Receiver<TeacherJob>,
+        writer: SyncSender<WriterMsg>,
+    ) -> std::io::Result<JoinHandle<()>> {
+        std::thread::Builder::new()
+            .name("teacher".into())
+            .spawn(move || self.run(input, writer))
+    }
+
+    fn run(&mut self, input: Receiver<TeacherJob>, writer: SyncSender<WriterMsg>) {
+        while let Ok(first) = input.recv() {
+            // Take what is already queued, up to a batch; never wait for more: the samples are
+            // already late by design and the student does not depend on them.
+            let mut jobs = vec![first];
+            while jobs.len() < self.max_batch {
+                match input.try_recv() {
+                    Ok(j) => jobs.push(j),
+                    Err(_) => break,
+                }
+            }
+            // Batch only equal shapes; run the rest one group at a time.
+            while !jobs.is_empty() {
+                let n = jobs
+                    .iter()
+                    .take_while(|j| {
+                        j.record
+                            .inputs
+                            .values()
+                            .zip(jobs[0].record.inputs.values())
+                            .all(|(a, b)| a.shape == b.shape)
+                    })
+                    .count();
+                let group: Vec<TeacherJob> = jobs.drain(..n).collect();
+                if self.run_group(group, &writer).is_err() {
+                    return;
+                }
+            }
+        }
+    }
+
+    fn run_group(
+        &mut self,
+        group: Vec<TeacherJob>,
+        writer: &SyncSender<WriterMsg>,
+    ) -> Result<(), ()> {
+        let records: Vec<&Record> = group.iter().map(|j| &j.record).collect();
+        let started = Instant::now();
+        let result = self.model.run(&records);
+        self.metrics
+            .batch("teacher", started.elapsed(), records.len());
+        let mut shadow = match &result {
+            Ok(out) => self.shadow.run(&records, out),
+            Err(_) => Vec::new(),
+        };
+        drop(records);
+        let mut by_file = ByFile::new();
+        let out = match result {
+            Ok(out) => Some(out),
+            Err(e) => {
+                tracing::error!(error = %e, samples = group.len(), "Teacher inference failed; these samples are recorded as teacher errors.");
+                None
+            }
+        };
+        let per_record_us = out
+            .as_ref()
+            .map_or(0, |o| o.elapsed.as_micros() as i64 / o.batch.max(1) as i64);
+        for (i, job) in group.into_iter().enumerate() {
+            let row = out.as_ref().map(|out| {
+                let teacher_output = out.output_of(i);
+                let mask = self.mask_input.as_ref().and_then(|name| {
+                    match &job.record.inputs.get(name)?.data {
+                        crate::record::TensorData::I64(v) => Some(v.clone()),
+                        _ => None,
+                    }
+                });
+                let mut comparison = self.comparer.compare(
+                    teacher_output,
+                    &job.student_output,
+                    &job.output_shape,
+                    mask.as_deref(),
+                );
+                let teacher_attention = attention_of(out, i);
+                if let (Some((ts, td)), Some((ss, sd))) =
+                    (&teacher_attention, &job.student_attention)
+                {
+                    comparison.attention_kl = attention_kl(td, ts, sd, ss);
+                }
+                let stats = self.comparer.stats(teacher_output);
+                TeacherRow {
+                    weight: job.weight,
+                    teacher_prediction: stats.prediction,
+                    teacher_confidence: stats.confidence,
+                    comparison,
+                    latency_us: per_record_us,
+                    output_shape: out.output_shape.clone(),
+                    teacher_output: teacher_output.to_vec(),
+                    student_output: job.student_output.clone(),
+                    teacher_attention,
+                    inputs: job.record.inputs.into_iter().collect(),
+                    shadow: shadow.get_mut(i).map(std::mem::take).unwrap_or_default(),
+                }
+            });
+            by_file.push(&job.meta, job.index, row);
+        }
+        for (meta, rows) in by_file.0 {
+            writer
+                .send(WriterMsg::Teacher { meta, rows })
+                .map_err(|_| ())?;
+        }
+        Ok(())
+    }
+}

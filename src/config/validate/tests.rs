@@ -1,0 +1,506 @@
+//! The config validation's tests.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use super::values::{DAY, parse_size};
+use super::*;
+use crate::config::*;
+
+const MINIMAL: &str = r#"
+state_dir = "/var/lib/sensei"
+[student]
+path = "/models/student.onnx"
+[teacher]
+path = "/models/teacher.onnx"
+"#;
+
+fn problems(text: &str) -> Vec<ConfigProblem> {
+    from_toml(text, Path::new("/etc/sensei/sensei.toml"))
+        .expect_err("config should be rejected")
+        .problems
+}
+
+fn paths(problems: &[ConfigProblem]) -> Vec<&str> {
+    problems.iter().map(|p| p.path.as_str()).collect()
+}
+
+#[test]
+fn example_config_is_valid() {
+    let text = include_str!("../../../config/sensei.toml");
+    let config = from_toml(text, Path::new("/etc/sensei/sensei.toml"))
+        .unwrap_or_else(|error| panic!("{error}"));
+    assert_eq!(config.state_dir, Path::new("/var/lib/sensei"));
+}
+
+#[test]
+fn minimal_config_gets_defaults() {
+    let config = from_toml(MINIMAL, Path::new("/etc/sensei/sensei.toml"))
+        .unwrap_or_else(|error| panic!("{error}"));
+    let state = Path::new("/var/lib/sensei");
+    assert_eq!(config.source, Path::new("/etc/sensei/sensei.toml"));
+    assert_eq!(
+        config.inbox,
+        InboxConfig {
+            dir: state.join("inbox"),
+            done_dir: state.join("done"),
+            quarantine_dir: state.join("quarantine"),
+            on_done: OnDone::Move,
+            max_file_bytes: 64 * 1024 * 1024,
+            quiet: Duration::from_secs(2),
+            rescan_interval: Duration::from_secs(60),
+            poll: false,
+        }
+    );
+    assert_eq!(config.onnxruntime.library, None);
+    for (model, path) in [
+        (&config.student, "/models/student.onnx"),
+        (&config.teacher, "/models/teacher.onnx"),
+    ] {
+        assert_eq!(
+            *model,
+            ModelConfig {
+                path: PathBuf::from(path),
+                threads: 1,
+                max_batch: 32,
+                max_wait: Duration::from_millis(20),
+                inputs: Vec::new(),
+                output: "logits".to_owned(),
+                attention: None,
+            }
+        );
+    }
+    assert_eq!(
+        config.sampling,
+        SamplingConfig {
+            policy: SamplingPolicy::Uniform,
+            floor: 0.2,
+            rate: 0.1,
+            seed: 0,
+            max_per_minute: 600,
+            queue: 256,
+        }
+    );
+    assert_eq!(
+        config.compare,
+        CompareConfig {
+            task: Task::Classification,
+            output_kind: OutputKind::Logits,
+            pooling: Pooling::None,
+            mask_input: None,
+            non_finite: NonFinitePolicy::Reject,
+        }
+    );
+    assert_eq!(
+        config.segments,
+        SegmentConfig {
+            keys: Vec::new(),
+            max_values: 100,
+        }
+    );
+    assert_eq!(
+        config.store,
+        StoreConfig {
+            path: state.join("sensei.db"),
+            record_retention: Duration::from_secs(30 * 86_400),
+            window: Duration::from_secs(15 * 60),
+            synchronous: Synchronous::Normal,
+        }
+    );
+    assert_eq!(
+        config.log,
+        LogConfig {
+            format: LogFormat::Auto,
+            filter: "info,ort=warn".to_owned(),
+        }
+    );
+}
+
+#[test]
+fn the_failure_back_off_and_its_receivers_are_validated() {
+    let config = from_toml(MINIMAL, Path::new("/etc/sensei/sensei.toml"))
+        .unwrap_or_else(|error| panic!("{error}"));
+    assert_eq!(config.redistill.max_backoff, 7 * DAY);
+    assert_eq!(config.redistill.alert_after_failures, 2);
+    assert!(config.redistill.alert_receivers.is_empty());
+    let text = format!(
+        "{MINIMAL}[receivers.ops]\ntype = \"webhook\"\nurl = \"http://127.0.0.1:9/\"\n\
+         [redistill]\nmin_interval = \"2h\"\nmax_backoff = \"1h\"\n\
+         alert_receivers = [\"ops\", \"pager\"]\nalert_after_failures = -1\n"
+    );
+    let found = problems(&text);
+    assert_eq!(
+        paths(&found),
+        [
+            "redistill.max_backoff",
+            "redistill.alert_receivers[1]",
+            "redistill.alert_after_failures"
+        ],
+        "{found:?}"
+    );
+    assert!(
+        found[0].message.contains("at least redistill.min_interval"),
+        "{found:?}"
+    );
+    assert!(
+        found[1].message.contains("no receiver \"pager\""),
+        "{found:?}"
+    );
+}
+
+#[test]
+fn challengers_are_validated_with_their_key_paths() {
+    let text = format!(
+        "{MINIMAL}[shadow]\nagreement_floor = 1.5\n\
+         [[challengers]]\nname = \"int8\"\npath = \"int8.onnx\"\nthreads = 0\n\
+         [[challengers]]\nname = \"int8\"\npath = \"other.onnx\"\nattention = \"logits\"\n\
+         [[challengers]]\nname = \"candidate-3\"\n\
+         [[challengers]]\nname = \"a b\"\npath = \"x.onnx\"\n"
+    );
+    let problems = problems(&text);
+    assert_eq!(
+        paths(&problems),
+        [
+            "shadow.agreement_floor",
+            "challengers[0].threads",
+            "challengers[1].attention",
+            "challengers[2].name",
+            "challengers[2].path",
+            "challengers[3].name",
+            "challengers[1].name",
+        ],
+        "{problems:?}"
+    );
+    let good = format!("{MINIMAL}[[challengers]]\nname = \"int8\"\npath = \"int8.onnx\"\n");
+    let config = Config::from_toml(&good, Path::new("/srv/line4/sensei.toml")).unwrap();
+    assert_eq!(config.challengers.len(), 1);
+    let c = &config.challengers[0];
+    assert_eq!(c.path, Path::new("/srv/line4/int8.onnx"));
+    assert_eq!(
+        (c.output.as_str(), c.attention.as_deref(), c.threads),
+        ("logits", None, 1)
+    );
+    assert_eq!(config.shadow.agreement_floor, 0.95);
+    assert!(config.shadow.candidate);
+    let unknown = format!("{MINIMAL}[[challengers]]\nname = \"a\"\npth = \"x\"\n");
+    let found = super::tests::problems(&unknown);
+    assert_eq!(paths(&found), ["challengers"], "{found:?}");
+    assert!(found[0].message.contains("pth"), "{found:?}");
+}
+
+#[test]
+fn store_synchronous_is_normal_or_full() {
+    let full = Config::from_toml(
+        &format!("{MINIMAL}[store]\nsynchronous = \"full\"\n"),
+        Path::new("/etc/sensei/sensei.toml"),
+    )
+    .unwrap();
+    assert_eq!(full.store.synchronous, Synchronous::Full);
+    let found = problems(&format!("{MINIMAL}[store]\nsynchronous = \"off\"\n"));
+    assert_eq!(paths(&found), ["store.synchronous"], "{found:?}");
+    assert!(found[0].message.contains("\"full\""), "{found:?}");
+}
+
+#[test]
+fn unknown_key_is_rejected_with_its_path() {
+    let text = format!("{MINIMAL}threds = 4\n");
+    let problems = problems(&text);
+    assert_eq!(paths(&problems), ["teacher.threds"]);
+    assert!(problems[0].message.contains("unknown field `threds`"));
+    assert!(problems[0].message.contains("line 7, column 1"));
+}
+
+#[test]
+fn wrong_type_is_reported_with_its_path() {
+    let text = MINIMAL.replace("[teacher]", "[teacher]\nthreads = \"four\"");
+    let problems = problems(&text);
+    assert_eq!(paths(&problems), ["teacher.threads"]);
+    assert!(problems[0].message.contains("invalid type"));
+}
+
+#[test]
+fn every_semantic_problem_is_reported_together() {
+    let text = r#"
+[inbox]
+on_done = "archive"
+max_file_size = "12 XB"
+quiet = "5"
+[student]
+threads = 0
+max_batch = 5000
+inputs = ["x", "mask", "x", ""]
+output = ""
+[teacher]
+path = "teacher.onnx"
+max_wait = "-5ms"
+[sampling]
+rate = 1.5
+queue = -1
+[compare]
+task = "embedding"
+mask_input = "attention_mask"
+[segments]
+keys = ["line", "line"]
+max_values = 0
+[store]
+window = "500ms"
+[log]
+format = "xml"
+"#;
+    let problems = problems(text);
+    assert_eq!(
+        paths(&problems),
+        [
+            "state_dir",
+            "inbox.on_done",
+            "inbox.max_file_size",
+            "inbox.quiet",
+            "student.path",
+            "student.threads",
+            "student.max_batch",
+            "student.inputs[2]",
+            "student.inputs[3]",
+            "student.output",
+            "teacher.max_wait",
+            "sampling.rate",
+            "sampling.queue",
+            "compare.mask_input",
+            "segments.keys[1]",
+            "segments.max_values",
+            "store.window",
+            "log.format",
+        ],
+        "{problems:#?}"
+    );
+    let message = |path: &str| {
+        problems
+            .iter()
+            .find(|p| p.path == path)
+            .map(|p| p.message.as_str())
+            .unwrap_or_default()
+    };
+    assert_eq!(message("student.threads"), "must be at least 1, got 0");
+    assert_eq!(message("sampling.rate"), "must be within 0..=1, got 1.5");
+    assert_eq!(
+        message("compare.mask_input"),
+        "requires compare.pooling = \"mean\""
+    );
+    assert!(
+        message("inbox.max_file_size").starts_with("cannot parse \"12 XB\": unknown unit"),
+        "{problems:#?}"
+    );
+    assert_eq!(
+        message("inbox.on_done"),
+        "unknown value \"archive\", expected one of \"move\", \"delete\""
+    );
+    assert_eq!(
+        message("store.window"),
+        "must be at least 1s, got \"500ms\""
+    );
+}
+
+#[test]
+fn error_display_lists_every_problem() {
+    let error =
+        from_toml("[sampling]\nrate = -0.5\n", Path::new("/etc/sensei.toml")).expect_err("invalid");
+    assert_eq!(
+        error.to_string(),
+        "invalid config /etc/sensei.toml:\n  \
+         state_dir: required: the directory for the database, inbox and done files\n  \
+         student.path: required: the student model's .onnx file\n  \
+         teacher.path: required: the teacher model's .onnx file\n  \
+         sampling.rate: must be within 0..=1, got -0.5"
+    );
+}
+
+#[test]
+fn relative_paths_resolve_against_the_config_directory() {
+    let text = r#"
+state_dir = "state"
+[inbox]
+dir = "../drop"
+[onnxruntime]
+library = "lib/libonnxruntime.so"
+[student]
+path = "models/student.onnx"
+[teacher]
+path = "/opt/models/teacher.onnx"
+"#;
+    let config = from_toml(text, Path::new("/srv/line4/sensei.toml"))
+        .unwrap_or_else(|error| panic!("{error}"));
+    assert_eq!(config.state_dir, Path::new("/srv/line4/state"));
+    assert_eq!(config.inbox.dir, Path::new("/srv/line4/../drop"));
+    assert_eq!(config.inbox.done_dir, Path::new("/srv/line4/state/done"));
+    assert_eq!(config.store.path, Path::new("/srv/line4/state/sensei.db"));
+    assert_eq!(
+        config.onnxruntime.library.as_deref(),
+        Some(Path::new("/srv/line4/lib/libonnxruntime.so"))
+    );
+    assert_eq!(
+        config.student.path,
+        Path::new("/srv/line4/models/student.onnx")
+    );
+    assert_eq!(config.teacher.path, Path::new("/opt/models/teacher.onnx"));
+}
+
+#[test]
+fn task_specific_keys_are_checked() {
+    let text = format!(
+        "{MINIMAL}[compare]\ntask = \"regression\"\noutput_kind = \"probabilities\"\npooling = \"mean\"\n"
+    );
+    assert_eq!(
+        paths(&problems(&text)),
+        ["compare.output_kind", "compare.pooling"]
+    );
+    let text = format!(
+        "{MINIMAL}[compare]\ntask = \"embedding\"\npooling = \"mean\"\nmask_input = \"attention_mask\"\n"
+    );
+    let config = from_toml(&text, Path::new("/etc/sensei/sensei.toml"))
+        .unwrap_or_else(|error| panic!("{error}"));
+    assert_eq!(config.compare.mask_input.as_deref(), Some("attention_mask"));
+}
+
+#[test]
+fn sampling_rate_accepts_both_ends() {
+    for rate in ["0.0", "1", "1.0"] {
+        let text = format!("{MINIMAL}[sampling]\nrate = {rate}\n");
+        from_toml(&text, Path::new("/etc/sensei/sensei.toml"))
+            .unwrap_or_else(|error| panic!("rate {rate}: {error}"));
+    }
+    let text = format!("{MINIMAL}[sampling]\nrate = nan\n");
+    assert_eq!(paths(&problems(&text)), ["sampling.rate"]);
+}
+
+#[test]
+fn load_reports_unreadable_file() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("missing.toml");
+    let error = load(&path).expect_err("missing file");
+    assert_eq!(error.problems.len(), 1);
+    assert_eq!(error.problems[0].path, "");
+    assert!(error.problems[0].message.contains("missing.toml"));
+
+    let path = dir.path().join("sensei.toml");
+    std::fs::write(&path, MINIMAL.replace("/models/", "models/")).expect("write");
+    let config = load(&path).unwrap_or_else(|error| panic!("{error}"));
+    assert_eq!(config.student.path, dir.path().join("models/student.onnx"));
+}
+
+#[test]
+fn durations_parse() {
+    assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+    assert_eq!(parse_duration("2s"), Ok(Duration::from_secs(2)));
+    assert_eq!(parse_duration(" 15 m "), Ok(Duration::from_secs(900)));
+    assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
+    assert_eq!(parse_duration("30d"), Ok(Duration::from_secs(2_592_000)));
+    assert_eq!(parse_duration("0s"), Ok(Duration::ZERO));
+}
+
+#[test]
+fn bad_durations_are_rejected() {
+    let error = |text: &str| parse_duration(text).expect_err(text);
+    assert!(error("15").starts_with("missing unit"));
+    assert!(error("15 weeks").starts_with("unknown unit \"weeks\""));
+    assert!(error("15M").starts_with("unknown unit \"M\""));
+    assert!(error("-5s").starts_with("expected a whole number"));
+    assert!(error("1.5s").starts_with("unknown unit \".5s\""));
+    assert!(error("").starts_with("expected a whole number"));
+    assert!(error("s").starts_with("expected a whole number"));
+    assert_eq!(error("99999999999999999999s"), "too large");
+    assert_eq!(error("18446744073709551615d"), "too large");
+    assert_eq!(
+        parse_duration("18446744073709551615ms"),
+        Ok(Duration::from_millis(u64::MAX))
+    );
+}
+
+#[test]
+fn sizes_parse() {
+    assert_eq!(parse_size("0"), Ok(0));
+    assert_eq!(parse_size("1048576"), Ok(1_048_576));
+    assert_eq!(parse_size("10 B"), Ok(10));
+    assert_eq!(parse_size("512KiB"), Ok(512 * 1024));
+    assert_eq!(parse_size("64 MiB"), Ok(64 * 1024 * 1024));
+    assert_eq!(parse_size("2 GiB"), Ok(2 * 1024 * 1024 * 1024));
+    assert_eq!(parse_size("3 KB"), Ok(3_000));
+    assert_eq!(parse_size("5 MB"), Ok(5_000_000));
+    assert_eq!(parse_size("1 GB"), Ok(1_000_000_000));
+}
+
+#[test]
+fn bad_sizes_are_rejected() {
+    let error = |text: &str| parse_size(text).expect_err(text);
+    assert!(error("12 XB").starts_with("unknown unit \"XB\""));
+    assert!(error("12 mib").starts_with("unknown unit \"mib\""));
+    assert!(error("-1 MiB").starts_with("expected a whole number"));
+    assert!(error("MiB").starts_with("expected a whole number"));
+    assert!(error("1.5 GiB").starts_with("unknown unit \".5 GiB\""));
+    assert_eq!(error("18446744073709551616"), "too large");
+    assert_eq!(error("17179869184 GiB"), "too large");
+}
+
+#[test]
+fn integer_sizes_are_bytes() {
+    let text = MINIMAL.replace("[student]", "[inbox]\nmax_file_size = 4096\n[student]");
+    let config = from_toml(&text, Path::new("/etc/sensei/sensei.toml"))
+        .unwrap_or_else(|error| panic!("{error}"));
+    assert_eq!(config.inbox.max_file_bytes, 4096);
+    for bad in ["-1", "0", "\"0 MiB\""] {
+        let text = MINIMAL.replace(
+            "[student]",
+            &format!("[inbox]\nmax_file_size = {bad}\n[student]"),
+        );
+        assert_eq!(paths(&problems(&text)), ["inbox.max_file_size"], "{bad}");
+    }
+}
+
+#[test]
+fn secret_files_are_one_line_and_bounded() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = |name: &str, content: &[u8]| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, content).unwrap();
+        p
+    };
+    let ok = file("ok", b"  s3cret \nignored\n");
+    assert_eq!(super::super::read_secret(&ok).unwrap().expose(), "s3cret");
+    let error = |p: &Path| super::super::read_secret(p).expect_err("refused");
+    let big = file("big", &vec![b'a'; 64 * 1024 + 1]);
+    assert!(error(&big).ends_with("is larger than 64 KiB; a secret file holds one line"));
+    // A device that never ends costs 64 KiB, not the machine.
+    assert!(error(Path::new("/dev/zero")).contains("is larger than 64 KiB"));
+    assert!(error(&file("empty", b"\n  \n")).ends_with("is empty"));
+    let latin1 = error(&file("latin1", b"p\xe4ss\n"));
+    assert!(latin1.ends_with("is not UTF-8 text"), "{latin1}");
+    assert!(!latin1.contains("p\u{fffd}ss"), "{latin1}");
+    assert!(error(&dir.path().join("missing")).starts_with("cannot read"));
+
+    // Through the config: the problem carries the key path.
+    let text = format!(
+        "{MINIMAL}[http]\nlisten = \"127.0.0.1:9477\"\ntoken_file = {:?}\n",
+        big.display().to_string()
+    );
+    let found = problems(&text);
+    assert_eq!(paths(&found), ["http.token_file"]);
+}
+
+#[test]
+fn a_config_file_that_is_not_text_or_is_huge_is_refused_with_its_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let message = |content: &[u8]| {
+        let p = dir.path().join("sensei.toml");
+        std::fs::write(&p, content).unwrap();
+        let e = load(&p).expect_err("refused");
+        assert_eq!(e.problems.len(), 1);
+        e.problems[0].message.clone()
+    };
+    let m = message(b"state_dir = \"/x\"\n\xff\xfe");
+    assert!(m.ends_with("is not UTF-8 text (line 2, byte 17)"), "{m}");
+    let m = message(&vec![b'#'; 4 * 1024 * 1024 + 1]);
+    assert!(
+        m.ends_with("is larger than 4 MiB; is it the config file?"),
+        "{m}"
+    );
+    let e = load(Path::new("/dev/zero")).expect_err("refused");
+    assert!(e.problems[0].message.contains("larger than 4 MiB"));
+}

@@ -1,7 +1,7 @@
 //! Alerts: turning drift events into notifications that reach people, once, even when a mail
 //! server is down for an hour.
 //!
-//! - [`config`]: `[alerts]`, `[receivers.NAME]` and `[[rules]]`, raw and validated.
+//! - `crate::config::alerts`: `[alerts]`, `[receivers.NAME]` and `[[rules]]`, raw and validated.
 //! - [`rule`]: the pure state machine (inactive → pending → firing → resolved) per rule.
 //! - [`notification`]: the notification document and its renderings (subject, text, HTML).
 //! - [`receiver`]: email, webhook, Alertmanager and command delivery.

@@ -10,8 +10,8 @@
 //! process. [`run`] also owns the service side: sd_notify READY/RELOADING/STOPPING, the watchdog
 //! pings (only while the pipeline's heartbeat advances) and the HTTP server.
 //!
-//! [`start`]: the pipeline's threads, the inbox watcher and ingest wired together; [`replay`]:
-//! the same pipeline over given files; [`watchdog`]: the systemd watchdog's pings.
+//! `start`: the pipeline's threads, the inbox watcher and ingest wired together; `replay`:
+//! the same pipeline over given files; `watchdog`: the systemd watchdog's pings.
 
 mod replay;
 mod start;

@@ -6,7 +6,7 @@
 //! is the config key, `ORT_DYLIB_PATH`, the binary's directory, then system library directories;
 //! when nothing loads, the error names every place searched and why each failed.
 //!
-//! [`pair`]: the student and the teacher loaded together and checked for comparability.
+//! `pair`: the student and the teacher loaded together and checked for comparability.
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};

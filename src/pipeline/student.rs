@@ -12,7 +12,7 @@ use crate::model::{BatchOutput, Model};
 use crate::record::Record;
 
 /// Runs the student on every record. It does nothing but batch and call ONNX Runtime: all
-/// per-record work after inference happens on the [`Dispatcher`]'s thread, so the student's
+/// per-record work after inference happens on the [`Dispatcher`](super::Dispatcher)'s thread, so the student's
 /// core is spent on the model (the throughput benchmark compares it with a bare inference loop).
 pub struct StudentWorker {
     pub model: Model,

@@ -8,10 +8,11 @@
 //! a crash. A shadow model that cannot be loaded or fails to run is logged, recorded in
 //! `shadow_models` and skipped: it never holds up the teacher or the student.
 //!
-//! The rest is pure and has its own files: [`verdict`] (the statistics of the sums, the
-//! standings and the verdict) and [`parameters`] (a model's parameter count). In short: [`Totals`] are the running sums of one model version, [`Standing`] what
-//! `sensei report` shows of each model, and [`verdict`] picks the smallest model whose agreement
-//! with the teacher is, at 95% confidence, at least `[shadow] agreement_floor`.
+//! The rest is pure and has its own files: [`verdict`](mod@verdict) (the statistics of the sums,
+//! the standings and the verdict) and [`parameters`] (a model's parameter count). In short:
+//! [`Totals`](crate::store::Totals) are the running sums of one model version, [`Standing`]
+//! what `sensei report` shows of each model, and [`verdict()`] picks the smallest model whose
+//! agreement with the teacher is, at 95% confidence, at least `[shadow] agreement_floor`.
 
 use std::path::{Path, PathBuf};
 

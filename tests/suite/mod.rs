@@ -4,6 +4,7 @@ mod crash;
 mod daemon;
 mod drift;
 mod faults;
+mod layers;
 mod ops;
 mod redistill;
 mod replay;

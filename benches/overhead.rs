@@ -218,10 +218,15 @@ impl Fixture {
         }
     }
 
-    /// The writer's work for one file: detectors, then the file's transaction.
+    /// The writer's work for one file: the check for ids counted before, the detectors, then
+    /// the file's transaction.
     fn commit(&mut self, records: Vec<RecordRow>) {
         self.files += 1;
         let now_ms = sensei::time::now_ms();
+        let ids: Vec<&str> = records.iter().map(|r| r.record_id.as_str()).collect();
+        let counted = self.store.counted_ids(&ids).expect("id check");
+        assert!(!counted.contains(&true), "every id is new");
+        drop(ids);
         let first_seq = self.store.next_seq().expect("seq");
         let delta =
             sensei::pipeline::observe_records(&mut self.monitor, first_seq, &records, now_ms);
@@ -234,6 +239,10 @@ impl Fixture {
             student: "student00000".into(),
             teacher: "teacher00000".into(),
             records,
+            origin: Default::default(),
+            duplicates: 0,
+            conflicts: 0,
+            labels_taken: Vec::new(),
         };
         let window_ms = self.config.store.window.as_millis() as i64;
         self.store

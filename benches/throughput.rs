@@ -177,7 +177,7 @@ fn replay(
     let commits: Arc<Mutex<Vec<(Instant, usize)>>> = Arc::default();
     let seen = commits.clone();
     let on_file: sensei::pipeline::FileCallback = Box::new(move |_, outcome| {
-        if let sensei::pipeline::FileOutcome::Committed { records } = outcome
+        if let sensei::pipeline::FileOutcome::Committed { records, .. } = outcome
             && let Ok(mut v) = seen.lock()
         {
             v.push((Instant::now(), *records));

@@ -307,6 +307,55 @@ fn database_families(path: &std::path::Path) -> anyhow::Result<Vec<FamilyOut>> {
     skipped.push(labels(&[("reason", "queue")]), summary.skipped_queue as f64);
     out.push(skipped);
 
+    let mut duplicate = FamilyOut::new(
+        "records_duplicate",
+        "Records left out because a record with the same id was counted before (the first arrival counts)",
+        MetricType::Counter,
+    );
+    duplicate.push(Vec::new(), summary.records_duplicate as f64);
+    out.push(duplicate);
+
+    let mut late = FamilyOut::new(
+        "late_labels_ignored",
+        "Late labels that did not give a record its first label, by effect (corrected: replaced a different, older label; unchanged: the record had this label or a later one)",
+        MetricType::Counter,
+    );
+    late.push(
+        labels(&[("effect", "corrected")]),
+        summary.labels_corrected as f64,
+    );
+    late.push(
+        labels(&[("effect", "unchanged")]),
+        summary.labels_unchanged as f64,
+    );
+    out.push(late);
+
+    let mut dropped = FamilyOut::new(
+        "records_deleted",
+        "Per-record rows deleted by retention, by reason (age: [store] record_retention; size: [store] max_size)",
+        MetricType::Counter,
+    );
+    let deleted = reader.dropped()?;
+    for reason in ["age", "size"] {
+        let records = deleted
+            .iter()
+            .find(|d| d.reason == reason)
+            .map_or(0, |d| d.records);
+        dropped.push(labels(&[("reason", reason)]), records as f64);
+    }
+    out.push(dropped);
+
+    if let Ok(size) = reader.database_size() {
+        let mut bytes = FamilyOut::new(
+            "database_bytes",
+            "The database file's pages, by state (used; free: reused before the file grows)",
+            MetricType::Gauge,
+        );
+        bytes.push(labels(&[("state", "used")]), size.used_bytes as f64);
+        bytes.push(labels(&[("state", "free")]), size.free_bytes as f64);
+        out.push(bytes);
+    }
+
     let mut records = FamilyOut::new(
         "records",
         "Records the student answered, per segment ('*' is all segments)",

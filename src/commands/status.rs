@@ -52,6 +52,16 @@ pub struct StatusReport {
     pub teacher_samples: i64,
     pub skipped_budget: i64,
     pub skipped_queue: i64,
+    /// Records left out because their id was counted before.
+    pub records_duplicate: i64,
+    /// Late labels that changed nothing, and those that replaced a different label.
+    pub labels_unchanged: i64,
+    pub labels_corrected: i64,
+    /// What retention deleted, by reason (`age`, `size`).
+    pub dropped: Vec<crate::store::Dropped>,
+    /// The database's pages in use, in bytes, and `[store] max_size`.
+    pub database_bytes: Option<u64>,
+    pub max_bytes: Option<u64>,
     pub segments: Vec<SegmentReport>,
     /// The active baseline, if `sensei baseline` has run.
     pub baseline: Option<crate::store::BaselineRow>,
@@ -104,6 +114,9 @@ pub fn status(config: &Config) -> anyhow::Result<StatusReport> {
     report.recent_events = reader.recent_events(RECENT_EVENTS)?;
     report.outbox = crate::alert::outbox_summary(&config.store.path).ok();
     report.redistill_jobs = reader.redistill_jobs(RECENT_JOBS)?;
+    report.dropped = reader.dropped()?;
+    report.database_bytes = reader.database_size().ok().map(|s| s.used_bytes);
+    report.max_bytes = config.store.max_bytes;
     for model in reader.shadow_models()? {
         let samples = match &model.sha256 {
             Some(sha) => reader
@@ -205,6 +218,12 @@ fn status_of(db: &Path, s: &Summary) -> StatusReport {
         teacher_samples: s.teacher_samples,
         skipped_budget: s.skipped_budget,
         skipped_queue: s.skipped_queue,
+        records_duplicate: s.records_duplicate,
+        labels_unchanged: s.labels_unchanged,
+        labels_corrected: s.labels_corrected,
+        dropped: Vec::new(),
+        database_bytes: None,
+        max_bytes: None,
         segments: s.segments.iter().map(SegmentReport::from).collect(),
         baseline: None,
         signals: Vec::new(),
@@ -271,6 +290,33 @@ impl StatusReport {
             "records: {}; teacher samples: {}; skipped for budget: {}; skipped, teacher queue full: {}",
             self.records, self.teacher_samples, self.skipped_budget, self.skipped_queue
         );
+        if self.records_duplicate > 0 || self.labels_unchanged > 0 || self.labels_corrected > 0 {
+            let _ = writeln!(
+                s,
+                "ids counted before: {} records left out; late labels: {} corrected a record's label, {} changed nothing",
+                self.records_duplicate, self.labels_corrected, self.labels_unchanged
+            );
+        }
+        if let Some(used) = self.database_bytes {
+            let budget = self
+                .max_bytes
+                .map_or("no [store] max_size".to_string(), |m| {
+                    format!("max_size {}", mib(m))
+                });
+            let _ = writeln!(s, "database: {} in use ({budget})", mib(used));
+        }
+        for d in &self.dropped {
+            let why = if d.reason == "size" {
+                "to stay under [store] max_size"
+            } else {
+                "past [store] record_retention"
+            };
+            let _ = writeln!(
+                s,
+                "deleted {why}: {} per-record rows, every record up to seq {} (windows, drift events and the distillation buffer are kept)",
+                d.records, d.through_seq
+            );
+        }
         s.push_str(&segment_table(&self.segments));
         match &self.baseline {
             None => {
@@ -403,4 +449,9 @@ fn segment_name(segment: &str) -> String {
         "" => "(none)".into(),
         s => s.into(),
     }
+}
+
+/// Bytes as MiB, for people.
+fn mib(bytes: u64) -> String {
+    format!("{:.1} MiB", bytes as f64 / f64::from(1 << 20))
 }

@@ -295,6 +295,9 @@ pub struct StoreConfig {
     pub record_retention: Duration,
     /// Length of the per-segment aggregate windows.
     pub window: Duration,
+    /// `[store] max_size`: when the database's pages in use pass it, the oldest per-record rows
+    /// are deleted (windows, drift events, alerts, jobs and the distillation buffer stay).
+    pub max_bytes: Option<u64>,
     /// When a file's commit reaches the disk (SQLite `synchronous` of the writer).
     pub synchronous: Synchronous,
 }

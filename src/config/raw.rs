@@ -184,6 +184,7 @@ pub struct RawStore {
     pub record_retention: Option<RawDuration>,
     pub window: Option<RawDuration>,
     pub synchronous: Option<String>,
+    pub max_size: Option<RawSize>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -135,6 +135,12 @@ pub(super) fn start(
     let shadow = shadow_set(config, &models, &mut store);
     let known_segments = store.known_segments().unwrap_or_default();
     let specs = models.student.inputs.clone();
+    let classes = match config.compare.task {
+        crate::config::Task::Classification => {
+            models.student.output.shape.last().copied().flatten()
+        }
+        _ => None,
+    };
     let comparer = model_worker_parts(config);
     let (max_batch, max_wait) = batch_limits(&config.student);
     let monitor = drift_monitor(config, &store);
@@ -150,6 +156,7 @@ pub(super) fn start(
             .record_retention
             .as_millis()
             .min(i64::MAX as u128) as i64,
+        max_bytes: config.store.max_bytes,
         buffer: config.redistill.buffer,
         on_file,
         metrics: metrics.clone(),
@@ -180,7 +187,7 @@ pub(super) fn start(
     }
     .spawn(work_rx, scored_tx)
     .context("starting the student thread")?;
-    let ingest = Ingest::new(
+    let mut ingest = Ingest::new(
         config,
         specs,
         known_segments,
@@ -190,6 +197,7 @@ pub(super) fn start(
         work_tx,
         writer_tx,
     );
+    ingest.classes = classes;
     Ok((
         ingest,
         Threads {

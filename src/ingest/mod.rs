@@ -30,7 +30,7 @@ use time::OffsetDateTime;
 use crate::config::{Config, OnDone};
 use crate::pipeline::{Disposition, FileMeta, FileWork, InFlightPaths, Prepared, Retry, WriterMsg};
 use crate::record::{FileContent, InputSpec, Origin};
-use crate::store::Reader;
+use crate::store::{FileOrigin, Reader};
 use crate::time::now_ms;
 
 use crate::format::{self, FileKind, FormatOptions, is_ignored_name};
@@ -96,6 +96,9 @@ pub struct Ingest {
     pub in_flight: InFlightPaths,
     /// Sends a file whose commit failed back to the ingest loop (`None` in a replay).
     pub retry: Option<Retry>,
+    /// The student's classes (classification): a label must be one of `0..classes`. `None`
+    /// when the task has no classes or the model does not say how many.
+    pub classes: Option<usize>,
 }
 
 /// The pipeline is gone (shutting down): stop reading files.
@@ -134,6 +137,7 @@ impl Ingest {
             next_key: Arc::new(AtomicU64::new(1)),
             in_flight: InFlightPaths::default(),
             retry: None,
+            classes: None,
         }
     }
 
@@ -152,7 +156,12 @@ impl Ingest {
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_else(|| path.display().to_string());
-        let meta_of = |sha256: String, size: u64, kind: &'static str, records: usize, key: u64| {
+        let meta_of = |sha256: String,
+                       size: u64,
+                       kind: &'static str,
+                       records: usize,
+                       key: u64,
+                       origin: FileOrigin| {
             Arc::new(FileMeta {
                 key,
                 path: path.to_path_buf(),
@@ -165,6 +174,7 @@ impl Ingest {
                 quarantine_dir: self.quarantine_dir.clone(),
                 in_flight: self.in_flight.clone(),
                 retry: self.retry.clone(),
+                origin,
             })
         };
         let key = self.next_key.fetch_add(1, Ordering::Relaxed);
@@ -186,13 +196,14 @@ impl Ingest {
                 return Ok(());
             }
             Err(e) => {
-                let meta = meta_of(String::new(), 0, "unknown", 0, key);
+                let meta = meta_of(String::new(), 0, "unknown", 0, key, FileOrigin::default());
                 return self.reject(meta, format!("cannot stat the file: {e}"));
             }
         };
         let ft = stat.file_type();
+        let origin = file_origin(&stat);
         if ft.is_symlink() {
-            let meta = meta_of(String::new(), 0, "unknown", 0, key);
+            let meta = meta_of(String::new(), 0, "unknown", 0, key, origin);
             return self.reject(
                 meta,
                 "symbolic links are not followed: write or rename the file itself into the inbox"
@@ -200,7 +211,7 @@ impl Ingest {
             );
         }
         if !ft.is_file() {
-            let meta = meta_of(String::new(), 0, "unknown", 0, key);
+            let meta = meta_of(String::new(), 0, "unknown", 0, key, origin);
             return self.reject(
                 meta,
                 "not a regular file (directory, FIFO, socket or device)".into(),
@@ -209,7 +220,7 @@ impl Ingest {
         let kind = format::file_kind(&name);
         let kind_name = kind.map_or("unknown", kind_str);
         if stat.len() > self.max_file_bytes {
-            let meta = meta_of(String::new(), stat.len(), kind_name, 0, key);
+            let meta = meta_of(String::new(), stat.len(), kind_name, 0, key, origin);
             return self.reject(
                 meta,
                 format!(
@@ -227,7 +238,7 @@ impl Ingest {
                 return Ok(());
             }
             Err(e) => {
-                let meta = meta_of(String::new(), stat.len(), kind_name, 0, key);
+                let meta = meta_of(String::new(), stat.len(), kind_name, 0, key, origin);
                 return self.reject(meta, format!("cannot read the file: {e}"));
             }
         };
@@ -238,14 +249,14 @@ impl Ingest {
         {
             // Counted before (a re-drop, or a crash between commit and move): tell the writer,
             // which records the duplicate and moves the file without counting it.
-            let meta = meta_of(sha256, size, kind_name, 0, key);
+            let meta = meta_of(sha256, size, kind_name, 0, key, origin);
             return self
                 .writer
                 .send(WriterMsg::AlreadyCounted { meta })
                 .map_err(|_| Closed);
         }
         if kind.is_none() {
-            let meta = meta_of(sha256, size, kind_name, 0, key);
+            let meta = meta_of(sha256, size, kind_name, 0, key, origin);
             return self.reject(
                 meta,
                 "unsupported file type: expected .jsonl, .ndjson, .labels.jsonl, .npy or .npz"
@@ -255,25 +266,38 @@ impl Ingest {
         let content = match format::read_file(&name, &bytes, &self.specs, &self.options) {
             Ok(c) => c,
             Err(e) => {
-                let meta = meta_of(sha256, size, kind_name, 0, key);
+                let meta = meta_of(sha256, size, kind_name, 0, key, origin);
                 return self.reject(meta, e.to_string());
             }
         };
         drop(bytes);
         match content {
             FileContent::Labels(labels) => {
-                let meta = meta_of(sha256, size, kind_name, labels.len(), key);
+                let meta = meta_of(sha256, size, kind_name, labels.len(), key, origin);
+                let outside = labels.iter().find_map(|l| {
+                    self.label_problem(l.label)
+                        .map(|p| format!("line {}: {p}", l.line))
+                });
+                if let Some(problem) = outside {
+                    return self.reject(meta, problem);
+                }
                 let labels = labels.into_iter().map(|l| (l.id, l.label)).collect();
                 self.writer
                     .send(WriterMsg::Labels { meta, labels })
                     .map_err(|_| Closed)
             }
             FileContent::Records(records) => {
-                let meta = meta_of(sha256.clone(), size, kind_name, records.len(), key);
+                let meta = meta_of(sha256.clone(), size, kind_name, records.len(), key, origin);
                 let now = now_ms();
                 let prefix = &sha256[..12];
                 let mut seen_ids = HashSet::with_capacity(records.len());
                 let mut prepared = Vec::with_capacity(records.len());
+                if let Some(problem) = records.iter().find_map(|r| {
+                    let p = self.label_problem(r.label?)?;
+                    Some(format!("{}, field label: {p}", r.origin))
+                }) {
+                    return self.reject(meta, problem);
+                }
                 for record in records {
                     let record_id = match &record.id {
                         Some(id) => id.clone(),
@@ -313,6 +337,17 @@ impl Ingest {
         }
     }
 
+    /// Why a label cannot be one of the model's classes, if it cannot.
+    fn label_problem(&self, label: i64) -> Option<String> {
+        let classes = self.classes?;
+        (label < 0 || label as u64 >= classes as u64).then(|| {
+            format!(
+                "label {label} is not a class of the model: the student has {classes} classes, 0 to {}",
+                classes.saturating_sub(1)
+            )
+        })
+    }
+
     fn forget(&self, path: &Path) {
         if let Ok(mut set) = self.in_flight.lock() {
             set.remove(path);
@@ -325,6 +360,22 @@ impl Ingest {
         self.writer
             .send(WriterMsg::Quarantined { meta, reason })
             .map_err(|_| Closed)
+    }
+}
+
+/// When the file was written and which file it is ([`FileOrigin`]).
+fn file_origin(stat: &std::fs::Metadata) -> FileOrigin {
+    use std::os::unix::fs::MetadataExt;
+    let arrived_ms = stat
+        .modified()
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+    // Device and inode in one number: the device's low 16 bits above the inode's low 48.
+    let inode = ((stat.dev() & 0xffff) << 48 | (stat.ino() & 0xffff_ffff_ffff)) as i64;
+    FileOrigin {
+        arrived_ms,
+        inode: Some(inode),
     }
 }
 

@@ -68,6 +68,9 @@ pub struct FileMeta {
     /// Where the writer asks for the file to be taken again after a failed commit (the
     /// daemon's ingest loop; `None` in a replay, which reports the failure and moves on).
     pub retry: Option<Retry>,
+    /// When the file was written and which file it is (labels are ordered by arrival; a file
+    /// left in the inbox by a crash is told from a copy sent again).
+    pub origin: crate::store::FileOrigin,
 }
 
 /// Asks for a file to be taken again after a back-off, once its commit failed (ingest's loop
@@ -140,6 +143,8 @@ pub struct WriterReport {
     pub files_quarantined: u64,
     pub files_duplicate: u64,
     pub records_committed: u64,
+    /// Records left out because their id was counted before.
+    pub records_duplicate: u64,
     pub labels_committed: u64,
     /// Commits the database refused (disk full, locked past the busy timeout, I/O error). The
     /// file stays in the inbox; the daemon takes it again after a back-off.

@@ -239,6 +239,7 @@ mod tests {
             quarantine_dir: None,
             in_flight: InFlightPaths::default(),
             retry: None,
+            origin: Default::default(),
         });
         let records = (0..records)
             .map(|i| Prepared {

@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::mpsc::Receiver;
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -34,6 +34,8 @@ pub struct Writer {
     pub window_ms: i64,
     /// Per-record rows are kept this long after they were received.
     pub retention_ms: i64,
+    /// `[store] max_size`: past it, the oldest per-record rows go.
+    pub max_bytes: Option<u64>,
     /// The distillation buffer's cap, applied with the record retention.
     pub buffer: crate::config::BufferPolicy,
     /// Called after each file is committed or quarantined (tests and `replay` count with it).
@@ -51,10 +53,17 @@ pub type FileCallback = Box<dyn FnMut(&FileMeta, &FileOutcome) + Send>;
 pub enum FileOutcome {
     Committed {
         records: usize,
+        /// Records left out: their id was counted before.
+        duplicates: usize,
     },
     Labels {
         labels: usize,
+        /// Records that got their first label.
         matched: usize,
+        /// Labels that replaced an older, different label.
+        corrected: usize,
+        /// Labels that changed nothing.
+        unchanged: usize,
     },
     Duplicate,
     Quarantined {
@@ -93,17 +102,28 @@ impl Writer {
     fn run(&mut self, input: Receiver<WriterMsg>) -> WriterReport {
         let mut report = WriterReport::default();
         let mut in_flight: HashMap<u64, InFlight> = HashMap::new();
-        let mut next_retention = Instant::now();
-        while let Ok(msg) = input.recv() {
-            if Instant::now() >= next_retention {
-                next_retention = Instant::now() + RETENTION_EVERY;
-                match self.store.apply_retention(now_ms() - self.retention_ms) {
-                    Ok(0) => {}
-                    Ok(n) => {
-                        tracing::info!(records = n, "Deleted per-record rows past their retention.")
-                    }
-                    Err(e) => tracing::error!(error = %e, "Applying record retention failed."),
-                }
+        let mut retention = Retention::default();
+        let mut next_check = Instant::now();
+        let mut next_prune = Instant::now();
+        loop {
+            // While retention has more to delete, one step runs between two messages; otherwise
+            // the writer waits for a message or the next check.
+            let wait = if retention.more {
+                Duration::ZERO
+            } else {
+                next_check.saturating_duration_since(Instant::now())
+            };
+            let msg = match input.recv_timeout(wait) {
+                Ok(msg) => Some(msg),
+                Err(RecvTimeoutError::Timeout) => None,
+                Err(RecvTimeoutError::Disconnected) => break,
+            };
+            if retention.more || Instant::now() >= next_check {
+                next_check = Instant::now() + RETENTION_CHECK;
+                self.retention_step(&mut retention);
+            }
+            if Instant::now() >= next_prune {
+                next_prune = Instant::now() + BUFFER_PRUNE_EVERY;
                 match crate::redistill::buffer::prune(&mut self.store, &self.buffer) {
                     Ok(0) => {}
                     Ok(n) => {
@@ -114,6 +134,7 @@ impl Writer {
                     }
                 }
             }
+            let Some(msg) = msg else { continue };
             match msg {
                 WriterMsg::Student { meta, rows } => {
                     let f = in_flight
@@ -149,6 +170,7 @@ impl Writer {
                         &meta.sha256,
                         meta.size,
                         meta.kind,
+                        meta.origin,
                         now_ms(),
                     ) {
                         Ok(_) => FileOutcome::Duplicate,
@@ -194,8 +216,6 @@ impl Writer {
             ..
         } = f;
         let mut records = Vec::with_capacity(rows.len());
-        // One query per file instead of one per record when no label is waiting for its record.
-        let waiting_labels = self.store.has_waiting_labels().unwrap_or(true);
         for (index, row) in rows.into_iter().enumerate() {
             match row {
                 Some(Ok(mut r)) => {
@@ -204,9 +224,6 @@ impl Writer {
                             Some(t) => r.teacher = Some(t),
                             None => r.sampled = crate::sampler::TEACHER_FAILED,
                         }
-                    }
-                    if r.label.is_none() && waiting_labels {
-                        r.label = self.store.pending_label(&r.record_id).ok().flatten();
                     }
                     records.push(r);
                 }
@@ -222,6 +239,38 @@ impl Writer {
                 }
             }
         }
+        // A producer's id identifies a record: one counted before (in an earlier file) is left
+        // out, before the detectors see it.
+        let ids: Vec<&str> = records.iter().map(|r| r.record_id.as_str()).collect();
+        let counted = match self.store.counted_ids(&ids) {
+            Ok(counted) => counted,
+            Err(e) => {
+                return FileOutcome::Failed {
+                    error: e.to_string(),
+                };
+            }
+        };
+        drop(ids);
+        let duplicates = counted.iter().filter(|&&c| c).count();
+        if duplicates > 0 {
+            let first = records
+                .iter()
+                .zip(&counted)
+                .find(|(_, c)| **c)
+                .map(|(r, _)| r.record_id.clone())
+                .unwrap_or_default();
+            tracing::warn!(file = %meta.name, records = duplicates, first_id = %first, "Records whose id was counted before are left out: the first arrival of an id counts.");
+            let mut keep = counted.iter();
+            records.retain(|_| !keep.next().copied().unwrap_or(false));
+        }
+        let (labels_taken, conflicts) = match self.take_waiting_labels(&meta, &mut records) {
+            Ok(taken) => taken,
+            Err(e) => {
+                return FileOutcome::Failed {
+                    error: e.to_string(),
+                };
+            }
+        };
         let first_seq = match self.store.next_seq() {
             Ok(seq) => seq,
             Err(e) => {
@@ -249,6 +298,10 @@ impl Writer {
             student: self.student_sha.clone(),
             teacher: self.teacher_sha.clone(),
             records,
+            origin: meta.origin,
+            duplicates: duplicates as i64,
+            conflicts,
+            labels_taken,
         };
         let result = self.store.commit_file(
             &commit,
@@ -261,7 +314,10 @@ impl Writer {
                 if let Some((_, d)) = &delta {
                     log_drift(d);
                 }
-                FileOutcome::Committed { records }
+                FileOutcome::Committed {
+                    records,
+                    duplicates,
+                }
             }
             Ok(CommitOutcome::Duplicate { .. }) => {
                 self.monitor = snapshot;
@@ -305,6 +361,7 @@ impl Writer {
             &meta.sha256,
             meta.size,
             labels,
+            meta.origin,
             now,
             &mut joined,
         );
@@ -313,8 +370,17 @@ impl Writer {
         }
         match result {
             Ok(LabelsOutcome::Committed {
-                labels, matched, ..
-            }) => FileOutcome::Labels { labels, matched },
+                labels,
+                matched,
+                corrected,
+                unchanged,
+                ..
+            }) => FileOutcome::Labels {
+                labels,
+                matched,
+                corrected,
+                unchanged,
+            },
             Ok(LabelsOutcome::Duplicate { .. }) => FileOutcome::Duplicate,
             Err(e) => FileOutcome::Failed {
                 error: e.to_string(),
@@ -326,16 +392,25 @@ impl Writer {
     fn finish(&mut self, meta: &FileMeta, mut outcome: FileOutcome, report: &mut WriterReport) {
         self.metrics.file_finished(&meta.path, outcome.label());
         match &outcome {
-            FileOutcome::Committed { records } => {
+            FileOutcome::Committed {
+                records,
+                duplicates,
+            } => {
                 report.files_committed += 1;
                 report.records_committed += *records as u64;
-                tracing::info!(file = %meta.name, records, "File committed.");
+                report.records_duplicate += *duplicates as u64;
+                tracing::info!(file = %meta.name, records, duplicates, "File committed.");
                 dispose(meta);
             }
-            FileOutcome::Labels { labels, matched } => {
+            FileOutcome::Labels {
+                labels,
+                matched,
+                corrected,
+                unchanged,
+            } => {
                 report.files_committed += 1;
                 report.labels_committed += *labels as u64;
-                tracing::info!(file = %meta.name, labels, matched, "Late labels committed.");
+                tracing::info!(file = %meta.name, labels, matched, corrected, unchanged, "Late labels committed.");
                 dispose(meta);
             }
             FileOutcome::Duplicate => {
@@ -461,5 +536,101 @@ fn log_drift(delta: &MonitorDelta) {
     }
 }
 
-/// How often the writer deletes per-record rows past their retention.
-const RETENTION_EVERY: Duration = Duration::from_secs(600);
+/// How often the writer asks whether per-record rows are due for deletion (by age or by size).
+const RETENTION_CHECK: Duration = Duration::from_secs(10);
+
+/// Per-record rows one retention step deletes at most: a step is one short transaction between
+/// two files, so the writer's latency holds while a large backlog is deleted.
+pub const RETENTION_STEP_ROWS: usize = 5_000;
+
+/// How often the distillation buffer is pruned to its cap.
+const BUFFER_PRUNE_EVERY: Duration = Duration::from_secs(600);
+
+/// Retention in progress: whether another step is due, and what the steps so far deleted (said
+/// in one log line when it is done).
+#[derive(Debug, Default)]
+struct Retention {
+    more: bool,
+    /// reason → (records, through seq).
+    deleted: std::collections::BTreeMap<&'static str, (usize, i64)>,
+}
+
+impl Writer {
+    /// One retention step, and the log line once a run of steps is over.
+    fn retention_step(&mut self, retention: &mut Retention) {
+        let cutoff = now_ms().saturating_sub(self.retention_ms);
+        match self
+            .store
+            .retention_step(cutoff, self.max_bytes, RETENTION_STEP_ROWS, now_ms())
+        {
+            Ok(Some(step)) => {
+                let entry = retention.deleted.entry(step.reason).or_default();
+                entry.0 += step.records;
+                entry.1 = step.through_seq;
+                retention.more = step.more;
+            }
+            Ok(None) => retention.more = false,
+            Err(e) => {
+                retention.more = false;
+                tracing::error!(error = %e, "Deleting per-record rows past their retention failed; tried again at the next check.");
+            }
+        }
+        if retention.more {
+            return;
+        }
+        for (reason, (records, through_seq)) in std::mem::take(&mut retention.deleted) {
+            match reason {
+                "size" => tracing::warn!(
+                    records,
+                    through_seq,
+                    max_bytes = self.max_bytes,
+                    "Deleted the oldest per-record rows to keep the database under [store] max_size; windows, drift events and the distillation buffer stay."
+                ),
+                _ => tracing::info!(
+                    records,
+                    through_seq,
+                    "Deleted per-record rows past [store] record_retention; windows, drift events and the distillation buffer stay."
+                ),
+            }
+        }
+        if self.max_bytes.is_some() && self.store.retention_stuck() {
+            tracing::warn!(
+                max_bytes = self.max_bytes,
+                "The database is over [store] max_size with no per-record rows left to delete: the rest (windows, drift events, alerts, jobs, the distillation buffer) is kept; raise max_size or lower [redistill] buffer_max_samples."
+            );
+        }
+    }
+
+    /// Gives records without a label the late label that waits for them, and settles a record's
+    /// own label against a waiting one by arrival (the later one is kept). Returns the ids whose
+    /// waiting label was taken and how many records had a label that differed from it.
+    fn take_waiting_labels(
+        &mut self,
+        meta: &FileMeta,
+        records: &mut [RecordRow],
+    ) -> crate::store::Result<(Vec<String>, i64)> {
+        let mut taken = Vec::new();
+        let mut conflicts = 0;
+        // One query per file instead of one per record when no label is waiting for its record.
+        if !self.store.has_waiting_labels()? {
+            return Ok((taken, conflicts));
+        }
+        for r in records.iter_mut() {
+            let Some(waiting) = self.store.waiting_label(&r.record_id)? else {
+                continue;
+            };
+            match r.label {
+                None => r.label = Some(waiting.label),
+                Some(own) if own != waiting.label => {
+                    conflicts += 1;
+                    if waiting.arrived_ms > meta.origin.arrived_ms {
+                        r.label = Some(waiting.label);
+                    }
+                }
+                Some(_) => {}
+            }
+            taken.push(r.record_id.clone());
+        }
+        Ok((taken, conflicts))
+    }
+}

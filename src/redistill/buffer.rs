@@ -185,6 +185,7 @@ mod tests {
             student: "s".into(),
             teacher: "t".into(),
             records,
+            ..FileCommit::default()
         };
         store.commit_file(&file, 60_000, 0, None).unwrap();
         let policy = BufferPolicy {

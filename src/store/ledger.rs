@@ -1,8 +1,17 @@
-//! The file ledger, the per-record rows and late labels (`files`, `records`, `late_labels`): a
-//! file's commit, duplicates, quarantine, the labels' join, sequence numbers and retention.
+//! The file ledger and the per-record rows (`files`, `record_rows` behind the `records` view,
+//! `segments`): a file's commit, duplicate files and duplicate record ids, quarantine and
+//! sequence numbers.
+//!
+//! A record row keeps only what differs from record to record: what its file shares (the
+//! student, the base of its times) is on the file's row, its segment is a number
+//! (`segments`), its id a run or a single id (`super::record_ids`), and confidence and entropy
+//! are integers in millionths. The `records` view puts the columns back together.
+
+use std::collections::HashMap;
 
 use rusqlite::{Connection, OptionalExtension, Transaction, params};
 
+use super::record_ids;
 use super::shadow::ShadowBatch;
 use super::windows::{FileWindows, upsert_windows};
 use super::{
@@ -12,15 +21,8 @@ use super::{
 use crate::compare::Comparison;
 use crate::record::{ALL_SEGMENTS, Tensor, TensorData};
 
-/// Retention: the sequence numbers of the records of files received before `?1`.
-pub(super) const RETENTION_OLD: &str = "SELECT r.seq FROM files f JOIN records r
-         ON r.seq >= f.first_seq AND r.seq < f.first_seq + f.records
-     WHERE f.processed_at < ?1 AND f.first_seq IS NOT NULL
-       AND f.processed_at >= (SELECT processed_at FROM files WHERE id =
-               (SELECT file_id FROM records ORDER BY seq LIMIT 1))";
-
 /// A file that finished ingest and inference, ready to commit.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub struct FileCommit {
     /// `records.seq` of the first record; the others follow in order.
     pub first_seq: i64,
@@ -30,7 +32,27 @@ pub struct FileCommit {
     pub kind: &'static str,
     pub student: String,
     pub teacher: String,
+    /// The records to keep: the file's records but those whose id was counted before.
     pub records: Vec<RecordRow>,
+    /// Where and when the file was taken ([`FileOrigin`]).
+    pub origin: FileOrigin,
+    /// The file's records left out because a record with the same id was counted before
+    /// ([`Store::counted_ids`]): the first arrival of an id is the one that counts.
+    pub duplicates: i64,
+    /// Records whose own label differed from a late label that arrived for them earlier; the
+    /// later arrival is the label kept.
+    pub conflicts: i64,
+    /// Ids whose waiting late label ([`Store::waiting_label`]) a record of this file took.
+    pub labels_taken: Vec<String>,
+}
+
+/// When a file was written (its modification time as it was taken: the arrival that orders
+/// labels) and which file it was (device and inode: a file left in the inbox by a crash after
+/// its commit is the same file, a re-sent copy is another).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct FileOrigin {
+    pub arrived_ms: i64,
+    pub inode: Option<i64>,
 }
 
 #[derive(Debug)]
@@ -80,19 +102,6 @@ pub enum CommitOutcome {
     },
 }
 
-/// Outcome of a late-labels file.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LabelsOutcome {
-    Committed {
-        file_id: i64,
-        labels: usize,
-        matched: usize,
-    },
-    Duplicate {
-        of_id: i64,
-    },
-}
-
 pub(super) fn f32_blob(v: &[f32]) -> Vec<u8> {
     v.iter().flat_map(|x| x.to_le_bytes()).collect()
 }
@@ -108,26 +117,31 @@ pub(super) fn shape_json(shape: &[usize]) -> String {
     serde_json::to_string(shape).unwrap_or_else(|_| "[]".into())
 }
 
-/// Called with the records a labels file reached; returns the drift detectors' changes.
-pub type LabelObserver<'a> = dyn FnMut(&[LabelJoin]) -> Option<(i64, MonitorDelta)> + 'a;
-
-/// A label joined to a record it belongs to.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LabelJoin {
-    pub seq: i64,
-    pub segment: String,
-    pub prediction: Option<i64>,
-    pub teacher_prediction: Option<i64>,
-    pub label: i64,
+pub(super) fn done_file(conn: &Connection, sha256: &str) -> Result<Option<(i64, String)>> {
+    Ok(done_file_origin(conn, sha256)?.map(|(id, name, _)| (id, name)))
 }
 
-pub(super) fn done_file(conn: &Connection, sha256: &str) -> Result<Option<(i64, String)>> {
+/// The counted file with this content: id, name and where it came from.
+fn done_file_origin(conn: &Connection, sha256: &str) -> Result<Option<(i64, String, FileOrigin)>> {
     Ok(conn
-        .prepare_cached("SELECT id, name FROM files WHERE sha256 = ?1 AND status = 'done'")?
-        .query_row([sha256], |r| Ok((r.get(0)?, r.get(1)?)))
+        .prepare_cached(
+            "SELECT id, name, COALESCE(arrived_at, 0), inode FROM files
+             WHERE sha256 = ?1 AND status = 'done'",
+        )?
+        .query_row([sha256], |r| {
+            Ok((
+                r.get(0)?,
+                r.get(1)?,
+                FileOrigin {
+                    arrived_ms: r.get(2)?,
+                    inode: r.get(3)?,
+                },
+            ))
+        })
         .optional()?)
 }
 
+/// Writes a ledger row.
 #[allow(clippy::too_many_arguments)]
 pub(super) fn insert_file(
     tx: &Transaction<'_>,
@@ -138,11 +152,13 @@ pub(super) fn insert_file(
     status: &str,
     records: i64,
     reason: Option<&str>,
+    origin: FileOrigin,
     now_ms: i64,
 ) -> Result<i64> {
     tx.prepare_cached(
-        "INSERT INTO files (name, sha256, size, kind, status, records, reason, processed_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        "INSERT INTO files (name, sha256, size, kind, status, records, reason, processed_at,
+                            arrived_at, inode)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
     )?
     .execute(params![
         name,
@@ -152,7 +168,9 @@ pub(super) fn insert_file(
         status,
         records,
         reason,
-        now_ms
+        now_ms,
+        origin.arrived_ms,
+        origin.inode
     ])?;
     Ok(tx.last_insert_rowid())
 }
@@ -162,12 +180,11 @@ pub(super) fn insert_file(
 /// fixed amount of work (compile-free, but bind, step, halt and reset) on top of its rows.
 pub(super) const RECORD_CHUNKS: [usize; 7] = [64, 32, 16, 8, 4, 2, 1];
 
-/// Parameters of one `records` row in [`insert_records`]; the file's id (`?1`) and its student
-/// (`?2`) are bound once per statement and shared by its rows. The rows' `seq` is not among
+/// Parameters of one `record_rows` row in [`insert_records`]. The rows' `seq` is not among
 /// them: SQLite numbers them, see [`insert_records`].
-pub(super) const RECORD_COLUMNS: usize = 10;
+pub(super) const RECORD_COLUMNS: usize = 9;
 
-/// `INSERT INTO records … VALUES (…), (…), …` for `rows` rows, built once per size.
+/// `INSERT INTO record_rows … VALUES (…), (…), …` for `rows` rows, built once per size.
 pub(super) fn records_insert_sql(rows: usize) -> &'static str {
     static SQL: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
     let all = SQL.get_or_init(|| {
@@ -175,16 +192,19 @@ pub(super) fn records_insert_sql(rows: usize) -> &'static str {
             .iter()
             .map(|&n| {
                 let mut sql = String::from(
-                    "INSERT INTO records (file_id, student, record_id, ts, segment, prediction, \
-                     confidence, entropy, value, latency_us, sampled, label) VALUES ",
+                    "INSERT INTO record_rows (ts, segment, prediction, confidence, entropy, \
+                     value, latency_us, sampled, label) VALUES ",
                 );
                 for row in 0..n {
                     if row > 0 {
                         sql.push_str(", ");
                     }
-                    sql.push_str("(?1, ?2");
+                    sql.push('(');
                     for col in 0..RECORD_COLUMNS {
-                        sql.push_str(&format!(", ?{}", 3 + row * RECORD_COLUMNS + col));
+                        if col > 0 {
+                            sql.push_str(", ");
+                        }
+                        sql.push_str(&format!("?{}", 1 + row * RECORD_COLUMNS + col));
                     }
                     sql.push(')');
                 }
@@ -199,36 +219,48 @@ pub(super) fn records_insert_sql(rows: usize) -> &'static str {
     &all[at]
 }
 
-/// Inserts a file's record rows. SQLite numbers them itself, which spares it a search of the
-/// table for each row: the next number of an `AUTOINCREMENT` key is the one after the largest
-/// ever used, which is `file.first_seq` ([`Store::next_seq`]) when this is the only writer. The
-/// last number given is checked against it, and a mismatch fails the file's transaction.
-pub(super) fn insert_records(tx: &Transaction<'_>, file: &FileCommit, file_id: i64) -> Result<()> {
+/// Confidence and entropy as stored: millionths, rounded (`NULL` for what is not finite).
+fn millionths(x: Option<f64>) -> Option<i64> {
+    x.filter(|x| x.is_finite())
+        .map(|x| (x * 1e6).round() as i64)
+}
+
+/// Inserts a file's record rows, their times counted from `ts_base` and their segments as
+/// numbers. SQLite numbers the rows itself, which spares it a search of the table for each row:
+/// the next number of an `AUTOINCREMENT` key is the one after the largest ever used, which is
+/// `file.first_seq` ([`Store::next_seq`]) when this is the only writer. The last number given
+/// is checked against it, and a mismatch fails the file's transaction.
+fn insert_records(
+    tx: &Transaction<'_>,
+    file: &FileCommit,
+    ts_base: i64,
+    segments: &[i64],
+) -> Result<()> {
     let mut rest: &[RecordRow] = &file.records;
+    let mut segment_ids: &[i64] = segments;
     for &chunk in &RECORD_CHUNKS {
         if rest.len() < chunk {
             continue;
         }
         let mut stmt = tx.prepare_cached(records_insert_sql(chunk))?;
-        stmt.raw_bind_parameter(1, file_id)?;
-        stmt.raw_bind_parameter(2, &file.student)?;
         while rest.len() >= chunk {
             let (rows, tail) = rest.split_at(chunk);
-            for (j, r) in rows.iter().enumerate() {
-                let at = 2 + j * RECORD_COLUMNS;
-                stmt.raw_bind_parameter(at + 1, &r.record_id)?;
-                stmt.raw_bind_parameter(at + 2, r.ts_ms)?;
-                stmt.raw_bind_parameter(at + 3, &r.segment)?;
-                stmt.raw_bind_parameter(at + 4, r.prediction)?;
-                stmt.raw_bind_parameter(at + 5, r.confidence)?;
-                stmt.raw_bind_parameter(at + 6, r.entropy)?;
-                stmt.raw_bind_parameter(at + 7, r.value)?;
-                stmt.raw_bind_parameter(at + 8, r.latency_us)?;
-                stmt.raw_bind_parameter(at + 9, r.sampled)?;
-                stmt.raw_bind_parameter(at + 10, r.label)?;
+            let (ids, ids_tail) = segment_ids.split_at(chunk);
+            for (j, (r, segment)) in rows.iter().zip(ids).enumerate() {
+                let at = j * RECORD_COLUMNS;
+                stmt.raw_bind_parameter(at + 1, r.ts_ms.saturating_sub(ts_base))?;
+                stmt.raw_bind_parameter(at + 2, segment)?;
+                stmt.raw_bind_parameter(at + 3, r.prediction)?;
+                stmt.raw_bind_parameter(at + 4, millionths(r.confidence))?;
+                stmt.raw_bind_parameter(at + 5, millionths(r.entropy))?;
+                stmt.raw_bind_parameter(at + 6, r.value.filter(|v| v.is_finite()))?;
+                stmt.raw_bind_parameter(at + 7, r.latency_us)?;
+                stmt.raw_bind_parameter(at + 8, r.sampled)?;
+                stmt.raw_bind_parameter(at + 9, r.label)?;
             }
             stmt.raw_execute()?;
             rest = tail;
+            segment_ids = ids_tail;
         }
     }
     let count = file.records.len() as i64;
@@ -242,8 +274,48 @@ pub(super) fn insert_records(tx: &Transaction<'_>, file: &FileCommit, file_id: i
     Ok(())
 }
 
+/// Every segment and its number (`segments`).
+pub(super) fn load_segments(conn: &Connection) -> Result<HashMap<String, i64>> {
+    let mut stmt = conn.prepare("SELECT segment, id FROM segments")?;
+    let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+    Ok(rows.collect::<rusqlite::Result<_>>()?)
+}
+
+/// Segments a commit adds, with their numbers.
+type NewSegments = Vec<(String, i64)>;
+
+/// The numbers of the records' segments (`known`: the store's cache), adding the segments not
+/// seen before to the transaction; returns them with the segments it added (the cache learns
+/// them only once the transaction has committed).
+fn segment_numbers(
+    known: &HashMap<String, i64>,
+    tx: &Transaction<'_>,
+    records: &[RecordRow],
+) -> Result<(Vec<i64>, NewSegments)> {
+    let mut added: Vec<(String, i64)> = Vec::new();
+    let mut numbers = Vec::with_capacity(records.len());
+    for r in records {
+        let number = known
+            .get(&r.segment)
+            .copied()
+            .or_else(|| added.iter().find(|(s, _)| *s == r.segment).map(|(_, n)| *n));
+        let n = match number {
+            Some(n) => n,
+            None => {
+                tx.prepare_cached("INSERT INTO segments (segment) VALUES (?1)")?
+                    .execute([&r.segment])?;
+                let n = tx.last_insert_rowid();
+                added.push((r.segment.clone(), n));
+                n
+            }
+        };
+        numbers.push(n);
+    }
+    Ok((numbers, added))
+}
+
 impl Store {
-    /// Commits one file: ledger row, records, teacher samples and window sums in one
+    /// Commits one file: ledger row, records, their ids, teacher samples and window sums in one
     /// transaction. A file whose content was already counted is recorded as a duplicate instead.
     pub fn commit_file(
         &mut self,
@@ -263,6 +335,7 @@ impl Store {
                 "duplicate",
                 0,
                 Some(&format!("same content as file #{of_id} ({of_name})")),
+                file.origin,
                 now_ms,
             )?;
             tx.commit()?;
@@ -277,13 +350,38 @@ impl Store {
             "done",
             file.records.len() as i64,
             None,
+            file.origin,
             now_ms,
         )?;
-        if !file.records.is_empty() {
-            tx.prepare_cached("UPDATE files SET first_seq = ?2 WHERE id = ?1")?
-                .execute(params![file_id, file.first_seq])?;
+        let ts_base = file.records.first().map_or(0, |r| r.ts_ms);
+        tx.prepare_cached(
+            "UPDATE files SET first_seq = ?2, student = ?3, ts_base = ?4, duplicates = ?5,
+                 conflicts = ?6
+             WHERE id = ?1",
+        )?
+        .execute(params![
+            file_id,
+            (!file.records.is_empty()).then_some(file.first_seq),
+            file.student,
+            ts_base,
+            file.duplicates,
+            file.conflicts
+        ])?;
+        let (segments, added) = segment_numbers(&self.segments, &tx, &file.records)?;
+        insert_records(&tx, file, ts_base, &segments)?;
+        record_ids::insert(
+            &tx,
+            &record_ids::encode(
+                file.first_seq,
+                file.records.iter().map(|r| r.record_id.as_str()),
+            ),
+        )?;
+        let mut taken =
+            tx.prepare_cached("UPDATE late_labels SET matched = 1 WHERE record_id = ?1")?;
+        for id in &file.labels_taken {
+            taken.execute([id])?;
         }
-        insert_records(&tx, file, file_id)?;
+        drop(taken);
         let mut windows = FileWindows::default();
         let mut shadow = ShadowBatch::default();
         {
@@ -354,6 +452,7 @@ impl Store {
             write_delta(&tx, version, delta, now_ms)?;
         }
         tx.commit()?;
+        self.segments.extend(added);
         self.finish_checkpoint();
         Ok(CommitOutcome::Committed {
             file_id,
@@ -361,22 +460,32 @@ impl Store {
         })
     }
 
-    /// Records that a file with already-counted content arrived again. A file with the same name
-    /// and content as the counted one is the counted file itself, left in the inbox by a crash
-    /// between commit and move: nothing new is recorded. Returns the counted file's id.
+    /// For each id of a file about to be committed, whether a kept record already has it
+    /// (de-duplication by record id: the first arrival counts, a later one is left out and
+    /// counted in `files.duplicates`).
+    pub fn counted_ids(&self, ids: &[&str]) -> Result<Vec<bool>> {
+        record_ids::already_kept(&self.conn, ids)
+    }
+
+    /// Records that a file with already-counted content arrived again, and returns the counted
+    /// file's id. The counted file itself, left in the inbox by a crash between commit and move
+    /// (the same name, device, inode and modification time), is not a new arrival: nothing is
+    /// recorded for it. A copy sent again, under any name, gets a `duplicate` row.
     pub fn note_duplicate(
         &mut self,
         name: &str,
         sha256: &str,
         size: u64,
         kind: &str,
+        origin: FileOrigin,
         now_ms: i64,
     ) -> Result<Option<i64>> {
         let tx = write_transaction(&mut self.conn)?;
-        let Some((of_id, of_name)) = done_file(&tx, sha256)? else {
+        let Some((of_id, of_name, of_origin)) = done_file_origin(&tx, sha256)? else {
             return Ok(None);
         };
-        if of_name != name {
+        let leftover = of_name == name && of_origin == origin && origin.inode.is_some();
+        if !leftover {
             let reason = format!("same content as file #{of_id} ({of_name})");
             insert_file(
                 &tx,
@@ -387,6 +496,7 @@ impl Store {
                 "duplicate",
                 0,
                 Some(&reason),
+                origin,
                 now_ms,
             )?;
         }
@@ -425,103 +535,11 @@ impl Store {
             "quarantined",
             0,
             Some(reason),
+            FileOrigin::default(),
             now_ms,
         )?;
         tx.commit()?;
         Ok(id)
-    }
-
-    /// Commits a late-labels file: stores each label and writes it onto the records (and teacher
-    /// samples) with that id. Labels for ids not seen yet wait in `late_labels`; records arriving
-    /// later pick them up in [`Store::commit_file`]'s caller via [`Store::pending_label`].
-    ///
-    /// `joined` is called for every record a label reaches, with what the drift detectors need
-    /// (seq, segment, student prediction, teacher prediction when sampled, label); it returns
-    /// the detectors' changes, which commit in the same transaction.
-    pub fn commit_labels(
-        &mut self,
-        name: &str,
-        sha256: &str,
-        size: u64,
-        labels: &[(String, i64)],
-        now_ms: i64,
-        joined: &mut LabelObserver<'_>,
-    ) -> Result<LabelsOutcome> {
-        let tx = write_transaction(&mut self.conn)?;
-        if let Some((of_id, of_name)) = done_file(&tx, sha256)? {
-            insert_file(
-                &tx,
-                name,
-                sha256,
-                size,
-                "labels",
-                "duplicate",
-                0,
-                Some(&format!("same content as file #{of_id} ({of_name})")),
-                now_ms,
-            )?;
-            tx.commit()?;
-            return Ok(LabelsOutcome::Duplicate { of_id });
-        }
-        let file_id = insert_file(
-            &tx,
-            name,
-            sha256,
-            size,
-            "labels",
-            "done",
-            labels.len() as i64,
-            None,
-            now_ms,
-        )?;
-        let mut matched_total = 0;
-        {
-            let mut upd_records =
-                tx.prepare_cached("UPDATE records SET label = ?2 WHERE record_id = ?1")?;
-            let mut upd_samples =
-                tx.prepare_cached("UPDATE teacher_samples SET label = ?2 WHERE record_id = ?1")?;
-            let mut ins = tx.prepare_cached(
-                "INSERT INTO late_labels (record_id, label, file_id, received_at, matched)
-                 VALUES (?1, ?2, ?3, ?4, ?5)
-                 ON CONFLICT (record_id) DO UPDATE SET label = excluded.label, file_id = excluded.file_id,
-                     received_at = excluded.received_at, matched = excluded.matched",
-            )?;
-            let mut lookup = tx.prepare_cached(
-                "SELECT r.seq, r.segment, r.prediction, t.teacher_prediction
-                 FROM records r LEFT JOIN teacher_samples t ON t.seq = r.seq
-                 WHERE r.record_id = ?1 ORDER BY r.seq",
-            )?;
-            let mut joins = Vec::new();
-            for (id, label) in labels {
-                let matched = upd_records.execute(params![id, label])?;
-                upd_samples.execute(params![id, label])?;
-                ins.execute(params![id, label, file_id, now_ms, matched as i64])?;
-                matched_total += matched;
-                if matched > 0 {
-                    let rows = lookup.query_map([id], |r| {
-                        Ok(LabelJoin {
-                            seq: r.get(0)?,
-                            segment: r.get(1)?,
-                            prediction: r.get(2)?,
-                            teacher_prediction: r.get(3)?,
-                            label: *label,
-                        })
-                    })?;
-                    for row in rows {
-                        joins.push(row?);
-                    }
-                }
-            }
-            if let Some((version, delta)) = joined(&joins) {
-                write_delta(&tx, version, &delta, now_ms)?;
-            }
-        }
-        tx.commit()?;
-        Ok(LabelsOutcome::Committed {
-            file_id,
-            labels: labels.len(),
-            matched: matched_total,
-        })
     }
 
     /// The `records.seq` the next record gets (sequence numbers are never reused, even after
@@ -529,51 +547,10 @@ impl Store {
     pub fn next_seq(&self) -> Result<i64> {
         let last: Option<i64> = self
             .conn
-            .prepare_cached("SELECT seq FROM sqlite_sequence WHERE name = 'records'")?
+            .prepare_cached("SELECT seq FROM sqlite_sequence WHERE name = 'record_rows'")?
             .query_row([], |r| r.get(0))
             .optional()?;
         Ok(last.unwrap_or(0) + 1)
-    }
-
-    /// Whether any late label still waits for its record.
-    pub fn has_waiting_labels(&self) -> Result<bool> {
-        Ok(self
-            .conn
-            .prepare_cached("SELECT EXISTS (SELECT 1 FROM late_labels WHERE matched = 0)")?
-            .query_row([], |r| r.get(0))?)
-    }
-
-    /// A late label that arrived before its record.
-    pub fn pending_label(&self, record_id: &str) -> Result<Option<i64>> {
-        Ok(self
-            .conn
-            .prepare_cached("SELECT label FROM late_labels WHERE record_id = ?1")?
-            .query_row([record_id], |r| r.get(0))
-            .optional()?)
-    }
-
-    /// Deletes per-record rows of files processed before `cutoff_ms` (retention counts from
-    /// when sensei received a record, not from the record's own timestamp, so a backfill of old
-    /// data is kept as long as fresh data). Window sums and teacher samples stay.
-    ///
-    /// A file's records are the `records` consecutive sequence numbers from its `first_seq`, so
-    /// each range is found through the primary key.
-    ///
-    /// The files it looks at start at the one that holds the oldest record left, so a run costs
-    /// what it deletes and not every file ever received. (Should the clock have gone back, a
-    /// file received "earlier" than that one waits for the next run after it.)
-    pub fn apply_retention(&mut self, cutoff_ms: i64) -> Result<usize> {
-        let tx = write_transaction(&mut self.conn)?;
-        tx.execute(
-            &format!("DELETE FROM shadow_samples WHERE seq IN ({RETENTION_OLD})"),
-            [cutoff_ms],
-        )?;
-        let deleted = tx.execute(
-            &format!("DELETE FROM records WHERE seq IN ({RETENTION_OLD})"),
-            [cutoff_ms],
-        )?;
-        tx.commit()?;
-        Ok(deleted)
     }
 
     /// Whether a file with this content was already counted.

@@ -40,7 +40,19 @@ pub(super) const MIGRATIONS: &[(&str, &str)] = &[
         "0008_records_by_seq",
         include_str!("../../migrations/0008_records_by_seq.sql"),
     ),
+    (
+        "0009_records_compact",
+        include_str!("../../migrations/0009_records_compact.sql"),
+    ),
 ];
+
+/// What a migration needs beyond its SQL, run after it in the same transaction: by name.
+fn after(name: &str, conn: &Connection) -> Result<()> {
+    match name {
+        "0009_records_compact" => super::record_ids::canonicalise(conn),
+        _ => Ok(()),
+    }
+}
 
 /// The schema version this binary writes.
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
@@ -63,6 +75,7 @@ pub(super) fn migrate(conn: &mut Connection) -> Result<()> {
                 name: (*name).to_string(),
                 source,
             })?;
+        after(name, &tx)?;
         tx.pragma_update(None, "user_version", (i + 1) as i64)?;
     }
     tx.commit()?;

@@ -10,7 +10,9 @@
 //! - [`migrations`]: `migrations/NNNN_*.sql`, applied in order inside one transaction and tracked
 //!   by `PRAGMA user_version` (append-only: never edit a released migration);
 //! - [`checkpoint`]: the background checkpointer that copies the write-ahead log beside the writer;
-//! - [`ledger`]: the file ledger, records and late labels (`files`, `records`, `late_labels`);
+//! - [`ledger`]: the file ledger, records and late labels (`files`, `record_rows` behind the
+//!   `records` view, `segments`, `late_labels`); `record_ids`: how record ids are kept (runs) and
+//!   found;
 //! - [`windows`]: the per-window sums (`windows`, the `window_stats` view);
 //! - [`drift`]: baselines, detector state and drift events;
 //! - [`buffer`]: the distillation buffer (`teacher_samples`, their inputs) and the export's read;
@@ -29,9 +31,12 @@ pub mod buffer;
 pub mod checkpoint;
 pub mod drift;
 pub mod jobs;
+pub mod labels;
 pub mod ledger;
 pub mod migrations;
 pub mod reader;
+mod record_ids;
+pub mod retention;
 pub mod shadow;
 pub mod windows;
 pub use alerts::*;
@@ -39,9 +44,11 @@ pub use buffer::*;
 pub use checkpoint::{CHECKPOINT_INTERVAL, CheckpointResult};
 pub use drift::*;
 pub use jobs::*;
+pub use labels::*;
 pub use ledger::*;
 pub use migrations::SCHEMA_VERSION;
 pub use reader::*;
+pub use retention::*;
 pub use shadow::*;
 pub use windows::*;
 
@@ -84,6 +91,10 @@ pub struct Store {
     // connection, still checkpoints and removes the log.
     checkpointer: Option<Checkpointer>,
     conn: Connection,
+    /// `segments`, by segment: each file's commit numbers its records' segments from it.
+    segments: std::collections::HashMap<String, i64>,
+    /// Size retention has started and goes on to its low water (`retention`).
+    shrinking: bool,
 }
 
 fn configure(conn: &Connection) -> rusqlite::Result<()> {
@@ -121,9 +132,12 @@ impl Store {
         // The writer keeps every statement it uses prepared (the record inserts alone are one
         // per size in `RECORD_CHUNKS`).
         conn.set_prepared_statement_cache_capacity(64);
+        let segments = ledger::load_segments(&conn)?;
         Ok(Store {
             conn,
             checkpointer: None,
+            segments,
+            shrinking: false,
         })
     }
 

@@ -44,6 +44,13 @@ pub struct Summary {
     pub teacher_samples: i64,
     pub skipped_budget: i64,
     pub skipped_queue: i64,
+    /// Records left out because their id was counted before (`files.duplicates` of record
+    /// files).
+    pub records_duplicate: i64,
+    /// Late labels that changed nothing (the record had that label, or a later one), and those
+    /// that replaced a different label.
+    pub labels_unchanged: i64,
+    pub labels_corrected: i64,
     pub segments: Vec<SegmentSummary>,
 }
 
@@ -79,6 +86,20 @@ fn summary(conn: &Connection) -> Result<Summary> {
             }
         }
     }
+    // Columns of a later migration: a database not migrated yet reads as none.
+    let (duplicate, unchanged, corrected): (i64, i64, i64) = conn
+        .query_row(
+            "SELECT COALESCE(SUM(CASE WHEN kind != 'labels' THEN duplicates END), 0),
+                    COALESCE(SUM(CASE WHEN kind = 'labels' THEN duplicates END), 0),
+                    COALESCE(SUM(conflicts), 0)
+             FROM files WHERE status = 'done'",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
+        .unwrap_or((0, 0, 0));
+    s.records_duplicate = duplicate;
+    s.labels_unchanged = unchanged;
+    s.labels_corrected = corrected;
     // Totals come from the window sums, which retention never deletes.
     let (records, samples, budget, queue): (i64, i64, i64, i64) = conn.query_row(
         "SELECT COALESCE(SUM(records), 0), COALESCE(SUM(teacher_samples), 0),

@@ -47,6 +47,15 @@ fn sample(disagree: bool, weight: f64) -> TeacherRow {
     }
 }
 
+/// Retention by age as the writer runs it: steps until nothing is due; the records deleted.
+fn apply_retention(store: &mut Store, cutoff_ms: i64) -> usize {
+    let mut deleted = 0;
+    while let Some(step) = store.retention_step(cutoff_ms, None, 2, 0).unwrap() {
+        deleted += step.records;
+    }
+    deleted
+}
+
 /// Commits with the next free sequence numbers, as the writer does.
 fn commit(
     store: &mut Store,
@@ -68,6 +77,10 @@ fn file(name: &str, sha: &str, records: Vec<RecordRow>) -> FileCommit {
         student: "s".into(),
         teacher: "t".into(),
         records,
+        origin: FileOrigin::default(),
+        duplicates: 0,
+        conflicts: 0,
+        labels_taken: Vec::new(),
     }
 }
 
@@ -162,7 +175,7 @@ fn the_background_checkpointer_and_not_the_writer_copies_the_log_into_the_databa
     // Past SQLite's default threshold of 1000 pages, where the writer used to checkpoint
     // by itself, and short of the backstop.
     for f in 0..6 {
-        let rows = (0..10_000)
+        let rows = (0..30_000)
             .map(|i| record(&format!("{f}-{i:05}"), "line=A", i, None))
             .collect();
         commit(
@@ -182,7 +195,7 @@ fn the_background_checkpointer_and_not_the_writer_copies_the_log_into_the_databa
         "{done:?}"
     );
     assert_eq!(done.checkpointed_pages, done.log_pages);
-    assert_eq!(records_in_main_file(&path), 60_001);
+    assert_eq!(records_in_main_file(&path), 180_001);
 
     // The writer copies what the pass left behind after its next commit, and its
     // transaction after that starts the log over: the log holds that file alone.
@@ -484,9 +497,9 @@ fn files_of_an_older_schema_get_their_first_seq_and_retention_finds_their_record
         count(&store, "SELECT first_seq FROM files WHERE name = 'c.jsonl'"),
         6
     );
-    assert_eq!(store.apply_retention(2_000).unwrap(), 2);
-    assert_eq!(store.apply_retention(6_000).unwrap(), 3);
-    assert_eq!(store.apply_retention(6_000).unwrap(), 0);
+    assert_eq!(apply_retention(&mut store, 2_000), 2);
+    assert_eq!(apply_retention(&mut store, 6_000), 3);
+    assert_eq!(apply_retention(&mut store, 6_000), 0);
     assert_eq!(count(&store, "SELECT MIN(seq) FROM records"), 6);
 }
 
@@ -518,8 +531,7 @@ fn records_are_numbered_from_first_seq_and_a_mismatch_fails_the_file() {
     store
         .conn
         .execute(
-            "INSERT INTO records (file_id, record_id, ts, segment, student, latency_us, sampled)
-             VALUES (1, 'intruder', 0, '', 's', 0, 0)",
+            "INSERT INTO record_rows (ts, segment, latency_us, sampled) VALUES (0, 1, 0, 0)",
             [],
         )
         .unwrap();
@@ -551,8 +563,8 @@ fn retention_deletes_records_by_receipt_time_and_keeps_windows() {
     let new = file("new.jsonl", "b", vec![record("r2", "", 0, None)]);
     commit(&mut store, new, 60_000, 5_000).unwrap();
     // Sequence numbers are never reused, even once the rows are gone.
-    assert_eq!(store.apply_retention(2_000).unwrap(), 1);
-    store.conn.execute("DELETE FROM records", []).unwrap();
+    assert_eq!(apply_retention(&mut store, 2_000), 1);
+    store.conn.execute("DELETE FROM record_rows", []).unwrap();
     assert_eq!(store.next_seq().unwrap(), 3);
     let again = file("again.jsonl", "c", vec![record("r2", "", 0, None)]);
     commit(&mut store, again, 60_000, 5_000).unwrap();
@@ -571,7 +583,7 @@ fn retention_deletes_records_by_receipt_time_and_keeps_windows() {
 }
 
 #[test]
-fn retention_starts_at_the_oldest_record_left_and_catches_up_after_a_clock_step_back() {
+fn retention_goes_in_the_order_of_records_and_keeps_what_it_deleted() {
     let dir = tempfile::tempdir().unwrap();
     let mut store = Store::open(&dir.path().join("s.db")).unwrap();
     // Received at t=1000, 3000, then 2000: the clock stepped back before the third.
@@ -592,29 +604,26 @@ fn retention_starts_at_the_oldest_record_left_and_catches_up_after_a_clock_step_
             .collect::<rusqlite::Result<_>>()
             .unwrap()
     };
-    assert_eq!(store.apply_retention(1_500).unwrap(), 2);
+    assert_eq!(apply_retention(&mut store, 1_500), 2);
     assert_eq!(left(&store), ["b", "b2", "c", "c2"]);
-    // The oldest record left is b's (received at 3000): c, "received" at 2000, waits.
-    assert_eq!(store.apply_retention(3_500).unwrap(), 2);
-    assert_eq!(left(&store), ["c", "c2"]);
-    assert_eq!(store.apply_retention(3_500).unwrap(), 2);
+    // Files go in the order of their records: c, "received" at 2000 after b at 3000 (the clock
+    // stepped back), goes with b, not before it.
+    assert_eq!(apply_retention(&mut store, 2_500), 0);
+    assert_eq!(apply_retention(&mut store, 3_500), 4);
     assert!(left(&store).is_empty());
-    assert_eq!(store.apply_retention(10_000).unwrap(), 0);
-
-    // The ledger is read from the oldest record's receipt time on, not from its start.
-    let plan: Vec<String> = store
-        .conn
-        .prepare(&format!("EXPLAIN QUERY PLAN {RETENTION_OLD}"))
-        .unwrap()
-        .query_map([0], |r| r.get(3))
-        .unwrap()
-        .collect::<rusqlite::Result<_>>()
-        .unwrap();
-    assert!(
-        plan.iter()
-            .any(|p| p.contains("files_processed_at (processed_at>? AND processed_at<?)")),
-        "{plan:?}"
+    assert_eq!(apply_retention(&mut store, 10_000), 0);
+    let dropped = store_reader(&store).dropped().unwrap();
+    assert_eq!(
+        dropped
+            .iter()
+            .map(|d| (d.reason.as_str(), d.records, d.through_seq))
+            .collect::<Vec<_>>(),
+        [("age", 6, 6)]
     );
+}
+
+fn store_reader(store: &Store) -> Reader {
+    Reader::open(Path::new(store.conn.path().unwrap())).unwrap()
 }
 
 fn shadow_row(model: &str, agrees: bool) -> ShadowRow {
@@ -713,7 +722,7 @@ fn shadow_rows_commit_with_their_file_once_and_leave_with_its_records() {
     );
 
     // Retention takes the per-record rows with their records; the totals stay.
-    store.apply_retention(5_000).unwrap();
+    apply_retention(&mut store, 5_000);
     assert_eq!(count(&store, "SELECT COUNT(*) FROM shadow_samples"), 0);
     assert_eq!(
         count(
@@ -740,8 +749,9 @@ fn late_labels_join_records_by_id() {
             "def",
             5,
             &[("r1".into(), 3), ("r9".into(), 4)],
+            FileOrigin::default(),
             0,
-            &mut |joins| {
+            &mut |joins: &[LabelJoin]| {
                 assert_eq!(joins.len(), 1);
                 assert_eq!(
                     (
@@ -760,7 +770,9 @@ fn late_labels_join_records_by_id() {
         LabelsOutcome::Committed {
             file_id: 2,
             labels: 2,
-            matched: 1
+            matched: 1,
+            corrected: 0,
+            unchanged: 0,
         }
     );
     let label: Option<i64> = store
@@ -772,5 +784,5 @@ fn late_labels_join_records_by_id() {
         )
         .unwrap();
     assert_eq!(label, Some(3));
-    assert_eq!(store.pending_label("r9").unwrap(), Some(4));
+    assert_eq!(store.waiting_label("r9").unwrap().map(|w| w.label), Some(4));
 }

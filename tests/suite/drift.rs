@@ -5,12 +5,12 @@ use std::path::PathBuf;
 
 use crate::common::{Site, repo};
 
-fn demo(name: &str) -> PathBuf {
+pub(super) fn demo(name: &str) -> PathBuf {
     repo().join("models/demo").join(name)
 }
 
 /// A site on the demo models, with a baseline from the demo lab set.
-fn site_with_baseline() -> Site {
+pub(super) fn site_with_baseline() -> Site {
     let site = Site::with_models(demo("student.onnx"), demo("teacher.onnx"));
     site.write_config(
         "[sampling]\nrate = 0.5\nseed = 7\nmax_per_minute = 1000000\nqueue = 100000\n",

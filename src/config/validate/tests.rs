@@ -104,6 +104,7 @@ fn minimal_config_gets_defaults() {
             path: state.join("sensei.db"),
             record_retention: Duration::from_secs(30 * 86_400),
             window: Duration::from_secs(15 * 60),
+            max_bytes: None,
             synchronous: Synchronous::Normal,
         }
     );

@@ -137,8 +137,14 @@ impl Check<'_> {
     }
 
     pub(super) fn size(&mut self, key: &str, value: Option<RawSize>) -> u64 {
+        self.size_or(key, value, DEFAULT_MAX_FILE_BYTES)
+    }
+
+    /// A size in bytes (`64 MiB`, or a number of bytes), at least 1; `default` when unset or
+    /// invalid (the problem recorded).
+    pub(super) fn size_or(&mut self, key: &str, value: Option<RawSize>, default: u64) -> u64 {
         let bytes = match value {
-            None => return DEFAULT_MAX_FILE_BYTES,
+            None => return default,
             Some(RawSize::Bytes(bytes)) => u64::try_from(bytes)
                 .map_err(|_| format!("must be a positive number of bytes, got {bytes}")),
             Some(RawSize::Text(text)) => {
@@ -148,12 +154,12 @@ impl Check<'_> {
         match bytes {
             Ok(0) => {
                 self.problem(key, "must be at least 1 byte, got 0");
-                DEFAULT_MAX_FILE_BYTES
+                default
             }
             Ok(bytes) => bytes,
             Err(message) => {
                 self.problem(key, message);
-                DEFAULT_MAX_FILE_BYTES
+                default
             }
         }
     }

@@ -56,7 +56,7 @@ pub fn row(rows: &[Vec<f32>], n: usize) -> &[f32] {
     &rows[n % rows.len()]
 }
 
-fn npy(descr: &str, shape: &[usize], data: &[u8]) -> Vec<u8> {
+pub fn npy(descr: &str, shape: &[usize], data: &[u8]) -> Vec<u8> {
     let dims: Vec<String> = shape.iter().map(|d| d.to_string()).collect();
     let shape = if dims.len() == 1 {
         format!("({},)", dims[0])

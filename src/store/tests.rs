@@ -786,3 +786,228 @@ fn late_labels_join_records_by_id() {
     assert_eq!(label, Some(3));
     assert_eq!(store.waiting_label("r9").unwrap().map(|w| w.label), Some(4));
 }
+
+/// One record as the `records` table or view shows it: (seq, file_id, record_id, ts, segment,
+/// student, prediction, confidence, entropy, latency_us, sampled, label).
+type RecordView = (
+    i64,
+    i64,
+    String,
+    i64,
+    String,
+    String,
+    Option<i64>,
+    Option<f64>,
+    Option<f64>,
+    i64,
+    i64,
+    Option<i64>,
+);
+
+fn record_view(conn: &Connection) -> Vec<RecordView> {
+    let mut stmt = conn
+        .prepare(
+            "SELECT seq, file_id, record_id, ts, segment, student, prediction, confidence, entropy,
+                    latency_us, sampled, label FROM records ORDER BY seq",
+        )
+        .unwrap();
+    stmt.query_map([], |r| {
+        Ok((
+            r.get(0)?,
+            r.get(1)?,
+            r.get(2)?,
+            r.get(3)?,
+            r.get(4)?,
+            r.get(5)?,
+            r.get(6)?,
+            r.get(7)?,
+            r.get(8)?,
+            r.get(9)?,
+            r.get(10)?,
+            r.get(11)?,
+        ))
+    })
+    .unwrap()
+    .map(|r| r.unwrap())
+    .collect()
+}
+
+/// A database the previous release wrote (schema 8: the demo's lab baseline, two replayed
+/// streams, one with producer ids and one without, drift events, teacher samples and a late
+/// labels file, one label still waiting; `tests/fixtures/release-schema8.db`) migrates in place
+/// without losing or changing a row.
+#[test]
+fn a_database_of_the_previous_release_migrates_in_place() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("sensei.db");
+    std::fs::copy(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/release-schema8.db"),
+        &path,
+    )
+    .unwrap();
+    let count =
+        |conn: &Connection, sql: &str| -> i64 { conn.query_row(sql, [], |r| r.get(0)).unwrap() };
+    let (before, others) = {
+        let conn = Connection::open(&path).unwrap();
+        assert_eq!(count(&conn, "PRAGMA user_version"), 8);
+        let others: Vec<i64> = [
+            "SELECT COUNT(*) FROM teacher_samples",
+            "SELECT COUNT(*) FROM teacher_sample_inputs",
+            "SELECT COUNT(*) FROM drift_events",
+            "SELECT COUNT(*) FROM late_labels",
+            "SELECT COUNT(*) FROM windows",
+            "SELECT COUNT(*) FROM files",
+            "SELECT COUNT(*) FROM detector_state",
+        ]
+        .iter()
+        .map(|q| count(&conn, q))
+        .collect();
+        (record_view(&conn), others)
+    };
+    assert_eq!(before.len(), 510);
+    assert!(before.iter().any(|r| r.2.contains(':')), "derived ids too");
+    let mut store = Store::open(&path).unwrap();
+    assert_eq!(store.schema_version().unwrap(), SCHEMA_VERSION);
+    let after = record_view(&store.conn);
+    assert_eq!(after.len(), before.len());
+    for (a, b) in after.iter().zip(&before) {
+        let close = |x: Option<f64>, y: Option<f64>| match (x, y) {
+            (Some(x), Some(y)) => (x - y).abs() <= 5e-7,
+            (x, y) => x == y,
+        };
+        assert!(
+            (a.0, a.1, &a.2, a.3, &a.4, &a.5, a.6, a.9, a.10, a.11)
+                == (b.0, b.1, &b.2, b.3, &b.4, &b.5, b.6, b.9, b.10, b.11)
+                && close(a.7, b.7)
+                && close(a.8, b.8),
+            "{a:?} != {b:?}"
+        );
+    }
+    let now: Vec<i64> = [
+        "SELECT COUNT(*) FROM teacher_samples",
+        "SELECT COUNT(*) FROM teacher_sample_inputs",
+        "SELECT COUNT(*) FROM drift_events",
+        "SELECT COUNT(*) FROM late_labels",
+        "SELECT COUNT(*) FROM windows",
+        "SELECT COUNT(*) FROM files",
+        "SELECT COUNT(*) FROM detector_state",
+    ]
+    .iter()
+    .map(|q| count(&store.conn, q))
+    .collect();
+    assert_eq!(now, others);
+    // Every id became part of a run: two files, two runs, no id kept alone.
+    assert_eq!(count(&store.conn, "SELECT COUNT(*) FROM record_ids"), 0);
+    assert_eq!(count(&store.conn, "SELECT COUNT(*) FROM record_id_runs"), 2);
+    for r in [&before[0], &before[300], &before[509]] {
+        assert_eq!(
+            record_ids::find(&store.conn, &r.2).unwrap(),
+            Some(r.0),
+            "{}",
+            r.2
+        );
+    }
+    // The next record goes on from the old numbering; an id counted before is recognised; the
+    // label that was waiting joins its record when it comes.
+    assert_eq!(store.next_seq().unwrap(), 511);
+    assert_eq!(
+        store
+            .counted_ids(&[&before[10].2, "future-000001"])
+            .unwrap(),
+        [true, false]
+    );
+    assert_eq!(
+        store
+            .waiting_label("future-000001")
+            .unwrap()
+            .map(|w| w.label),
+        Some(3)
+    );
+    let mut late = record("future-000001", "line=A", 0, None);
+    late.label = Some(3);
+    let mut f = file("future.jsonl", "future", vec![late]);
+    f.labels_taken = vec!["future-000001".into()];
+    commit(&mut store, f, 60_000, 0).unwrap();
+    assert_eq!(store.waiting_label("future-000001").unwrap(), None);
+    assert_eq!(
+        count(
+            &store.conn,
+            "SELECT seq FROM records WHERE record_id = 'future-000001'"
+        ),
+        511
+    );
+}
+
+/// Past `max_size`, the oldest per-record rows go, a step at a time, until the pages in use are
+/// under its low water; what stays (windows, the ledger) stays, and `retention` says what went.
+#[test]
+fn over_its_disk_budget_the_database_deletes_its_oldest_records_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = Store::open(&dir.path().join("s.db")).unwrap();
+    for f in 0..20 {
+        let rows = (0..2000)
+            .map(|i| record(&format!("f{f}-{i}"), "line=A", i, None))
+            .collect();
+        commit(
+            &mut store,
+            file(&format!("{f}.jsonl"), &format!("{f}"), rows),
+            60_000,
+            0,
+        )
+        .unwrap();
+    }
+    let full = store.database_size().unwrap().used_bytes;
+    let windows_before = store.summary().unwrap().records;
+    let max = full * 7 / 10;
+    let mut steps = 0;
+    let mut deleted = 0;
+    // Nothing is old enough for age retention (cut-off 0): every deletion is for size.
+    while let Some(step) = store.retention_step(0, Some(max), 5_000, 1).unwrap() {
+        assert_eq!(step.reason, "size");
+        assert!(step.records <= 5_000);
+        deleted += step.records;
+        steps += 1;
+        assert!(steps < 100, "retention does not end");
+    }
+    let used = store.database_size().unwrap().used_bytes;
+    assert!(
+        used as f64 <= max as f64 * SIZE_LOW_WATER,
+        "{used} of {max}"
+    );
+    assert!(steps > 1, "it went in steps");
+    let count = |sql: &str| -> i64 { store.conn.query_row(sql, [], |r| r.get(0)).unwrap() };
+    assert_eq!(
+        count("SELECT COUNT(*) FROM record_rows"),
+        40_000 - deleted as i64
+    );
+    assert_eq!(
+        count("SELECT MIN(seq) FROM record_rows"),
+        deleted as i64 + 1,
+        "oldest first"
+    );
+    assert_eq!(store.summary().unwrap().records, windows_before);
+    assert_eq!(
+        record_ids::find(&store.conn, "f0-0").unwrap(),
+        None,
+        "its id is forgotten with it"
+    );
+    assert_eq!(
+        record_ids::find(&store.conn, "f19-1999").unwrap(),
+        Some(40_000)
+    );
+    let dropped = store_reader(&store).dropped().unwrap();
+    assert_eq!(dropped.len(), 1);
+    assert_eq!(
+        (dropped[0].reason.as_str(), dropped[0].records),
+        ("size", deleted as i64)
+    );
+    // Under the budget, a new file commits and nothing more is deleted.
+    commit(
+        &mut store,
+        file("new.jsonl", "new", vec![record("n", "", 0, None)]),
+        60_000,
+        0,
+    )
+    .unwrap();
+    assert_eq!(store.retention_step(0, Some(max), 5_000, 2).unwrap(), None);
+}

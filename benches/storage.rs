@@ -46,19 +46,31 @@ fn ids(layout: &str, first: usize, n: usize) -> Option<Vec<String>> {
     }
 }
 
-/// One `.npz` file: `x`, optional `id` (`<U24`), `segment.line` A/B.
+/// One `.npz` file: `x`, optional `id` (`<U24`), `ts` (a record a second from 2026-03-02
+/// 06:00 UTC), `segment.line` A/B.
 fn npz_file(rows: &[Vec<f32>], first: usize, ids: Option<&[String]>) -> Vec<u8> {
     let n = ids.map_or(FILE_RECORDS, <[String]>::len);
     let mut x = Vec::with_capacity(n * 256);
     let mut lines = Vec::with_capacity(n * 4);
+    let mut ts = Vec::with_capacity(n * 80);
+    let start = time::OffsetDateTime::from_unix_timestamp(1_772_431_200).expect("a time");
     for k in first..first + n {
         for v in row(rows, k) {
             x.extend(v.to_le_bytes());
         }
         lines.extend((if k % 2 == 0 { 'A' } else { 'B' } as u32).to_le_bytes());
+        let t = (start + time::Duration::seconds(k as i64))
+            .format(&time::format_description::well_known::Rfc3339)
+            .expect("RFC 3339");
+        let mut chars: Vec<char> = t.chars().collect();
+        chars.resize(20, '\0');
+        for c in chars {
+            ts.extend((c as u32).to_le_bytes());
+        }
     }
     let mut entries = vec![
         ("x.npy", npy("<f4", &[n, 8, 8], &x)),
+        ("ts.npy", npy("<U20", &[n], &ts)),
         ("segment.line.npy", npy("<U1", &[n], &lines)),
     ];
     if let Some(ids) = ids {

@@ -134,7 +134,8 @@ pub struct EvaluationCommit<'a> {
 
 fn columns() -> &'static str {
     "e.id, e.signal, e.segment, e.detector, e.detected_at, e.detected_at_record,
-     e.estimated_change_record, r.ts, e.statistic, e.threshold, e.baseline_value, e.current_value,
+     e.estimated_change_record,
+     (SELECT r.ts FROM records r WHERE r.seq = e.estimated_change_record), e.statistic, e.threshold, e.baseline_value, e.current_value,
      e.current_low, e.current_high, e.p_value, e.effect_size, e.baseline_version, e.resolved_at"
 }
 
@@ -269,7 +270,9 @@ impl AlertTables<'_> {
     /// where the change is estimated to start while that record is kept.
     pub fn events(&self, after: i64) -> Result<Vec<DriftEvent>> {
         let sql = format!(
-            "SELECT {} FROM drift_events e LEFT JOIN records r ON r.seq = e.estimated_change_record
+            // A record's time by its `seq` through the view's primary key; a join with the view
+            // would make SQLite build the whole view first.
+            "SELECT {} FROM drift_events e
                  WHERE e.resolved_at IS NULL OR e.id > ?1 ORDER BY e.id",
             columns()
         );

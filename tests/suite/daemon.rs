@@ -375,3 +375,37 @@ fn the_bad_input_corpus_is_quarantined_and_valid_files_still_count() {
     assert!(site.records() > 0);
     assert!(daemon.stop().success());
 }
+
+/// The running daemon deletes per-record rows past `[store] record_retention` by itself, keeps
+/// the window sums, and says what it deleted in `status`.
+#[test]
+fn the_daemon_deletes_records_past_their_retention_and_says_so() {
+    let site = Site::new();
+    site.write_config("[store]\nrecord_retention = \"1s\"\n");
+    let daemon = site.start();
+    site.deliver("old.jsonl", &jsonl("old", 50));
+    wait_until(WAIT, "old.jsonl done", || {
+        site.done().join("old.jsonl").is_file()
+    });
+    assert_eq!(site.records(), 50);
+    wait_until(Duration::from_secs(60), "the records deleted", || {
+        site.records() == 0
+    });
+    assert_eq!(
+        site.query_i64("SELECT SUM(records) FROM windows WHERE segment = '*'"),
+        50
+    );
+    assert_eq!(
+        site.query_i64("SELECT records FROM retention WHERE reason = 'age'"),
+        50
+    );
+    let out = site.sensei(&["status"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains(
+            "deleted past [store] record_retention: 50 per-record rows, every record up to seq 50"
+        ),
+        "{text}"
+    );
+    assert!(daemon.stop().success());
+}

@@ -12,8 +12,9 @@
 //! - `confidence`: CUSUM on 1 − confidence of every record (a rise in student uncertainty);
 //! - `student_error`, `teacher_error`: Bernoulli CUSUM on labelled records.
 //!
-//! Windowed tests, in rounds of `[detect] window_records` records: KS on confidence, chi-square
-//! on the class mix, PSI on each input feature — every segment's window in one round, Holm
+//! Windowed tests, in rounds of `[detect] window_records` records: KS on confidence (the signal
+//! `confidence`, detector `ks`), chi-square on the class mix, PSI on each input feature
+//! (`input_psi[i]`, see [`crate::signal`]) — every segment's window in one round, Holm
 //! corrected across segments × signals, and an alarm only when the corrected p-value and the
 //! effect size both pass.
 
@@ -32,6 +33,7 @@ use crate::monitor::{
     Alarm, BaselineError, BernoulliCusum, Cusum, CusumParams, calibrate_bernoulli, calibrate_cusum,
 };
 use crate::record::ALL_SEGMENTS;
+use crate::signal::{Family, SignalName};
 use crate::stats::clopper_pearson;
 use crate::store::{MonitorDelta, NewEvent, StateRow};
 
@@ -545,13 +547,17 @@ impl Signal {
 
     /// The name in `detector_state` and `drift_events`.
     fn name(self) -> &'static str {
+        self.family().name()
+    }
+
+    fn family(self) -> Family {
         match self {
-            Signal::Disagreement => "disagreement",
-            Signal::Kl => "kl",
-            Signal::AttentionKl => "attention_kl",
-            Signal::Confidence => "confidence",
-            Signal::StudentError => "student_error",
-            Signal::TeacherError => "teacher_error",
+            Signal::Disagreement => Family::Disagreement,
+            Signal::Kl => Family::Kl,
+            Signal::AttentionKl => Family::AttentionKl,
+            Signal::Confidence => Family::Confidence,
+            Signal::StudentError => Family::StudentError,
+            Signal::TeacherError => Family::TeacherError,
         }
     }
 
@@ -744,14 +750,14 @@ impl DriftMonitor {
                 };
             if !r.confidence_values.is_empty() && !w.confidence.is_empty() {
                 push(
-                    "confidence_ks".into(),
+                    SignalName::new(Family::Confidence).to_string(),
                     ks_test(&r.confidence_values, &w.confidence),
                     self.min_ks,
                 );
             }
             if w.classes.iter().sum::<u64>() > 0 {
                 push(
-                    "class_mix".into(),
+                    SignalName::new(Family::ClassMix).to_string(),
                     class_mix_test(&r.class_counts, &w.classes),
                     self.min_class_shift,
                 );
@@ -759,7 +765,7 @@ impl DriftMonitor {
             for (f, bins) in r.features.iter().enumerate() {
                 if let Some(bins) = bins {
                     push(
-                        format!("input_psi[{f}]"),
+                        SignalName::feature(Family::InputPsi, f).to_string(),
                         psi_test(bins, &w.features[f]),
                         self.min_psi,
                     );

@@ -9,8 +9,8 @@
 //! can be read, tested and changed without the ones above it. A type or constant several layers
 //! share lives in the lowest layer that needs it.
 //!
-//! 1. Foundation, pure data and rules: [`record`], [`stats`], [`time`], [`config`], [`compare`],
-//!    [`monitor`], [`format`](mod@format), [`sampler`], [`notify`].
+//! 1. Foundation, pure data and rules: [`record`], [`signal`], [`stats`], [`time`], [`config`],
+//!    [`compare`], [`monitor`], [`format`](mod@format), [`sampler`], [`notify`].
 //! 2. Storage and models: [`store`], [`model`], [`metrics`].
 //! 3. The pipeline's parts: [`drift`], [`baseline`], [`shadow`], [`alert`], [`redistill`],
 //!    [`pipeline`], [`ingest`].
@@ -21,6 +21,7 @@
 //!
 //! # Modules
 //! - [`record`]: field records and tensors in memory; the all-segments name.
+//! - [`signal`]: the names of the monitored signals (family and feature index).
 //! - [`stats`]: intervals for the reported rates.
 //! - [`time`]: unix milliseconds, RFC 3339.
 //! - [`config`]: TOML → raw structs → validated [`config::Config`], every section (alerts
@@ -63,6 +64,7 @@ pub mod monitor;
 pub mod notify;
 pub mod record;
 pub mod sampler;
+pub mod signal;
 pub mod stats;
 pub mod time;
 

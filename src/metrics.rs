@@ -36,6 +36,22 @@ fn labels(pairs: &[(&str, &str)]) -> Labels {
         .collect()
 }
 
+/// A stored signal name as labels: `signal` is its family, `feature` its index where it has one
+/// (`input_psi[4]` → `signal="input_psi", feature="4"`), so that a selector on the family takes
+/// every feature, as an alert rule on the family does.
+fn signal_labels(signal: &str) -> Labels {
+    match signal.parse::<crate::signal::SignalName>() {
+        Ok(s) => {
+            let mut l = labels(&[("signal", s.family.name())]);
+            if let Some(i) = s.index {
+                l.push(("feature".to_owned(), i.to_string()));
+            }
+            l
+        }
+        Err(_) => labels(&[("signal", signal)]),
+    }
+}
+
 /// The in-process metrics and the heartbeat, shared (in an `Arc`) by the pipeline threads, the
 /// watchdog and the HTTP server.
 #[derive(Debug)]
@@ -448,11 +464,11 @@ fn database_families(path: &std::path::Path) -> anyhow::Result<Vec<FamilyOut>> {
         MetricType::Gauge,
     );
     for d in reader.detectors().unwrap_or_default() {
-        let l = labels(&[
-            ("signal", &d.signal),
+        let mut l = signal_labels(&d.signal);
+        l.extend(labels(&[
             ("segment", &d.segment),
             ("detector", &d.detector),
-        ]);
+        ]));
         stat.push(l.clone(), d.statistic);
         thr.push(l.clone(), d.threshold);
         dsamples.push(l, d.samples as f64);
@@ -470,7 +486,8 @@ fn database_families(path: &std::path::Path) -> anyhow::Result<Vec<FamilyOut>> {
         MetricType::Gauge,
     );
     for e in reader.drift_event_counts()? {
-        let l = labels(&[("signal", &e.signal), ("segment", &e.segment)]);
+        let mut l = signal_labels(&e.signal);
+        l.push(("segment".to_owned(), e.segment.clone()));
         events.push(l.clone(), e.total as f64);
         open.push(l, e.open as f64);
     }

@@ -120,18 +120,14 @@ impl RedistillFailure {
     }
 }
 
-/// What a signal measures, for people.
-pub fn signal_text(signal: &str) -> &str {
-    match signal {
-        "disagreement" => "teacher/student disagreement rate",
-        "kl" => "KL(teacher ‖ student)",
-        "attention_kl" => "attention KL (teacher vs student)",
-        "confidence" => "student confidence",
-        "class_mix" => "predicted class mix",
-        "input_psi" => "input distribution (PSI)",
-        "student_error" => "student error rate",
-        "teacher_error" => "teacher error rate",
-        other => other,
+/// What a signal measures, for people: its family's text, with the feature where it has one.
+pub fn signal_text(signal: &str) -> String {
+    match signal.parse::<crate::signal::SignalName>() {
+        Ok(s) => match s.index {
+            Some(i) => format!("{}, feature {i}", s.family.text()),
+            None => s.family.text().to_string(),
+        },
+        Err(_) => signal.to_string(),
     }
 }
 
@@ -422,7 +418,7 @@ impl Notification {
                     s,
                     "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{} / {}</td><td>{}</td></tr>",
                     escape(segment_text(&e.segment)),
-                    escape(signal_text(&e.signal)),
+                    escape(&signal_text(&e.signal)),
                     escape(&human(d.since)),
                     escape(&number(e.baseline_value)),
                     escape(&current(d)),

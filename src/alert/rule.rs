@@ -45,7 +45,9 @@ impl Drift {
 
 /// Whether a rule looks at this event.
 pub fn matches(rule: &Rule, event: &DriftEvent) -> bool {
-    rule.signal.as_ref().is_none_or(|s| *s == event.signal)
+    rule.signal
+        .as_ref()
+        .is_none_or(|s| s.covers_name(&event.signal))
         && rule.detector.as_ref().is_none_or(|d| *d == event.detector)
         && rule
             .segment
@@ -349,7 +351,7 @@ mod tests {
     fn rule() -> Rule {
         Rule {
             name: "drift".into(),
-            signal: Some("disagreement".into()),
+            signal: Some("disagreement".parse().unwrap()),
             detector: None,
             segment: Some(SegmentPattern::parse("line=*")),
             severity: Severity::Warning,
@@ -554,6 +556,27 @@ mod tests {
         );
         assert_eq!(ms.len(), 1);
         assert_eq!(ms[0].event.segment, "line=C");
+    }
+
+    #[test]
+    fn a_family_rule_takes_every_feature_and_a_member_rule_one() {
+        let psi = |id, f: usize| {
+            let mut e = event(id, "line=A", 0, None);
+            e.signal = format!("input_psi[{f}]");
+            e.detector = "psi".into();
+            e
+        };
+        let events = [psi(1, 0), psi(2, 4), event(3, "line=A", 0, None)];
+        let mut family = rule();
+        family.signal = Some("input_psi".parse().unwrap());
+        let ms = members(&family, &events, Some(0));
+        let signals: Vec<&str> = ms.iter().map(|m| m.event.signal.as_str()).collect();
+        assert_eq!(signals, ["input_psi[0]", "input_psi[4]"]);
+        let mut member = rule();
+        member.signal = Some("input_psi[4]".parse().unwrap());
+        let ms = members(&member, &events, Some(0));
+        assert_eq!(ms.len(), 1);
+        assert_eq!(ms[0].event.signal, "input_psi[4]");
     }
 
     #[test]

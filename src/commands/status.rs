@@ -161,9 +161,12 @@ pub fn status(config: &Config) -> anyhow::Result<StatusReport> {
             ),
         ];
         for (signal, baseline_value, current) in rows {
-            let det = detectors
-                .iter()
-                .find(|d| d.signal == signal && d.segment == seg.segment);
+            // The sequential detector (a windowed test on the same signal has its own row).
+            let det = detectors.iter().find(|d| {
+                d.signal == signal
+                    && d.segment == seg.segment
+                    && !d.detector.starts_with("windowed:")
+            });
             report.signals.push(SignalStatus {
                 signal: signal.to_string(),
                 segment: seg.segment.clone(),

@@ -341,6 +341,54 @@ fn a_hanging_webhook_times_out_and_is_retried_until_it_answers() {
     drop(daemon);
 }
 
+/// A rule names a signal family (every feature) or one member: `input_psi` fires on the PSI of
+/// feature 4, `input_psi[3]` does not; `sensei check` accepts both forms and says what is wrong
+/// with a bad one.
+#[test]
+fn a_rule_on_a_signal_family_fires_on_each_feature_and_one_on_a_member_only_on_it() {
+    let hook = Webhook::start();
+    let site = Site::new();
+    let rules = "[[rules]]\nname = \"input-shift\"\nsignal = \"input_psi\"\nreceivers = [\"hook\"]\n\
+         [[rules]]\nname = \"feature-3\"\nsignal = \"input_psi[3]\"\nreceivers = [\"hook\"]\n";
+    let receiver = format!(
+        "[receivers.hook]\ntype = \"webhook\"\nurl = \"{}\"\n",
+        hook.url()
+    );
+    site.write_config(&format!(
+        "{}{receiver}{rules}[[rules]]\nname = \"bad\"\nsignal = \"input_psi[x]\"\nreceivers = [\"hook\"]\n\
+         [[rules]]\nname = \"old\"\nsignal = \"confidence_ks\"\nreceivers = [\"hook\"]\n",
+        alerts_section("")
+    ));
+    let text = output(&site.sensei(&["check"]));
+    assert!(
+        !text.contains("rules[0]") && !text.contains("rules[1]"),
+        "{text}"
+    );
+    assert!(
+        text.contains("rules[2].signal: \"input_psi[x]\": the index \"x\" is not a feature number"),
+        "{text}"
+    );
+    assert!(
+        text.contains("rules[3].signal: unknown signal \"confidence_ks\""),
+        "{text}"
+    );
+
+    site.write_config(&format!("{}{receiver}{rules}", alerts_section("")));
+    let daemon = site.start();
+    let db = site.db();
+    insert_drift(&db, "input_psi[4]", "*", now_ms() - 1000);
+    wait_until(WAIT, "the input-shift notification", || {
+        !hook.received().is_empty()
+    });
+    wait_evaluations(&db, 3);
+    let received = hook.received();
+    assert_eq!(received.len(), 1, "{received:#?}");
+    let doc: serde_json::Value = serde_json::from_str(&received[0].body).expect("JSON");
+    assert_eq!(doc["rule"], "input-shift");
+    assert_eq!(doc["drifts"][0]["signal"], "input_psi[4]");
+    drop(daemon);
+}
+
 #[test]
 fn alert_test_sends_a_test_notification() {
     let hook = Webhook::start();

@@ -67,6 +67,11 @@ fn the_clean_stream_raises_no_event_and_a_drifted_one_does_after_its_start() {
     assert!(out.status.success());
     let found = events(&drifted);
     assert!(found.iter().any(|e| e.0 == "disagreement"), "{found:?}");
+    // One naming of signals: every stored name is a family or a family's member.
+    for e in &found {
+        let name: sensei::signal::SignalName = e.0.parse().unwrap_or_else(|err| panic!("{err}"));
+        assert_eq!(name.index.is_some(), e.2 == "psi", "{e:?}");
+    }
     // Records are numbered from 1; the drift starts at stream index 200, i.e. record 201.
     assert!(found.iter().all(|e| e.3 >= 201), "{found:?}");
     // Every event carries its statistic, threshold and the values it compares.

@@ -13,18 +13,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use super::{ConfigProblem, Secret, parse_duration};
-
-/// Signals a drift event can carry (`drift_events.signal`).
-pub const SIGNALS: &[&str] = &[
-    "disagreement",
-    "kl",
-    "attention_kl",
-    "confidence",
-    "class_mix",
-    "input_psi",
-    "student_error",
-    "teacher_error",
-];
+use crate::signal::SignalName;
 
 /// Detectors a drift event can come from (`drift_events.detector`).
 pub const DETECTORS: &[&str] = &["bernoulli_cusum", "cusum", "ks", "chi_square", "psi"];
@@ -210,8 +199,8 @@ impl Action {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Rule {
     pub name: String,
-    /// `None`: every signal.
-    pub signal: Option<String>,
+    /// `None`: every signal; a family without an index: every member of the family.
+    pub signal: Option<SignalName>,
     /// `None`: every detector.
     pub detector: Option<String>,
     /// `None`: every segment, the all-segments aggregate `*` included.
@@ -771,18 +760,14 @@ impl Validator<'_> {
         }
         let signal = match raw.signal {
             Some(s) if s == "*" => None,
-            Some(s) if SIGNALS.contains(&s.as_str()) => Some(s),
-            Some(s) => {
-                self.problem(
-                    &key("signal"),
-                    format!(
-                        "unknown signal \"{s}\", expected \"*\" or one of {}",
-                        SIGNALS.join(", ")
-                    ),
-                );
-                ok = false;
-                None
-            }
+            Some(s) => match s.parse::<SignalName>() {
+                Ok(s) => Some(s),
+                Err(e) => {
+                    self.problem(&key("signal"), format!("{e}, or \"*\""));
+                    ok = false;
+                    None
+                }
+            },
             None => None,
         };
         let detector = match raw.detector {

@@ -59,11 +59,7 @@ fn passwords_are_read_from_files_and_never_shown() {
     assert!(!shown.contains("hunter2"), "{shown}");
     let rule = &config.rules[0];
     assert_eq!(
-        (
-            rule.signal.as_deref(),
-            rule.segment.as_ref(),
-            rule.send_resolved
-        ),
+        (rule.signal, rule.segment.as_ref(), rule.send_resolved),
         (None, None, true)
     );
     assert_eq!(rule.repeat_interval, Some(Duration::from_secs(4 * 3600)));

@@ -524,6 +524,12 @@ pub struct Observation<'a> {
 
 const WINDOW_KEY: &str = "window";
 
+/// The threshold a windowed test's statistic is shown against: its statistic is the test's
+/// margin towards an alarm ([`crate::monitor::window::RoundDecision::margin`]), which reaches 1
+/// exactly when it alarms — the same reading as a CUSUM against its threshold. The p-value and
+/// the effect size themselves are on the drift event.
+pub const WINDOWED_THRESHOLD: f64 = 1.0;
+
 /// The signals the sequential detectors watch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Signal {
@@ -781,6 +787,7 @@ impl DriftMonitor {
                 crate::monitor::window::TestKind::ChiSquare => "chi_square",
                 crate::monitor::window::TestKind::Psi => "psi",
             };
+            let margin = d.margin(self.family_alpha);
             if d.alarm && !was_open {
                 out.events.push(NewEvent {
                     signal: d.signal.clone(),
@@ -789,8 +796,8 @@ impl DriftMonitor {
                     detected_at_ms: now_ms,
                     detected_at_record: seq,
                     estimated_change_record: None,
-                    statistic: t.test.statistic,
-                    threshold: self.family_alpha,
+                    statistic: margin,
+                    threshold: WINDOWED_THRESHOLD,
                     baseline_value: None,
                     current_value: Some(d.effect_size),
                     current_low: None,
@@ -811,8 +818,8 @@ impl DriftMonitor {
                 ),
                 StateRow {
                     samples: t.test.n_window,
-                    statistic: d.adjusted_p_value,
-                    threshold: self.family_alpha,
+                    statistic: margin,
+                    threshold: WINDOWED_THRESHOLD,
                     json: if d.alarm {
                         "open".into()
                     } else {

@@ -376,6 +376,29 @@ pub struct RoundDecision {
     pub alarm: bool,
 }
 
+impl RoundDecision {
+    /// How far the test stands towards an alarm, on the sequential detectors' scale (a
+    /// statistic against a threshold of 1, higher is worse): the smaller of the p-value's margin
+    /// `ln p / ln α` (1 when the adjusted p-value is α, 0 when it is 1) and the effect size's
+    /// `effect / min_effect`. It reaches 1 exactly when the test alarms, so
+    /// `statistic / threshold` means the same for every detector.
+    pub fn margin(&self, family_alpha: f64) -> f64 {
+        let p = self.adjusted_p_value.clamp(f64::MIN_POSITIVE, 1.0);
+        let by_p = if family_alpha > 0.0 && family_alpha < 1.0 {
+            p.ln() / family_alpha.ln()
+        } else {
+            f64::from(u8::from(self.significant))
+        };
+        let by_effect = if self.min_effect > 0.0 {
+            (self.effect_size / self.min_effect).max(0.0)
+        } else {
+            f64::INFINITY
+        };
+        let m = by_p.min(by_effect);
+        if m.is_nan() { 0.0 } else { m }
+    }
+}
+
 /// Applies Holm's correction at `family_alpha` across all (segment × signal) tests of one round
 /// and the p-value-and-effect-size rule.
 pub fn evaluate_round(tests: &[RoundTest], family_alpha: f64) -> Vec<RoundDecision> {
@@ -406,6 +429,41 @@ mod tests {
 
     fn rel(a: f64, b: f64) -> f64 {
         (a - b).abs() / b.abs().max(1e-300)
+    }
+
+    #[test]
+    fn the_margin_reaches_one_exactly_when_the_test_alarms() {
+        let decide = |adjusted_p_value: f64, effect_size: f64| {
+            let significant = adjusted_p_value <= 0.05;
+            RoundDecision {
+                segment: "*".into(),
+                signal: "confidence".into(),
+                p_value: adjusted_p_value,
+                adjusted_p_value,
+                effect_size,
+                min_effect: 0.1,
+                significant,
+                alarm: significant && effect_size >= 0.1,
+            }
+        };
+        for (p, effect) in [
+            (1.0, 0.0),
+            (0.9, 0.5),
+            (0.06, 0.5),
+            (0.05, 0.1),
+            (0.01, 0.09),
+            (0.01, 0.3),
+            (0.0, 0.3),
+            (0.0, 0.0),
+            (1e-12, 2.0),
+        ] {
+            let d = decide(p, effect);
+            let m = d.margin(0.05);
+            assert!(m.is_finite() && m >= 0.0, "p {p}, effect {effect}: {m}");
+            assert_eq!(m >= 1.0, d.alarm, "p {p}, effect {effect}: margin {m}");
+        }
+        // In control (p = 1): nowhere near the threshold, whatever the effect size.
+        assert_eq!(decide(1.0, 0.5).margin(0.05), 0.0);
     }
 
     #[test]

@@ -273,3 +273,82 @@ fn a_new_baseline_re_arms_the_running_daemon_at_sighup() {
     });
     assert!(daemon.stop().success());
 }
+
+/// `(labels, value)` of every sample of `family` in a Prometheus exposition.
+fn samples(exposition: &str, family: &str) -> Vec<(String, f64)> {
+    exposition
+        .lines()
+        .filter_map(|l| l.strip_prefix(family)?.strip_prefix('{'))
+        .filter_map(|rest| {
+            let (labels, value) = rest.rsplit_once("} ")?;
+            Some((labels.to_string(), value.parse().ok()?))
+        })
+        .collect()
+}
+
+/// statistic / threshold per detector, from `/metrics`' exposition of the site's database.
+fn standings(site: &Site) -> Vec<(String, f64)> {
+    let text = sensei::metrics::Metrics::new(site.db_path()).encode();
+    let thresholds = samples(&text, "sensei_detector_threshold");
+    samples(&text, "sensei_detector_statistic")
+        .into_iter()
+        .map(|(labels, statistic)| {
+            let threshold = thresholds
+                .iter()
+                .find(|(l, _)| *l == labels)
+                .unwrap_or_else(|| panic!("no threshold for {labels}"))
+                .1;
+            (labels, statistic / threshold)
+        })
+        .collect()
+}
+
+/// A windowed test reads as every detector does: `statistic / threshold` is under 1 while it is
+/// in control and at least 1 while it fires (it was a p-value over α: 100 for a healthy test).
+#[test]
+fn windowed_tests_stand_under_their_threshold_in_control_and_over_it_when_they_fire() {
+    let clean = site_with_baseline();
+    let out = clean.sensei(&["replay", demo("streams/clean.jsonl").to_str().unwrap()]);
+    assert!(out.status.success());
+    assert_eq!(events(&clean), Vec::new());
+    let standing = standings(&clean);
+    let windowed: Vec<_> = standing
+        .iter()
+        .filter(|(l, _)| l.contains("detector=\"windowed:"))
+        .collect();
+    assert!(
+        windowed.iter().any(|(l, _)| l.contains("windowed:ks"))
+            && windowed.iter().any(|(l, _)| l.contains("windowed:psi")),
+        "{standing:?}"
+    );
+    for (labels, ratio) in &standing {
+        assert!(ratio.is_finite() && *ratio < 1.0, "{labels}: {ratio}");
+    }
+
+    let drifted = site_with_baseline();
+    let out = drifted.sensei(&[
+        "replay",
+        demo("streams/dead_channel.jsonl").to_str().unwrap(),
+    ]);
+    assert!(out.status.success());
+    let open_windowed = drifted.query_i64(
+        "SELECT COUNT(*) FROM drift_events WHERE detector IN ('ks', 'chi_square', 'psi')
+         AND resolved_at IS NULL",
+    );
+    assert!(open_windowed > 0, "{:?}", events(&drifted));
+    // Every windowed event and every open windowed test stands at or over its threshold.
+    assert_eq!(
+        drifted.query_i64(
+            "SELECT COUNT(*) FROM drift_events WHERE detector IN ('ks', 'chi_square', 'psi')
+             AND statistic < threshold"
+        ),
+        0
+    );
+    assert_eq!(
+        drifted.query_i64(
+            "SELECT COUNT(*) FROM detector_state WHERE detector LIKE 'windowed:%'
+             AND (state = 'open') != (statistic >= threshold)"
+        ),
+        0
+    );
+}

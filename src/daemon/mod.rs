@@ -10,9 +10,10 @@
 //! process. [`run`] also owns the service side: sd_notify READY/RELOADING/STOPPING, the watchdog
 //! pings (only while the pipeline's heartbeat advances) and the HTTP server.
 //!
-//! `start`: the pipeline's threads, the inbox watcher and ingest wired together; `replay`:
+//! `lock`: one pipeline per state directory; `start`: the pipeline's threads, the inbox watcher and ingest wired together; `replay`:
 //! the same pipeline over given files; `watchdog`: the systemd watchdog's pings.
 
+mod lock;
 mod replay;
 mod start;
 mod watchdog;
@@ -104,6 +105,8 @@ pub async fn run(
     mut control: tokio::sync::mpsc::Receiver<Control>,
     on_file: Option<FileCallback>,
 ) -> anyhow::Result<WriterReport> {
+    // Before anything else: a second daemon on this state directory must not take a file.
+    let _lock = lock::acquire(&config)?;
     let metrics = Metrics::new(config.store.path.clone());
     let shared = Arc::new(std::sync::RwLock::new(Arc::new(config.clone())));
     let (http_stop, http_stopped) = tokio::sync::watch::channel(false);
@@ -205,6 +208,16 @@ async fn reload(
             return Ok((old, running));
         }
     };
+    if new.state_dir != old.state_dir || new.store.path != old.store.path {
+        // The lock this process holds is on the old ones (`lock`).
+        tracing::error!(
+            state_dir = %new.state_dir.display(),
+            database = %new.store.path.display(),
+            "state_dir and [store] path change only at a restart; keeping the running config."
+        );
+        metrics.reload(false);
+        return Ok((old, running));
+    }
     let replaced = replaced_models(&new, &running.serving);
     let baseline = Reader::open(&new.store.path)
         .ok()

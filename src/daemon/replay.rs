@@ -18,8 +18,7 @@ pub fn replay(
     paths: &[PathBuf],
     on_file: Option<FileCallback>,
 ) -> anyhow::Result<WriterReport> {
-    std::fs::create_dir_all(&config.state_dir)
-        .with_context(|| format!("creating {}", config.state_dir.display()))?;
+    let _lock = super::lock::acquire(config)?;
     let mut store = Store::open(&config.store.path)?;
     store.set_synchronous(config.store.synchronous)?;
     store.checkpoint_in_background(crate::store::CHECKPOINT_INTERVAL)?;

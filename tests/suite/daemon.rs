@@ -48,6 +48,65 @@ fn a_file_renamed_into_the_inbox_is_processed_and_moved_to_done() {
     assert!(daemon.stop().success());
 }
 
+/// Runs sensei with `args` and waits for its exit, at most `limit` (then kills it and fails):
+/// its exit code and stderr.
+fn exit_within(site: &Site, args: &[&str], limit: Duration) -> (Option<i32>, String) {
+    let err = site.root().join("second.err");
+    let mut child = std::process::Command::new(crate::common::sensei_bin())
+        .arg("--config")
+        .arg(site.config_path())
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&err).unwrap())
+        .spawn()
+        .expect("spawn sensei");
+    let deadline = std::time::Instant::now() + limit;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("sensei {args:?} still runs beside the first daemon");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    (
+        status.code(),
+        std::fs::read_to_string(&err).unwrap_or_default(),
+    )
+}
+
+/// A second `sensei run` (or `replay`) on the state directory of a running daemon exits at once,
+/// naming the daemon's pid, and takes no file; the first goes on counting each file once.
+#[test]
+fn a_second_daemon_on_one_state_directory_exits_naming_the_first() {
+    let site = Site::new();
+    site.write_config("");
+    let daemon = site.start();
+    let pid = daemon.child.id();
+    site.deliver("batch-001.jsonl", &jsonl("a", 50));
+    for args in [&["run"][..], &["replay", "/dev/null"][..]] {
+        let (code, text) = exit_within(&site, args, WAIT);
+        assert_ne!(code, Some(0), "{args:?}: {text}");
+        assert!(
+            text.contains(&format!(
+                "another sensei (pid {pid}) is running on the state directory"
+            )) && text.contains("sensei.lock"),
+            "{args:?}: {text}"
+        );
+    }
+    site.deliver("batch-002.jsonl", &jsonl("b", 50));
+    wait_until(WAIT, "100 records committed", || site.records() == 100);
+    assert_eq!(site.ledger_count("done"), 2);
+    drop(daemon);
+    // Once the first is gone (even without a clean exit), the next one starts.
+    let daemon = site.start();
+    drop(daemon);
+}
+
 #[test]
 fn the_same_file_dropped_twice_counts_once() {
     let site = Site::new();

@@ -11,6 +11,9 @@
 #   DESTDIR/etc/sensei/sensei.toml                  the example config, only if there is none yet
 #   DESTDIR/etc/sensei/http-token                   a random HTTP bearer token (root only), if missing
 #   DESTDIR/usr/share/doc/sensei/                   operations.md, schema.md
+#   DESTDIR/usr/share/sensei/tools/distill/         the reference distiller the example config's
+#                                                   [redistill] command runs (its Python packages:
+#                                                   pip install -r …/requirements.txt)
 #
 # With DESTDIR=/ on a system running systemd it also creates the user and directories and
 # reloads systemd; it never starts or enables the service (see the steps it prints).
@@ -56,6 +59,16 @@ if [ ! -e "$dest/etc/sensei/http-token" ]; then
   (umask 077 && head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' > "$dest/etc/sensei/http-token")
   echo "   generated $dest/etc/sensei/http-token (used when [http] token_credential = \"http-token\")"
 fi
+
+echo "== re-distillation tools"
+distill=$dest/usr/share/sensei/tools/distill
+install -D -m 0755 "$root/tools/distill/redistill.py" "$distill/redistill.py"
+for f in requirements.txt README.md; do
+  install -D -m 0644 "$root/tools/distill/$f" "$distill/$f"
+done
+for f in "$root"/tools/distill/sensei_distill/*.py; do
+  install -D -m 0644 "$f" "$distill/sensei_distill/$(basename "$f")"
+done
 
 echo "== documentation"
 install -D -m 0644 "$root/docs/operations.md" "$dest/usr/share/doc/sensei/operations.md"

@@ -278,8 +278,9 @@ impl Notification {
                     .as_deref()
                     .map_or(String::new(), |d| format!(": {d}"));
                 match a.status.as_str() {
+                    // Not started yet: say so, and where its outcome will show.
                     "requested" => format!(
-                        "re-distillation of the student on the teacher-labelled field data was requested (action #{}).",
+                        "queued a re-distillation job on the teacher-labelled field data (action #{}); it has not started yet. `sensei status` shows whether it runs and how it ends.",
                         a.id
                     ),
                     "started" => format!("re-distillation started (action #{}{detail}).", a.id),
@@ -567,7 +568,9 @@ mod tests {
         assert!(text.contains("0.2240 [0.1490, 0.3150]"), "{text}");
         assert!(text.contains("baseline   0.03400"), "{text}");
         assert!(
-            text.contains("What sensei did: re-distillation of the student"),
+            text.contains("What sensei did: queued a re-distillation job")
+                && text.contains("it has not started yet")
+                && !text.contains("was requested"),
             "{text}"
         );
         assert!(text.contains("Dashboard: http://dash.example/"), "{text}");

@@ -209,19 +209,20 @@ fn redistill_program_problem(command: &[String], path: Option<&std::ffi::OsStr>)
             Err(e) => Some(format!("the program {program} cannot be used: {e}")),
             Ok(m) if !m.is_file() => Some(format!("the program {program} is not a file")),
             Ok(_) if !executable(given) => Some(format!("the program {program} is not executable")),
-            Ok(_) => None,
+            Ok(_) => script_problem(program, &command[1..]),
         };
     }
     if program.contains('/') {
         return Some(format!(
-            "the program {program} is a relative path, but the job runs in its own directory              under [redistill] work_dir: give an absolute path"
+            "the program {program} is a relative path, but the job runs in its own directory \
+             under [redistill] work_dir: give an absolute path"
         ));
     }
     let dirs: Vec<PathBuf> = path
         .map(|p| std::env::split_paths(p).collect())
         .unwrap_or_default();
     if dirs.iter().any(|d| executable(&d.join(program))) {
-        return None;
+        return script_problem(program, &command[1..]);
     }
     Some(format!(
         "the program '{program}' is not an executable file in any directory of PATH ({})",
@@ -230,6 +231,48 @@ fn redistill_program_problem(command: &[String], path: Option<&std::ffi::OsStr>)
             .collect::<Vec<_>>()
             .join(":")
     ))
+}
+
+/// Interpreters whose first argument that is not an option is the script they run.
+const INTERPRETERS: &[&str] = &[
+    "python", "python3", "sh", "bash", "perl", "ruby", "node", "Rscript",
+];
+
+/// Why the script an interpreter is given (`python3 /usr/share/…/redistill.py …`) cannot be
+/// run, if it cannot: the interpreter would start, and fail a moment later.
+fn script_problem(program: &str, args: &[String]) -> Option<String> {
+    let name = Path::new(program).file_name()?.to_str()?;
+    let versioned = name
+        .strip_prefix("python3.")
+        .is_some_and(|v| v.chars().all(|c| c.is_ascii_digit()));
+    if !INTERPRETERS.contains(&name) && !versioned {
+        return None;
+    }
+    let script = args.iter().find(|a| !a.starts_with('-'))?;
+    if args
+        .iter()
+        .take_while(|a| a.starts_with('-'))
+        .any(|a| a == "-m" || a == "-c")
+    {
+        return None; // a module or inline code, not a file
+    }
+    if script.contains('{') {
+        return None; // a placeholder, known only when the job starts
+    }
+    let path = Path::new(script);
+    if !path.is_absolute() {
+        return Some(format!(
+            "the script {script} ({program}'s argument) is a relative path, but the job runs in \
+             its own directory under [redistill] work_dir: give an absolute path"
+        ));
+    }
+    match std::fs::File::open(path).and_then(|f| f.metadata()) {
+        Err(e) => Some(format!(
+            "the script {script} that {program} is to run cannot be read: {e}"
+        )),
+        Ok(m) if !m.is_file() => Some(format!("the script {script} is not a file")),
+        Ok(_) => None,
+    }
 }
 
 /// A missing directory is fine when its nearest existing ancestor is writable.
@@ -303,6 +346,38 @@ mod tests {
         assert!(
             redistill_program_problem(&argv("sh"), None).is_some(),
             "no PATH"
+        );
+    }
+
+    #[test]
+    fn the_script_an_interpreter_runs_must_exist() {
+        let dir = tempfile::tempdir().unwrap();
+        let sh = dir.path().join("sh");
+        std::fs::write(&sh, "#!/bin/sh\n").unwrap();
+        std::fs::set_permissions(&sh, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let script = dir.path().join("redistill.sh");
+        let path = std::ffi::OsString::from(dir.path());
+        let run = |args: &[&str]| {
+            let mut argv = vec!["sh".to_string()];
+            argv.extend(args.iter().map(|a| a.to_string()));
+            argv.extend(["{dataset}".to_string(), "{output}".to_string()]);
+            redistill_program_problem(&argv, Some(&path))
+        };
+        let s = script.to_str().unwrap();
+        let missing = run(&[s]).expect("a missing script is a problem");
+        assert!(
+            missing.contains(&format!("the script {s} that sh is to run cannot be read")),
+            "{missing}"
+        );
+        assert!(run(&["-e", s]).is_some(), "after options");
+        assert!(run(&["redistill.sh"]).unwrap().contains("relative path"));
+        std::fs::write(&script, "exit 0\n").unwrap();
+        assert_eq!(run(&[s]), None);
+        assert_eq!(run(&["-c", "exit 0"]), None, "inline code");
+        assert!(script_problem("/usr/bin/python3.12", &["/nonexistent.py".into()]).is_some());
+        assert_eq!(
+            script_problem("/usr/bin/job", &["/nonexistent".into()]),
+            None
         );
     }
 }

@@ -601,3 +601,71 @@ impl Drop for ChildGuard {
         let _ = self.0.wait();
     }
 }
+
+/// `scripts/install.sh` puts in place what the example config it installs names: the
+/// re-distillation job's script is there and runs, and `sensei check` on a config whose job
+/// script is missing says so (the interpreter alone would start and fail a moment later).
+#[test]
+fn the_install_holds_the_redistill_script_the_example_config_names() {
+    let dest = tempfile::tempdir().unwrap();
+    let out = Command::new("bash")
+        .arg(repo().join("scripts/install.sh"))
+        .arg(dest.path())
+        .env("SENSEI_BIN", sensei_bin())
+        .output()
+        .expect("run install.sh");
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let config: toml::Table = std::fs::read_to_string(dest.path().join("etc/sensei/sensei.toml"))
+        .unwrap()
+        .parse()
+        .unwrap();
+    let command: Vec<String> = config["redistill"]["command"]
+        .as_array()
+        .expect("the example config has a [redistill] command")
+        .iter()
+        .map(|v| v.as_str().unwrap().to_string())
+        .collect();
+    let installed: Vec<&String> = command
+        .iter()
+        .filter(|a| a.starts_with("/usr/share/sensei/"))
+        .collect();
+    assert!(!installed.is_empty(), "{command:?}");
+    for path in installed {
+        let file = dest.path().join(path.trim_start_matches('/'));
+        assert!(file.is_file(), "{path} is not installed ({command:?})");
+    }
+    if which("python3").is_some() {
+        let script = dest
+            .path()
+            .join("usr/share/sensei/tools/distill/redistill.py");
+        let help = Command::new("python3")
+            .arg(&script)
+            .arg("--help")
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&help.stdout).into_owned()
+            + &String::from_utf8_lossy(&help.stderr);
+        // It starts and finds its own package (torch may be missing on this machine).
+        assert!(!text.contains("No module named 'sensei_distill'"), "{text}");
+    }
+
+    let site = Site::new();
+    site.write_config(
+        "[redistill]\ncommand = [\"python3\", \"/nonexistent/redistill.py\", \"--dataset\", \"{dataset}\", \"--out\", \"{output}\"]\n",
+    );
+    let out = site.sensei(&["check"]);
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert_ne!(out.status.code(), Some(0), "{text}");
+    assert!(
+        text.contains(
+            "redistill.command: the script /nonexistent/redistill.py that python3 is to run cannot be read"
+        ),
+        "{text}"
+    );
+}

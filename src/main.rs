@@ -74,7 +74,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             init_logging(LogFormat::Auto, "warn,ort=error");
             let data = sensei::report::write_report(&config, &out)?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&data)?);
+                println!("{}", to_json(&data)?);
                 return Ok(ExitCode::SUCCESS);
             }
             println!(
@@ -111,7 +111,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             init_logging(config.log.format, "warn,ort=error");
             let report = sensei::baseline::measure(&config, &paths)?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&report)?);
+                println!("{}", to_json(&report)?);
             } else {
                 print!("{}", report.text());
             }
@@ -124,7 +124,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             };
             let status = commands::status(&config)?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&status)?);
+                println!("{}", to_json(&status)?);
             } else {
                 print!("{}", status.text());
                 // Notifications not delivered yet stay in sight (details: `sensei alert outbox`).
@@ -150,7 +150,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             let options = sensei::redistill::export::options(out, since, segment, reason)?;
             let summary = sensei::redistill::export(&config, &options)?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&summary)?);
+                println!("{}", to_json(&summary)?);
             } else {
                 println!("{}", summary.text());
             }
@@ -174,7 +174,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
             };
             if json {
-                println!("{}", serde_json::to_string_pretty(&outcome)?);
+                println!("{}", to_json(&outcome)?);
             } else {
                 print!("{}", outcome.text());
             }
@@ -221,13 +221,20 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             let dir = sensei::demo::find_models_dir(models.as_deref())?;
             let report = sensei::demo::run(&dir)?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&report)?);
+                println!("{}", to_json(&report)?);
             } else {
                 print!("{}", report.text());
             }
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// A command's JSON output: pretty, and every unix-ms time with its RFC 3339 beside it.
+fn to_json<T: serde::Serialize>(value: &T) -> anyhow::Result<String> {
+    let mut v = serde_json::to_value(value)?;
+    sensei::time::with_rfc3339(&mut v);
+    Ok(serde_json::to_string_pretty(&v)?)
 }
 
 /// `sensei alert test` and `sensei alert outbox`.
@@ -260,7 +267,7 @@ fn alert_command(config: &Config, command: AlertCommand) -> anyhow::Result<ExitC
                 sensei::alert::OutboxSummary::default()
             };
             if json {
-                println!("{}", serde_json::to_string_pretty(&summary)?);
+                println!("{}", to_json(&summary)?);
             } else {
                 print!("{}", summary.text(sensei::time::now_ms()));
             }

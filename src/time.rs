@@ -20,6 +20,29 @@ pub fn rfc3339(ms: i64) -> String {
         .unwrap_or_else(|| ms.to_string())
 }
 
+/// Adds, beside every time in a JSON document, the same time in RFC 3339: a key ending in `_at`
+/// (or named `since`) holding unix milliseconds gets a sibling `<key>_rfc3339`. The
+/// milliseconds stay, for programs; people and `jq` read the other.
+pub fn with_rfc3339(value: &mut serde_json::Value) {
+    match value {
+        serde_json::Value::Object(map) => {
+            let times: Vec<(String, String)> = map
+                .iter()
+                .filter(|(k, _)| k.ends_with("_at") || k.as_str() == "since")
+                .filter_map(|(k, v)| Some((format!("{k}_rfc3339"), rfc3339(v.as_i64()?))))
+                .collect();
+            for v in map.values_mut() {
+                with_rfc3339(v);
+            }
+            for (k, v) in times {
+                map.entry(k).or_insert(serde_json::Value::String(v));
+            }
+        }
+        serde_json::Value::Array(items) => items.iter_mut().for_each(with_rfc3339),
+        _ => {}
+    }
+}
+
 /// `2026-03-02 06:00 UTC`, for people.
 pub fn human(ms: i64) -> String {
     match datetime(ms) {
@@ -79,6 +102,24 @@ pub mod rfc3339_ms_opt {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
+    #[test]
+    fn json_times_get_rfc3339_beside_them() {
+        let mut v = serde_json::json!({
+            "detected_at": 1_772_431_217_250_i64,
+            "resolved_at": null,
+            "events": [{"fired_at": 0, "since": 1_772_431_200_000_i64, "window_ms": 60_000}],
+        });
+        with_rfc3339(&mut v);
+        assert_eq!(v["detected_at_rfc3339"], "2026-03-02T06:00:17.25Z");
+        assert_eq!(v["detected_at"], 1_772_431_217_250_i64);
+        assert!(v.get("resolved_at_rfc3339").is_none());
+        assert_eq!(v["events"][0]["since_rfc3339"], "2026-03-02T06:00:00Z");
+        assert_eq!(v["events"][0]["fired_at_rfc3339"], "1970-01-01T00:00:00Z");
+        assert!(v["events"][0].get("window_ms_rfc3339").is_none());
+    }
+
     #[test]
     fn round_trip() {
         let ms = 1_772_431_217_250;

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
+use crate::alert::notification::number;
 use crate::config::Config;
 use crate::record::ALL_SEGMENTS;
 use crate::stats::{Interval, weighted_rate_interval};
@@ -67,6 +68,13 @@ pub struct StatusReport {
     pub baseline: Option<crate::store::BaselineRow>,
     /// Every monitored signal per segment: baseline value, current value, detector standing.
     pub signals: Vec<SignalStatus>,
+    /// The windowed tests of the latest round (statistic: the margin towards an alarm, against 1).
+    pub windowed: Vec<crate::store::DetectorRow>,
+    /// Drift events in the database, and how many are open.
+    pub events_total: i64,
+    pub events_open: i64,
+    /// Alerts firing now.
+    pub firing_alerts: Vec<crate::store::FiringAlert>,
     /// The latest drift events, oldest first.
     pub recent_events: Vec<crate::store::DriftEventRow>,
     /// Alert notifications per receiver: sent, pending, failing (undelivered stay visible).
@@ -87,7 +95,7 @@ pub struct ShadowStatus {
 }
 
 /// One signal of one segment, as `status` shows it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Default, Serialize)]
 pub struct SignalStatus {
     pub signal: String,
     pub segment: String,
@@ -99,6 +107,32 @@ pub struct SignalStatus {
     pub samples: Option<i64>,
     /// An unresolved drift event exists for this signal and segment.
     pub drifting: bool,
+    /// The open event of this detector, if any: its id, when it was detected and the statistic
+    /// and threshold it fired at (the detector's own statistic restarts after an alarm).
+    pub open_event: Option<i64>,
+    pub open_since: Option<i64>,
+    pub fired_statistic: Option<f64>,
+    pub fired_threshold: Option<f64>,
+}
+
+impl SignalStatus {
+    fn with_open_event(mut self, open: &[crate::store::DriftEventRow]) -> SignalStatus {
+        let event = open.iter().find(|e| {
+            e.signal == self.signal
+                && e.segment == self.segment
+                && self.detector.as_deref().is_none_or(|d| d == e.detector)
+        });
+        self.drifting = open
+            .iter()
+            .any(|e| e.signal == self.signal && e.segment == self.segment);
+        if let Some(e) = event {
+            self.open_event = Some(e.id);
+            self.open_since = Some(e.detected_at);
+            self.fired_statistic = Some(e.statistic);
+            self.fired_threshold = Some(e.threshold);
+        }
+        self
+    }
 }
 
 /// How many recent drift events `status` lists.
@@ -111,7 +145,19 @@ pub fn status(config: &Config) -> anyhow::Result<StatusReport> {
     let s = reader.summary()?;
     let mut report = status_of(&config.store.path, &s);
     report.baseline = reader.active_baseline()?;
-    report.recent_events = reader.recent_events(RECENT_EVENTS)?;
+    // The latest events, and every open one however old: an open drift is never out of sight.
+    let open = reader.open_events()?;
+    let mut events = reader.recent_events(RECENT_EVENTS)?;
+    events.extend(
+        open.iter()
+            .filter(|o| !events.iter().any(|e| e.id == o.id))
+            .cloned()
+            .collect::<Vec<_>>(),
+    );
+    events.sort_by_key(|e| e.id);
+    report.recent_events = events;
+    (report.events_total, report.events_open) = reader.drift_event_totals()?;
+    report.firing_alerts = reader.firing_alerts()?;
     report.outbox = crate::alert::outbox_summary(&config.store.path).ok();
     report.redistill_jobs = reader.redistill_jobs(RECENT_JOBS)?;
     report.dropped = reader.dropped()?;
@@ -131,10 +177,10 @@ pub fn status(config: &Config) -> anyhow::Result<StatusReport> {
         .as_ref()
         .and_then(|b| serde_json::from_str(&b.profile).ok());
     let detectors = reader.detectors()?;
-    let open: Vec<(String, String)> = reader
-        .open_events()?
-        .into_iter()
-        .map(|e| (e.signal, e.segment))
+    report.windowed = detectors
+        .iter()
+        .filter(|d| d.detector.starts_with("windowed:"))
+        .cloned()
         .collect();
     for seg in &report.segments {
         let r = reference.as_ref();
@@ -167,17 +213,20 @@ pub fn status(config: &Config) -> anyhow::Result<StatusReport> {
                     && d.segment == seg.segment
                     && !d.detector.starts_with("windowed:")
             });
-            report.signals.push(SignalStatus {
-                signal: signal.to_string(),
-                segment: seg.segment.clone(),
-                baseline_value,
-                current,
-                detector: det.map(|d| d.detector.clone()),
-                statistic: det.map(|d| d.statistic),
-                threshold: det.map(|d| d.threshold),
-                samples: det.map(|d| d.samples),
-                drifting: open.iter().any(|(s, g)| s == signal && g == &seg.segment),
-            });
+            report.signals.push(
+                SignalStatus {
+                    signal: signal.to_string(),
+                    segment: seg.segment.clone(),
+                    baseline_value,
+                    current,
+                    detector: det.map(|d| d.detector.clone()),
+                    statistic: det.map(|d| d.statistic),
+                    threshold: det.map(|d| d.threshold),
+                    samples: det.map(|d| d.samples),
+                    ..SignalStatus::default()
+                }
+                .with_open_event(&open),
+            );
         }
     }
     // Error-rate detectors only exist once labels arrived.
@@ -186,19 +235,20 @@ pub fn status(config: &Config) -> anyhow::Result<StatusReport> {
             "student_error" => r.student_error.as_ref().map(|e| e.rate),
             _ => r.teacher_error.as_ref().map(|e| e.rate),
         });
-        report.signals.push(SignalStatus {
-            signal: det.signal.clone(),
-            segment: det.segment.clone(),
-            baseline_value,
-            current: None,
-            detector: Some(det.detector.clone()),
-            statistic: Some(det.statistic),
-            threshold: Some(det.threshold),
-            samples: Some(det.samples),
-            drifting: open
-                .iter()
-                .any(|(s, g)| s == &det.signal && g == &det.segment),
-        });
+        report.signals.push(
+            SignalStatus {
+                signal: det.signal.clone(),
+                segment: det.segment.clone(),
+                baseline_value,
+                current: None,
+                detector: Some(det.detector.clone()),
+                statistic: Some(det.statistic),
+                threshold: Some(det.threshold),
+                samples: Some(det.samples),
+                ..SignalStatus::default()
+            }
+            .with_open_event(&open),
+        );
     }
     Ok(report)
 }
@@ -230,6 +280,10 @@ fn status_of(db: &Path, s: &Summary) -> StatusReport {
         segments: s.segments.iter().map(SegmentReport::from).collect(),
         baseline: None,
         signals: Vec::new(),
+        windowed: Vec::new(),
+        events_total: 0,
+        events_open: 0,
+        firing_alerts: Vec::new(),
         recent_events: Vec::new(),
         outbox: None,
         shadow_models: Vec::new(),
@@ -353,20 +407,62 @@ impl StatusReport {
                         None => "-".into(),
                     };
                     let standing = match (sig.statistic, sig.threshold) {
-                        (Some(st), Some(th)) => format!("{st:.2}/{th:.2}"),
+                        (Some(st), Some(th)) => {
+                            format!("{}/{}", number(Some(st)), number(Some(th)))
+                        }
                         _ => "-".into(),
+                    };
+                    // The detector restarts after an alarm: while its event is open, say what
+                    // it fired at, not only where it stands now.
+                    let drift = match (sig.open_event, sig.fired_statistic, sig.fired_threshold) {
+                        (Some(id), Some(st), Some(th)) => format!(
+                            "  DRIFT (event #{id}: fired at {}/{} on {})",
+                            number(Some(st)),
+                            number(Some(th)),
+                            sig.open_since.map(crate::time::rfc3339).unwrap_or_default()
+                        ),
+                        _ if sig.drifting => "  DRIFT".to_string(),
+                        _ => String::new(),
                     };
                     let _ = writeln!(
                         s,
-                        "  {:<14} {:<12} {:>9} {:>26} {:>16} {:>18}{}",
+                        "  {:<14} {:<12} {:>9} {:>26} {:>16} {:>18}{drift}",
                         sig.signal,
                         segment_name(&sig.segment),
                         fmt_opt(sig.baseline_value, 4),
                         current,
                         sig.detector.as_deref().unwrap_or("-"),
                         standing,
-                        if sig.drifting { "  DRIFT" } else { "" }
                     );
+                }
+                if !self.windowed.is_empty() {
+                    let alarming: Vec<_> = self
+                        .windowed
+                        .iter()
+                        .filter(|d| d.statistic >= d.threshold)
+                        .collect();
+                    let _ = writeln!(
+                        s,
+                        "  windowed tests of the latest round: {}, {} alarming (statistic: margin towards an alarm, 1 = alarm)",
+                        self.windowed.len(),
+                        alarming.len()
+                    );
+                    for d in alarming {
+                        let _ = writeln!(
+                            s,
+                            "  {:<14} {:<12} {:>9} {:>26} {:>16} {:>18}  DRIFT",
+                            d.signal,
+                            segment_name(&d.segment),
+                            "",
+                            "",
+                            d.detector.trim_start_matches("windowed:"),
+                            format!(
+                                "{}/{}",
+                                number(Some(d.statistic)),
+                                number(Some(d.threshold))
+                            )
+                        );
+                    }
                 }
             }
         }
@@ -405,34 +501,69 @@ impl StatusReport {
                 );
             }
         }
+        if !self.firing_alerts.is_empty() {
+            let _ = writeln!(s, "\nalerts firing:");
+            for a in &self.firing_alerts {
+                let _ = writeln!(
+                    s,
+                    "  {} since {}: {} drift{}, {} notification{} sent",
+                    a.rule,
+                    a.fired_at
+                        .map(crate::time::rfc3339)
+                        .unwrap_or_else(|| "-".into()),
+                    a.members,
+                    if a.members == 1 { "" } else { "s" },
+                    a.sent,
+                    if a.sent == 1 { "" } else { "s" },
+                );
+            }
+        }
         if self.recent_events.is_empty() {
             let _ = writeln!(s, "\ndrift events: none");
         } else {
-            let _ = writeln!(s, "\nrecent drift events:");
+            let listed = self.recent_events.len() as i64;
+            let which = if listed >= self.events_total {
+                "all listed".to_string()
+            } else {
+                format!(
+                    "listed: the latest {RECENT_EVENTS} and every open one ({listed}; the table drift_events holds them all)"
+                )
+            };
+            let _ = writeln!(
+                s,
+                "\ndrift events: {}, {} open; {which}",
+                self.events_total, self.events_open
+            );
             for e in &self.recent_events {
-                let when = time::OffsetDateTime::from_unix_timestamp(e.detected_at / 1000)
-                    .ok()
-                    .and_then(|t| {
-                        t.format(&time::format_description::well_known::Rfc3339)
-                            .ok()
-                    })
-                    .unwrap_or_default();
+                let change = e
+                    .estimated_change_record
+                    .map_or(String::new(), |c| format!(", change from ~{c}"));
+                // A windowed test compares distributions: its figures are the p-value and the
+                // effect size, not a baseline and a current value.
+                let figures = match (e.p_value, e.effect_size) {
+                    (Some(p), Some(effect)) => format!(
+                        "adjusted p {}, effect size {}",
+                        number(Some(p)),
+                        number(Some(effect))
+                    ),
+                    _ => format!(
+                        "baseline {} → current {}",
+                        number(e.baseline_value),
+                        number(e.current_value)
+                    ),
+                };
                 let _ = writeln!(
                     s,
-                    "  #{} {when} {} on {} ({}) at record {}{}: baseline {} → current {}{}",
+                    "  #{} {} {} on {} ({}) at record {}{change}: {figures}{}",
                     e.id,
+                    crate::time::rfc3339(e.detected_at),
                     e.signal,
                     segment_name(&e.segment),
                     e.detector,
                     e.detected_at_record,
-                    e.estimated_change_record
-                        .map_or(String::new(), |c| format!(", change from ~{c}")),
-                    fmt_opt(e.baseline_value, 4),
-                    fmt_opt(e.current_value, 4),
-                    if e.resolved_at.is_some() {
-                        " (resolved)"
-                    } else {
-                        ""
+                    match e.resolved_at {
+                        Some(r) => format!(" (resolved {})", crate::time::rfc3339(r)),
+                        None => " (open)".to_string(),
                     }
                 );
             }

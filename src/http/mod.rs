@@ -196,10 +196,17 @@ async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError> {
         .into_response())
 }
 
+/// A JSON answer with RFC 3339 beside every unix-ms time (`crate::time::with_rfc3339`).
+fn timed<T: serde::Serialize>(value: &T) -> serde_json::Value {
+    let mut v = serde_json::to_value(value).unwrap_or_default();
+    crate::time::with_rfc3339(&mut v);
+    v
+}
+
 async fn api_status(State(state): State<AppState>) -> Result<Response, ApiError> {
     let config = state.config();
     let status = blocking(move || crate::commands::status(&config)).await?;
-    Ok(axum::Json(status).into_response())
+    Ok(axum::Json(timed(&status)).into_response())
 }
 
 /// `?segment=line=A&since=2026-03-02T00:00:00Z&limit=500` (`since`: RFC 3339 or unix ms).
@@ -249,7 +256,7 @@ async fn api_windows(
         Ok(reader.windows(q.segment.as_deref(), since, limit)?)
     })
     .await?;
-    Ok(axum::Json(serde_json::json!({ "windows": rows })).into_response())
+    Ok(axum::Json(timed(&serde_json::json!({ "windows": rows }))).into_response())
 }
 
 #[derive(Debug, Deserialize)]
@@ -273,7 +280,7 @@ async fn api_events(
         Ok(reader.drift_events_since(since.unwrap_or(i64::MIN), limit)?)
     })
     .await?;
-    Ok(axum::Json(serde_json::json!({ "events": rows })).into_response())
+    Ok(axum::Json(timed(&serde_json::json!({ "events": rows }))).into_response())
 }
 
 async fn api_dashboard(State(state): State<AppState>) -> Result<Response, ApiError> {

@@ -187,6 +187,18 @@ pub(super) fn detectors(conn: &Connection) -> Result<Vec<DetectorRow>> {
     Ok(rows.collect::<rusqlite::Result<_>>()?)
 }
 
+/// A rule's alert that is firing, for status.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct FiringAlert {
+    pub rule: String,
+    pub fired_at: Option<i64>,
+    pub last_sent_at: Option<i64>,
+    /// Notifications of the episode so far.
+    pub sent: i64,
+    /// Drifts (signal × segment × detector) in the alert.
+    pub members: i64,
+}
+
 /// Drift events of one signal and segment.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct DriftEventCount {
@@ -256,6 +268,39 @@ impl Reader {
             .into_iter()
             .filter(|e| e.resolved_at.is_none())
             .collect())
+    }
+
+    /// Every drift event, and those not yet resolved.
+    pub fn drift_event_totals(&self) -> Result<(i64, i64)> {
+        if !self.table_exists("drift_events")? {
+            return Ok((0, 0));
+        }
+        Ok(self.conn.query_row(
+            "SELECT COUNT(*), COALESCE(SUM(resolved_at IS NULL), 0) FROM drift_events",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )?)
+    }
+
+    /// The alerts firing now, the latest to fire first.
+    pub fn firing_alerts(&self) -> Result<Vec<FiringAlert>> {
+        if !self.table_exists("alert_state")? {
+            return Ok(Vec::new());
+        }
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT rule, fired_at, last_sent_at, sent, json_array_length(members)
+             FROM alert_state WHERE status = 'firing' ORDER BY fired_at DESC, rule",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            Ok(FiringAlert {
+                rule: r.get(0)?,
+                fired_at: r.get(1)?,
+                last_sent_at: r.get(2)?,
+                sent: r.get(3)?,
+                members: r.get::<_, Option<i64>>(4)?.unwrap_or(0),
+            })
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
     /// Drift events per signal and segment: all, and those not yet resolved.

@@ -85,10 +85,7 @@ fn the_clean_stream_raises_no_event_and_a_drifted_one_does_after_its_start() {
     let status = drifted.sensei(&["status"]);
     let text = String::from_utf8_lossy(&status.stdout).into_owned();
     assert!(text.contains("baseline: version 1"), "{text}");
-    assert!(
-        text.contains("DRIFT") && text.contains("recent drift events:"),
-        "{text}"
-    );
+    assert!(text.contains("DRIFT") && text.contains(" open; "), "{text}");
 }
 
 /// Processing a stream in two runs (a restart in between) gives exactly the events of one
@@ -351,4 +348,57 @@ fn windowed_tests_stand_under_their_threshold_in_control_and_over_it_when_they_f
         ),
         0
     );
+}
+
+/// `sensei status` after a drift: every event list says how much it shows, windowed events give
+/// their p-value and effect size, a firing alert is listed, and `--json` carries RFC 3339 times.
+#[test]
+fn status_says_what_it_lists_and_reads_windowed_events_and_firing_alerts() {
+    let site = site_with_baseline();
+    let out = site.sensei(&[
+        "replay",
+        demo("streams/dead_channel.jsonl").to_str().unwrap(),
+    ]);
+    assert!(out.status.success());
+    let total = site.query_i64("SELECT COUNT(*) FROM drift_events");
+    let open = site.query_i64("SELECT COUNT(*) FROM drift_events WHERE resolved_at IS NULL");
+    assert!(total > 0);
+    site.db()
+        .execute(
+            "INSERT INTO alert_state (rule, status, fired_at, sent, members, updated_at)
+             VALUES ('input-shift', 'firing', 1772431200000, 1, '[{}, {}]', 1772431200000)",
+            [],
+        )
+        .unwrap();
+    let text = String::from_utf8_lossy(&site.sensei(&["status"]).stdout).into_owned();
+    assert!(
+        text.contains(&format!("drift events: {total}, {open} open;")),
+        "{text}"
+    );
+    assert!(
+        text.contains("alerts firing:\n  input-shift since 2026-03-02T06:00:00Z: 2 drifts"),
+        "{text}"
+    );
+    let windowed: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains("(psi)") || l.contains("(ks)") || l.contains("(chi_square)"))
+        .collect();
+    assert!(!windowed.is_empty(), "{text}");
+    for line in windowed {
+        assert!(
+            line.contains("adjusted p ") && line.contains("effect size "),
+            "{line}"
+        );
+        assert!(!line.contains("baseline -"), "{line}");
+    }
+    let json: serde_json::Value =
+        serde_json::from_slice(&site.sensei(&["status", "--json"]).stdout).unwrap();
+    let first = &json["recent_events"][0];
+    assert!(
+        first["detected_at_rfc3339"]
+            .as_str()
+            .is_some_and(|t| t.ends_with('Z')),
+        "{first}"
+    );
+    assert_eq!(json["events_total"], total);
 }

@@ -433,6 +433,12 @@ impl Writer {
                 }
                 quarantine(meta, reason);
                 report.files_quarantined += 1;
+                if report.quarantined.len() < super::QUARANTINE_LIST_MAX {
+                    report.quarantined.push(super::QuarantinedFile {
+                        name: meta.name.clone(),
+                        reason: reason.clone(),
+                    });
+                }
             }
             FileOutcome::Failed { error } => {
                 report.commit_errors += 1;

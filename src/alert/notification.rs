@@ -319,12 +319,12 @@ impl Notification {
             ("since".to_owned(), human(d.since)),
         ];
         let mut change = format!(
-            "detected {} at record #{}",
+            "detected {} at seq {} (records.seq)",
             human(e.detected_at),
             e.detected_at_record
         );
         if let Some(r) = e.estimated_change_record {
-            let _ = write!(change, "; change estimated to start at record #{r}");
+            let _ = write!(change, "; change estimated to start at seq {r}");
             if let Some(at) = e.estimated_change_at {
                 let _ = write!(change, " ({})", human(at));
             }

@@ -86,6 +86,46 @@ fn the_clean_stream_raises_no_event_and_a_drifted_one_does_after_its_start() {
     );
 }
 
+/// `status` and `drift_events` show the same reference number for a signal (p0 for a rate), and
+/// name record positions as `seq`, the `records.seq` they are.
+#[test]
+fn status_and_events_agree_on_the_reference_and_name_seq() {
+    let site = site_with_baseline();
+    let out = site.sensei(&[
+        "replay",
+        demo("streams/offset_drift.jsonl").to_str().unwrap(),
+    ]);
+    assert!(out.status.success());
+    let db = site.db();
+    let from_events: f64 = db
+        .query_row(
+            "SELECT baseline_value FROM drift_events WHERE signal = 'disagreement' LIMIT 1",
+            [],
+            |r| r.get(0),
+        )
+        .expect("a disagreement event");
+    let status = site.sensei(&["status", "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    let shown = v["signals"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["signal"] == "disagreement" && s["segment"] == "*")
+        .unwrap()["baseline_value"]
+        .as_f64()
+        .unwrap();
+    assert!(
+        (shown - from_events).abs() < 1e-12,
+        "status {shown} vs event {from_events}"
+    );
+    let text = String::from_utf8_lossy(&site.sensei(&["status"]).stdout).into_owned();
+    assert!(text.contains(&format!("{from_events:.4}")), "{text}");
+    let last_seq =
+        site.query_i64("SELECT detected_at_record FROM drift_events ORDER BY id DESC LIMIT 1");
+    assert!(text.contains(&format!(" at seq {last_seq}")), "{text}");
+    assert!(!text.contains(" at record "), "{text}");
+}
+
 /// Processing a stream in two runs (a restart in between) gives exactly the events of one
 /// uninterrupted run: detector state survives, and nothing fires twice.
 #[test]

@@ -330,6 +330,12 @@ impl Notification {
             }
         }
         lines.push(("evidence".to_owned(), change));
+        if e.alarms > 1 {
+            let latest = e
+                .last_alarm_record
+                .map_or(String::new(), |r| format!(", the latest at seq {r}"));
+            lines.push(("alarms".to_owned(), format!("{}{latest}", e.alarms)));
+        }
         lines.push(("baseline".to_owned(), number(e.baseline_value)));
         lines.push((
             "current".to_owned(),
@@ -501,6 +507,8 @@ mod tests {
                 effect_size: None,
                 baseline_version: Some(1),
                 resolved_at: None,
+                alarms: 1,
+                last_alarm_record: None,
             },
         }
     }

@@ -423,7 +423,7 @@ impl StatusReport {
                     .unwrap_or_default();
                 let _ = writeln!(
                     s,
-                    "  #{} {when} {} on {} ({}) at seq {}{}: reference {} → current {}{}",
+                    "  #{} {when} {} on {} ({}) at seq {}{}: reference {} → current {}{}{}",
                     e.id,
                     e.signal,
                     segment_name(&e.segment),
@@ -433,6 +433,11 @@ impl StatusReport {
                         .map_or(String::new(), |c| format!(", change from ~seq {c}")),
                     fmt_opt(e.baseline_value, 4),
                     fmt_opt(e.current_value, 4),
+                    match (e.alarms, e.last_alarm_record) {
+                        (n, Some(last)) if n > 1 =>
+                            format!("; {n} alarms, the latest at seq {last}"),
+                        _ => String::new(),
+                    },
                     if e.resolved_at.is_some() {
                         " (resolved)"
                     } else {

@@ -65,7 +65,9 @@ fn a_drift_in_two_segments_is_one_mail_and_alertmanager_sees_it_fire_and_resolve
         assert!(mail.plain.contains(text), "{text} missing:\n{}", mail.plain);
     }
     assert!(
-        mail.plain.contains("What sensei did: re-distillation"),
+        mail.plain
+            .contains("What sensei did: queued a re-distillation job")
+            && mail.plain.contains("it has not started yet"),
         "{}",
         mail.plain
     );

@@ -67,6 +67,9 @@ pub struct StatusReport {
     pub baseline: Option<crate::store::BaselineRow>,
     /// Every monitored signal per segment: baseline value, current value, detector standing.
     pub signals: Vec<SignalStatus>,
+    /// Each sequential detector's expected delay at the minimum shift at the observed rates,
+    /// and whether that makes it blind (more than a day).
+    pub sightlines: Vec<crate::store::DetectorSightline>,
     /// The latest drift events, oldest first.
     pub recent_events: Vec<crate::store::DriftEventRow>,
     /// Alert notifications per receiver: sent, pending, failing (undelivered stay visible).
@@ -118,6 +121,7 @@ pub fn status(config: &Config) -> anyhow::Result<StatusReport> {
     report.outbox = crate::alert::outbox_summary(&config.store.path).ok();
     report.redistill_jobs = reader.redistill_jobs(RECENT_JOBS)?;
     report.dropped = reader.dropped()?;
+    report.sightlines = reader.sightlines(config.store.window.as_millis() as i64)?;
     report.database_bytes = reader.database_size().ok().map(|s| s.used_bytes);
     report.max_bytes = config.store.max_bytes;
     for model in reader.shadow_models()? {
@@ -230,6 +234,7 @@ fn status_of(db: &Path, s: &Summary) -> StatusReport {
         segments: s.segments.iter().map(SegmentReport::from).collect(),
         baseline: None,
         signals: Vec::new(),
+        sightlines: Vec::new(),
         recent_events: Vec::new(),
         outbox: None,
         shadow_models: Vec::new(),
@@ -374,6 +379,20 @@ impl StatusReport {
                 }
             }
         }
+        let blind: Vec<_> = self
+            .sightlines
+            .iter()
+            .filter(|d| d.sightline.blind)
+            .collect();
+        if !blind.is_empty() {
+            let _ = writeln!(
+                s,
+                "\nBLIND detectors (at the observed rate they need more than a day to see the minimum shift; raise [sampling] max_per_minute, queue or rate):"
+            );
+            for d in blind {
+                let _ = writeln!(s, "  {}", sightline_text(d));
+            }
+        }
         if !self.shadow_models.is_empty() {
             let _ = writeln!(s, "\nshadow models (on teacher-sampled records):");
             for m in &self.shadow_models {
@@ -448,6 +467,30 @@ impl StatusReport {
         }
         s
     }
+}
+
+/// One detector's sightline in words: "disagreement on (all): ≈ 13700 records to see the
+/// minimum shift (548 samples at 4.0% of records), 2.1 days at the observed rate".
+pub fn sightline_text(d: &crate::store::DetectorSightline) -> String {
+    let l = &d.sightline;
+    let records = if l.expected_delay_records.is_finite() {
+        format!("≈ {:.0} records", l.expected_delay_records)
+    } else {
+        "never (no observations)".to_string()
+    };
+    let time = l
+        .expected_delay_seconds
+        .filter(|t| t.is_finite())
+        .map_or(String::new(), |t| {
+            format!(", {:.1} days at the observed rate", t / 86_400.0)
+        });
+    format!(
+        "{} on {}: {records} to see the minimum shift ({:.0} samples at {:.1}% of records){time}",
+        d.signal,
+        segment_name(&d.segment),
+        l.expected_delay_samples,
+        100.0 * l.samples_per_record
+    )
 }
 
 /// The first line of a possibly long text, for one-line listings.

@@ -105,6 +105,7 @@ pub async fn run(
     on_file: Option<FileCallback>,
 ) -> anyhow::Result<WriterReport> {
     let metrics = Metrics::new(config.store.path.clone());
+    metrics.set_window(config.store.window);
     let shared = Arc::new(std::sync::RwLock::new(Arc::new(config.clone())));
     let (http_stop, http_stopped) = tokio::sync::watch::channel(false);
     let http = crate::http::Server::new(&config.http, shared.clone(), metrics.clone())

@@ -3,7 +3,7 @@
 //! one transaction, disposes of it, and applies the retention of records and of the
 //! distillation buffer.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::thread::JoinHandle;
@@ -106,6 +106,8 @@ impl Writer {
         let mut retention = Retention::default();
         let mut next_check = Instant::now();
         let mut next_prune = Instant::now();
+        let mut blind = BTreeSet::new();
+        let mut next_sightline = Instant::now() + SIGHTLINE_CHECK;
         loop {
             // While retention has more to delete, one step runs between two messages; otherwise
             // the writer waits for a message or the next check.
@@ -134,6 +136,10 @@ impl Writer {
                         tracing::error!(error = %e, "Pruning the distillation buffer failed.")
                     }
                 }
+            }
+            if Instant::now() >= next_sightline {
+                next_sightline = Instant::now() + SIGHTLINE_CHECK;
+                self.check_sightlines(&mut blind);
             }
             let Some(msg) = msg else { continue };
             match msg {
@@ -206,7 +212,39 @@ impl Writer {
                 "Stopped with files in flight; they stay in the inbox and are processed at the next start."
             );
         }
+        // Once more at the end, so that a replay says so too.
+        self.check_sightlines(&mut blind);
         report
+    }
+
+    /// Warns once when a sequential detector becomes blind (its expected delay at the minimum
+    /// shift exceeds a day at the observed rate) and says when it sees again; `blind` holds the
+    /// (signal, segment) pairs already warned about.
+    fn check_sightlines(&self, blind: &mut BTreeSet<(String, String)>) {
+        if self.monitor.is_none() {
+            return;
+        }
+        let Ok(sightlines) = self.store.sightlines(self.window_ms) else {
+            return;
+        };
+        for d in sightlines {
+            let key = (d.signal.clone(), d.segment.clone());
+            let s = &d.sightline;
+            if s.blind && !blind.contains(&key) {
+                tracing::warn!(
+                    signal = %d.signal,
+                    segment = %d.segment,
+                    expected_delay_samples = s.expected_delay_samples,
+                    samples_per_record = s.samples_per_record,
+                    expected_delay_records = s.expected_delay_records,
+                    expected_delay_days = s.expected_delay_seconds.map(|x| x / 86_400.0),
+                    "Drift detector blind: at the observed rate it needs more than a day to see the minimum shift; raise the teacher budget ([sampling] max_per_minute, queue, rate)."
+                );
+                blind.insert(key);
+            } else if !s.blind && blind.remove(&key) {
+                tracing::info!(signal = %d.signal, segment = %d.segment, "Drift detector sees again: its expected delay at the minimum shift is within a day.");
+            }
+        }
     }
 
     fn commit(&mut self, f: InFlight) -> FileOutcome {
@@ -562,6 +600,9 @@ fn log_drift(delta: &MonitorDelta) {
 
 /// How often the writer asks whether per-record rows are due for deletion (by age or by size).
 const RETENTION_CHECK: Duration = Duration::from_secs(10);
+
+/// How often the writer asks whether a detector has become blind.
+const SIGHTLINE_CHECK: Duration = Duration::from_secs(60);
 
 /// Per-record rows one retention step deletes at most: a step is one short transaction between
 /// two files, so the writer's latency holds while a large backlog is deleted.

@@ -556,6 +556,70 @@ fn a_corrupt_student_at_reload_is_rejected_and_the_running_one_keeps_serving() {
     assert!(daemon.stop().success());
 }
 
+/// `[student]` without attention, so a student without an attention output can take its place.
+fn plain_student(path: &Path) -> String {
+    format!(
+        "{HTTP_ANY_PORT}[student]\npath = {:?}\nmax_batch = 16\n",
+        path.display().to_string()
+    )
+}
+
+#[test]
+fn a_student_that_loads_but_fails_at_inference_is_refused_at_reload_and_never_costs_a_file() {
+    let mut site = Site::new();
+    let student = site.root().join("student.onnx");
+    std::fs::copy(fixture_model("fails_at_run.onnx"), &student).unwrap();
+    site.student = student.clone();
+    site.write_config(&plain_student(&student));
+    // Started with a student that fails: its files stay in the inbox, none is quarantined.
+    let daemon = site.start();
+    site.deliver("a.jsonl", &jsonl("a", 20));
+    wait_until(WAIT, "the student's failure", || {
+        daemon.log_text().contains("Student inference failed")
+    });
+    assert_eq!(site.records(), 0);
+    assert_eq!(site.ledger_count("quarantined"), 0);
+    assert_eq!(
+        count_files(&site.quarantine()),
+        0,
+        "the file paid for the model"
+    );
+    assert!(site.inbox().join("a.jsonl").exists());
+
+    // A good student, then the file is counted.
+    std::fs::copy(fixture_model("student.onnx"), &student).unwrap();
+    daemon.signal("HUP");
+    wait_until(WAIT, "the file counted on the good student", || {
+        site.records() == 20 && count_files(&site.inbox()) == 0
+    });
+    assert!(
+        daemon
+            .log_text()
+            .contains("The new models answered their trial run.")
+    );
+
+    // A student that loads but fails is refused at reload; the running one goes on.
+    std::fs::copy(fixture_model("fails_at_run.onnx"), &student).unwrap();
+    daemon.signal("HUP");
+    wait_until(WAIT, "the reload refused", || {
+        daemon.log_text().contains(
+            "The new config's models fail on the trial records; keeping the running config.",
+        )
+    });
+    assert_eq!(
+        metric(&daemon, "sensei_config_reloads_total{result=\"rejected\"}"),
+        Some(1.0)
+    );
+    site.deliver("b.jsonl", &jsonl("b", 20));
+    wait_until(WAIT, "a file after the refused reload", || {
+        site.records() == 40 && count_files(&site.inbox()) == 0
+    });
+    assert_counted_once(&site, &site.inbox(), &site.quarantine(), 2, 40);
+    let mut daemon = daemon;
+    assert!(daemon.alive());
+    assert!(daemon.stop().success());
+}
+
 // ---------------------------------------------------------------------------------------------
 // 5. A teacher ten times slower than planned
 

@@ -161,10 +161,14 @@ impl Ingest {
     /// Reads one file and sends its records (or its quarantine) on. Errors about the file go to
     /// quarantine; only a closed pipeline is returned as an error.
     pub fn process(&mut self, path: &Path) -> Result<(), Closed> {
-        let name = path
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_else(|| path.display().to_string());
+        // The name as logs, notes and the ledger show it: a producer's newline or escape
+        // sequence in a file name cannot forge a line of its own.
+        let name = one_line(
+            &path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_else(|| path.display().to_string()),
+        );
         let mut stamp: Option<FileStamp> = None;
         let meta_of = |sha256: String,
                        size: u64,
@@ -269,6 +273,15 @@ impl Ingest {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 tracing::debug!(file = %name, "File vanished while it was read; skipped.");
                 self.forget(path);
+                return Ok(());
+            }
+            Err(e) if exhausted(&e) && self.retry.is_some() => {
+                // The daemon's resources, not the file: take it again after a back-off.
+                tracing::warn!(file = %name, error = %e, "Cannot open the file for want of resources; it stays in the inbox and is taken again after a back-off.");
+                self.forget(path);
+                if let Some(retry) = &self.retry {
+                    retry.ask(path.to_path_buf(), Retake::AfterFailure);
+                }
                 return Ok(());
             }
             Err(e) => {
@@ -428,6 +441,27 @@ fn kind_str(kind: FileKind) -> &'static str {
         FileKind::Npy => "npy",
         FileKind::Npz => "npz",
     }
+}
+
+/// `text` with its control characters (newlines, carriage returns, escape sequences) written
+/// as Rust-style escapes, so it stays on one line.
+pub fn one_line(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// Whether an I/O error is the daemon running out of something (descriptors, memory) rather
+/// than anything about the file.
+fn exhausted(e: &std::io::Error) -> bool {
+    // EMFILE, ENFILE, ENOMEM, EAGAIN (Linux numbers).
+    matches!(e.raw_os_error(), Some(24 | 23 | 12 | 11))
 }
 
 /// A file's bytes and the versions of the file before and after they were read.

@@ -772,3 +772,55 @@ fn a_flood_that_overflows_the_inotify_queue_is_caught_by_a_rescan_and_counted_on
     assert!(daemon.alive());
     assert!(daemon.stop().success());
 }
+
+// ---------------------------------------------------------------------------------------------
+// 7. Idle HTTP connections that never send their headers
+
+#[test]
+fn idle_http_connections_are_capped_and_timed_out_and_never_cost_a_file() {
+    let site = Site::new();
+    site.write_config(
+        "[http]\nlisten = \"127.0.0.1:0\"\nheader_timeout = \"1s\"\nmax_connections = 8\n",
+    );
+    let daemon = site.start();
+    let addr = daemon.http_addr();
+    // Few descriptors, as a unit without LimitNOFILE leaves a busy daemon.
+    let limited = Command::new("prlimit")
+        .arg(format!("--pid={}", daemon.child.id()))
+        .arg("--nofile=96:96")
+        .status();
+    if !limited.is_ok_and(|s| s.success()) {
+        eprintln!("SKIPPED: prlimit (util-linux) cannot lower the daemon's descriptor limit");
+        return;
+    }
+    // More idle connections than the daemon has descriptors.
+    let idle: Vec<std::net::TcpStream> = (0..200)
+        .map(|_| std::net::TcpStream::connect(&addr).unwrap())
+        .collect();
+    site.deliver("during.jsonl", &jsonl("during", 20));
+    wait_until(WAIT, "the file counted", || {
+        site.records() == 20 && count_files(&site.inbox()) == 0
+    });
+    assert_eq!(site.ledger_count("quarantined"), 0);
+    assert_eq!(
+        count_files(&site.quarantine()),
+        0,
+        "a file paid for the clients"
+    );
+    // Each idle connection is closed once served and past the header timeout.
+    for mut stream in idle {
+        stream.set_read_timeout(Some(WAIT)).unwrap();
+        let mut buf = [0u8; 1];
+        let read = std::io::Read::read(&mut stream, &mut buf);
+        assert!(
+            matches!(read, Ok(0))
+                || read.is_err_and(|e| e.kind() == std::io::ErrorKind::ConnectionReset),
+            "an idle connection was not closed"
+        );
+    }
+    let (status, _) = crate::common::http_get(&addr, "/healthz", &[]);
+    assert_eq!(status, 200);
+    let mut daemon = daemon;
+    assert!(daemon.alive());
+    assert!(daemon.stop().success());
+}

@@ -123,6 +123,18 @@ pub fn quarantine(meta: &FileMeta, reason: &str) -> bool {
     let when = OffsetDateTime::now_utc()
         .format(&time::format_description::well_known::Rfc3339)
         .unwrap_or_default();
+    // One line per field, whatever the reason quotes from the file.
+    let reason: String = reason
+        .chars()
+        .flat_map(|c| {
+            let escaped: Vec<char> = if c.is_control() {
+                c.escape_default().collect()
+            } else {
+                vec![c]
+            };
+            escaped
+        })
+        .collect();
     let text = format!(
         "file: {}\nsha256: {}\nsize: {} bytes\nquarantined: {when}\nreason: {reason}\n",
         meta.name,

@@ -182,3 +182,25 @@ fn lines_appended_after_a_file_was_read_are_counted_with_it() {
     );
     assert!(daemon.stop().success());
 }
+
+#[test]
+fn a_newline_in_a_file_name_cannot_forge_a_line_of_the_quarantine_note() {
+    let site = Site::new();
+    site.write_config("");
+    let daemon = site.start();
+    let name = "forged\nreason: all fine\n.jsonl";
+    site.deliver(name, b"not json\n");
+    let note = site.quarantine().join(format!("{name}.error.txt"));
+    wait_until(WAIT, "the quarantine note", || note.is_file());
+    let text = std::fs::read_to_string(&note).unwrap();
+    let reasons: Vec<&str> = text.lines().filter(|l| l.starts_with("reason:")).collect();
+    assert_eq!(reasons.len(), 1, "{text}");
+    assert!(!reasons[0].contains("all fine"), "{text}");
+    assert!(
+        text.lines()
+            .any(|l| l == "file: forged\\nreason: all fine\\n.jsonl"),
+        "{text}"
+    );
+    assert_eq!(site.ledger_count("quarantined"), 1);
+    assert!(daemon.stop().success());
+}

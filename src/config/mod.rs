@@ -338,6 +338,12 @@ pub struct HttpConfig {
     pub token: Option<Secret>,
     /// Serve a non-loopback address without a token (validation refuses it otherwise).
     pub allow_non_loopback_without_token: bool,
+    /// How long a connection may take to send a request's headers (idle keep-alive
+    /// connections included) before it is closed.
+    pub header_timeout: Duration,
+    /// Connections served at once; more wait in the kernel's accept queue, holding no
+    /// descriptor of the daemon's.
+    pub max_connections: usize,
 }
 
 /// The daemon's own settings (`[daemon]`).

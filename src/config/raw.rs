@@ -201,6 +201,8 @@ pub struct RawHttp {
     pub token_file: Option<String>,
     pub token_credential: Option<String>,
     pub allow_non_loopback_without_token: Option<bool>,
+    pub header_timeout: Option<RawDuration>,
+    pub max_connections: Option<RawInt>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -323,8 +323,8 @@ impl Running {
         let stop = watch.stop.clone();
         let (events, events_rx) = mpsc::channel();
         let retries = events.clone();
-        ingest.retry = Some(crate::pipeline::Retry::new(move |path| {
-            let _ = retries.send(IngestEvent::Retry(path));
+        ingest.retry = Some(crate::pipeline::Retry::new(move |path, when| {
+            let _ = retries.send(IngestEvent::Retry(path, when));
         }));
         let watcher = watch
             .start(events.clone())

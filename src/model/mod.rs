@@ -26,7 +26,8 @@ use crate::record::{ElemType, InputSpec, Record, TensorData};
 mod pair;
 
 pub use pair::{
-    Models, compatibility_notes, compatibility_problems, load_models, model_problems, shape_display,
+    Models, compatibility_notes, compatibility_problems, load_models, model_problems,
+    shape_display, trial_run,
 };
 
 /// The loaded ONNX Runtime: where it came from and its version.

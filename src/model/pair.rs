@@ -4,7 +4,7 @@
 //! same questions.
 
 use crate::config::{Config, Task};
-use crate::record::InputSpec;
+use crate::record::{InputSpec, Record, Tensor};
 
 use super::{Model, Runtime};
 
@@ -156,4 +156,64 @@ pub fn shape_display(shape: &[Option<usize>]) -> String {
         shape: shape.to_vec(),
     }
     .shape_display()
+}
+
+/// Runs both models on `records`, `batch` at a time (equal input shapes per call), the way the
+/// pipeline runs them: a model that loads but fails at inference is found here, before it
+/// serves. Without records, one record of zeros shaped as the student's inputs (dynamic
+/// dimensions 1) stands in. Returns how many records were run.
+pub fn trial_run(models: &mut Models, records: &[Record], batch: usize) -> Result<usize, String> {
+    let stand_in;
+    let records = if records.is_empty() {
+        stand_in = [zeros(&models.student.inputs)];
+        &stand_in[..]
+    } else {
+        records
+    };
+    let shape = |r: &Record| {
+        r.inputs
+            .values()
+            .map(|t| t.shape.clone())
+            .collect::<Vec<_>>()
+    };
+    let mut start = 0;
+    while start < records.len() {
+        let first = shape(&records[start]);
+        let end = start
+            + records[start..]
+                .iter()
+                .take(batch.max(1))
+                .take_while(|r| shape(r) == first)
+                .count();
+        let group: Vec<&Record> = records[start..end].iter().collect();
+        for model in [&mut models.student, &mut models.teacher] {
+            model.run(&group).map_err(|e| e.to_string())?;
+        }
+        start = end;
+    }
+    Ok(records.len())
+}
+
+/// A record of zeros for the given inputs (dynamic dimensions of length 1).
+fn zeros(specs: &[InputSpec]) -> Record {
+    let inputs = specs
+        .iter()
+        .map(|s| {
+            let shape: Vec<usize> = s.shape.iter().map(|d| d.unwrap_or(1)).collect();
+            let n = shape.iter().product();
+            let tensor = match s.elem_type {
+                crate::record::ElemType::F32 => Tensor::f32(shape, vec![0.0; n]),
+                crate::record::ElemType::I64 => Tensor::i64(shape, vec![0; n]),
+            };
+            (s.name.clone(), tensor)
+        })
+        .collect();
+    Record {
+        id: None,
+        ts: None,
+        segment: Default::default(),
+        inputs,
+        label: None,
+        origin: crate::record::Origin::Index(0),
+    }
 }

@@ -240,6 +240,7 @@ mod tests {
             in_flight: InFlightPaths::default(),
             retry: None,
             origin: Default::default(),
+            stamp: None,
         });
         let records = (0..records)
             .map(|i| Prepared {

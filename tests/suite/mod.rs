@@ -7,6 +7,7 @@ mod faults;
 mod identity;
 mod layers;
 mod ops;
+mod producers;
 mod redistill;
 mod replay;
 mod shadow;

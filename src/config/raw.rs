@@ -126,6 +126,11 @@ pub struct RawOnnxRuntime {
 #[serde(deny_unknown_fields)]
 pub struct RawModel {
     pub path: Option<String>,
+    /// `[teacher]` only: the inference server, instead of `path`.
+    pub url: Option<String>,
+    pub model: Option<String>,
+    pub version: Option<String>,
+    pub timeout: Option<RawDuration>,
     pub threads: Option<RawInt>,
     pub max_batch: Option<RawInt>,
     pub max_wait: Option<RawDuration>,

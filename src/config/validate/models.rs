@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use super::super::raw::{self, RawModel};
 use super::super::{
-    CompareConfig, ModelConfig, NonFinitePolicy, OnnxRuntimeConfig, OutputKind, Pooling, Task,
+    CompareConfig, ModelConfig, NonFinitePolicy, OnnxRuntimeConfig, OutputKind, Pooling,
+    RemoteConfig, Task,
 };
 use super::Check;
 
@@ -15,6 +16,34 @@ const DEFAULT_MAX_BATCH: i64 = 32;
 const MAX_BATCH_LIMIT: i64 = 4096;
 const DEFAULT_MAX_WAIT: Duration = Duration::from_millis(20);
 const DEFAULT_OUTPUT: &str = "logits";
+const DEFAULT_REMOTE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// An inference server's base URL: `http://` or `https://`, a host, no query or fragment; the
+/// trailing slash removed.
+fn server_url(text: &str) -> Result<String, String> {
+    let url = reqwest::Url::parse(text).map_err(|e| format!("\"{text}\" is not a URL: {e}"))?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(format!(
+            "\"{text}\": the scheme must be http or https, not {}",
+            url.scheme()
+        ));
+    }
+    if url.host_str().is_none_or(str::is_empty) {
+        return Err(format!("\"{text}\" has no host"));
+    }
+    if url.query().is_some() || url.fragment().is_some() {
+        return Err(format!(
+            "\"{text}\": a query or fragment has no place in the server's address"
+        ));
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(
+            "the server's address must not carry a user name or password (the URL is logged)"
+                .into(),
+        );
+    }
+    Ok(url.as_str().trim_end_matches('/').to_owned())
+}
 
 impl Check<'_> {
     pub(super) fn onnxruntime(&mut self, raw: raw::RawOnnxRuntime) -> OnnxRuntimeConfig {
@@ -27,12 +56,48 @@ impl Check<'_> {
 
     pub(super) fn model(&mut self, section: &str, raw: RawModel) -> ModelConfig {
         let key = |name: &str| format!("{section}.{name}");
-        let path = match raw.path {
-            Some(path) => self.path(&key("path"), path),
-            None => {
+        let remote_keys = [
+            ("url", raw.url.is_some()),
+            ("model", raw.model.is_some()),
+            ("version", raw.version.is_some()),
+            ("timeout", raw.timeout.is_some()),
+        ];
+        let remote = if section == "teacher" {
+            self.remote(section, &raw)
+        } else {
+            for (name, _) in remote_keys.iter().filter(|(_, set)| *set) {
+                self.problem(
+                    &key(name),
+                    format!(
+                        "the {section} runs on this machine: only [teacher] may be served by an inference server"
+                    ),
+                );
+            }
+            None
+        };
+        let path = match (raw.path, &remote) {
+            (Some(_), Some(_)) => {
+                self.problem(
+                    &key("url"),
+                    format!(
+                        "{section}.path and {section}.url exclude each other: give the local .onnx file or the inference server, not both"
+                    ),
+                );
+                PathBuf::new()
+            }
+            (Some(path), None) => self.path(&key("path"), path),
+            (None, Some(_)) => PathBuf::new(),
+            // The server's address is wrong: that is the problem to fix, not a missing file.
+            (None, None) if raw.url.is_some() && section == "teacher" => PathBuf::new(),
+            (None, None) => {
+                let alternative = if section == "teacher" {
+                    ", or teacher.url and teacher.model for a teacher on an inference server"
+                } else {
+                    ""
+                };
                 self.problem(
                     &key("path"),
-                    format!("required: the {section} model's .onnx file"),
+                    format!("required: the {section} model's .onnx file{alternative}"),
                 );
                 PathBuf::new()
             }
@@ -55,6 +120,7 @@ impl Check<'_> {
         let (output, attention) = self.outputs(section, raw.output, raw.attention);
         ModelConfig {
             path,
+            remote,
             threads,
             max_batch,
             max_wait,
@@ -64,7 +130,81 @@ impl Check<'_> {
         }
     }
 
-    /// A non-empty name; `default` when absent.
+    /// `[teacher] url`, `model`, `version` and `timeout`: the teacher on an inference server.
+    /// `None` when `url` is absent (the other keys then need it) or invalid.
+    fn remote(&mut self, section: &str, raw: &RawModel) -> Option<RemoteConfig> {
+        let key = |name: &str| format!("{section}.{name}");
+        let Some(url) = &raw.url else {
+            for (name, set) in [
+                ("model", raw.model.is_some()),
+                ("version", raw.version.is_some()),
+                ("timeout", raw.timeout.is_some()),
+            ] {
+                if set {
+                    self.problem(
+                        &key(name),
+                        format!("only applies with {section}.url (a model on an inference server)"),
+                    );
+                }
+            }
+            return None;
+        };
+        let url = match server_url(url) {
+            Ok(url) => Some(url),
+            Err(why) => {
+                self.problem(&key("url"), why);
+                None
+            }
+        };
+        let model = match &raw.model {
+            None => {
+                self.problem(
+                    &key("model"),
+                    format!("required with {section}.url: the model's name on the server"),
+                );
+                None
+            }
+            Some(name) => self.path_segment(&key("model"), name),
+        };
+        let version = match &raw.version {
+            None => Some(None),
+            Some(v) => self.path_segment(&key("version"), v).map(Some),
+        };
+        let timeout = self.duration(
+            &key("timeout"),
+            raw.timeout.clone(),
+            DEFAULT_REMOTE_TIMEOUT,
+            Duration::from_millis(1),
+        );
+        Some(RemoteConfig {
+            url: url?,
+            model: model?,
+            version: version?,
+            timeout,
+        })
+    }
+
+    /// A model name or version that goes into a URL path as it is.
+    fn path_segment(&mut self, key: &str, value: &str) -> Option<String> {
+        let valid = !value.is_empty()
+            && value
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+            && value != "."
+            && value != "..";
+        if valid {
+            Some(value.to_owned())
+        } else {
+            self.problem(
+                key,
+                format!(
+                    "\"{value}\" is not a model name or version: letters, digits, '-', '_' and '.' only"
+                ),
+            );
+            None
+        }
+    }
+
     /// A model's compared output and optional attention output, under `section`; the two must
     /// differ.
     pub(super) fn outputs(

@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use super::{ByFile, FileMeta, WriterMsg, attention_of};
 use crate::compare::{Comparer, attention_kl};
-use crate::model::Model;
+use crate::model::Teacher;
 use crate::record::Record;
 use crate::store::TeacherRow;
 
@@ -25,7 +25,7 @@ pub struct TeacherJob {
 }
 
 pub struct TeacherWorker {
-    pub model: Model,
+    pub model: Teacher,
     pub comparer: Comparer,
     pub max_batch: usize,
     /// Name of the int64 mask input used for embedding pooling, if any.

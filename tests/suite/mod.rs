@@ -8,5 +8,6 @@ mod identity;
 mod layers;
 mod ops;
 mod redistill;
+mod remote;
 mod replay;
 mod shadow;

@@ -1,0 +1,664 @@
+//! A model on an inference server, over the Open Inference Protocol (the KServe v2 REST
+//! protocol that NVIDIA Triton, KServe and Seldon MLServer all speak): the model's metadata
+//! (`GET /v2/models/NAME[/versions/V]`) read and checked as a local file's inputs and outputs
+//! are, and batches sent to `POST …/infer` with JSON tensors.
+//!
+//! The teacher's thread is a plain thread that waits for each answer, as it waits for ONNX
+//! Runtime with a local teacher; the HTTP client needs an async runtime, so the model owns a
+//! small one of its own. Loading may happen on a thread of the daemon's runtime, where blocking
+//! on another runtime is refused: there the request runs on a scoped plain thread.
+
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+use serde::Deserialize;
+use serde::de::{DeserializeSeed, Deserializer, SeqAccess, Visitor};
+use sha2::{Digest, Sha256};
+
+use super::{BatchOutput, ModelError, OutputSpec, hex};
+use crate::config::{ModelConfig, RemoteConfig};
+use crate::record::{ElemType, InputSpec, Record, TensorData};
+
+/// Longest wait for the metadata when the model is loaded (the requests have their own
+/// `timeout`).
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A model served by an inference server. `run` needs `&mut self`, as a local model's does.
+pub struct RemoteModel {
+    pub role: String,
+    /// `BASE/v2/models/NAME[/versions/V]`, for messages and the log.
+    pub location: String,
+    /// Stands for the model's content in the database (teacher samples are keyed by it): the
+    /// sha256 of the model's address on the server.
+    pub sha256: String,
+    pub inputs: Vec<InputSpec>,
+    pub output: OutputSpec,
+    pub attention: Option<OutputSpec>,
+    /// What the server says it runs (`platform`, `versions`), for `sensei check`.
+    pub served_by: String,
+    config: RemoteConfig,
+    client: reqwest::Client,
+    /// `None` only while dropping.
+    runtime: Option<tokio::runtime::Runtime>,
+}
+
+impl Drop for RemoteModel {
+    fn drop(&mut self) {
+        // Dropping a runtime blocks, which a thread of the daemon's runtime may not do.
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
+
+/// A tensor's description in the model's metadata.
+#[derive(Debug, Deserialize)]
+struct TensorMetadata {
+    name: String,
+    datatype: String,
+    shape: Vec<i64>,
+}
+
+#[derive(Debug, Deserialize)]
+struct ModelMetadata {
+    // Servers send `null` for what they do not know (KServe: `"versions": null`).
+    #[serde(default)]
+    platform: Option<String>,
+    #[serde(default)]
+    versions: Option<Vec<String>>,
+    #[serde(default)]
+    inputs: Option<Vec<TensorMetadata>>,
+    #[serde(default)]
+    outputs: Option<Vec<TensorMetadata>>,
+}
+
+#[derive(Debug, Deserialize)]
+struct InferResponse {
+    outputs: Vec<OutputTensor>,
+}
+
+#[derive(Debug, Deserialize)]
+struct OutputTensor {
+    name: String,
+    shape: Vec<i64>,
+    datatype: String,
+    data: FlatData,
+}
+
+/// Tensor data as the protocol allows it: flat, or nested arrays in row-major order.
+#[derive(Debug, Default)]
+struct FlatData(Vec<f32>);
+
+impl<'de> Deserialize<'de> for FlatData {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let mut out = Vec::new();
+        Flatten(&mut out).deserialize(deserializer)?;
+        Ok(FlatData(out))
+    }
+}
+
+/// Appends every number of a (possibly nested) array to the vector.
+struct Flatten<'a>(&'a mut Vec<f32>);
+
+impl<'de> DeserializeSeed<'de> for Flatten<'_> {
+    type Value = ();
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
+        deserializer.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Flatten<'_> {
+    type Value = ();
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("an array of numbers")
+    }
+    fn visit_f64<E>(self, v: f64) -> Result<(), E> {
+        self.0.push(v as f32);
+        Ok(())
+    }
+    fn visit_i64<E>(self, v: i64) -> Result<(), E> {
+        self.0.push(v as f32);
+        Ok(())
+    }
+    fn visit_u64<E>(self, v: u64) -> Result<(), E> {
+        self.0.push(v as f32);
+        Ok(())
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        while seq.next_element_seed(Flatten(&mut *self.0))?.is_some() {}
+        Ok(())
+    }
+}
+
+/// An error's message with its causes (reqwest's own says only "error sending request").
+fn chain(error: &dyn std::error::Error) -> String {
+    let mut message = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let text = cause.to_string();
+        if !message.contains(&text) {
+            message.push_str(": ");
+            message.push_str(&text);
+        }
+        source = cause.source();
+    }
+    message
+}
+
+/// The first 300 characters of a response body, on one line.
+fn excerpt(body: &str) -> String {
+    let one_line = body.split_whitespace().collect::<Vec<_>>().join(" ");
+    match one_line.char_indices().nth(300) {
+        Some((at, _)) => format!("{}…", &one_line[..at]),
+        None => one_line,
+    }
+}
+
+fn elem_type(datatype: &str) -> Option<ElemType> {
+    match datatype {
+        "FP32" => Some(ElemType::F32),
+        "INT64" => Some(ElemType::I64),
+        _ => None,
+    }
+}
+
+fn dims(shape: &[i64]) -> Vec<Option<usize>> {
+    shape.iter().map(|&d| usize::try_from(d).ok()).collect()
+}
+
+impl RemoteModel {
+    /// Reads the model's metadata from the server and checks that the configured inputs and
+    /// outputs exist with types sensei can use, as [`super::Model::load`] does for a file. A
+    /// server that does not answer, a model it does not have and every mismatch are errors that
+    /// name the model's URL.
+    pub fn connect(role: &str, config: &ModelConfig) -> Result<RemoteModel, ModelError> {
+        let Some(remote) = config.remote.clone() else {
+            return Err(ModelError::Remote {
+                role: role.into(),
+                url: String::new(),
+                message: "no server configured".into(),
+            });
+        };
+        let location = remote.model_url();
+        let fail = |message: String| ModelError::Remote {
+            role: role.into(),
+            url: location.clone(),
+            message,
+        };
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| fail(format!("cannot start the HTTP client: {e}")))?;
+        let client = reqwest::Client::builder()
+            .connect_timeout(CONNECT_TIMEOUT)
+            .build()
+            .map_err(|e| fail(format!("cannot build the HTTP client: {}", chain(&e))))?;
+        let metadata = {
+            let client = client.clone();
+            let url = location.clone();
+            let timeout = remote.timeout.max(CONNECT_TIMEOUT);
+            block_on(&runtime, async move {
+                let response = client
+                    .get(&url)
+                    .timeout(timeout)
+                    .send()
+                    .await
+                    .map_err(|e| format!("the server does not answer: {}", chain(&e)))?;
+                let status = response.status();
+                let body = response
+                    .text()
+                    .await
+                    .map_err(|e| format!("reading the metadata: {}", chain(&e)))?;
+                if status == reqwest::StatusCode::NOT_FOUND {
+                    return Err(format!(
+                        "the server has no such model (HTTP 404: {})",
+                        excerpt(&body)
+                    ));
+                }
+                if !status.is_success() {
+                    return Err(format!(
+                        "the server refused the metadata request (HTTP {status}: {})",
+                        excerpt(&body)
+                    ));
+                }
+                serde_json::from_str::<ModelMetadata>(&body).map_err(|e| {
+                    format!(
+                        "the model's metadata is not Open Inference Protocol JSON ({e}): {}",
+                        excerpt(&body)
+                    )
+                })
+            })
+            .map_err(fail)?
+        };
+        let (inputs, output, attention) = check_metadata(config, &metadata).map_err(fail)?;
+        let served_by = format!(
+            "platform {}, versions [{}]",
+            match metadata.platform.as_deref() {
+                None | Some("") => "unknown",
+                Some(platform) => platform,
+            },
+            metadata.versions.as_deref().unwrap_or_default().join(", ")
+        );
+        Ok(RemoteModel {
+            role: role.into(),
+            sha256: remote_sha256(&remote),
+            location,
+            inputs,
+            output,
+            attention,
+            served_by,
+            config: remote,
+            client,
+            runtime: Some(runtime),
+        })
+    }
+
+    /// Sends one batch and waits for the answer (at most the configured `timeout`). All records
+    /// must have equal input shapes and have been validated against `self.inputs`.
+    pub fn run(&mut self, batch: &[&Record]) -> Result<BatchOutput, ModelError> {
+        let run_err = |message: String| ModelError::Run {
+            role: self.role.clone(),
+            message: format!("{}: {message}", self.location),
+        };
+        let n = batch.len();
+        if n == 0 {
+            return Err(run_err("empty batch".into()));
+        }
+        let body = self.request_body(batch).map_err(run_err)?;
+        let started = Instant::now();
+        let request = self
+            .client
+            .post(format!("{}/infer", self.location))
+            .timeout(self.config.timeout)
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .body(body);
+        let Some(runtime) = &self.runtime else {
+            return Err(run_err("the HTTP client has stopped".into()));
+        };
+        let answer = block_on(runtime, async move {
+            let response = request
+                .send()
+                .await
+                .map_err(|e| format!("the request failed: {}", chain(&e)))?;
+            let status = response.status();
+            let body = response
+                .bytes()
+                .await
+                .map_err(|e| format!("reading the answer: {}", chain(&e)))?;
+            if !status.is_success() {
+                return Err(format!(
+                    "HTTP {status}: {}",
+                    excerpt(&String::from_utf8_lossy(&body))
+                ));
+            }
+            Ok(body)
+        });
+        let elapsed = started.elapsed();
+        let body = answer.map_err(run_err)?;
+        let response: InferResponse = serde_json::from_slice(&body).map_err(|e| {
+            run_err(format!(
+                "the answer is not Open Inference Protocol JSON ({e}): {}",
+                excerpt(&String::from_utf8_lossy(&body))
+            ))
+        })?;
+        let mut outputs = response.outputs;
+        let mut take = |spec: &OutputSpec| -> Result<(Vec<usize>, Vec<f32>), String> {
+            let at = outputs
+                .iter()
+                .position(|o| o.name == spec.name)
+                .ok_or_else(|| format!("the answer has no output '{}'", spec.name))?;
+            let tensor = outputs.swap_remove(at);
+            checked_output(tensor, spec, n)
+        };
+        let (output_shape, output) = take(&self.output).map_err(run_err)?;
+        let attention = match &self.attention {
+            Some(spec) => Some(take(spec).map_err(run_err)?),
+            None => None,
+        };
+        Ok(BatchOutput {
+            batch: n,
+            output_shape,
+            output,
+            attention,
+            elapsed,
+        })
+    }
+
+    /// The JSON of one inference request: every input stacked into `[n, …]`, and the outputs
+    /// sensei reads.
+    fn request_body(&self, batch: &[&Record]) -> Result<Vec<u8>, String> {
+        use std::fmt::Write as _;
+        let n = batch.len();
+        let mut body = String::from("{\"inputs\":[");
+        for (k, spec) in self.inputs.iter().enumerate() {
+            let first = batch[0]
+                .inputs
+                .get(&spec.name)
+                .ok_or_else(|| format!("record lacks input '{}'", spec.name))?;
+            let mut shape = vec![n];
+            shape.extend(&first.shape);
+            let datatype = match spec.elem_type {
+                ElemType::F32 => "FP32",
+                ElemType::I64 => "INT64",
+            };
+            if k > 0 {
+                body.push(',');
+            }
+            let _ = write!(
+                body,
+                "{{\"name\":{},\"shape\":{},\"datatype\":\"{datatype}\",\"data\":[",
+                serde_json::Value::from(spec.name.as_str()),
+                serde_json::Value::from(shape)
+            );
+            let mut first_value = true;
+            for record in batch {
+                let tensor = record
+                    .inputs
+                    .get(&spec.name)
+                    .ok_or_else(|| format!("record lacks input '{}'", spec.name))?;
+                if tensor.shape != first.shape {
+                    return Err(format!(
+                        "records of different shapes in one batch for '{}'",
+                        spec.name
+                    ));
+                }
+                match &tensor.data {
+                    TensorData::F32(values) => {
+                        for v in values {
+                            if !first_value {
+                                body.push(',');
+                            }
+                            first_value = false;
+                            // JSON has no NaN or infinity: the records were validated. The
+                            // shortest text that reads back as the same float32.
+                            let _ = write!(body, "{v}");
+                        }
+                    }
+                    TensorData::I64(values) => {
+                        for v in values {
+                            if !first_value {
+                                body.push(',');
+                            }
+                            first_value = false;
+                            let _ = write!(body, "{v}");
+                        }
+                    }
+                }
+            }
+            body.push_str("]}");
+        }
+        body.push_str("],\"outputs\":[");
+        let _ = write!(
+            body,
+            "{{\"name\":{}}}",
+            serde_json::Value::from(self.output.name.as_str())
+        );
+        if let Some(att) = &self.attention {
+            let _ = write!(
+                body,
+                ",{{\"name\":{}}}",
+                serde_json::Value::from(att.name.as_str())
+            );
+        }
+        body.push_str("]}");
+        Ok(body.into_bytes())
+    }
+}
+
+/// What the database knows a model on a server by: the sha256 of its address (the server does
+/// not tell the content of what it serves).
+pub fn remote_sha256(remote: &RemoteConfig) -> String {
+    hex(&Sha256::digest(
+        format!("oip {}", remote.model_url()).as_bytes(),
+    ))
+}
+
+/// Runs `future` to completion on `runtime`, from a plain thread when called on a thread of
+/// another runtime (which may not block).
+fn block_on<F>(runtime: &tokio::runtime::Runtime, future: F) -> F::Output
+where
+    F: Future + Send,
+    F::Output: Send,
+{
+    if tokio::runtime::Handle::try_current().is_ok() {
+        std::thread::scope(|scope| {
+            scope
+                .spawn(|| runtime.block_on(future))
+                .join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+        })
+    } else {
+        runtime.block_on(future)
+    }
+}
+
+type Specs = (Vec<InputSpec>, OutputSpec, Option<OutputSpec>);
+
+/// The configured inputs and outputs against the server's metadata: every problem in one
+/// message, worded as for a local file.
+fn check_metadata(config: &ModelConfig, metadata: &ModelMetadata) -> Result<Specs, String> {
+    let mut problems = Vec::new();
+    let (model_inputs, model_outputs) = (
+        metadata.inputs.as_deref().unwrap_or_default(),
+        metadata.outputs.as_deref().unwrap_or_default(),
+    );
+    let available: Vec<&str> = model_inputs.iter().map(|i| i.name.as_str()).collect();
+    let wanted: Vec<&str> = if config.inputs.is_empty() {
+        available.clone()
+    } else {
+        config.inputs.iter().map(String::as_str).collect()
+    };
+    let mut inputs = Vec::new();
+    for name in &wanted {
+        match model_inputs.iter().find(|i| i.name == *name) {
+            None => problems.push(format!(
+                "input '{name}' does not exist (the model's inputs: {})",
+                available.join(", ")
+            )),
+            Some(t) => match (elem_type(&t.datatype), t.shape.split_first()) {
+                (None, _) => problems.push(format!(
+                    "input '{name}' has datatype {}; sensei feeds FP32 and INT64",
+                    t.datatype
+                )),
+                (Some(_), None) => problems.push(format!(
+                    "input '{name}' is a scalar; sensei needs a batch axis"
+                )),
+                (Some(elem_type), Some((_, rest))) => inputs.push(InputSpec {
+                    name: t.name.clone(),
+                    elem_type,
+                    shape: dims(rest),
+                }),
+            },
+        }
+    }
+    for t in model_inputs {
+        if !wanted.contains(&t.name.as_str()) {
+            problems.push(format!(
+                "the model needs input '{}' but the config feeds only: {}",
+                t.name,
+                wanted.join(", ")
+            ));
+        }
+    }
+    let out_names: Vec<&str> = model_outputs.iter().map(|o| o.name.as_str()).collect();
+    let mut find_output = |name: &str| -> Option<OutputSpec> {
+        let Some(t) = model_outputs.iter().find(|o| o.name == name) else {
+            problems.push(format!(
+                "output '{name}' does not exist (the model's outputs: {})",
+                out_names.join(", ")
+            ));
+            return None;
+        };
+        if t.datatype != "FP32" {
+            problems.push(format!(
+                "output '{name}' has datatype {}; sensei reads FP32",
+                t.datatype
+            ));
+            return None;
+        }
+        let Some((_, rest)) = t.shape.split_first() else {
+            problems.push(format!(
+                "output '{name}' is a scalar; sensei needs a batch axis"
+            ));
+            return None;
+        };
+        Some(OutputSpec {
+            name: name.into(),
+            shape: dims(rest),
+        })
+    };
+    let output = find_output(&config.output);
+    let attention = config.attention.as_deref().and_then(&mut find_output);
+    if let Some(att) = &attention
+        && att.shape.len() != 3
+    {
+        problems.push(format!(
+            "attention output '{}' must be [batch, heads, seq, seq], has rank {}",
+            att.name,
+            att.shape.len() + 1
+        ));
+    }
+    match output {
+        Some(output) if problems.is_empty() => Ok((inputs, output, attention)),
+        _ => Err(problems.join("; ")),
+    }
+}
+
+/// One output of an answer, checked against its spec: float data, `n` records, the fixed dims
+/// of the metadata, as many values as the shape says.
+fn checked_output(
+    tensor: OutputTensor,
+    spec: &OutputSpec,
+    n: usize,
+) -> Result<(Vec<usize>, Vec<f32>), String> {
+    if !matches!(tensor.datatype.as_str(), "FP32" | "FP64" | "FP16") {
+        return Err(format!(
+            "output '{}' came back as {}, expected FP32",
+            spec.name, tensor.datatype
+        ));
+    }
+    let Some((&batch, rest)) = tensor.shape.split_first() else {
+        return Err(format!("output '{}' came back as a scalar", spec.name));
+    };
+    if batch != n as i64 {
+        return Err(format!(
+            "output '{}' has batch dimension {batch}, expected {n}",
+            spec.name
+        ));
+    }
+    let shape: Vec<usize> = rest
+        .iter()
+        .map(|&d| usize::try_from(d))
+        .collect::<Result<_, _>>()
+        .map_err(|_| format!("output '{}' has a negative dimension", spec.name))?;
+    let fits = shape.len() == spec.shape.len()
+        && shape
+            .iter()
+            .zip(&spec.shape)
+            .all(|(d, s)| s.is_none_or(|s| s == *d));
+    if !fits {
+        return Err(format!(
+            "output '{}' came back shaped {:?}, the metadata says {}",
+            spec.name,
+            tensor.shape,
+            super::shape_display(&spec.shape)
+        ));
+    }
+    let expected = n * shape.iter().product::<usize>();
+    if tensor.data.0.len() != expected {
+        return Err(format!(
+            "output '{}' has {} values for shape {:?} ({expected} expected)",
+            spec.name,
+            tensor.data.0.len(),
+            tensor.shape
+        ));
+    }
+    if tensor.data.0.iter().any(|v| !v.is_finite()) {
+        return Err(format!(
+            "output '{}' has values that are not finite in float32",
+            spec.name
+        ));
+    }
+    Ok((shape, tensor.data.0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nested_and_flat_data_read_alike() {
+        let flat: OutputTensor = serde_json::from_str(
+            r#"{"name":"logits","shape":[2,2],"datatype":"FP32","data":[1,2.5,3,4]}"#,
+        )
+        .unwrap();
+        let nested: OutputTensor = serde_json::from_str(
+            r#"{"name":"logits","shape":[2,2],"datatype":"FP32","data":[[1,2.5],[3,4]]}"#,
+        )
+        .unwrap();
+        assert_eq!(flat.data.0, vec![1.0, 2.5, 3.0, 4.0]);
+        assert_eq!(nested.data.0, flat.data.0);
+        assert!(
+            serde_json::from_str::<OutputTensor>(
+                r#"{"name":"l","shape":[1],"datatype":"FP32","data":["x"]}"#
+            )
+            .is_err()
+        );
+    }
+
+    #[test]
+    fn answers_of_the_wrong_shape_or_size_are_refused() {
+        let spec = OutputSpec {
+            name: "logits".into(),
+            shape: vec![Some(2)],
+        };
+        let tensor = |shape: &str, data: &str| -> OutputTensor {
+            serde_json::from_str(&format!(
+                r#"{{"name":"logits","shape":{shape},"datatype":"FP32","data":{data}}}"#
+            ))
+            .unwrap()
+        };
+        assert_eq!(
+            checked_output(tensor("[2,2]", "[1,2,3,4]"), &spec, 2).unwrap(),
+            (vec![2], vec![1.0, 2.0, 3.0, 4.0])
+        );
+        let why = |shape: &str, data: &str, n: usize| {
+            checked_output(tensor(shape, data), &spec, n).unwrap_err()
+        };
+        assert!(why("[1,2]", "[1,2]", 2).contains("batch dimension 1, expected 2"));
+        assert!(why("[2,3]", "[1,2,3,4,5,6]", 2).contains("the metadata says [2]"));
+        assert!(why("[2,2]", "[1,2,3]", 2).contains("3 values"));
+        assert!(why("[2,2]", "[1,2,3,1e300]", 2).contains("not finite"));
+    }
+
+    #[test]
+    fn metadata_is_checked_as_a_file_is() {
+        let metadata: ModelMetadata = serde_json::from_str(
+            r#"{"name":"t","platform":"onnxruntime","versions":null,"inputs":[{"name":"x","datatype":"FP32","shape":[-1,8,8]}],
+                "outputs":[{"name":"logits","datatype":"FP32","shape":[-1,4]},{"name":"ids","datatype":"INT64","shape":[-1]}]}"#,
+        )
+        .unwrap();
+        let mut config = ModelConfig {
+            path: Default::default(),
+            remote: None,
+            threads: 1,
+            max_batch: 8,
+            max_wait: Duration::ZERO,
+            inputs: Vec::new(),
+            output: "logits".into(),
+            attention: None,
+        };
+        let (inputs, output, attention) = check_metadata(&config, &metadata).unwrap();
+        assert_eq!(inputs[0].shape, vec![Some(8), Some(8)]);
+        assert_eq!(output.shape, vec![Some(4)]);
+        assert!(attention.is_none());
+        config.output = "ids".into();
+        config.inputs = vec!["y".into()];
+        config.attention = Some("logits".into());
+        let problems = check_metadata(&config, &metadata).unwrap_err();
+        assert!(problems.contains("input 'y' does not exist (the model's inputs: x)"));
+        assert!(problems.contains("the model needs input 'x'"));
+        assert!(problems.contains("output 'ids' has datatype INT64"));
+        assert!(problems.contains("attention output 'logits' must be [batch, heads, seq, seq]"));
+    }
+}

@@ -1,0 +1,173 @@
+//! A teacher on an inference server (`[teacher] url`): `sensei check` reads and checks the
+//! remote model's metadata, and a replay graded by the remote teacher stores the same per-record
+//! metrics as one graded by the same model run locally. The server is KServe's Python model
+//! server serving the ONNX models with ONNX Runtime (`tests/common/oip.rs`).
+
+use std::collections::BTreeMap;
+
+use crate::common::oip::KServe;
+use crate::common::{Site, fixture_model, repo};
+
+fn output(o: &std::process::Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned() + &String::from_utf8_lossy(&o.stderr)
+}
+
+fn remote_teacher(url: &str, model: &str) -> String {
+    format!("[teacher]\nurl = \"{url}\"\nmodel = \"{model}\"\nattention = \"attention\"\n")
+}
+
+#[test]
+fn check_reads_the_remote_models_metadata_and_names_the_url_of_every_problem() {
+    let site = Site::new();
+    let server = KServe::start(
+        &[
+            ("teacher", fixture_model("teacher.onnx")),
+            ("five", fixture_model("five_classes.onnx")),
+        ],
+        &[],
+        site.root(),
+    );
+    let url = server.url();
+
+    site.write_config(&remote_teacher(&url, "teacher"));
+    let out = site.sensei(&["check"]);
+    let text = output(&out);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert!(
+        text.contains(&format!(
+            "teacher: {url}/v2/models/teacher on an inference server"
+        )) && text.contains(
+            "inputs: x float32 [8, 8]; output: logits [10]; attention: attention [4, 8, 8]"
+        ),
+        "{text}"
+    );
+
+    // A model the server does not have; an output the student cannot be compared with.
+    for (model, expected) in [
+        (
+            "nobody",
+            "the server has no such model (HTTP 404".to_string(),
+        ),
+        (
+            "five",
+            "outputs are not comparable: student 'logits' is [10], teacher 'logits' is [5]"
+                .to_string(),
+        ),
+    ] {
+        site.write_config(&remote_teacher(&url, model));
+        let out = site.sensei(&["check"]);
+        let text = output(&out);
+        assert_eq!(out.status.code(), Some(78), "{text}");
+        assert!(text.contains(&expected), "{model}: {text}");
+        if model == "nobody" {
+            assert!(
+                text.contains(&format!("teacher model {url}/v2/models/nobody: ")),
+                "{text}"
+            );
+        }
+    }
+
+    // A server that is down.
+    let down = format!("http://127.0.0.1:{}", crate::common::free_port());
+    site.write_config(&remote_teacher(&down, "teacher"));
+    let out = site.sensei(&["check"]);
+    let text = output(&out);
+    assert_eq!(out.status.code(), Some(78), "{text}");
+    assert!(
+        text.contains(&format!(
+            "teacher model {down}/v2/models/teacher: the server does not answer"
+        )),
+        "{text}"
+    );
+}
+
+/// Per record id: (teacher prediction, disagreement, KL, total variation, attention KL).
+type Graded = BTreeMap<String, (i64, i64, f64, f64, f64)>;
+
+fn graded(site: &Site) -> Graded {
+    let db = site.db();
+    let mut stmt = db
+        .prepare(
+            "SELECT record_id, teacher_prediction, disagreement, kl, total_variation, attention_kl
+             FROM teacher_samples",
+        )
+        .unwrap();
+    stmt.query_map([], |r| {
+        Ok((
+            r.get::<_, String>(0)?,
+            (r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?),
+        ))
+    })
+    .unwrap()
+    .map(Result::unwrap)
+    .collect()
+}
+
+#[test]
+fn a_remote_teacher_grades_a_demo_stream_as_the_local_teacher_does() {
+    let demo = repo().join("models/demo");
+    let stream = demo.join("streams/line_b_drift.jsonl");
+    let sampling = "[sampling]\nrate = 0.5\nseed = 11\nmax_per_minute = 1000000\nqueue = 100000\n";
+
+    let local = Site::with_models(demo.join("student.onnx"), demo.join("teacher.onnx"));
+    local.write_config(sampling);
+    let out = local.sensei(&["replay", stream.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", output(&out));
+
+    let remote = Site::with_models(demo.join("student.onnx"), demo.join("teacher.onnx"));
+    let server = KServe::start(
+        &[("teacher", demo.join("teacher.onnx"))],
+        &[],
+        remote.root(),
+    );
+    remote.write_config(&format!(
+        "{sampling}{}max_batch = 8\n",
+        remote_teacher(&server.url(), "teacher")
+    ));
+    let out = remote.sensei(&["replay", stream.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", output(&out));
+
+    let (expected, got) = (graded(&local), graded(&remote));
+    assert!(expected.len() > 150, "{} samples", expected.len());
+    assert_eq!(
+        expected.keys().collect::<Vec<_>>(),
+        got.keys().collect::<Vec<_>>(),
+        "the same records are sampled"
+    );
+    for (id, (e, g)) in expected
+        .iter()
+        .zip(got.values())
+        .map(|((id, e), g)| (id, (e, g)))
+    {
+        assert_eq!((e.0, e.1), (g.0, g.1), "{id}: prediction and disagreement");
+        for (what, a, b) in [
+            ("kl", e.2, g.2),
+            ("total variation", e.3, g.3),
+            ("attention kl", e.4, g.4),
+        ] {
+            assert!(
+                (a - b).abs() <= 1e-5 * (1.0 + a.abs()),
+                "{id}: {what} {a} locally, {b} remotely"
+            );
+        }
+    }
+    // Nothing was skipped or failed: every sampled record has its teacher row.
+    assert_eq!(
+        remote.query_i64("SELECT count(*) FROM records WHERE sampled NOT IN (0, 1)"),
+        0
+    );
+    // The database knows the remote teacher by its address, not as the local file.
+    let teacher = |site: &Site| -> Vec<String> {
+        let db = site.db();
+        let mut stmt = db
+            .prepare("SELECT DISTINCT teacher FROM teacher_samples")
+            .unwrap();
+        stmt.query_map([], |r| r.get(0))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect()
+    };
+    let (local_teacher, remote_teacher) = (teacher(&local), teacher(&remote));
+    assert_eq!((local_teacher.len(), remote_teacher.len()), (1, 1));
+    assert_ne!(local_teacher, remote_teacher);
+}

@@ -229,6 +229,16 @@ pub struct RemoteConfig {
     pub version: Option<String>,
     /// Longest wait for one request's answer.
     pub timeout: Duration,
+    /// Tries after the first for a transient error (no connection, HTTP 429, 502, 503, 504).
+    pub retries: u32,
+    /// The wait before the first retry; it doubles for each next one, with random jitter.
+    pub backoff: Duration,
+    /// Requests (batches) in flight at once.
+    pub in_flight: usize,
+    /// This many batches in a row out of reach open the circuit breaker: no requests for
+    /// `breaker_open`, then one batch probes the server.
+    pub breaker_after: u32,
+    pub breaker_open: Duration,
 }
 
 impl RemoteConfig {

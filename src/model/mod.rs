@@ -82,6 +82,21 @@ pub enum ModelError {
         url: String,
         message: String,
     },
+    /// A model on an inference server that could not answer this time: no connection, a
+    /// timeout, transient errors past the retries, or the circuit breaker open.
+    #[error("{role} model {url} is out of reach: {message}")]
+    Unreachable {
+        role: String,
+        url: String,
+        message: String,
+    },
+}
+
+impl ModelError {
+    /// The model's server could not be reached (the samples are skipped, not failed).
+    pub fn is_unreachable(&self) -> bool {
+        matches!(self, ModelError::Unreachable { .. })
+    }
 }
 
 static RUNTIME: OnceLock<Runtime> = OnceLock::new();
@@ -544,6 +559,8 @@ impl Interface for RemoteModel {
 
 /// The teacher: an ONNX file run here, or a model on an inference server (`[teacher] url`).
 /// Both answer a batch with the same [`BatchOutput`].
+// One teacher per pipeline: the size of the enum does not matter.
+#[allow(clippy::large_enum_variant)]
 pub enum Teacher {
     Local(Model),
     Remote(RemoteModel),
@@ -562,6 +579,23 @@ impl Teacher {
         match self {
             Teacher::Local(m) => m.run(batch),
             Teacher::Remote(m) => m.run(batch),
+        }
+    }
+
+    /// How many batches [`Teacher::run_many`] runs at once: 1 here, `in_flight` on a server.
+    pub fn in_flight(&self) -> usize {
+        match self {
+            Teacher::Local(_) => 1,
+            Teacher::Remote(m) => m.in_flight(),
+        }
+    }
+
+    /// Runs several batches: one after the other here, as concurrent requests on a server.
+    /// One result per batch, in order.
+    pub fn run_many(&mut self, batches: &[Vec<&Record>]) -> Vec<Result<BatchOutput, ModelError>> {
+        match self {
+            Teacher::Local(m) => batches.iter().map(|b| m.run(b)).collect(),
+            Teacher::Remote(m) => m.run_many(batches),
         }
     }
 

@@ -37,6 +37,7 @@ pub struct RemoteModel {
     /// What the server says it runs (`platform`, `versions`), for `sensei check`.
     pub served_by: String,
     config: RemoteConfig,
+    breaker: Breaker,
     client: reqwest::Client,
     /// `None` only while dropping.
     runtime: Option<tokio::runtime::Runtime>,
@@ -247,58 +248,151 @@ impl RemoteModel {
             output,
             attention,
             served_by,
+            breaker: Breaker::new(remote.breaker_after, remote.breaker_open),
             config: remote,
             client,
             runtime: Some(runtime),
         })
     }
 
-    /// Sends one batch and waits for the answer (at most the configured `timeout`). All records
-    /// must have equal input shapes and have been validated against `self.inputs`.
+    /// Requests this model keeps in flight at once.
+    pub fn in_flight(&self) -> usize {
+        self.config.in_flight.max(1)
+    }
+
+    /// Sends one batch and waits for the answer. All records must have equal input shapes and
+    /// have been validated against `self.inputs`.
     pub fn run(&mut self, batch: &[&Record]) -> Result<BatchOutput, ModelError> {
-        let run_err = |message: String| ModelError::Run {
+        let mut results = self.run_many(&[batch.to_vec()]);
+        results.pop().unwrap_or_else(|| {
+            Err(ModelError::Run {
+                role: self.role.clone(),
+                message: "no result".into(),
+            })
+        })
+    }
+
+    /// Sends each batch as its own request, all at once, and waits for every answer: each
+    /// request waits at most `timeout`, and a transient error (no connection, HTTP 429, 502,
+    /// 503, 504) is tried again up to `retries` times after a growing, jittered back-off. While
+    /// the circuit breaker is open nothing is sent; when it is due to close, the first batch
+    /// probes the server. One result per batch, in order; a batch that could not be answered is
+    /// [`ModelError::Unreachable`].
+    pub fn run_many(&mut self, batches: &[Vec<&Record>]) -> Vec<Result<BatchOutput, ModelError>> {
+        let now = Instant::now();
+        let send = match self.breaker.gate(now) {
+            Gate::Closed => batches.len(),
+            Gate::Probe => batches.len().min(1),
+            Gate::Open(_) => 0,
+        };
+        let mut results: Vec<Option<Result<BatchOutput, ModelError>>> =
+            batches.iter().map(|_| None).collect();
+        let mut requests = Vec::new();
+        for (i, batch) in batches.iter().enumerate().take(send) {
+            match self.request_body(batch) {
+                Ok(body) => requests.push((i, body)),
+                Err(message) => results[i] = Some(Err(self.failed(message))),
+            }
+        }
+        let answers = match &self.runtime {
+            Some(runtime) if !requests.is_empty() => {
+                let policy = Policy {
+                    url: format!("{}/infer", self.location),
+                    timeout: self.config.timeout,
+                    retries: self.config.retries,
+                    backoff: self.config.backoff,
+                };
+                let client = self.client.clone();
+                block_on(runtime, async move {
+                    let mut set = tokio::task::JoinSet::new();
+                    for (i, body) in requests {
+                        let (client, policy) = (client.clone(), policy.clone());
+                        set.spawn(async move { (i, policy.send(&client, body, i as u64).await) });
+                    }
+                    let mut answers = Vec::new();
+                    while let Some(answer) = set.join_next().await {
+                        if let Ok(answer) = answer {
+                            answers.push(answer);
+                        }
+                    }
+                    answers
+                })
+            }
+            _ => Vec::new(),
+        };
+        let mut reached = false;
+        let mut unreachable = false;
+        for (i, answer) in answers {
+            let result = match answer {
+                Ok((body, elapsed)) => {
+                    reached = true;
+                    self.read_answer(&body, batches[i].len(), elapsed)
+                }
+                Err(Failure::Answered(message)) => {
+                    reached = true;
+                    Err(self.failed(message))
+                }
+                Err(Failure::Unreachable(message)) => {
+                    unreachable = true;
+                    Err(self.unreachable(message))
+                }
+            };
+            results[i] = Some(result);
+        }
+        let now = Instant::now();
+        if reached {
+            if self.breaker.success() {
+                tracing::info!(url = %self.location, "The teacher's inference server answers again; sampled records go to it.");
+            }
+        } else if unreachable && self.breaker.failure(now) {
+            tracing::warn!(
+                url = %self.location,
+                after = self.config.breaker_after,
+                probe_every = ?self.config.breaker_open,
+                "The teacher's inference server is out of reach; sampled records are skipped (records.sampled = 5) until a probe finds it again."
+            );
+        }
+        let open = match self.breaker.gate(now) {
+            Gate::Open(left) => format!(
+                "the circuit breaker is open (the server was out of reach {} times in a row); the next probe in {:.1}s",
+                self.breaker.failures,
+                left.as_secs_f64()
+            ),
+            _ => "not sent: the circuit breaker allows one probe at a time".into(),
+        };
+        results
+            .into_iter()
+            .map(|r| r.unwrap_or_else(|| Err(self.unreachable(open.clone()))))
+            .collect()
+    }
+
+    fn failed(&self, message: String) -> ModelError {
+        ModelError::Run {
             role: self.role.clone(),
             message: format!("{}: {message}", self.location),
-        };
-        let n = batch.len();
-        if n == 0 {
-            return Err(run_err("empty batch".into()));
         }
-        let body = self.request_body(batch).map_err(run_err)?;
-        let started = Instant::now();
-        let request = self
-            .client
-            .post(format!("{}/infer", self.location))
-            .timeout(self.config.timeout)
-            .header(reqwest::header::CONTENT_TYPE, "application/json")
-            .body(body);
-        let Some(runtime) = &self.runtime else {
-            return Err(run_err("the HTTP client has stopped".into()));
-        };
-        let answer = block_on(runtime, async move {
-            let response = request
-                .send()
-                .await
-                .map_err(|e| format!("the request failed: {}", chain(&e)))?;
-            let status = response.status();
-            let body = response
-                .bytes()
-                .await
-                .map_err(|e| format!("reading the answer: {}", chain(&e)))?;
-            if !status.is_success() {
-                return Err(format!(
-                    "HTTP {status}: {}",
-                    excerpt(&String::from_utf8_lossy(&body))
-                ));
-            }
-            Ok(body)
-        });
-        let elapsed = started.elapsed();
-        let body = answer.map_err(run_err)?;
-        let response: InferResponse = serde_json::from_slice(&body).map_err(|e| {
-            run_err(format!(
+    }
+
+    fn unreachable(&self, message: String) -> ModelError {
+        ModelError::Unreachable {
+            role: self.role.clone(),
+            url: self.location.clone(),
+            message,
+        }
+    }
+
+    /// An answer's body read and checked: the outputs sensei reads, of the batch's size and
+    /// the metadata's shapes.
+    fn read_answer(
+        &self,
+        body: &[u8],
+        n: usize,
+        elapsed: Duration,
+    ) -> Result<BatchOutput, ModelError> {
+        let response: InferResponse = serde_json::from_slice(body).map_err(|e| {
+            self.failed(format!(
                 "the answer is not Open Inference Protocol JSON ({e}): {}",
-                excerpt(&String::from_utf8_lossy(&body))
+                excerpt(&String::from_utf8_lossy(body))
             ))
         })?;
         let mut outputs = response.outputs;
@@ -310,9 +404,9 @@ impl RemoteModel {
             let tensor = outputs.swap_remove(at);
             checked_output(tensor, spec, n)
         };
-        let (output_shape, output) = take(&self.output).map_err(run_err)?;
+        let (output_shape, output) = take(&self.output).map_err(|m| self.failed(m))?;
         let attention = match &self.attention {
-            Some(spec) => Some(take(spec).map_err(run_err)?),
+            Some(spec) => Some(take(spec).map_err(|m| self.failed(m))?),
             None => None,
         };
         Ok(BatchOutput {
@@ -402,6 +496,183 @@ impl RemoteModel {
         }
         body.push_str("]}");
         Ok(body.into_bytes())
+    }
+}
+
+/// Why a request has no answer to read.
+#[derive(Debug)]
+enum Failure {
+    /// The server answered, but not with a result (HTTP 4xx, 500): the teacher failed.
+    Answered(String),
+    /// No answer: no connection, a timeout, or transient errors past the retries.
+    Unreachable(String),
+}
+
+/// How one inference request is sent.
+#[derive(Debug, Clone)]
+struct Policy {
+    url: String,
+    timeout: Duration,
+    retries: u32,
+    backoff: Duration,
+}
+
+impl Policy {
+    /// Posts `body`, trying again after a transient error; the answer's body and the time of
+    /// the attempt that got it. A timeout is not tried again: more requests do not help a
+    /// server too slow to answer.
+    async fn send(
+        &self,
+        client: &reqwest::Client,
+        body: Vec<u8>,
+        salt: u64,
+    ) -> Result<(Vec<u8>, Duration), Failure> {
+        let mut jitter = Jitter::new(salt);
+        let mut attempt = 0;
+        loop {
+            let started = Instant::now();
+            let sent = client
+                .post(&self.url)
+                .timeout(self.timeout)
+                .header(reqwest::header::CONTENT_TYPE, "application/json")
+                .body(body.clone())
+                .send()
+                .await;
+            let transient = match sent {
+                Err(e) if e.is_timeout() => {
+                    return Err(Failure::Unreachable(format!(
+                        "no answer within {:?} (timeout)",
+                        self.timeout
+                    )));
+                }
+                Err(e) if e.is_connect() => format!("cannot connect: {}", chain(&e)),
+                Err(e) => return Err(Failure::Unreachable(chain(&e))),
+                Ok(response) => {
+                    let status = response.status();
+                    let answer = response.bytes().await.map(|b| b.to_vec());
+                    let answer = match answer {
+                        Err(e) if e.is_timeout() => {
+                            return Err(Failure::Unreachable(format!(
+                                "no whole answer within {:?} (timeout)",
+                                self.timeout
+                            )));
+                        }
+                        Err(e) => {
+                            return Err(Failure::Unreachable(format!(
+                                "reading the answer: {}",
+                                chain(&e)
+                            )));
+                        }
+                        Ok(answer) => answer,
+                    };
+                    let text = || excerpt(&String::from_utf8_lossy(&answer));
+                    match status.as_u16() {
+                        200..=299 => return Ok((answer, started.elapsed())),
+                        429 | 502 | 503 | 504 => format!("HTTP {status}: {}", text()),
+                        _ => return Err(Failure::Answered(format!("HTTP {status}: {}", text()))),
+                    }
+                }
+            };
+            if attempt >= self.retries {
+                let tries = if self.retries == 0 {
+                    String::new()
+                } else {
+                    format!(" ({} tries)", self.retries + 1)
+                };
+                return Err(Failure::Unreachable(format!("{transient}{tries}")));
+            }
+            tokio::time::sleep(backoff(self.backoff, attempt, jitter.next())).await;
+            attempt += 1;
+        }
+    }
+}
+
+/// The wait before retry `attempt` (0 for the first): `base` doubled per attempt, up to a
+/// minute, times `jitter` in [0.5, 1) so that clients that failed together do not come back
+/// together.
+fn backoff(base: Duration, attempt: u32, jitter: f64) -> Duration {
+    let doubled = base.saturating_mul(1u32 << attempt.min(16));
+    doubled
+        .min(Duration::from_secs(60))
+        .mul_f64(jitter.clamp(0.5, 1.0))
+}
+
+/// Jitter factors in [0.5, 1): splitmix64 seeded by the clock and a per-request salt.
+struct Jitter(u64);
+
+impl Jitter {
+    fn new(salt: u64) -> Jitter {
+        let clock = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        Jitter(clock ^ salt.wrapping_mul(0x9e37_79b9_7f4a_7c15))
+    }
+
+    fn next(&mut self) -> f64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^= z >> 31;
+        0.5 + 0.5 * ((z >> 11) as f64 / (1u64 << 53) as f64)
+    }
+}
+
+/// The circuit breaker: after `after` batches in a row found the server out of reach it opens
+/// for `open_for`; then one batch probes the server, which closes it on an answer or opens it
+/// again. Time is an argument, so tests need no clock.
+#[derive(Debug)]
+struct Breaker {
+    after: u32,
+    open_for: Duration,
+    /// Batches in a row that found the server out of reach.
+    failures: u32,
+    open_until: Option<Instant>,
+}
+
+/// What the breaker lets through now.
+#[derive(Debug, PartialEq)]
+enum Gate {
+    Closed,
+    /// Open, but due: one batch may probe the server.
+    Probe,
+    /// Open for this much longer.
+    Open(Duration),
+}
+
+impl Breaker {
+    fn new(after: u32, open_for: Duration) -> Breaker {
+        Breaker {
+            after: after.max(1),
+            open_for,
+            failures: 0,
+            open_until: None,
+        }
+    }
+
+    fn gate(&self, now: Instant) -> Gate {
+        match self.open_until {
+            None => Gate::Closed,
+            Some(until) if now >= until => Gate::Probe,
+            Some(until) => Gate::Open(until - now),
+        }
+    }
+
+    /// A batch found the server out of reach; true when this opened a closed breaker.
+    fn failure(&mut self, now: Instant) -> bool {
+        self.failures = self.failures.saturating_add(1);
+        if self.failures < self.after {
+            return false;
+        }
+        let was_open = self.open_until.is_some();
+        self.open_until = Some(now + self.open_for);
+        !was_open
+    }
+
+    /// The server answered; true when this closed an open breaker.
+    fn success(&mut self) -> bool {
+        self.failures = 0;
+        self.open_until.take().is_some()
     }
 }
 
@@ -585,6 +856,42 @@ fn checked_output(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_breaker_opens_after_failures_in_a_row_and_a_probe_closes_it() {
+        let t0 = Instant::now();
+        let s = Duration::from_secs(1);
+        let mut b = Breaker::new(3, 30 * s);
+        assert!(!b.failure(t0) && !b.failure(t0));
+        // An answer in between starts the count again.
+        assert!(!b.success());
+        assert!(!b.failure(t0) && !b.failure(t0));
+        assert_eq!(b.gate(t0), Gate::Closed);
+        assert!(b.failure(t0), "the third failure in a row opens it");
+        assert_eq!(b.gate(t0 + 10 * s), Gate::Open(20 * s));
+        assert_eq!(b.gate(t0 + 30 * s), Gate::Probe);
+        // A failed probe opens it again without a second warning, for another period.
+        assert!(!b.failure(t0 + 30 * s));
+        assert_eq!(b.gate(t0 + 31 * s), Gate::Open(29 * s));
+        assert_eq!(b.gate(t0 + 60 * s), Gate::Probe);
+        assert!(b.success(), "an answered probe closes it");
+        assert_eq!(b.gate(t0 + 60 * s), Gate::Closed);
+        assert!(!b.failure(t0 + 61 * s));
+    }
+
+    #[test]
+    fn back_off_doubles_with_jitter_and_is_capped() {
+        let base = Duration::from_millis(200);
+        assert_eq!(backoff(base, 0, 1.0), base);
+        assert_eq!(backoff(base, 2, 1.0), Duration::from_millis(800));
+        assert_eq!(backoff(base, 2, 0.5), Duration::from_millis(400));
+        assert_eq!(backoff(base, 30, 1.0), Duration::from_secs(60));
+        let mut jitter = Jitter(7);
+        let draws: Vec<f64> = (0..1000).map(|_| jitter.next()).collect();
+        assert!(draws.iter().all(|j| (0.5..1.0).contains(j)));
+        let mean = draws.iter().sum::<f64>() / draws.len() as f64;
+        assert!((mean - 0.75).abs() < 0.02, "{mean}");
+    }
 
     #[test]
     fn nested_and_flat_data_read_alike() {

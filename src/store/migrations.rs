@@ -44,6 +44,10 @@ pub(super) const MIGRATIONS: &[(&str, &str)] = &[
         "0009_records_compact",
         include_str!("../../migrations/0009_records_compact.sql"),
     ),
+    (
+        "0010_windows_skipped_unreachable",
+        include_str!("../../migrations/0010_windows_skipped_unreachable.sql"),
+    ),
 ];
 
 /// What a migration needs beyond its SQL, run after it in the same transaction: by name.

@@ -171,3 +171,147 @@ fn a_remote_teacher_grades_a_demo_stream_as_the_local_teacher_does() {
     assert_eq!((local_teacher.len(), remote_teacher.len()), (1, 1));
     assert_ne!(local_teacher, remote_teacher);
 }
+
+const WAIT: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// One series of the daemon's `/metrics`; `None` when it is not exposed.
+fn metric(daemon: &crate::common::Daemon, series: &str) -> Option<f64> {
+    let (status, text) = crate::common::http_get(&daemon.http_addr(), "/metrics", &[]);
+    assert_eq!(status, 200, "{text}");
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.rsplit_once(' '))
+        .find(|(name, _)| *name == series)
+        .and_then(|(_, v)| v.parse().ok())
+}
+
+fn status_json(site: &Site) -> serde_json::Value {
+    let out = site.sensei(&["status", "--json"]);
+    assert!(out.status.success(), "{}", output(&out));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// `records.sampled` code → records.
+fn sampled_codes(site: &Site) -> BTreeMap<i64, i64> {
+    let db = site.db();
+    let mut stmt = db
+        .prepare("SELECT sampled, count(*) FROM records GROUP BY sampled")
+        .unwrap();
+    stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect()
+}
+
+#[test]
+fn transient_server_errors_are_retried_and_what_stays_unanswered_is_skipped() {
+    let data = repo().join("models/demo/streams/clean.jsonl");
+    let student = repo().join("models/demo/student.onnx");
+    let teacher = repo().join("models/demo/teacher.onnx");
+    let dir = tempfile::tempdir().unwrap();
+    // Every second inference request is refused with HTTP 503.
+    let server = KServe::start(
+        &[("teacher", teacher.clone())],
+        &["--fail-every", "2"],
+        dir.path(),
+    );
+    let sampling = "[sampling]\nrate = 1.0\nmax_per_minute = 1000000\nqueue = 100000\n";
+    let run = |retries: u32| -> Site {
+        let site = Site::with_models(student.clone(), teacher.clone());
+        site.write_config(&format!(
+            "{sampling}{}max_batch = 16\nretries = {retries}\nbackoff = \"5ms\"\nin_flight = 1\nbreaker_after = 1000\n",
+            remote_teacher(&server.url(), "teacher")
+        ));
+        let out = site.sensei(&["replay", data.to_str().unwrap()]);
+        assert!(out.status.success(), "{}", output(&out));
+        site
+    };
+
+    // Without retries, every second batch stays unanswered: skipped, with their own code,
+    // counted in status; the student answered every record.
+    let without = run(0);
+    let codes = sampled_codes(&without);
+    let skipped = codes.get(&5).copied().unwrap_or(0);
+    assert_eq!(without.records(), 450);
+    assert!(skipped > 0 && skipped < 450, "{codes:?}");
+    assert_eq!(
+        codes.get(&1).copied().unwrap_or(0) + skipped,
+        450,
+        "{codes:?}"
+    );
+    let status = status_json(&without);
+    assert_eq!(status["skipped_unreachable"], skipped, "{status}");
+    assert_eq!(status["teacher_samples"], 450 - skipped, "{status}");
+
+    // With retries, a refused request is sent again and every sample is answered.
+    let with = run(2);
+    assert_eq!(sampled_codes(&with), BTreeMap::from([(1, 450)]));
+}
+
+#[test]
+fn a_server_killed_mid_run_costs_no_record_and_is_probed_until_it_answers() {
+    let demo = repo().join("models/demo");
+    let site = Site::with_models(demo.join("student.onnx"), demo.join("teacher.onnx"));
+    let mut server = KServe::start(&[("teacher", demo.join("teacher.onnx"))], &[], site.root());
+    site.write_config(&format!(
+        "[http]\nlisten = \"127.0.0.1:0\"\n[sampling]\nrate = 1.0\nmax_per_minute = 1000000\nqueue = 100000\n{}timeout = \"2s\"\nretries = 1\nbackoff = \"10ms\"\nbreaker_after = 2\nbreaker_open = \"300ms\"\n",
+        remote_teacher(&server.url(), "teacher")
+    ));
+    let daemon = site.start();
+    site.deliver("a.jsonl", &crate::common::jsonl("a", 40));
+    wait_until_records(&site, 40);
+    assert_eq!(sampled_codes(&site), BTreeMap::from([(1, 40)]));
+
+    // The server dies: the student goes on, the samples are skipped as out of reach.
+    server.kill();
+    site.deliver("b.jsonl", &crate::common::jsonl("b", 60));
+    site.deliver("c.jsonl", &crate::common::jsonl("c", 60));
+    wait_until_records(&site, 160);
+    let codes = sampled_codes(&site);
+    assert_eq!(codes.get(&1), Some(&40), "{codes:?}");
+    assert_eq!(codes.get(&5), Some(&120), "{codes:?}");
+    crate::common::wait_until(WAIT, "the circuit breaker's warning", || {
+        daemon
+            .log_text()
+            .contains("inference server is out of reach")
+    });
+    assert_eq!(
+        metric(
+            &daemon,
+            "sensei_teacher_samples_skipped_total{reason=\"unreachable\"}"
+        ),
+        Some(120.0)
+    );
+    assert_eq!(status_json(&site)["skipped_unreachable"], 120);
+
+    // It comes back on the same port: a probe finds it and the samples go to it again.
+    server.restart();
+    let mut n = 0;
+    crate::common::wait_until(WAIT, "teacher samples answered again", || {
+        n += 1;
+        site.deliver(
+            &format!("d{n}.jsonl"),
+            &crate::common::jsonl(&format!("d{n}"), 10),
+        );
+        wait_until_records(&site, 160 + 10 * n);
+        site.query_i64("SELECT count(*) FROM records WHERE sampled = 1 AND record_id LIKE 'd%'") > 0
+    });
+    assert!(
+        daemon.log_text().contains("answers again"),
+        "{}",
+        daemon.log_text()
+    );
+    // Every record counted once, every file done.
+    assert_eq!(
+        site.query_i64("SELECT count(DISTINCT record_id) FROM records"),
+        160 + 10 * n as i64
+    );
+    assert_eq!(site.ledger_count("done"), 3 + n as i64);
+    daemon.stop();
+}
+
+fn wait_until_records(site: &Site, n: usize) {
+    crate::common::wait_until(WAIT, &format!("{n} records committed"), || {
+        site.db_path().exists() && site.records() == n as i64
+    });
+}

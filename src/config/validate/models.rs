@@ -18,6 +18,21 @@ const DEFAULT_MAX_WAIT: Duration = Duration::from_millis(20);
 const DEFAULT_OUTPUT: &str = "logits";
 const DEFAULT_REMOTE_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// The keys of a model on an inference server, `url` first, and whether each is set.
+fn remote_keys(raw: &RawModel) -> [(&'static str, bool); 9] {
+    [
+        ("url", raw.url.is_some()),
+        ("model", raw.model.is_some()),
+        ("version", raw.version.is_some()),
+        ("timeout", raw.timeout.is_some()),
+        ("retries", raw.retries.is_some()),
+        ("backoff", raw.backoff.is_some()),
+        ("in_flight", raw.in_flight.is_some()),
+        ("breaker_after", raw.breaker_after.is_some()),
+        ("breaker_open", raw.breaker_open.is_some()),
+    ]
+}
+
 /// An inference server's base URL: `http://` or `https://`, a host, no query or fragment; the
 /// trailing slash removed.
 fn server_url(text: &str) -> Result<String, String> {
@@ -56,12 +71,7 @@ impl Check<'_> {
 
     pub(super) fn model(&mut self, section: &str, raw: RawModel) -> ModelConfig {
         let key = |name: &str| format!("{section}.{name}");
-        let remote_keys = [
-            ("url", raw.url.is_some()),
-            ("model", raw.model.is_some()),
-            ("version", raw.version.is_some()),
-            ("timeout", raw.timeout.is_some()),
-        ];
+        let remote_keys = remote_keys(&raw);
         let remote = if section == "teacher" {
             self.remote(section, &raw)
         } else {
@@ -135,11 +145,7 @@ impl Check<'_> {
     fn remote(&mut self, section: &str, raw: &RawModel) -> Option<RemoteConfig> {
         let key = |name: &str| format!("{section}.{name}");
         let Some(url) = &raw.url else {
-            for (name, set) in [
-                ("model", raw.model.is_some()),
-                ("version", raw.version.is_some()),
-                ("timeout", raw.timeout.is_some()),
-            ] {
+            for (name, set) in remote_keys(raw).into_iter().skip(1) {
                 if set {
                     self.problem(
                         &key(name),
@@ -176,11 +182,31 @@ impl Check<'_> {
             DEFAULT_REMOTE_TIMEOUT,
             Duration::from_millis(1),
         );
+        let retries = self.integer(&key("retries"), raw.retries, 2, 0, 10);
+        let backoff = self.duration(
+            &key("backoff"),
+            raw.backoff.clone(),
+            Duration::from_millis(200),
+            Duration::ZERO,
+        );
+        let in_flight = self.integer(&key("in_flight"), raw.in_flight, 2, 1, 64);
+        let breaker_after = self.integer(&key("breaker_after"), raw.breaker_after, 3, 1, 1000);
+        let breaker_open = self.duration(
+            &key("breaker_open"),
+            raw.breaker_open.clone(),
+            Duration::from_secs(30),
+            Duration::from_millis(1),
+        );
         Some(RemoteConfig {
             url: url?,
             model: model?,
             version: version?,
             timeout,
+            retries,
+            backoff,
+            in_flight,
+            breaker_after,
+            breaker_open,
         })
     }
 

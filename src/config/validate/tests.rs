@@ -538,6 +538,27 @@ fn a_teacher_on_an_inference_server_is_read() {
         (remote.version, remote.timeout),
         (None, Duration::from_secs(10))
     );
+    assert_eq!(
+        (remote.retries, remote.backoff, remote.in_flight),
+        (2, Duration::from_millis(200), 2)
+    );
+    assert_eq!(
+        (remote.breaker_after, remote.breaker_open),
+        (3, Duration::from_secs(30))
+    );
+    let text = format!(
+        "{STUDENT_ONLY}[teacher]\nurl = \"http://h\"\nmodel = \"t\"\nretries = 11\nin_flight = 0\nbreaker_after = 0\nbreaker_open = \"0s\"\nbackoff = \"soon\"\n"
+    );
+    assert_eq!(
+        paths(&problems(&text)),
+        [
+            "teacher.retries",
+            "teacher.backoff",
+            "teacher.in_flight",
+            "teacher.breaker_after",
+            "teacher.breaker_open"
+        ]
+    );
 }
 
 #[test]

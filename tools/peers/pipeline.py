@@ -9,7 +9,9 @@ does, per file, what sensei does:
    already counted is recorded as a duplicate and not counted again;
 2. parse and validate `.npz`, `.npy` or `.jsonl` records against the student's inputs (names,
    dtype, shape), rejecting NaN/Infinity under `compare.non_finite = "reject"`, checking ids and
-   segments; a bad file is recorded as quarantined with the reason;
+   segments; a bad file is recorded as quarantined with the reason; a record whose id was
+   counted in an earlier file is left out (the first arrival counts; sensei's dispatcher has
+   spent its sampling token by then, the peer leaves it out before sampling);
 3. run the student (ONNX Runtime, 1 intra-op and 1 inter-op thread, all graph optimisations) in
    batches of `student.max_batch`;
 4. per record: prediction, confidence, entropy (softmax in float64) and the per-feature input
@@ -25,7 +27,8 @@ does, per file, what sensei does:
    against the baseline, Holm-corrected across segments and signals;
 8. one SQLite transaction per file (WAL, synchronous=NORMAL): the ledger row, the record rows, the
    teacher rows with their outputs, attention and inputs, the per-window sums, the detector states
-   and drift events. The schema is sensei's: a new database gets sensei's migrations.
+   and drift events. The schema is sensei's: a new database gets sensei's migrations,
+   and the records go to the compact rows behind the `records` view (docs/schema.md).
 
 Late-label files (`*.labels.jsonl`) are outside this peer: they are reported and skipped.
 """
@@ -276,6 +279,13 @@ class Records:
 
     def __len__(self):
         return len(self.ids)
+
+    def keep(self, mask: list[bool]) -> "Records":
+        """The records where `mask` is true, in order."""
+        at = [i for i, k in enumerate(mask) if k]
+        pick = lambda xs: [xs[i] for i in at]  # noqa: E731
+        return Records({k: v[at] for k, v in self.inputs.items()}, pick(self.ids), pick(self.origins),
+                       self.origin_word, pick(self.ts_ms), pick(self.segments), pick(self.labels))
 
 
 def file_kind(name: str) -> str | None:
@@ -548,6 +558,54 @@ def input_features(inputs: dict[str, np.ndarray]) -> np.ndarray:
 
 _FNV_OFFSET = np.uint64(0xCBF29CE484222325)
 _FNV_PRIME = np.uint64(0x100000001B3)
+
+
+_TRAILING_DIGITS = re.compile(r"[0-9]+\Z")
+
+
+def numbered(rid: str) -> tuple[str, int, int] | None:
+    """An id as (prefix, number, digits), as sensei keeps it: 1 to 18 trailing ASCII digits,
+    `digits` 0 when written plainly, else the zero-padded width; None for any other id."""
+    m = _TRAILING_DIGITS.search(rid)
+    if m is None or len(m.group()) > 18:
+        return None
+    text = m.group()
+    padded = len(text) > 1 and text.startswith("0")
+    return rid[:m.start()], int(text), len(text) if padded else 0
+
+
+def encode_ids(first_seq: int, ids: list[str]):
+    """Consecutive ids that continue one prefix and width are one run (first_seq, records, prefix,
+    digits, first_number); the others are kept one by one as (seq, id)."""
+    runs, single = [], []
+    for k, rid in enumerate(ids):
+        seq, n = first_seq + k, numbered(rid)
+        if n is None:
+            single.append((seq, rid))
+            continue
+        last = runs[-1] if runs else None
+        if (last is not None and last[0] + last[1] == seq and (last[2], last[3]) == (n[0], n[2])
+                and last[4] + last[1] == n[1]):
+            last[1] += 1
+        else:
+            runs.append([seq, 1, n[0], n[2], n[1]])
+    return runs, single
+
+
+def counted_before(db: sqlite3.Connection, ids: list[str]) -> list[bool]:
+    """For each id, whether a kept record already has it."""
+    out = []
+    for rid in ids:
+        n = numbered(rid)
+        if n is None:
+            hit = db.execute("SELECT 1 FROM record_ids WHERE record_id = ?", (rid,)).fetchone()
+        else:
+            hit = db.execute(
+                "SELECT 1 FROM record_id_runs WHERE prefix = ? AND digits = ? AND first_number <= ? "
+                "AND first_number + records > ? ORDER BY first_number DESC LIMIT 1",
+                (n[0], n[2], n[1], n[1])).fetchone()
+        out.append(hit is not None)
+    return out
 
 
 def unit_hash(seed: int, ids: list[str]) -> np.ndarray:
@@ -941,8 +999,14 @@ class Pipeline:
             return self.quarantine(name, sha, len(data), kind, str(e))
         size = len(data)
         del data
+        # A producer's id identifies a record: one counted before (in an earlier file) is left out.
+        counted = counted_before(self.db, ids)
+        duplicates = sum(counted)
+        if duplicates:
+            records = records.keep([not c for c in counted])
+            ids = [rid for rid, c in zip(ids, counted) if not c]
         try:
-            self.commit(name, sha, size, kind, records, ids)
+            self.commit(name, sha, size, kind, records, ids, duplicates)
         except INFERENCE_ERRORS as e:
             self.quarantine(name, sha, size, kind, f"inference failed: {e}")
 
@@ -969,7 +1033,8 @@ class Pipeline:
             "VALUES (?, ?, ?, ?, 'quarantined', 0, ?, ?)", (name, sha, size, kind, reason, now_ms()))
         self.db.execute("COMMIT")
 
-    def commit(self, name: str, sha: str, size: int, kind: str, records: Records, ids: list[str]):
+    def commit(self, name: str, sha: str, size: int, kind: str, records: Records, ids: list[str],
+               duplicates: int):
         cfg, n = self.cfg, len(records)
         received = now_ms()
         ts = np.fromiter((received if t is None else t for t in records.ts_ms), dtype=np.int64, count=n)
@@ -989,6 +1054,17 @@ class Pipeline:
             codes.append(code)
         seg_codes = np.array(codes, dtype=np.int64)
         segments = [seg_names[c] for c in seg_codes]
+
+        if n == 0:
+            db = self.db
+            db.execute("BEGIN")
+            db.execute(
+                "INSERT INTO files (name, sha256, size, kind, status, records, reason, processed_at, "
+                "student, ts_base, duplicates, conflicts) VALUES (?, ?, ?, ?, 'done', 0, NULL, ?, ?, 0, ?, 0)",
+                (name, sha, size, kind, received, self.student.sha12, duplicates))
+            db.execute("COMMIT")
+            self.report.files_committed += 1
+            return
 
         # The student, then the label-free statistics of every record.
         logits, attention, latency = self.student.run(records.inputs)
@@ -1044,19 +1120,29 @@ class Pipeline:
         db = self.db
         db.execute("BEGIN")
         try:
-            row = db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'records'").fetchone()
+            row = db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'record_rows'").fetchone()
             first_seq = (row[0] if row else 0) + 1
             seqs = np.arange(first_seq, first_seq + n, dtype=np.int64)
-            cur = db.execute(
-                "INSERT INTO files (name, sha256, size, kind, status, records, reason, processed_at) "
-                "VALUES (?, ?, ?, ?, 'done', ?, NULL, ?)", (name, sha, size, kind, n, received))
-            file_id = cur.lastrowid
+            ts_base = int(ts[0])
+            db.execute(
+                "INSERT INTO files (name, sha256, size, kind, status, records, reason, processed_at, first_seq, "
+                "student, ts_base, duplicates, conflicts) VALUES (?, ?, ?, ?, 'done', ?, NULL, ?, ?, ?, ?, ?, 0)",
+                (name, sha, size, kind, n, received, first_seq, self.student.sha12, ts_base, duplicates))
+            # The compact layout behind the `records` view: segments numbered, times from the
+            # file's first, confidence and entropy in millionths, ids as runs.
+            for name_ in sorted(set(segments)):
+                db.execute("INSERT OR IGNORE INTO segments (segment) VALUES (?)", (name_,))
+            number = dict(db.execute("SELECT segment, id FROM segments"))
+            micro = lambda xs: np.floor(np.asarray(xs, dtype=np.float64) * 1e6 + 0.5).astype(np.int64).tolist()  # noqa: E731
             db.executemany(
-                "INSERT INTO records (file_id, record_id, ts, segment, student, prediction, confidence, "
-                "entropy, value, latency_us, sampled, label, seq) VALUES (?, ?, ?, ?, ?, ?, ?, ?, NULL, ?, ?, ?, ?)",
-                zip([file_id] * n, ids, ts.tolist(), segments, [self.student.sha12] * n, prediction.tolist(),
-                    confidence.tolist(), ent.tolist(), latency.tolist(), sampled.tolist(), records.labels,
-                    seqs.tolist()))
+                "INSERT INTO record_rows (seq, ts, segment, prediction, confidence, entropy, value, latency_us, "
+                "sampled, label) VALUES (?, ?, ?, ?, ?, ?, NULL, ?, ?, ?)",
+                zip(seqs.tolist(), (ts - ts_base).tolist(), [number[x] for x in segments], prediction.tolist(),
+                    micro(confidence), micro(ent), latency.tolist(), sampled.tolist(), records.labels))
+            runs, single = encode_ids(first_seq, ids)
+            db.executemany("INSERT INTO record_id_runs (first_seq, records, prefix, digits, first_number) "
+                           "VALUES (?, ?, ?, ?, ?)", runs)
+            db.executemany("INSERT INTO record_ids (seq, record_id) VALUES (?, ?)", single)
             if teacher_rows:
                 db.executemany(
                     "INSERT INTO teacher_samples (seq, record_id, ts, segment, weight, teacher, student, "

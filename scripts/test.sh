@@ -38,6 +38,12 @@ fi
 .venv/oip-kserve/bin/python -m pip install --quiet --disable-pip-version-check \
   -r tests/servers/requirements-kserve.txt
 
+echo "== nginx, the TLS and token proxy in front of the inference server in the remote-teacher tests"
+if ! command -v nginx >/dev/null && [ ! -x /usr/sbin/nginx ]; then
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq && apt-get install -y -qq --no-install-recommends nginx openssl >/dev/null
+fi
+
 echo "== Rust: format, lint, tests"
 cargo fmt --all -- --check
 cargo clippy --locked --all-targets -- -D warnings

@@ -239,6 +239,13 @@ pub struct RemoteConfig {
     /// `breaker_open`, then one batch probes the server.
     pub breaker_after: u32,
     pub breaker_open: Duration,
+    /// PEM certificates trusted beside the system's roots (a private CA).
+    pub ca_file: Option<PathBuf>,
+    /// The client certificate and its key (PEM), for servers that ask for one (mutual TLS).
+    pub client_identity: Option<(PathBuf, PathBuf)>,
+    /// Sent as `Authorization: Bearer …`; read from `token_file` or the systemd credential
+    /// `token_credential` when the config is loaded.
+    pub token: Option<Secret>,
 }
 
 impl RemoteConfig {

@@ -190,10 +190,7 @@ impl RemoteModel {
             .enable_all()
             .build()
             .map_err(|e| fail(format!("cannot start the HTTP client: {e}")))?;
-        let client = reqwest::Client::builder()
-            .connect_timeout(CONNECT_TIMEOUT)
-            .build()
-            .map_err(|e| fail(format!("cannot build the HTTP client: {}", chain(&e))))?;
+        let client = http_client(&remote).map_err(fail)?;
         let metadata = {
             let client = client.clone();
             let url = location.clone();
@@ -674,6 +671,61 @@ impl Breaker {
         self.failures = 0;
         self.open_until.take().is_some()
     }
+}
+
+/// The HTTP client of one server: the system's roots and the configured CA, the client
+/// certificate, the bearer token on every request (marked sensitive: never in debug output).
+fn http_client(remote: &RemoteConfig) -> Result<reqwest::Client, String> {
+    let read = |what: &str, path: &std::path::Path| {
+        std::fs::read(path).map_err(|e| format!("teacher.{what} {}: {e}", path.display()))
+    };
+    let mut builder = reqwest::Client::builder()
+        .connect_timeout(CONNECT_TIMEOUT)
+        .user_agent(concat!("sensei/", env!("CARGO_PKG_VERSION")));
+    if let Some(path) = &remote.ca_file {
+        let certificates =
+            reqwest::Certificate::from_pem_bundle(&read("ca_file", path)?).map_err(|e| {
+                format!(
+                    "teacher.ca_file {}: not PEM certificates: {e}",
+                    path.display()
+                )
+            })?;
+        if certificates.is_empty() {
+            return Err(format!(
+                "teacher.ca_file {}: holds no certificate",
+                path.display()
+            ));
+        }
+        for certificate in certificates {
+            builder = builder.add_root_certificate(certificate);
+        }
+    }
+    if let Some((cert, key)) = &remote.client_identity {
+        let mut pem = read("client_cert_file", cert)?;
+        pem.push(b'\n');
+        pem.extend(read("client_key_file", key)?);
+        let identity = reqwest::Identity::from_pem(&pem).map_err(|e| {
+            format!(
+                "teacher.client_cert_file {} and client_key_file {}: not a PEM certificate and key: {e}",
+                cert.display(),
+                key.display()
+            )
+        })?;
+        builder = builder.identity(identity);
+    }
+    if let Some(token) = &remote.token {
+        let mut value =
+            reqwest::header::HeaderValue::from_str(&format!("Bearer {}", token.expose())).map_err(
+                |_| "teacher.token_file: the token is not a valid HTTP header value".to_string(),
+            )?;
+        value.set_sensitive(true);
+        let mut headers = reqwest::header::HeaderMap::new();
+        headers.insert(reqwest::header::AUTHORIZATION, value);
+        builder = builder.default_headers(headers);
+    }
+    builder
+        .build()
+        .map_err(|e| format!("cannot build the HTTP client: {}", chain(&e)))
 }
 
 /// What the database knows a model on a server by: the sha256 of its address (the server does

@@ -315,3 +315,75 @@ fn wait_until_records(site: &Site, n: usize) {
         site.db_path().exists() && site.records() == n as i64
     });
 }
+
+#[test]
+fn a_teacher_behind_tls_with_a_client_certificate_and_a_token() {
+    let demo = repo().join("models/demo");
+    let site = Site::with_models(demo.join("student.onnx"), demo.join("teacher.onnx"));
+    let server = KServe::start(&[("teacher", demo.join("teacher.onnx"))], &[], site.root());
+    let pki = crate::common::oip::Pki::make(&site.root().join("pki"));
+    let token = "s3cret-teacher-token-7f2c";
+    let nginx =
+        crate::common::oip::Nginx::start(&site.root().join("nginx"), &pki, token, server.port);
+    std::fs::write(site.root().join("token"), format!("{token}\n")).unwrap();
+    std::fs::write(site.root().join("wrong-token"), "not-the-token\n").unwrap();
+    let tls = |token_file: &str, with_ca: bool, with_client: bool| -> String {
+        let mut s = remote_teacher(&nginx.url(), "teacher");
+        if with_ca {
+            s.push_str(&format!("ca_file = {:?}\n", pki.ca.display().to_string()));
+        }
+        if with_client {
+            s.push_str(&format!(
+                "client_cert_file = {:?}\nclient_key_file = {:?}\n",
+                pki.client_cert.display().to_string(),
+                pki.client_key.display().to_string()
+            ));
+        }
+        s.push_str(&format!("token_file = \"{token_file}\"\n"));
+        s
+    };
+    let check = |config: &str| -> (Option<i32>, String) {
+        site.write_config(config);
+        let out = site.sensei(&["check"]);
+        let text = output(&out);
+        assert!(!text.contains(token), "the token was shown: {text}");
+        (out.status.code(), text)
+    };
+
+    let (code, text) = check(&tls("token", true, true));
+    assert_eq!(code, Some(0), "{text}");
+    assert!(
+        text.contains(&format!("teacher: {}/v2/models/teacher", nginx.url())),
+        "{text}"
+    );
+
+    // The wrong token, no client certificate, a CA the system does not know: each named.
+    let (code, text) = check(&tls("wrong-token", true, true));
+    assert_eq!(code, Some(78), "{text}");
+    assert!(text.contains("HTTP 401"), "{text}");
+    let (code, text) = check(&tls("token", true, false));
+    assert_eq!(code, Some(78), "{text}");
+    assert!(
+        text.contains("HTTP 400"),
+        "nginx answers 400 without a client certificate: {text}"
+    );
+    let (code, text) = check(&tls("token", false, true));
+    assert_eq!(code, Some(78), "{text}");
+    assert!(
+        text.contains("the server does not answer") && text.to_lowercase().contains("certificate"),
+        "{text}"
+    );
+
+    // A replay graded through the proxy: every sample answered; the token in no log line.
+    site.write_config(&format!(
+        "[sampling]\nrate = 1.0\nmax_per_minute = 1000000\nqueue = 100000\n[log]\nfilter = \"debug\"\n{}",
+        tls("token", true, true)
+    ));
+    let data = site.root().join("records.jsonl");
+    std::fs::write(&data, crate::common::jsonl("tls", 30)).unwrap();
+    let out = site.sensei(&["replay", data.to_str().unwrap()]);
+    let text = output(&out);
+    assert!(out.status.success(), "{text}");
+    assert!(!text.contains(token), "the token was logged: {text}");
+    assert_eq!(sampled_codes(&site), BTreeMap::from([(1, 30)]));
+}

@@ -7,7 +7,7 @@ use std::time::Duration;
 use super::super::raw::{self, RawModel};
 use super::super::{
     CompareConfig, ModelConfig, NonFinitePolicy, OnnxRuntimeConfig, OutputKind, Pooling,
-    RemoteConfig, Task,
+    RemoteConfig, Secret, Task, read_secret,
 };
 use super::Check;
 
@@ -19,7 +19,7 @@ const DEFAULT_OUTPUT: &str = "logits";
 const DEFAULT_REMOTE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The keys of a model on an inference server, `url` first, and whether each is set.
-fn remote_keys(raw: &RawModel) -> [(&'static str, bool); 9] {
+fn remote_keys(raw: &RawModel) -> [(&'static str, bool); 14] {
     [
         ("url", raw.url.is_some()),
         ("model", raw.model.is_some()),
@@ -30,6 +30,11 @@ fn remote_keys(raw: &RawModel) -> [(&'static str, bool); 9] {
         ("in_flight", raw.in_flight.is_some()),
         ("breaker_after", raw.breaker_after.is_some()),
         ("breaker_open", raw.breaker_open.is_some()),
+        ("ca_file", raw.ca_file.is_some()),
+        ("client_cert_file", raw.client_cert_file.is_some()),
+        ("client_key_file", raw.client_key_file.is_some()),
+        ("token_file", raw.token_file.is_some()),
+        ("token_credential", raw.token_credential.is_some()),
     ]
 }
 
@@ -197,6 +202,29 @@ impl Check<'_> {
             Duration::from_secs(30),
             Duration::from_millis(1),
         );
+        let ca_file = raw.ca_file.clone().map(|p| self.path(&key("ca_file"), p));
+        let client_identity = match (&raw.client_cert_file, &raw.client_key_file) {
+            (Some(cert), Some(k)) => Some((
+                self.path(&key("client_cert_file"), cert.clone()),
+                self.path(&key("client_key_file"), k.clone()),
+            )),
+            (None, None) => None,
+            (Some(_), None) => {
+                self.problem(
+                    &key("client_key_file"),
+                    format!("required with {section}.client_cert_file: the certificate's key"),
+                );
+                None
+            }
+            (None, Some(_)) => {
+                self.problem(
+                    &key("client_cert_file"),
+                    format!("required with {section}.client_key_file: the key's certificate"),
+                );
+                None
+            }
+        };
+        let token = self.remote_token(section, raw);
         Some(RemoteConfig {
             url: url?,
             model: model?,
@@ -207,7 +235,57 @@ impl Check<'_> {
             in_flight,
             breaker_after,
             breaker_open,
+            ca_file,
+            client_identity,
+            token,
         })
+    }
+
+    /// The bearer token, from `token_file` or the systemd credential `token_credential`
+    /// (`$CREDENTIALS_DIRECTORY/NAME`): read now, so a missing file is a config problem.
+    fn remote_token(&mut self, section: &str, raw: &RawModel) -> Option<Secret> {
+        let key = |name: &str| format!("{section}.{name}");
+        let (key, path) = match (&raw.token_file, &raw.token_credential) {
+            (None, None) => return None,
+            (Some(_), Some(_)) => {
+                self.problem(
+                    &key("token_credential"),
+                    format!(
+                        "set either {section}.token_file or {section}.token_credential, not both"
+                    ),
+                );
+                return None;
+            }
+            (Some(file), None) => (
+                key("token_file"),
+                self.path(&key("token_file"), file.clone()),
+            ),
+            (None, Some(name)) => {
+                let key = key("token_credential");
+                if name.is_empty() || name.contains('/') {
+                    self.problem(
+                        &key,
+                        format!("\"{name}\" is not a credential name (no slashes, not empty)"),
+                    );
+                    return None;
+                }
+                match std::env::var_os("CREDENTIALS_DIRECTORY") {
+                    Some(dir) => (key, PathBuf::from(dir).join(name)),
+                    None => {
+                        self.problem(
+                            &key,
+                            format!(
+                                "credential \"{name}\" is set but $CREDENTIALS_DIRECTORY is not (it is set by systemd's LoadCredential=)"
+                            ),
+                        );
+                        return None;
+                    }
+                }
+            }
+        };
+        read_secret(&path)
+            .map_err(|message| self.problem(&key, message))
+            .ok()
     }
 
     /// A model name or version that goes into a URL path as it is.

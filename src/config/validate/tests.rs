@@ -618,3 +618,41 @@ fn a_remote_teacher_is_checked_key_by_key() {
     );
     assert!(problems[0].message.contains("only [teacher] may be served"));
 }
+
+#[test]
+fn a_remote_teachers_token_is_read_at_load_and_never_shown() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("token"), "tok-51e7\n").unwrap();
+    let base = "state_dir = \"/s\"\n[student]\npath = \"/s.onnx\"\n[teacher]\nurl = \"https://h\"\nmodel = \"t\"\n";
+    let config = from_toml(
+        &format!("{base}token_file = \"token\"\nca_file = \"ca.pem\"\n"),
+        &dir.path().join("sensei.toml"),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let remote = config.teacher.remote.as_ref().unwrap();
+    assert_eq!(remote.token.as_ref().map(|t| t.expose()), Some("tok-51e7"));
+    assert_eq!(
+        remote.ca_file.as_deref(),
+        Some(dir.path().join("ca.pem").as_path())
+    );
+    assert!(!format!("{config:?}").contains("tok-51e7"));
+    let problems = from_toml(
+        &format!(
+            "{base}token_file = \"missing\"\ntoken_credential = \"x\"\nclient_cert_file = \"c.pem\"\n"
+        ),
+        &dir.path().join("sensei.toml"),
+    )
+    .unwrap_err()
+    .problems;
+    assert_eq!(
+        paths(&problems),
+        ["teacher.client_key_file", "teacher.token_credential"]
+    );
+    let missing = from_toml(
+        &format!("{base}token_file = \"missing\"\n"),
+        &dir.path().join("sensei.toml"),
+    )
+    .unwrap_err()
+    .problems;
+    assert_eq!(paths(&missing), ["teacher.token_file"]);
+}

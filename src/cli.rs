@@ -22,7 +22,8 @@ pub enum Command {
     /// Run the daemon: watch the inbox, student on every record, teacher on a sample.
     Run,
     /// Run the daemon's pipeline over the given files (or directories), then exit with a summary.
-    /// Files are not moved; the database in the config is written.
+    /// Files are not moved; the database in the config is written. Exit 1 when a commit failed,
+    /// 65 when files were quarantined and none was committed.
     Replay {
         #[arg(required = true, value_name = "PATH")]
         paths: Vec<PathBuf>,

@@ -97,11 +97,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             let report = sensei::daemon::replay(&config, &paths, None)?;
             let status = commands::status(&config)?;
             print!("{}", commands::replay_text(&report, &status));
-            Ok(if report.commit_errors > 0 {
-                ExitCode::FAILURE
-            } else {
-                ExitCode::SUCCESS
-            })
+            Ok(ExitCode::from(commands::replay_exit_code(&report) as u8))
         }
         Command::Baseline { paths, json } => {
             let config = match load_config(&cli.config) {

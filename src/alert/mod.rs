@@ -562,6 +562,8 @@ pub async fn send_test(alerts: &AlertConfig, receiver: &str) -> anyhow::Result<N
             effect_size: None,
             baseline_version: None,
             resolved_at: None,
+            alarms: 1,
+            last_alarm_record: None,
         },
     };
     let doc = Notification {

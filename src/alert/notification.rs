@@ -319,17 +319,23 @@ impl Notification {
             ("since".to_owned(), human(d.since)),
         ];
         let mut change = format!(
-            "detected {} at record #{}",
+            "detected {} at seq {} (records.seq)",
             human(e.detected_at),
             e.detected_at_record
         );
         if let Some(r) = e.estimated_change_record {
-            let _ = write!(change, "; change estimated to start at record #{r}");
+            let _ = write!(change, "; change estimated to start at seq {r}");
             if let Some(at) = e.estimated_change_at {
                 let _ = write!(change, " ({})", human(at));
             }
         }
         lines.push(("evidence".to_owned(), change));
+        if e.alarms > 1 {
+            let latest = e
+                .last_alarm_record
+                .map_or(String::new(), |r| format!(", the latest at seq {r}"));
+            lines.push(("alarms".to_owned(), format!("{}{latest}", e.alarms)));
+        }
         lines.push(("baseline".to_owned(), number(e.baseline_value)));
         lines.push((
             "current".to_owned(),
@@ -501,6 +507,8 @@ mod tests {
                 effect_size: None,
                 baseline_version: Some(1),
                 resolved_at: None,
+                alarms: 1,
+                last_alarm_record: None,
             },
         }
     }

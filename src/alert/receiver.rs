@@ -473,6 +473,8 @@ mod tests {
                 effect_size: None,
                 baseline_version: None,
                 resolved_at: None,
+                alarms: 1,
+                last_alarm_record: None,
             },
         }];
         let firing = alertmanager_alerts(&n, 10_000, Duration::from_secs(300));

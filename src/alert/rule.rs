@@ -381,6 +381,8 @@ mod tests {
             effect_size: None,
             baseline_version: Some(1),
             resolved_at,
+            alarms: 1,
+            last_alarm_record: None,
         }
     }
 

@@ -7,7 +7,7 @@ pub mod replay;
 pub mod status;
 
 pub use check::{CheckReport, check};
-pub use replay::replay_text;
+pub use replay::{EX_DATAERR, replay_exit_code, replay_text};
 pub use status::{SegmentReport, SignalStatus, StatusReport, segment_table, status};
 
 /// Exit code for a configuration problem (sysexits.h `EX_CONFIG`).

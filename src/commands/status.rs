@@ -93,6 +93,9 @@ pub struct ShadowStatus {
 pub struct SignalStatus {
     pub signal: String,
     pub segment: String,
+    /// The value the detector compares the field with, the same number as
+    /// `drift_events.baseline_value`: for a rate, p0 (the lab rate under the sampling policy,
+    /// Jeffreys-smoothed); for a real-valued signal, the lab mean.
     pub baseline_value: Option<f64>,
     pub current: Option<Interval>,
     pub detector: Option<String>,
@@ -143,7 +146,7 @@ pub fn status(config: &Config) -> anyhow::Result<StatusReport> {
         let rows: [(&str, Option<f64>, Option<Interval>); 4] = [
             (
                 "disagreement",
-                r.and_then(|r| r.disagreement.as_ref().map(|d| d.rate)),
+                r.and_then(|r| r.disagreement.as_ref().map(|d| d.p0)),
                 seg.disagreement,
             ),
             (
@@ -182,8 +185,8 @@ pub fn status(config: &Config) -> anyhow::Result<StatusReport> {
     // Error-rate detectors only exist once labels arrived.
     for det in detectors.iter().filter(|d| d.signal.ends_with("_error")) {
         let baseline_value = reference.as_ref().and_then(|r| match det.signal.as_str() {
-            "student_error" => r.student_error.as_ref().map(|e| e.rate),
-            _ => r.teacher_error.as_ref().map(|e| e.rate),
+            "student_error" => r.student_error.as_ref().map(|e| e.p0),
+            _ => r.teacher_error.as_ref().map(|e| e.p0),
         });
         report.signals.push(SignalStatus {
             signal: det.signal.clone(),
@@ -346,10 +349,14 @@ impl StatusReport {
                     "  {:<14} {:<12} {:>9} {:>26} {:>16} {:>18}",
                     "signal",
                     "segment",
-                    "baseline",
+                    "reference",
                     "current [95% CI]",
                     "detector",
                     "statistic/limit"
+                );
+                let _ = writeln!(
+                    s,
+                    "  (reference: what the detector compares with, as in drift_events.baseline_value; for a rate, p0 = the lab rate under the sampling policy, Jeffreys-smoothed)"
                 );
                 for sig in &self.signals {
                     let current = match sig.current {
@@ -426,16 +433,21 @@ impl StatusReport {
                     .unwrap_or_default();
                 let _ = writeln!(
                     s,
-                    "  #{} {when} {} on {} ({}) at record {}{}: baseline {} → current {}{}",
+                    "  #{} {when} {} on {} ({}) at seq {}{}: reference {} → current {}{}{}",
                     e.id,
                     e.signal,
                     segment_name(&e.segment),
                     e.detector,
                     e.detected_at_record,
                     e.estimated_change_record
-                        .map_or(String::new(), |c| format!(", change from ~{c}")),
+                        .map_or(String::new(), |c| format!(", change from ~seq {c}")),
                     fmt_opt(e.baseline_value, 4),
                     fmt_opt(e.current_value, 4),
+                    match (e.alarms, e.last_alarm_record) {
+                        (n, Some(last)) if n > 1 =>
+                            format!("; {n} alarms, the latest at seq {last}"),
+                        _ => String::new(),
+                    },
                     if e.resolved_at.is_some() {
                         " (resolved)"
                     } else {

@@ -320,39 +320,62 @@ impl<'de> Deserialize<'de> for RawSize {
 
 /// Parses TOML text into [`RawConfig`]; on failure returns every syntax or structural problem
 /// (unknown key, wrong type), each with its key path and line/column.
+#[cfg(test)]
 pub fn parse(text: &str) -> Result<RawConfig, Vec<ConfigProblem>> {
-    let document = DeTable::parse(text).map_err(|error| {
-        vec![ConfigProblem {
-            path: String::new(),
-            message: with_position(text, error.message(), error.span()),
-        }]
-    })?;
+    match parse_lenient(text) {
+        (Some(raw), problems) if problems.is_empty() => Ok(raw),
+        (_, problems) => Err(problems),
+    }
+}
+
+/// Parses TOML text into [`RawConfig`] as far as it goes: every syntax or structural problem,
+/// and the config without the keys that have one (`None` when the text is not TOML, or when
+/// the document fails only as a whole). Validation runs on what is left, so that an unknown
+/// key does not hide a bad value elsewhere.
+pub fn parse_lenient(text: &str) -> (Option<RawConfig>, Vec<ConfigProblem>) {
+    let document = match DeTable::parse(text) {
+        Ok(document) => document,
+        Err(error) => {
+            let problem = ConfigProblem {
+                path: String::new(),
+                message: with_position(text, error.message(), error.span()),
+            };
+            return (None, vec![problem]);
+        }
+    };
     match RawConfig::deserialize(toml::de::Deserializer::from(document.clone())) {
-        Ok(raw) => Ok(raw),
+        Ok(raw) => (Some(raw), Vec::new()),
         Err(whole) => {
-            let mut problems = isolate_problems(text, &document);
+            let (mut problems, pruned) = isolate_problems(text, &document);
             if problems.is_empty() {
                 // Every key passes on its own, so the document fails as a whole; say so.
                 problems.push(ConfigProblem {
                     path: String::new(),
                     message: with_position(text, whole.message(), whole.span()),
                 });
+                return (None, problems);
             }
-            Err(problems)
+            let rest = RawConfig::deserialize(toml::de::Deserializer::from(pruned)).ok();
+            (rest, problems)
         }
     }
 }
 
 /// Deserializes each top-level key, and each key of each section, on its own, so every
 /// structural problem is found and its key path is known by construction. Problems come back
-/// in file order.
-fn isolate_problems(text: &str, document: &Spanned<DeTable<'_>>) -> Vec<ConfigProblem> {
+/// in file order, with the document less the keys that have them.
+fn isolate_problems<'i>(
+    text: &str,
+    document: &Spanned<DeTable<'i>>,
+) -> (Vec<ConfigProblem>, Spanned<DeTable<'i>>) {
     let mut found: Vec<(usize, ConfigProblem)> = Vec::new();
     let mut report = |path: &str, message: &str, at: Range<usize>| {
         found.push((at.start, problem(text, path, message, at)));
     };
+    let mut pruned = DeTable::new();
     for (key, value) in document.get_ref() {
         let Err(error) = try_alone(document.span(), key, value.clone()) else {
+            pruned.insert(key.clone(), value.clone());
             continue;
         };
         // The key itself may be the problem (`[studnet]`): test it with an empty table first.
@@ -376,6 +399,7 @@ fn isolate_problems(text: &str, document: &Spanned<DeTable<'_>>) -> Vec<ConfigPr
                 continue;
             }
         };
+        let mut kept = DeTable::new();
         for (inner_key, inner_value) in section {
             let mut inner = DeTable::new();
             inner.insert(inner_key.clone(), inner_value.clone());
@@ -387,11 +411,18 @@ fn isolate_problems(text: &str, document: &Spanned<DeTable<'_>>) -> Vec<ConfigPr
                     error.message(),
                     error.span().unwrap_or(inner_key.span()),
                 );
+            } else {
+                kept.insert(inner_key.clone(), inner_value.clone());
             }
         }
+        pruned.insert(
+            key.clone(),
+            Spanned::new(value.span(), DeValue::Table(kept)),
+        );
     }
     found.sort_by_key(|(start, _)| *start);
-    found.into_iter().map(|(_, problem)| problem).collect()
+    let problems = found.into_iter().map(|(_, problem)| problem).collect();
+    (problems, Spanned::new(document.span(), pruned))
 }
 
 /// Deserializes a document holding only `key = value`.
@@ -469,6 +500,16 @@ mod tests {
         assert!(problems[2].message.contains("(line 5, column 11)"));
         assert!(problems[3].message.contains("unknown field `batch`"));
         assert!(problems[3].message.contains("(line 6, column 1)"));
+    }
+
+    #[test]
+    fn what_parses_is_kept_beside_the_structural_problems() {
+        let text = "[detect2]\nx = 1\n[sampling]\nrate = 1.5\nratee = 2\n";
+        let (raw, problems) = parse_lenient(text);
+        let paths: Vec<&str> = problems.iter().map(|p| p.path.as_str()).collect();
+        assert_eq!(paths, ["detect2", "sampling.ratee"]);
+        let raw = raw.expect("the rest parses");
+        assert_eq!(raw.sampling.rate, Some(1.5));
     }
 
     #[test]

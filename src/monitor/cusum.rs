@@ -138,8 +138,14 @@ impl BernoulliCusum {
         })
     }
 
+    /// The log-likelihood ratio of one observation, ln P(x | p1) / P(x | p0): what it adds to S
+    /// before the clamp at zero.
+    pub fn increment(&self, x: bool) -> f64 {
+        if x { self.up } else { self.down }
+    }
+
     pub fn update(&mut self, x: bool, seq: u64) -> Option<Alarm> {
-        let increment = if x { self.up } else { self.down };
+        let increment = self.increment(x);
         self.core
             .step(increment, f64::from(u8::from(x)), seq, self.p0)
     }
@@ -250,6 +256,16 @@ impl Cusum {
             skipped_non_finite: 0,
             core: CusumCore::new(h)?,
         })
+    }
+
+    /// What one observation adds to S before the clamp at zero, x − μ0 − k (0 for a non-finite
+    /// value, which is skipped).
+    pub fn increment(&self, x: f64) -> f64 {
+        if x.is_finite() {
+            x - self.mean - self.k
+        } else {
+            0.0
+        }
     }
 
     pub fn update(&mut self, x: f64, seq: u64) -> Option<Alarm> {

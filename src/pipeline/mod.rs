@@ -151,8 +151,22 @@ pub struct WriterReport {
     /// Commits the database refused (disk full, locked past the busy timeout, I/O error). The
     /// file stays in the inbox; the daemon takes it again after a back-off.
     pub commit_errors: u64,
+    /// The first [`QUARANTINE_LIST_MAX`] quarantined files with their reasons, in the order
+    /// they were quarantined (`sensei replay` prints them; the count is `files_quarantined`).
+    pub quarantined: Vec<QuarantinedFile>,
     /// Where the student's thread spent its time (filled in when the pipeline is joined).
     pub student: StudentTime,
+}
+
+/// How many quarantined files a [`WriterReport`] names; the daemon's report lives as long as
+/// the daemon, so the list is bounded (the ledger and `quarantine/` hold every one).
+pub const QUARANTINE_LIST_MAX: usize = 100;
+
+/// A file the pipeline quarantined, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QuarantinedFile {
+    pub name: String,
+    pub reason: String,
 }
 
 /// The student thread's time: how much of it went to the model. `sensei replay` prints it, so

@@ -13,7 +13,8 @@ use super::disposal::{dispose, quarantine};
 use super::{FileMeta, WriterMsg, WriterReport};
 use crate::drift::{DriftMonitor, Observation};
 use crate::store::{
-    CommitOutcome, FileCommit, LabelJoin, LabelsOutcome, MonitorDelta, RecordRow, Store, TeacherRow,
+    CommitOutcome, EventChange, FileCommit, LabelJoin, LabelsOutcome, MonitorDelta, RecordRow,
+    Store, TeacherRow,
 };
 use crate::time::now_ms;
 
@@ -433,6 +434,12 @@ impl Writer {
                 }
                 quarantine(meta, reason);
                 report.files_quarantined += 1;
+                if report.quarantined.len() < super::QUARANTINE_LIST_MAX {
+                    report.quarantined.push(super::QuarantinedFile {
+                        name: meta.name.clone(),
+                        reason: reason.clone(),
+                    });
+                }
             }
             FileOutcome::Failed { error } => {
                 report.commit_errors += 1;
@@ -520,19 +527,36 @@ pub fn observe_records(
 }
 
 fn log_drift(delta: &MonitorDelta) {
-    for e in &delta.events {
-        tracing::warn!(
-            signal = %e.signal,
-            segment = %e.segment,
-            detector = e.detector,
-            record = e.detected_at_record,
-            baseline = e.baseline_value,
-            current = e.current_value,
-            "Drift detected."
-        );
-    }
-    for (signal, segment, detector) in &delta.resolved {
-        tracing::info!(%signal, %segment, detector, "Drift resolved: the signal is back in control.");
+    for change in &delta.changes {
+        match change {
+            EventChange::Open(e) => tracing::warn!(
+                signal = %e.signal,
+                segment = %e.segment,
+                detector = e.detector,
+                seq = e.detected_at_record,
+                change_seq = e.estimated_change_record,
+                baseline = e.baseline_value,
+                current = e.current_value,
+                "Drift detected."
+            ),
+            EventChange::Repeat(e) => tracing::warn!(
+                signal = %e.signal,
+                segment = %e.segment,
+                detector = e.detector,
+                seq = e.detected_at_record,
+                change_seq = e.estimated_change_record,
+                baseline = e.baseline_value,
+                current = e.current_value,
+                "Drift alarm again while its event is open; counted on the event."
+            ),
+            EventChange::Resolve {
+                signal,
+                segment,
+                detector,
+            } => {
+                tracing::info!(%signal, %segment, detector, "Drift resolved: the detector is back in control.")
+            }
+        }
     }
 }
 

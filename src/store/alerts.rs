@@ -62,6 +62,17 @@ pub struct DriftEvent {
     pub baseline_version: Option<i64>,
     #[serde(with = "rfc3339_ms_opt", default)]
     pub resolved_at: Option<i64>,
+    /// Alarms counted on the event while it was open, the opening one included: a drift that
+    /// follows a false alarm shows here.
+    #[serde(default = "one")]
+    pub alarms: i64,
+    /// `records.seq` of the event's latest alarm.
+    #[serde(default)]
+    pub last_alarm_record: Option<i64>,
+}
+
+fn one() -> i64 {
+    1
 }
 
 /// What sensei did about a drift, when the rule has an action.
@@ -136,7 +147,8 @@ fn columns() -> &'static str {
     "e.id, e.signal, e.segment, e.detector, e.detected_at, e.detected_at_record,
      e.estimated_change_record,
      (SELECT r.ts FROM records r WHERE r.seq = e.estimated_change_record), e.statistic, e.threshold, e.baseline_value, e.current_value,
-     e.current_low, e.current_high, e.p_value, e.effect_size, e.baseline_version, e.resolved_at"
+     e.current_low, e.current_high, e.p_value, e.effect_size, e.baseline_version, e.resolved_at,
+     e.alarms, e.last_alarm_record"
 }
 
 fn event_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<DriftEvent> {
@@ -159,6 +171,8 @@ fn event_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<DriftEvent> {
         effect_size: r.get(15)?,
         baseline_version: r.get(16)?,
         resolved_at: r.get(17)?,
+        alarms: r.get(18)?,
+        last_alarm_record: r.get(19)?,
     })
 }
 

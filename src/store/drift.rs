@@ -17,34 +17,85 @@ pub(super) fn write_delta(
     let mut ins = tx.prepare_cached(
         "INSERT INTO drift_events (signal, segment, detector, detected_at, detected_at_record,
             estimated_change_record, statistic, threshold, baseline_value, current_value, current_low,
-            current_high, p_value, effect_size, baseline_version)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
+            current_high, p_value, effect_size, baseline_version, alarms, last_alarm_at,
+            last_alarm_record)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, 1, ?4, ?5)",
     )?;
-    for e in &delta.events {
-        ins.execute(params![
-            e.signal,
-            e.segment,
-            e.detector,
+    let mut alarm = tx.prepare_cached(
+        "INSERT INTO drift_alarms (event_id, detected_at, detected_at_record,
+            estimated_change_record, statistic, threshold, current_value, p_value)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+    )?;
+    let mut open_event = tx.prepare_cached(
+        "SELECT id FROM drift_events
+         WHERE signal = ?1 AND segment = ?2 AND detector = ?3 AND resolved_at IS NULL
+         ORDER BY id DESC LIMIT 1",
+    )?;
+    let mut count = tx.prepare_cached(
+        "UPDATE drift_events SET alarms = alarms + 1, last_alarm_at = ?2, last_alarm_record = ?3
+         WHERE id = ?1",
+    )?;
+    let mut resolve = tx.prepare_cached(
+        "UPDATE drift_events SET resolved_at = ?4
+         WHERE signal = ?1 AND segment = ?2 AND detector = ?3 AND resolved_at IS NULL",
+    )?;
+    // In order: an event may open, resolve and open again within one file.
+    for change in &delta.changes {
+        let e = match change {
+            EventChange::Resolve {
+                signal,
+                segment,
+                detector,
+            } => {
+                resolve.execute(params![signal, segment, detector, now_ms])?;
+                continue;
+            }
+            EventChange::Open(e) | EventChange::Repeat(e) => e,
+        };
+        let open: Option<i64> = match change {
+            EventChange::Repeat(_) => open_event
+                .query_row(params![e.signal, e.segment, e.detector], |r| r.get(0))
+                .optional()?,
+            _ => None,
+        };
+        let event_id = match open {
+            Some(id) => {
+                count.execute(params![id, e.detected_at_ms, e.detected_at_record])?;
+                id
+            }
+            // A repeat whose event is not in the database (it was opened before every alarm
+            // was stored) opens one.
+            None => {
+                ins.execute(params![
+                    e.signal,
+                    e.segment,
+                    e.detector,
+                    e.detected_at_ms,
+                    e.detected_at_record,
+                    e.estimated_change_record,
+                    finite(e.statistic),
+                    finite(e.threshold),
+                    e.baseline_value.map(finite),
+                    e.current_value.map(finite),
+                    e.current_low.map(finite),
+                    e.current_high.map(finite),
+                    e.p_value.map(finite),
+                    e.effect_size.map(finite),
+                    version,
+                ])?;
+                tx.last_insert_rowid()
+            }
+        };
+        alarm.execute(params![
+            event_id,
             e.detected_at_ms,
             e.detected_at_record,
             e.estimated_change_record,
             finite(e.statistic),
             finite(e.threshold),
-            e.baseline_value.map(finite),
             e.current_value.map(finite),
-            e.current_low.map(finite),
-            e.current_high.map(finite),
             e.p_value.map(finite),
-            e.effect_size.map(finite),
-            version,
         ])?;
-    }
-    let mut resolve = tx.prepare_cached(
-        "UPDATE drift_events SET resolved_at = ?4
-         WHERE signal = ?1 AND segment = ?2 AND detector = ?3 AND resolved_at IS NULL",
-    )?;
-    for (signal, segment, detector) in &delta.resolved {
-        resolve.execute(params![signal, segment, detector, now_ms])?;
     }
     let mut state = tx.prepare_cached(
         "INSERT INTO detector_state (signal, segment, detector, baseline_version, samples, statistic,
@@ -102,6 +153,10 @@ pub struct DriftEventRow {
     pub p_value: Option<f64>,
     pub effect_size: Option<f64>,
     pub resolved_at: Option<i64>,
+    /// Alarms counted on the event, the opening one included (`drift_alarms`).
+    pub alarms: i64,
+    /// `records.seq` of its latest alarm.
+    pub last_alarm_record: Option<i64>,
 }
 
 /// A detector's current standing, for status.
@@ -139,7 +194,7 @@ pub(super) fn recent_events(conn: &Connection, limit: i64) -> Result<Vec<DriftEv
     let mut stmt = conn.prepare_cached(
         "SELECT id, signal, segment, detector, detected_at, detected_at_record, estimated_change_record,
                 statistic, threshold, baseline_value, current_value, current_low, current_high, p_value,
-                effect_size, resolved_at
+                effect_size, resolved_at, alarms, last_alarm_record
          FROM drift_events ORDER BY id DESC LIMIT ?1",
     )?;
     let rows = stmt.query_map([limit], |r| {
@@ -160,6 +215,8 @@ pub(super) fn recent_events(conn: &Connection, limit: i64) -> Result<Vec<DriftEv
             p_value: r.get(13)?,
             effect_size: r.get(14)?,
             resolved_at: r.get(15)?,
+            alarms: r.get(16)?,
+            last_alarm_record: r.get(17)?,
         })
     })?;
     let mut out: Vec<DriftEventRow> = rows.collect::<rusqlite::Result<_>>()?;
@@ -309,15 +366,38 @@ pub struct NewEvent {
     pub effect_size: Option<f64>,
 }
 
-/// What one batch of observations changed: new events, events resolved, and the detector
-/// states to persist.
+/// One change to the drift events, in the order the detectors saw it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum EventChange {
+    /// An alarm of a detector with no open event: a new drift event (and its first alarm).
+    Open(NewEvent),
+    /// An alarm while the detector's event is open: one more alarm counted on that event.
+    Repeat(NewEvent),
+    /// The detector is back in control: its open event resolves.
+    Resolve {
+        signal: String,
+        segment: String,
+        detector: &'static str,
+    },
+}
+
+/// What one batch of observations changed: events opened, alarms, events resolved, and the
+/// detector states to persist.
 #[derive(Debug, Default)]
 pub struct MonitorDelta {
-    pub events: Vec<NewEvent>,
-    /// (signal, segment, detector) whose open event is resolved.
-    pub resolved: Vec<(String, String, &'static str)>,
+    pub changes: Vec<EventChange>,
     /// (signal, segment, detector) → its state.
     pub states: BTreeMap<StateKey, StateRow>,
+}
+
+impl MonitorDelta {
+    /// The events this batch opened.
+    pub fn opened(&self) -> impl Iterator<Item = &NewEvent> {
+        self.changes.iter().filter_map(|c| match c {
+            EventChange::Open(e) => Some(e),
+            _ => None,
+        })
+    }
 }
 
 /// (signal, segment, detector).

@@ -45,8 +45,12 @@ pub(super) const MIGRATIONS: &[(&str, &str)] = &[
         include_str!("../../migrations/0009_records_compact.sql"),
     ),
     (
-        "0010_windows_skipped_unreachable",
-        include_str!("../../migrations/0010_windows_skipped_unreachable.sql"),
+        "0010_drift_alarms",
+        include_str!("../../migrations/0010_drift_alarms.sql"),
+    ),
+    (
+        "0011_windows_skipped_unreachable",
+        include_str!("../../migrations/0011_windows_skipped_unreachable.sql"),
     ),
 ];
 

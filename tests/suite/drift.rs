@@ -86,6 +86,95 @@ fn the_clean_stream_raises_no_event_and_a_drifted_one_does_after_its_start() {
     );
 }
 
+/// Every alarm of every sequential detector is a row of `drift_alarms` and counts on its event:
+/// the database's counts equal the alarms the detectors' own state counted.
+#[test]
+fn every_alarm_is_counted_in_the_database() {
+    let site = site_with_baseline();
+    let out = site.sensei(&["replay", demo("streams/noise.jsonl").to_str().unwrap()]);
+    assert!(out.status.success());
+    let db = site.db();
+    let mut stmt = db
+        .prepare(
+            "SELECT d.signal, d.segment, d.detector,
+                    COALESCE(json_extract(d.state, '$.detector.Rate.core.alarms'),
+                             json_extract(d.state, '$.detector.Value.core.alarms')),
+                    (SELECT COALESCE(SUM(e.alarms), 0) FROM drift_events e
+                      WHERE e.signal = d.signal AND e.segment = d.segment AND e.detector = d.detector),
+                    (SELECT COUNT(*) FROM drift_alarms a JOIN drift_events e ON e.id = a.event_id
+                      WHERE e.signal = d.signal AND e.segment = d.segment AND e.detector = d.detector)
+             FROM detector_state d WHERE d.detector IN ('cusum', 'bernoulli_cusum')",
+        )
+        .unwrap();
+    let rows: Vec<(String, String, String, i64, i64, i64)> = stmt
+        .query_map([], |r| {
+            Ok((
+                r.get(0)?,
+                r.get(1)?,
+                r.get(2)?,
+                r.get(3)?,
+                r.get(4)?,
+                r.get(5)?,
+            ))
+        })
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    assert!(!rows.is_empty());
+    let total: i64 = rows.iter().map(|r| r.3).sum();
+    assert!(total > 0, "{rows:?}");
+    for r in &rows {
+        assert_eq!((r.3, r.3), (r.4, r.5), "{r:?}");
+    }
+    // Each event's alarm count and latest alarm agree with its rows.
+    let inconsistent = site.query_i64(
+        "SELECT COUNT(*) FROM drift_events e WHERE e.alarms !=
+            (SELECT COUNT(*) FROM drift_alarms a WHERE a.event_id = e.id)
+         OR e.last_alarm_record != (SELECT MAX(a.detected_at_record) FROM drift_alarms a WHERE a.event_id = e.id)",
+    );
+    assert_eq!(inconsistent, 0);
+}
+
+/// `status` and `drift_events` show the same reference number for a signal (p0 for a rate), and
+/// name record positions as `seq`, the `records.seq` they are.
+#[test]
+fn status_and_events_agree_on_the_reference_and_name_seq() {
+    let site = site_with_baseline();
+    let out = site.sensei(&[
+        "replay",
+        demo("streams/offset_drift.jsonl").to_str().unwrap(),
+    ]);
+    assert!(out.status.success());
+    let db = site.db();
+    let from_events: f64 = db
+        .query_row(
+            "SELECT baseline_value FROM drift_events WHERE signal = 'disagreement' LIMIT 1",
+            [],
+            |r| r.get(0),
+        )
+        .expect("a disagreement event");
+    let status = site.sensei(&["status", "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    let shown = v["signals"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["signal"] == "disagreement" && s["segment"] == "*")
+        .unwrap()["baseline_value"]
+        .as_f64()
+        .unwrap();
+    assert!(
+        (shown - from_events).abs() < 1e-12,
+        "status {shown} vs event {from_events}"
+    );
+    let text = String::from_utf8_lossy(&site.sensei(&["status"]).stdout).into_owned();
+    assert!(text.contains(&format!("{from_events:.4}")), "{text}");
+    let last_seq =
+        site.query_i64("SELECT detected_at_record FROM drift_events ORDER BY id DESC LIMIT 1");
+    assert!(text.contains(&format!(" at seq {last_seq}")), "{text}");
+    assert!(!text.contains(" at record "), "{text}");
+}
+
 /// Processing a stream in two runs (a restart in between) gives exactly the events of one
 /// uninterrupted run: detector state survives, and nothing fires twice.
 #[test]

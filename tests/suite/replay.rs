@@ -70,6 +70,39 @@ fn replay_counts_files_once_and_leaves_them_in_place() {
     );
 }
 
+/// A replay whose every file is quarantined committed nothing: the summary names each file with
+/// its reason, and the exit code (65, `EX_DATAERR`) says so to a script.
+#[test]
+fn a_replay_of_only_bad_files_names_each_and_fails() {
+    let site = Site::new();
+    site.write_config("");
+    let data = site.root().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    std::fs::write(data.join("bad.jsonl"), b"{not json\n").unwrap();
+    std::fs::write(data.join("empty-inputs.jsonl"), b"{\"id\": \"x\"}\n").unwrap();
+    let out = site.sensei(&["replay", data.to_str().unwrap()]);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(out.status.code(), Some(65), "{text}");
+    assert!(
+        text.contains("0 files committed (0 records, 0 labels), 2 quarantined"),
+        "{text}"
+    );
+    for name in ["bad.jsonl", "empty-inputs.jsonl"] {
+        let line = text
+            .lines()
+            .find(|l| l.trim_start().starts_with(&format!("quarantined {name}: ")))
+            .unwrap_or_else(|| panic!("no line for {name}: {text}"));
+        assert!(line.contains("line 1"), "{line}");
+    }
+    assert!(text.contains("nothing was committed"), "{text}");
+    // One good file beside the bad ones: the replay succeeds, and still names the bad ones.
+    std::fs::write(data.join("good.jsonl"), jsonl("g", 4)).unwrap();
+    let out = site.sensei(&["replay", data.to_str().unwrap()]);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("quarantined bad.jsonl: "), "{text}");
+}
+
 #[test]
 fn npz_records_carry_ids_segments_and_labels() {
     let site = Site::new();

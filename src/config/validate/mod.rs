@@ -111,17 +111,39 @@ pub fn from_toml(text: &str, source: &Path) -> Result<Config, ConfigError> {
         file: source.to_path_buf(),
         problems,
     };
-    let raw = raw::parse(text).map_err(fail)?;
+    // Unknown keys and wrong types first, then what validation finds in the rest: every
+    // problem in one round. A value validation misses because its key was dropped (a required
+    // key of the wrong type) is already named by its structural problem.
+    let (raw, mut problems) = raw::parse_lenient(text);
+    let Some(raw) = raw else {
+        return Err(fail(problems));
+    };
     let base = source.parent().unwrap_or(Path::new(""));
     let mut check = Check {
         base,
         problems: Vec::new(),
     };
     let config = check.config(raw, source);
-    if check.problems.is_empty() {
+    let structural: Vec<String> = problems.iter().map(|p| p.path.clone()).collect();
+    let named_already = |path: &str| {
+        structural.iter().any(|s| {
+            !s.is_empty()
+                && (path == s
+                    || path
+                        .strip_prefix(s.as_str())
+                        .is_some_and(|r| r.starts_with('.')))
+        })
+    };
+    problems.extend(
+        check
+            .problems
+            .into_iter()
+            .filter(|p| !named_already(&p.path)),
+    );
+    if problems.is_empty() {
         Ok(config)
     } else {
-        Err(fail(check.problems))
+        Err(fail(problems))
     }
 }
 

@@ -212,6 +212,28 @@ fn unknown_key_is_rejected_with_its_path() {
     assert!(problems[0].message.contains("line 7, column 1"));
 }
 
+/// An unknown table does not hide the bad values beside it: all come back in one round.
+#[test]
+fn unknown_keys_are_listed_with_every_other_problem() {
+    let text = format!(
+        "{MINIMAL}[detect2]\nwindow = 5\n[sampling]\nrate = 1.5\n[detect]\narl0 = -3\nmin_shiftt = 0.1\n"
+    );
+    let found = problems(&text);
+    let paths = paths(&found);
+    for expected in [
+        "detect2",
+        "detect.min_shiftt",
+        "sampling.rate",
+        "detect.arl0",
+    ] {
+        assert!(paths.contains(&expected), "{expected} missing: {found:?}");
+    }
+    // A required key of the wrong type is named once, by its type error.
+    let text = MINIMAL.replace("path = \"/models/teacher.onnx\"", "path = 3");
+    let found = problems(&text);
+    assert_eq!(super::tests::paths(&found), ["teacher.path"], "{found:?}");
+}
+
 #[test]
 fn wrong_type_is_reported_with_its_path() {
     let text = MINIMAL.replace("[teacher]", "[teacher]\nthreads = \"four\"");

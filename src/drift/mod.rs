@@ -21,370 +21,21 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::{Config, SamplingPolicy};
-use crate::monitor::UncertaintyPolicy;
-use crate::monitor::lab::LabRun;
-use crate::monitor::sampling::{rate_under_policy, resample_under_policy};
+use crate::config::Config;
 use crate::monitor::window::{
-    FeatureBins, RoundTest, WindowTest, class_mix_test, evaluate_round, ks_test, psi_test,
+    RoundTest, WindowTest, class_mix_test, evaluate_round, ks_test, psi_test,
 };
-use crate::monitor::{
-    Alarm, BaselineError, BernoulliCusum, Cusum, CusumParams, calibrate_bernoulli, calibrate_cusum,
-};
+use crate::monitor::{Alarm, BaselineError, BernoulliCusum, Cusum};
 use crate::record::ALL_SEGMENTS;
 use crate::stats::clopper_pearson;
-use crate::store::{MonitorDelta, NewEvent, StateRow};
+use crate::store::{EventChange, MonitorDelta, NewEvent, StateRow};
 
-/// Values kept from the lab set for bootstrap calibration and KS tests.
-pub const MAX_REFERENCE_VALUES: usize = 5000;
-/// Lab records needed before a baseline is accepted.
-pub const MIN_LAB_RECORDS: usize = 100;
-/// Bins per input feature for PSI.
-pub const PSI_BINS: usize = 10;
-/// A segment's window enters a round only with at least this many records.
-pub const MIN_WINDOW_RECORDS: usize = 30;
+mod reference;
 
-/// A Bernoulli signal's reference: the rate and what it was measured on.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct RateReference {
-    pub rate: f64,
-    /// Events and trials behind the rate (weighted by the sampling policy where one applies).
-    pub events: f64,
-    pub trials: f64,
-    /// The CUSUM's p0 and p1 and calibrated threshold.
-    pub p0: f64,
-    pub p1: f64,
-    pub threshold: f64,
-    pub simulated_arl0: f64,
-}
-
-/// A real-valued signal's reference.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ValueReference {
-    pub mean: f64,
-    pub sd: f64,
-    pub k: f64,
-    pub threshold: f64,
-    pub simulated_arl0: f64,
-    /// Up to [`MAX_REFERENCE_VALUES`] lab values (evenly thinned).
-    pub values: Vec<f64>,
-}
-
-/// The reference profile of one baseline version (stored as `baselines.profile`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Reference {
-    pub records: u64,
-    pub classes: usize,
-    pub arl0: f64,
-    pub disagreement: Option<RateReference>,
-    pub kl: Option<ValueReference>,
-    pub attention_kl: Option<ValueReference>,
-    /// Of 1 − confidence.
-    pub uncertainty: Option<ValueReference>,
-    pub confidence_values: Vec<f64>,
-    pub class_counts: Vec<u64>,
-    pub features: Vec<Option<FeatureBins>>,
-    pub student_error: Option<RateReference>,
-    pub teacher_error: Option<RateReference>,
-    pub student_accuracy: Option<f64>,
-    pub teacher_accuracy: Option<f64>,
-    pub agreement: f64,
-    pub student_latency_us: f64,
-    pub teacher_latency_us: f64,
-    /// The uncertainty-weighted sampling policy fitted on the lab set (`[sampling] policy =
-    /// "uncertainty"`); `None` for uniform sampling.
-    pub sampling_policy: Option<UncertaintyPolicy>,
-    /// Why a signal has no detector (too few lab records, no attention, no labels, …).
-    pub warnings: Vec<String>,
-}
-
-/// The value, or `None` with the reason added to the warnings.
-fn keep<T>(warnings: &mut Vec<String>, r: Result<T, String>) -> Option<T> {
-    match r {
-        Ok(v) => Some(v),
-        Err(e) => {
-            warnings.push(e);
-            None
-        }
-    }
-}
-
-/// [`thin`], in ascending order: the Kolmogorov–Smirnov test of every round needs them sorted.
-fn sorted_thin(values: &[f64]) -> Vec<f64> {
-    let mut v = thin(values);
-    v.sort_unstable_by(f64::total_cmp);
-    v
-}
-
-fn thin(values: &[f64]) -> Vec<f64> {
-    if values.len() <= MAX_REFERENCE_VALUES {
-        return values.to_vec();
-    }
-    let step = values.len() as f64 / MAX_REFERENCE_VALUES as f64;
-    (0..MAX_REFERENCE_VALUES)
-        .map(|i| values[(i as f64 * step) as usize])
-        .collect()
-}
-
-/// p0 for a Bernoulli CUSUM from `k` events in `n` trials. A lab set with no event at all
-/// (k = 0) has no likelihood ratio at p0 = 0; the Jeffreys estimate (k + ½)/(n + 1) is used
-/// instead, which is what one such lab set supports.
-fn rate_reference(
-    what: &str,
-    k: f64,
-    n: f64,
-    shift: f64,
-    arl0: f64,
-    seed: u64,
-) -> Result<RateReference, String> {
-    if n < MIN_LAB_RECORDS as f64 {
-        return Err(format!(
-            "{what}: {n} lab samples, at least {MIN_LAB_RECORDS} needed"
-        ));
-    }
-    let rate = k / n;
-    let p0 = (k + 0.5) / (n + 1.0);
-    let p1 = (p0 + shift).min(0.999);
-    if p1 <= p0 {
-        return Err(format!(
-            "{what}: baseline rate {rate:.3} leaves no room for a shift of {shift}"
-        ));
-    }
-    let cal = calibrate_bernoulli(p0, p1, arl0, seed).map_err(|e| format!("{what}: {e}"))?;
-    Ok(RateReference {
-        rate,
-        events: k,
-        trials: n,
-        p0,
-        p1,
-        threshold: cal.threshold,
-        simulated_arl0: cal.arl0,
-    })
-}
-
-fn value_reference(
-    what: &str,
-    values: &[f64],
-    shift_sd: f64,
-    arl0: f64,
-    seed: u64,
-) -> Result<ValueReference, String> {
-    if values.len() < MIN_LAB_RECORDS {
-        return Err(format!(
-            "{what}: {} lab values, at least {MIN_LAB_RECORDS} needed",
-            values.len()
-        ));
-    }
-    let params =
-        CusumParams::from_baseline(values, shift_sd).map_err(|e| format!("{what}: {e}"))?;
-    let kept = thin(values);
-    let cal = calibrate_cusum(&kept, params.k, arl0, seed).map_err(|e| format!("{what}: {e}"))?;
-    Ok(ValueReference {
-        mean: params.mean,
-        sd: params.sd,
-        k: params.k,
-        threshold: cal.threshold,
-        simulated_arl0: cal.arl0,
-        values: kept,
-    })
-}
-
-/// Builds and calibrates the reference from a lab run. Signals the lab set cannot support get
-/// no detector and a warning that says why; a lab set too small for anything is an error.
-pub fn build_reference(run: &LabRun, config: &Config) -> Result<Reference, String> {
-    let n = run.records();
-    if n < MIN_LAB_RECORDS {
-        return Err(format!(
-            "the lab set has {n} records; a baseline needs at least {MIN_LAB_RECORDS} to estimate rates and calibrate thresholds"
-        ));
-    }
-    let d = &config.detect;
-    let arl0 = d.arl0 as f64;
-    let mut warnings = Vec::new();
-    let uncertainty_values: Vec<f64> = run.confidence.iter().map(|c| 1.0 - c).collect();
-    let sampling_policy = match config.sampling.policy {
-        SamplingPolicy::Uniform => None,
-        SamplingPolicy::Uncertainty => keep(
-            &mut warnings,
-            UncertaintyPolicy::fit(
-                &uncertainty_values,
-                config.sampling.rate,
-                config.sampling.floor * config.sampling.rate,
-            )
-            .map_err(|e| format!("sampling: {e}; the teacher samples uniformly instead")),
-        ),
-    };
-    // The detectors watch the *sampled* streams, so their references are measured as the policy
-    // would sample the lab set: p0 is Σπd/Σπ, real values are resampled with probability ∝ π.
-    let under_policy = |values: &[f64], seed: u64| -> Vec<f64> {
-        match (&sampling_policy, values.len() == uncertainty_values.len()) {
-            (Some(p), true) => {
-                resample_under_policy(values, &uncertainty_values, p, values.len(), seed)
-                    .unwrap_or_else(|_| values.to_vec())
-            }
-            _ => values.to_vec(),
-        }
-    };
-    let disagreements = run.disagreement.iter().filter(|&&x| x).count() as u64;
-    let flags: Vec<f64> = run
-        .disagreement
-        .iter()
-        .map(|&x| f64::from(u8::from(x)))
-        .collect();
-    let disagreement_k = match &sampling_policy {
-        Some(p) => {
-            rate_under_policy(&flags, &uncertainty_values, p)
-                .unwrap_or(disagreements as f64 / n as f64)
-                * n as f64
-        }
-        None => disagreements as f64,
-    };
-    let disagreement = keep(
-        &mut warnings,
-        rate_reference(
-            "disagreement",
-            disagreement_k,
-            n as f64,
-            d.min_shift_disagreement,
-            arl0,
-            d.seed,
-        ),
-    );
-    let kl = keep(
-        &mut warnings,
-        value_reference(
-            "kl",
-            &under_policy(&run.kl, d.seed ^ 11),
-            d.min_shift_sd,
-            arl0,
-            d.seed ^ 1,
-        ),
-    );
-    let attention_kl = if run.attention_kl.is_empty() {
-        warnings.push(
-            "attention_kl: the models expose no comparable attention; no attention detector".into(),
-        );
-        None
-    } else {
-        keep(
-            &mut warnings,
-            value_reference(
-                "attention_kl",
-                &under_policy(&run.attention_kl, d.seed ^ 12),
-                d.min_shift_sd,
-                arl0,
-                d.seed ^ 2,
-            ),
-        )
-    };
-    let uncertainty = keep(
-        &mut warnings,
-        value_reference(
-            "confidence",
-            &uncertainty_values,
-            d.min_shift_sd,
-            arl0,
-            d.seed ^ 3,
-        ),
-    );
-    let mut class_counts = vec![0u64; run.classes.max(1)];
-    for &p in &run.prediction {
-        if let Some(c) = class_counts.get_mut(p.max(0) as usize) {
-            *c += 1;
-        }
-    }
-    let never: Vec<usize> = (0..class_counts.len())
-        .filter(|&c| class_counts[c] == 0)
-        .collect();
-    if !never.is_empty() {
-        warnings.push(format!(
-            "class_mix: classes {never:?} never occur in the lab predictions; the chi-square test smooths them and a field occurrence counts as a shift"
-        ));
-    }
-    let width = run.features.iter().map(Vec::len).min().unwrap_or(0);
-    let mut features = Vec::with_capacity(width);
-    for f in 0..width {
-        let values: Vec<f64> = run.features.iter().map(|v| v[f]).collect();
-        match FeatureBins::from_baseline(&values, PSI_BINS, &format!("input feature {f}")) {
-            Ok(b) => features.push(Some(b)),
-            Err(e) => {
-                warnings.push(format!("input_psi: {e}; no PSI test for this feature"));
-                features.push(None);
-            }
-        }
-    }
-    let labelled: Vec<(usize, i64)> = run
-        .labels
-        .iter()
-        .enumerate()
-        .filter_map(|(i, l)| l.map(|l| (i, l)))
-        .collect();
-    let (student_error, teacher_error, student_accuracy, teacher_accuracy) = if labelled.is_empty()
-    {
-        warnings.push(
-            "student_error, teacher_error: the lab set has no labels; no error-rate detectors"
-                .into(),
-        );
-        (None, None, None, None)
-    } else {
-        let m = labelled.len() as u64;
-        let s_err = labelled
-            .iter()
-            .filter(|&&(i, l)| run.prediction[i] != l)
-            .count() as u64;
-        let t_err = labelled
-            .iter()
-            .filter(|&&(i, l)| run.teacher_prediction[i] != l)
-            .count() as u64;
-        (
-            keep(
-                &mut warnings,
-                rate_reference(
-                    "student_error",
-                    s_err as f64,
-                    m as f64,
-                    d.min_shift_error,
-                    arl0,
-                    d.seed ^ 4,
-                ),
-            ),
-            keep(
-                &mut warnings,
-                rate_reference(
-                    "teacher_error",
-                    t_err as f64,
-                    m as f64,
-                    d.min_shift_error,
-                    arl0,
-                    d.seed ^ 5,
-                ),
-            ),
-            Some(1.0 - s_err as f64 / m as f64),
-            Some(1.0 - t_err as f64 / m as f64),
-        )
-    };
-    Ok(Reference {
-        records: n as u64,
-        classes: run.classes,
-        arl0,
-        disagreement,
-        kl,
-        attention_kl,
-        uncertainty,
-        confidence_values: sorted_thin(&run.confidence),
-        class_counts,
-        features,
-        student_error,
-        teacher_error,
-        student_accuracy,
-        teacher_accuracy,
-        agreement: 1.0 - disagreements as f64 / n as f64,
-        student_latency_us: run.student_latency_us,
-        teacher_latency_us: run.teacher_latency_us,
-        sampling_policy,
-        warnings,
-    })
-}
+pub use reference::{
+    MAX_REFERENCE_VALUES, MIN_LAB_RECORDS, MIN_WINDOW_RECORDS, PSI_BINS, RateReference, Reference,
+    ValueReference, build_reference,
+};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 enum Sequential {
@@ -392,23 +43,30 @@ enum Sequential {
     Value(Cusum),
 }
 
-/// One sequential detector and its episode bookkeeping: while an event is open, further alarms
-/// extend it instead of opening new ones; it resolves after a quiet stretch.
+/// One sequential detector and its episode bookkeeping. An alarm opens a drift event unless one
+/// is open; an alarm while it is open is counted on it (the CUSUM re-arms at every alarm, so a
+/// repeat alarm is fresh evidence). The event resolves when the detector is **back in control**:
+/// since its last alarm, the observations favour the baseline over the shift by as much evidence
+/// as an alarm needs — a CUSUM of the negated increments, `R = max(0, R − increment)`, reaching
+/// the detector's own threshold h. For a rate that is the log-likelihood ratio of p0 against p1;
+/// for a real value, of μ0 against μ0 + 2k.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct Watch {
     detector: Sequential,
     open: bool,
     /// Observations since the last alarm.
     since_alarm: u64,
+    /// While an event is open: the evidence for "back in control" since the last alarm.
+    #[serde(default)]
+    recovery: f64,
     /// Changed since its state was last collected for the database.
     #[serde(skip)]
     dirty: bool,
 }
 
 impl Watch {
-    /// Feeds one value; an alarm opens an event unless one is open, a quiet stretch of
-    /// `quiet_after` values resolves it.
-    #[allow(clippy::too_many_arguments)]
+    /// Feeds one value: an alarm opens an event or counts on the open one; evidence of being
+    /// back in control resolves it.
     fn step(
         &mut self,
         signal: Signal,
@@ -416,13 +74,16 @@ impl Watch {
         value: Value,
         seq: i64,
         now_ms: i64,
-        quiet_after: u64,
         out: &mut MonitorDelta,
     ) {
-        let alarm = match (&mut self.detector, value) {
-            (Sequential::Rate(d), Value::Flag(x)) => d.update(x, seq as u64),
-            (Sequential::Value(d), Value::Real(x)) => d.update(x, seq as u64),
-            _ => None,
+        let (increment, alarm, threshold) = match (&mut self.detector, value) {
+            (Sequential::Rate(d), Value::Flag(x)) => {
+                (d.increment(x), d.update(x, seq as u64), d.threshold())
+            }
+            (Sequential::Value(d), Value::Real(x)) => {
+                (d.increment(x), d.update(x, seq as u64), d.threshold())
+            }
+            _ => return,
         };
         let detector_name = match self.detector {
             Sequential::Rate(_) => "bernoulli_cusum",
@@ -431,27 +92,35 @@ impl Watch {
         match alarm {
             Some(a) => {
                 self.since_alarm = 0;
-                if !self.open {
-                    self.open = true;
-                    out.events.push(event_from_alarm(
-                        signal.name(),
-                        segment,
-                        detector_name,
-                        &a,
-                        now_ms,
-                        matches!(self.detector, Sequential::Rate(_)),
-                    ));
-                }
+                self.recovery = 0.0;
+                let event = event_from_alarm(
+                    signal.name(),
+                    segment,
+                    detector_name,
+                    &a,
+                    now_ms,
+                    matches!(self.detector, Sequential::Rate(_)),
+                );
+                out.changes.push(if self.open {
+                    EventChange::Repeat(event)
+                } else {
+                    EventChange::Open(event)
+                });
+                self.open = true;
             }
             None => {
                 self.since_alarm += 1;
-                if self.open && self.since_alarm >= quiet_after {
-                    self.open = false;
-                    out.resolved.push((
-                        signal.name().to_string(),
-                        segment.to_string(),
-                        detector_name,
-                    ));
+                if self.open {
+                    self.recovery = (self.recovery - increment).max(0.0);
+                    if self.recovery >= threshold {
+                        self.open = false;
+                        self.recovery = 0.0;
+                        out.changes.push(EventChange::Resolve {
+                            signal: signal.name().to_string(),
+                            segment: segment.to_string(),
+                            detector: detector_name,
+                        });
+                    }
                 }
             }
         }
@@ -473,6 +142,7 @@ fn new_watch(r: &Reference, signal: Signal) -> Option<Watch> {
         detector,
         open: false,
         since_alarm: 0,
+        recovery: 0.0,
         dirty: true,
     })
 }
@@ -612,7 +282,6 @@ impl DriftMonitor {
         if values.iter().all(|(_, v)| v.is_none()) {
             return;
         }
-        let quiet_after = self.window_records as u64;
         if !self.watches.contains_key(segment) {
             self.watches.insert(segment.to_string(), Default::default());
         }
@@ -628,7 +297,7 @@ impl DriftMonitor {
                 *slot = new_watch(&self.reference, signal);
             }
             if let Some(w) = slot {
-                w.step(signal, segment, value, seq, now_ms, quiet_after, out);
+                w.step(signal, segment, value, seq, now_ms, out);
             }
         }
     }
@@ -775,8 +444,8 @@ impl DriftMonitor {
                 crate::monitor::window::TestKind::ChiSquare => "chi_square",
                 crate::monitor::window::TestKind::Psi => "psi",
             };
-            if d.alarm && !was_open {
-                out.events.push(NewEvent {
+            if d.alarm {
+                let event = NewEvent {
                     signal: d.signal.clone(),
                     segment: d.segment.clone(),
                     detector,
@@ -791,10 +460,19 @@ impl DriftMonitor {
                     current_high: None,
                     p_value: Some(d.adjusted_p_value),
                     effect_size: Some(d.effect_size),
+                };
+                // A round that alarms again while its event is open counts on it.
+                out.changes.push(if was_open {
+                    EventChange::Repeat(event)
+                } else {
+                    EventChange::Open(event)
                 });
-            } else if !d.alarm && was_open {
-                out.resolved
-                    .push((d.signal.clone(), d.segment.clone(), detector));
+            } else if was_open {
+                out.changes.push(EventChange::Resolve {
+                    signal: d.signal.clone(),
+                    segment: d.segment.clone(),
+                    detector,
+                });
             }
             self.open_windowed.insert(key.clone(), d.alarm);
             out.states.insert(
@@ -940,3 +618,6 @@ fn event_from_alarm(
         effect_size: None,
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,362 @@
+//! The reference profile of a baseline version: what `sensei baseline` measures on the lab set,
+//! and every detector's threshold calibrated from it.
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::{Config, SamplingPolicy};
+use crate::monitor::UncertaintyPolicy;
+use crate::monitor::lab::LabRun;
+use crate::monitor::sampling::{rate_under_policy, resample_under_policy};
+use crate::monitor::window::FeatureBins;
+use crate::monitor::{CusumParams, calibrate_bernoulli, calibrate_cusum};
+
+/// Values kept from the lab set for bootstrap calibration and KS tests.
+pub const MAX_REFERENCE_VALUES: usize = 5000;
+/// Lab records needed before a baseline is accepted.
+pub const MIN_LAB_RECORDS: usize = 100;
+/// Bins per input feature for PSI.
+pub const PSI_BINS: usize = 10;
+/// A segment's window enters a round only with at least this many records.
+pub const MIN_WINDOW_RECORDS: usize = 30;
+
+/// A Bernoulli signal's reference: the rate and what it was measured on.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RateReference {
+    pub rate: f64,
+    /// Events and trials behind the rate (weighted by the sampling policy where one applies).
+    pub events: f64,
+    pub trials: f64,
+    /// The CUSUM's p0 and p1 and calibrated threshold.
+    pub p0: f64,
+    pub p1: f64,
+    pub threshold: f64,
+    pub simulated_arl0: f64,
+}
+
+/// A real-valued signal's reference.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ValueReference {
+    pub mean: f64,
+    pub sd: f64,
+    pub k: f64,
+    pub threshold: f64,
+    pub simulated_arl0: f64,
+    /// Up to [`MAX_REFERENCE_VALUES`] lab values (evenly thinned).
+    pub values: Vec<f64>,
+}
+
+/// The reference profile of one baseline version (stored as `baselines.profile`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Reference {
+    pub records: u64,
+    pub classes: usize,
+    pub arl0: f64,
+    pub disagreement: Option<RateReference>,
+    pub kl: Option<ValueReference>,
+    pub attention_kl: Option<ValueReference>,
+    /// Of 1 − confidence.
+    pub uncertainty: Option<ValueReference>,
+    pub confidence_values: Vec<f64>,
+    pub class_counts: Vec<u64>,
+    pub features: Vec<Option<FeatureBins>>,
+    pub student_error: Option<RateReference>,
+    pub teacher_error: Option<RateReference>,
+    pub student_accuracy: Option<f64>,
+    pub teacher_accuracy: Option<f64>,
+    pub agreement: f64,
+    pub student_latency_us: f64,
+    pub teacher_latency_us: f64,
+    /// The uncertainty-weighted sampling policy fitted on the lab set (`[sampling] policy =
+    /// "uncertainty"`); `None` for uniform sampling.
+    pub sampling_policy: Option<UncertaintyPolicy>,
+    /// Why a signal has no detector (too few lab records, no attention, no labels, …).
+    pub warnings: Vec<String>,
+}
+
+/// The value, or `None` with the reason added to the warnings.
+fn keep<T>(warnings: &mut Vec<String>, r: Result<T, String>) -> Option<T> {
+    match r {
+        Ok(v) => Some(v),
+        Err(e) => {
+            warnings.push(e);
+            None
+        }
+    }
+}
+
+/// [`thin`], in ascending order: the Kolmogorov–Smirnov test of every round needs them sorted.
+fn sorted_thin(values: &[f64]) -> Vec<f64> {
+    let mut v = thin(values);
+    v.sort_unstable_by(f64::total_cmp);
+    v
+}
+
+fn thin(values: &[f64]) -> Vec<f64> {
+    if values.len() <= MAX_REFERENCE_VALUES {
+        return values.to_vec();
+    }
+    let step = values.len() as f64 / MAX_REFERENCE_VALUES as f64;
+    (0..MAX_REFERENCE_VALUES)
+        .map(|i| values[(i as f64 * step) as usize])
+        .collect()
+}
+
+/// p0 for a Bernoulli CUSUM from `k` events in `n` trials. A lab set with no event at all
+/// (k = 0) has no likelihood ratio at p0 = 0; the Jeffreys estimate (k + ½)/(n + 1) is used
+/// instead, which is what one such lab set supports.
+fn rate_reference(
+    what: &str,
+    k: f64,
+    n: f64,
+    shift: f64,
+    arl0: f64,
+    seed: u64,
+) -> Result<RateReference, String> {
+    if n < MIN_LAB_RECORDS as f64 {
+        return Err(format!(
+            "{what}: {n} lab samples, at least {MIN_LAB_RECORDS} needed"
+        ));
+    }
+    let rate = k / n;
+    let p0 = (k + 0.5) / (n + 1.0);
+    let p1 = (p0 + shift).min(0.999);
+    if p1 <= p0 {
+        return Err(format!(
+            "{what}: baseline rate {rate:.3} leaves no room for a shift of {shift}"
+        ));
+    }
+    let cal = calibrate_bernoulli(p0, p1, arl0, seed).map_err(|e| format!("{what}: {e}"))?;
+    Ok(RateReference {
+        rate,
+        events: k,
+        trials: n,
+        p0,
+        p1,
+        threshold: cal.threshold,
+        simulated_arl0: cal.arl0,
+    })
+}
+
+fn value_reference(
+    what: &str,
+    values: &[f64],
+    shift_sd: f64,
+    arl0: f64,
+    seed: u64,
+) -> Result<ValueReference, String> {
+    if values.len() < MIN_LAB_RECORDS {
+        return Err(format!(
+            "{what}: {} lab values, at least {MIN_LAB_RECORDS} needed",
+            values.len()
+        ));
+    }
+    let params =
+        CusumParams::from_baseline(values, shift_sd).map_err(|e| format!("{what}: {e}"))?;
+    let kept = thin(values);
+    let cal = calibrate_cusum(&kept, params.k, arl0, seed).map_err(|e| format!("{what}: {e}"))?;
+    Ok(ValueReference {
+        mean: params.mean,
+        sd: params.sd,
+        k: params.k,
+        threshold: cal.threshold,
+        simulated_arl0: cal.arl0,
+        values: kept,
+    })
+}
+
+/// Builds and calibrates the reference from a lab run. Signals the lab set cannot support get
+/// no detector and a warning that says why; a lab set too small for anything is an error.
+pub fn build_reference(run: &LabRun, config: &Config) -> Result<Reference, String> {
+    let n = run.records();
+    if n < MIN_LAB_RECORDS {
+        return Err(format!(
+            "the lab set has {n} records; a baseline needs at least {MIN_LAB_RECORDS} to estimate rates and calibrate thresholds"
+        ));
+    }
+    let d = &config.detect;
+    let arl0 = d.arl0 as f64;
+    let mut warnings = Vec::new();
+    let uncertainty_values: Vec<f64> = run.confidence.iter().map(|c| 1.0 - c).collect();
+    let sampling_policy = match config.sampling.policy {
+        SamplingPolicy::Uniform => None,
+        SamplingPolicy::Uncertainty => keep(
+            &mut warnings,
+            UncertaintyPolicy::fit(
+                &uncertainty_values,
+                config.sampling.rate,
+                config.sampling.floor * config.sampling.rate,
+            )
+            .map_err(|e| format!("sampling: {e}; the teacher samples uniformly instead")),
+        ),
+    };
+    // The detectors watch the *sampled* streams, so their references are measured as the policy
+    // would sample the lab set: p0 is Σπd/Σπ, real values are resampled with probability ∝ π.
+    let under_policy = |values: &[f64], seed: u64| -> Vec<f64> {
+        match (&sampling_policy, values.len() == uncertainty_values.len()) {
+            (Some(p), true) => {
+                resample_under_policy(values, &uncertainty_values, p, values.len(), seed)
+                    .unwrap_or_else(|_| values.to_vec())
+            }
+            _ => values.to_vec(),
+        }
+    };
+    let disagreements = run.disagreement.iter().filter(|&&x| x).count() as u64;
+    let flags: Vec<f64> = run
+        .disagreement
+        .iter()
+        .map(|&x| f64::from(u8::from(x)))
+        .collect();
+    let disagreement_k = match &sampling_policy {
+        Some(p) => {
+            rate_under_policy(&flags, &uncertainty_values, p)
+                .unwrap_or(disagreements as f64 / n as f64)
+                * n as f64
+        }
+        None => disagreements as f64,
+    };
+    let disagreement = keep(
+        &mut warnings,
+        rate_reference(
+            "disagreement",
+            disagreement_k,
+            n as f64,
+            d.min_shift_disagreement,
+            arl0,
+            d.seed,
+        ),
+    );
+    let kl = keep(
+        &mut warnings,
+        value_reference(
+            "kl",
+            &under_policy(&run.kl, d.seed ^ 11),
+            d.min_shift_sd,
+            arl0,
+            d.seed ^ 1,
+        ),
+    );
+    let attention_kl = if run.attention_kl.is_empty() {
+        warnings.push(
+            "attention_kl: the models expose no comparable attention; no attention detector".into(),
+        );
+        None
+    } else {
+        keep(
+            &mut warnings,
+            value_reference(
+                "attention_kl",
+                &under_policy(&run.attention_kl, d.seed ^ 12),
+                d.min_shift_sd,
+                arl0,
+                d.seed ^ 2,
+            ),
+        )
+    };
+    let uncertainty = keep(
+        &mut warnings,
+        value_reference(
+            "confidence",
+            &uncertainty_values,
+            d.min_shift_sd,
+            arl0,
+            d.seed ^ 3,
+        ),
+    );
+    let mut class_counts = vec![0u64; run.classes.max(1)];
+    for &p in &run.prediction {
+        if let Some(c) = class_counts.get_mut(p.max(0) as usize) {
+            *c += 1;
+        }
+    }
+    let never: Vec<usize> = (0..class_counts.len())
+        .filter(|&c| class_counts[c] == 0)
+        .collect();
+    if !never.is_empty() {
+        warnings.push(format!(
+            "class_mix: classes {never:?} never occur in the lab predictions; the chi-square test smooths them and a field occurrence counts as a shift"
+        ));
+    }
+    let width = run.features.iter().map(Vec::len).min().unwrap_or(0);
+    let mut features = Vec::with_capacity(width);
+    for f in 0..width {
+        let values: Vec<f64> = run.features.iter().map(|v| v[f]).collect();
+        match FeatureBins::from_baseline(&values, PSI_BINS, &format!("input feature {f}")) {
+            Ok(b) => features.push(Some(b)),
+            Err(e) => {
+                warnings.push(format!("input_psi: {e}; no PSI test for this feature"));
+                features.push(None);
+            }
+        }
+    }
+    let labelled: Vec<(usize, i64)> = run
+        .labels
+        .iter()
+        .enumerate()
+        .filter_map(|(i, l)| l.map(|l| (i, l)))
+        .collect();
+    let (student_error, teacher_error, student_accuracy, teacher_accuracy) = if labelled.is_empty()
+    {
+        warnings.push(
+            "student_error, teacher_error: the lab set has no labels; no error-rate detectors"
+                .into(),
+        );
+        (None, None, None, None)
+    } else {
+        let m = labelled.len() as u64;
+        let s_err = labelled
+            .iter()
+            .filter(|&&(i, l)| run.prediction[i] != l)
+            .count() as u64;
+        let t_err = labelled
+            .iter()
+            .filter(|&&(i, l)| run.teacher_prediction[i] != l)
+            .count() as u64;
+        (
+            keep(
+                &mut warnings,
+                rate_reference(
+                    "student_error",
+                    s_err as f64,
+                    m as f64,
+                    d.min_shift_error,
+                    arl0,
+                    d.seed ^ 4,
+                ),
+            ),
+            keep(
+                &mut warnings,
+                rate_reference(
+                    "teacher_error",
+                    t_err as f64,
+                    m as f64,
+                    d.min_shift_error,
+                    arl0,
+                    d.seed ^ 5,
+                ),
+            ),
+            Some(1.0 - s_err as f64 / m as f64),
+            Some(1.0 - t_err as f64 / m as f64),
+        )
+    };
+    Ok(Reference {
+        records: n as u64,
+        classes: run.classes,
+        arl0,
+        disagreement,
+        kl,
+        attention_kl,
+        uncertainty,
+        confidence_values: sorted_thin(&run.confidence),
+        class_counts,
+        features,
+        student_error,
+        teacher_error,
+        student_accuracy,
+        teacher_accuracy,
+        agreement: 1.0 - disagreements as f64 / n as f64,
+        student_latency_us: run.student_latency_us,
+        teacher_latency_us: run.teacher_latency_us,
+        sampling_policy,
+        warnings,
+    })
+}

@@ -20,6 +20,14 @@ fn replay(site: &Site, files: &[&Path]) -> String {
     text
 }
 
+/// Replays one file that is to be quarantined: with nothing committed, the replay exits 65.
+fn replay_quarantined(site: &Site, file: &Path) -> String {
+    let out = site.sensei(&["replay", file.to_str().unwrap()]);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(out.status.code(), Some(65), "{text}");
+    text
+}
+
 /// Observations the all-segments student-error detector has counted.
 fn student_error_samples(site: &Site) -> i64 {
     site.query_i64(
@@ -236,7 +244,7 @@ fn a_label_that_is_not_a_class_of_the_model_quarantines_its_file() {
             format!("{{\"id\": \"a\", \"label\": 3}}\n{{\"id\": \"b\", \"label\": {label}}}\n"),
         )
         .unwrap();
-        let text = replay(&site, &[&path]);
+        let text = replay_quarantined(&site, &path);
         assert!(text.contains("1 quarantined"), "{name}: {text}");
     }
     let reasons: Vec<String> = {
@@ -262,7 +270,7 @@ fn a_label_that_is_not_a_class_of_the_model_quarantines_its_file() {
     v["label"] = 12.into();
     let path = site.root().join("bad-label.jsonl");
     std::fs::write(&path, format!("{v}\n")).unwrap();
-    let out = replay(&site, &[&path]);
+    let out = replay_quarantined(&site, &path);
     assert!(out.contains("1 quarantined"), "{out}");
     assert_eq!(site.records(), 0);
 }

@@ -312,7 +312,7 @@ fn database_families(path: &std::path::Path, window_ms: i64) -> anyhow::Result<V
 
     let mut skipped = FamilyOut::new(
         "teacher_samples_skipped",
-        "Records sampled for the teacher but not run, by reason (budget, queue)",
+        "Records sampled for the teacher but not run, by reason (budget, queue, unreachable: the teacher on an inference server could not answer)",
         MetricType::Counter,
     );
     skipped.push(
@@ -320,6 +320,10 @@ fn database_families(path: &std::path::Path, window_ms: i64) -> anyhow::Result<V
         summary.skipped_budget as f64,
     );
     skipped.push(labels(&[("reason", "queue")]), summary.skipped_queue as f64);
+    skipped.push(
+        labels(&[("reason", "unreachable")]),
+        summary.skipped_unreachable as f64,
+    );
     out.push(skipped);
 
     let mut duplicate = FamilyOut::new(

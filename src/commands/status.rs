@@ -52,6 +52,8 @@ pub struct StatusReport {
     pub teacher_samples: i64,
     pub skipped_budget: i64,
     pub skipped_queue: i64,
+    /// Sampled records the teacher on an inference server could not answer.
+    pub skipped_unreachable: i64,
     /// Records left out because their id was counted before.
     pub records_duplicate: i64,
     /// Late labels that changed nothing, and those that replaced a different label.
@@ -225,6 +227,7 @@ fn status_of(db: &Path, s: &Summary) -> StatusReport {
         teacher_samples: s.teacher_samples,
         skipped_budget: s.skipped_budget,
         skipped_queue: s.skipped_queue,
+        skipped_unreachable: s.skipped_unreachable,
         records_duplicate: s.records_duplicate,
         labels_unchanged: s.labels_unchanged,
         labels_corrected: s.labels_corrected,
@@ -298,6 +301,13 @@ impl StatusReport {
             "records: {}; teacher samples: {}; skipped for budget: {}; skipped, teacher queue full: {}",
             self.records, self.teacher_samples, self.skipped_budget, self.skipped_queue
         );
+        if self.skipped_unreachable > 0 {
+            let _ = writeln!(
+                s,
+                "skipped, teacher out of reach (inference server down, timed out or refusing): {}",
+                self.skipped_unreachable
+            );
+        }
         if self.records_duplicate > 0 || self.labels_unchanged > 0 || self.labels_corrected > 0 {
             let _ = writeln!(
                 s,

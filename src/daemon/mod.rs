@@ -62,7 +62,7 @@ fn load_models_logged(config: &Config) -> anyhow::Result<Models> {
         library = %models.runtime.library.display(),
         version = %models.runtime.version,
         student = %config.student.path.display(),
-        teacher = %config.teacher.path.display(),
+        teacher = %config.teacher.location(),
         "Models loaded."
     );
     Ok(models)
@@ -315,13 +315,20 @@ fn trial_records(
 }
 
 /// The models of `config` whose file content differs from what the pipeline serves (or cannot
-/// be read: loading it will say why), as (role, path).
+/// be read: loading it will say why), as (role, path). A teacher on an inference server has no
+/// file here: a change of its address is a change of the config.
 fn replaced_models(config: &Config, serving: &ServingModels) -> Vec<(&'static str, PathBuf)> {
+    let teacher = config.teacher.remote.is_none().then_some((
+        "teacher",
+        &config.teacher.path,
+        &serving.teacher,
+    ));
     [
-        ("student", &config.student.path, &serving.student),
-        ("teacher", &config.teacher.path, &serving.teacher),
+        Some(("student", &config.student.path, &serving.student)),
+        teacher,
     ]
     .into_iter()
+    .flatten()
     .filter(|(_, path, sha)| file_sha256(path).ok().as_ref() != Some(*sha))
     .map(|(role, path, _)| (role, path.clone()))
     .collect()

@@ -133,9 +133,11 @@ pub enum WriterMsg {
         meta: Arc<FileMeta>,
         rows: Vec<(usize, StudentRow)>,
     },
+    /// The teacher's rows; a sample it did not answer carries its `records.sampled` code
+    /// instead (teacher failed, teacher out of reach).
     Teacher {
         meta: Arc<FileMeta>,
-        rows: Vec<(usize, Option<TeacherRow>)>,
+        rows: Vec<(usize, Result<TeacherRow, i64>)>,
     },
     Labels {
         meta: Arc<FileMeta>,

@@ -26,7 +26,7 @@ struct InFlight {
     student_done: usize,
     /// Teacher rows still expected (may dip below zero when a teacher row overtakes its student row).
     teacher_outstanding: i64,
-    teacher_rows: HashMap<usize, Option<TeacherRow>>,
+    teacher_rows: HashMap<usize, Result<TeacherRow, i64>>,
 }
 
 pub struct Writer {
@@ -283,8 +283,8 @@ impl Writer {
                 Some(Ok(mut r)) => {
                     if let Some(t) = teacher_rows.remove(&index) {
                         match t {
-                            Some(t) => r.teacher = Some(t),
-                            None => r.sampled = crate::sampler::TEACHER_FAILED,
+                            Ok(t) => r.teacher = Some(t),
+                            Err(code) => r.sampled = code,
                         }
                     }
                     records.push(r);

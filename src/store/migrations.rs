@@ -48,6 +48,10 @@ pub(super) const MIGRATIONS: &[(&str, &str)] = &[
         "0010_drift_alarms",
         include_str!("../../migrations/0010_drift_alarms.sql"),
     ),
+    (
+        "0011_windows_skipped_unreachable",
+        include_str!("../../migrations/0011_windows_skipped_unreachable.sql"),
+    ),
 ];
 
 /// What a migration needs beyond its SQL, run after it in the same transaction: by name.

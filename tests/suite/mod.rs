@@ -9,5 +9,6 @@ mod layers;
 mod ops;
 mod producers;
 mod redistill;
+mod remote;
 mod replay;
 mod shadow;

@@ -84,7 +84,7 @@ pub fn run_lab(config: &Config, paths: &[PathBuf]) -> anyhow::Result<LabRun> {
     let mut run = LabRun {
         sources: files,
         student_sha: models.student.sha256[..12].to_string(),
-        teacher_sha: models.teacher.sha256[..12].to_string(),
+        teacher_sha: models.teacher.sha256()[..12].to_string(),
         ..LabRun::default()
     };
     let (mut student_time, mut teacher_time) = (0.0, 0.0);

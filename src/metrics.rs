@@ -12,7 +12,7 @@
 //! stuck pipeline gets the daemon restarted.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
 
@@ -66,7 +66,11 @@ pub struct Metrics {
     heartbeat: AtomicU64,
     running: AtomicBool,
     db_path: Arc<RwLock<PathBuf>>,
+    window_ms: Arc<AtomicI64>,
 }
+
+/// `[store] window` until [`Metrics::set_window`] says otherwise (its default).
+const DEFAULT_WINDOW_MS: i64 = 15 * 60 * 1000;
 
 impl Metrics {
     /// Metrics reading the database at `db_path` on each scrape.
@@ -113,8 +117,10 @@ impl Metrics {
             ready.clone(),
         );
         let db_path = Arc::new(RwLock::new(db_path));
+        let window_ms = Arc::new(AtomicI64::new(DEFAULT_WINDOW_MS));
         registry.register_collector(Box::new(DatabaseCollector {
             db_path: db_path.clone(),
+            window_ms: window_ms.clone(),
         }));
         Arc::new(Metrics {
             registry,
@@ -127,6 +133,7 @@ impl Metrics {
             heartbeat: AtomicU64::new(0),
             running: AtomicBool::new(false),
             db_path,
+            window_ms,
         })
     }
 
@@ -188,6 +195,12 @@ impl Metrics {
         self.ready.set(i64::from(ready));
     }
 
+    /// `[store] window`, the length of the windows the observed rates are measured in.
+    pub fn set_window(&self, window: Duration) {
+        self.window_ms
+            .store(window.as_millis() as i64, Ordering::Relaxed);
+    }
+
     /// The database read at scrape time (changes on reload).
     pub fn set_database(&self, path: PathBuf) {
         if let Ok(mut p) = self.db_path.write() {
@@ -212,6 +225,7 @@ impl Metrics {
 #[derive(Debug)]
 struct DatabaseCollector {
     db_path: Arc<RwLock<PathBuf>>,
+    window_ms: Arc<AtomicI64>,
 }
 
 /// One metric family of several labelled samples.
@@ -258,7 +272,8 @@ impl FamilyOut {
 impl Collector for DatabaseCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let path = self.db_path.read().map(|p| p.clone()).unwrap_or_default();
-        let families = match database_families(&path) {
+        let window_ms = self.window_ms.load(Ordering::Relaxed);
+        let families = match database_families(&path, window_ms) {
             Ok(f) => f,
             Err(e) => {
                 tracing::warn!(error = %e, "Reading the database for /metrics failed.");
@@ -282,7 +297,7 @@ fn seg(segment: &str) -> Labels {
     labels(&[("segment", segment)])
 }
 
-fn database_families(path: &std::path::Path) -> anyhow::Result<Vec<FamilyOut>> {
+fn database_families(path: &std::path::Path, window_ms: i64) -> anyhow::Result<Vec<FamilyOut>> {
     let reader = Reader::open(path)?;
     let summary = reader.summary()?;
     let mut out = Vec::new();
@@ -313,7 +328,7 @@ fn database_families(path: &std::path::Path) -> anyhow::Result<Vec<FamilyOut>> {
 
     let mut skipped = FamilyOut::new(
         "teacher_samples_skipped",
-        "Records sampled for the teacher but not run, by reason (budget, queue)",
+        "Records sampled for the teacher but not run, by reason (budget, queue, unreachable: the teacher on an inference server could not answer)",
         MetricType::Counter,
     );
     skipped.push(
@@ -321,6 +336,10 @@ fn database_families(path: &std::path::Path) -> anyhow::Result<Vec<FamilyOut>> {
         summary.skipped_budget as f64,
     );
     skipped.push(labels(&[("reason", "queue")]), summary.skipped_queue as f64);
+    skipped.push(
+        labels(&[("reason", "unreachable")]),
+        summary.skipped_unreachable as f64,
+    );
     out.push(skipped);
 
     let mut duplicate = FamilyOut::new(
@@ -474,6 +493,36 @@ fn database_families(path: &std::path::Path) -> anyhow::Result<Vec<FamilyOut>> {
         dsamples.push(l, d.samples as f64);
     }
     out.extend([stat, thr, dsamples]);
+
+    let mut delay = FamilyOut::new(
+        "detector_expected_delay_seconds",
+        "Expected delay of each sequential drift detector at the configured minimum shift, at the observed rate of its observations (+Inf when it gets none)",
+        MetricType::Gauge,
+    );
+    let mut blind = FamilyOut::new(
+        "detector_blind",
+        "1 when a sequential drift detector's expected delay at the minimum shift exceeds a day at the observed rate (teacher skips, a small budget): it cannot detect in useful time",
+        MetricType::Gauge,
+    );
+    for d in reader.sightlines(window_ms).unwrap_or_default() {
+        let l = labels(&[
+            ("signal", &d.signal),
+            ("segment", &d.segment),
+            ("detector", &d.detector),
+        ]);
+        let seconds = d.sightline.expected_delay_seconds.unwrap_or(
+            if d.sightline.expected_delay_records.is_infinite() {
+                f64::INFINITY
+            } else {
+                f64::NAN
+            },
+        );
+        if !seconds.is_nan() {
+            delay.push(l.clone(), seconds);
+        }
+        blind.push(l, f64::from(u8::from(d.sightline.blind)));
+    }
+    out.extend([delay, blind]);
 
     let mut events = FamilyOut::new(
         "drift_events",

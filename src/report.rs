@@ -484,14 +484,22 @@ fn health(
 
 /// The dashboard page, with `data` inlined (a report) or fetched from `/api/dashboard` (live).
 pub fn page(data: Option<&DashboardData>) -> String {
-    let json = match data {
-        // `</` would end the script element early.
-        Some(d) => serde_json::to_string(d)
-            .unwrap_or_else(|_| "null".into())
-            .replace("</", "<\\/"),
-        None => "null".into(),
-    };
+    let json = data.map_or_else(|| "null".into(), inline_json);
     PAGE.replacen(DATA_SLOT, &json, 1)
+}
+
+/// `value` as JSON that is safe inside a `<script>` element whatever its strings hold: with no
+/// `<` at all, neither `</script>` nor `<!--<script>` (which makes the parser look for a second
+/// end tag) can end or bend the element; `>`, `&` and the two line separators JavaScript once
+/// refused in strings are escaped too.
+fn inline_json(value: &impl Serialize) -> String {
+    serde_json::to_string(value)
+        .unwrap_or_else(|_| "null".into())
+        .replace('<', "\\u003c")
+        .replace('>', "\\u003e")
+        .replace('&', "\\u0026")
+        .replace('\u{2028}', "\\u2028")
+        .replace('\u{2029}', "\\u2029")
 }
 
 /// `sensei report --out FILE`: the dashboard with the data inlined, plus the lab-vs-field gap
@@ -514,6 +522,19 @@ mod tests {
         let html = page(None);
         assert!(html.contains("const INLINE = null"));
         assert!(!html.contains(DATA_SLOT));
+    }
+
+    #[test]
+    fn no_producer_string_can_end_or_bend_the_inlined_script() {
+        let hostile = serde_json::json!({
+            "segment": ["<!--<script>", "</script><b>x</b>", "a&b", "\u{2028}\u{2029}", "]]>-->"],
+        });
+        let json = inline_json(&hostile);
+        for bad in ['<', '>', '&', '\u{2028}', '\u{2029}'] {
+            assert!(!json.contains(bad), "{bad:?} in {json}");
+        }
+        let back: serde_json::Value = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, hostile);
     }
 
     #[test]

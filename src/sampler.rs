@@ -148,6 +148,10 @@ pub fn unit_hash(seed: u64, text: &str) -> f64 {
 /// `records.sampled` code of a record whose teacher run failed.
 pub const TEACHER_FAILED: i64 = 4;
 
+/// `records.sampled` code of a record the teacher on an inference server could not answer:
+/// unreachable, timed out, transient errors past the retries, or the circuit breaker open.
+pub const TEACHER_UNREACHABLE: i64 = 5;
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 use crate::config::Config;
-use crate::model::{compatibility_notes, load_models};
+use crate::model::{Interface, Model, OutputSpec, Teacher, compatibility_notes, load_models};
 use crate::store::{Reader, SCHEMA_VERSION};
 
 /// Result of `sensei check`: what was found and every problem.
@@ -61,26 +61,18 @@ pub fn check(config_path: &Path) -> CheckReport {
                 models.runtime.library.display(),
                 models.runtime.version
             ));
-            for m in [&models.student, &models.teacher] {
-                let inputs: Vec<String> = m
-                    .inputs
-                    .iter()
-                    .map(|i| format!("{} {} {}", i.name, i.elem_type, i.shape_display()))
-                    .collect();
-                let att = m.attention.as_ref().map_or(String::from("none"), |a| {
-                    format!("{} {}", a.name, crate::model::shape_display(&a.shape))
-                });
-                r.lines.push(format!(
-                    "{}: {} (sha256 {}, {} bytes); inputs: {}; output: {} {}; attention: {}",
-                    m.role,
-                    m.path.display(),
-                    &m.sha256[..12],
-                    m.size_bytes,
-                    inputs.join(", "),
+            r.lines.push(model_line(&models.student));
+            match &models.teacher {
+                Teacher::Local(m) => r.lines.push(model_line(m)),
+                Teacher::Remote(m) => r.lines.push(format!(
+                    "teacher: {} on an inference server ({}); inputs: {}; output: {} {}; attention: {}",
+                    m.location,
+                    m.served_by,
+                    inputs_display(&m.inputs),
                     m.output.name,
                     crate::model::shape_display(&m.output.shape),
-                    att
-                ));
+                    attention_display(m.attention.as_ref())
+                )),
             }
             for note in compatibility_notes(&models.student, &models.teacher) {
                 r.lines.push(format!("note: {note}"));
@@ -141,6 +133,35 @@ pub fn check(config_path: &Path) -> CheckReport {
     r
 }
 
+/// A local model: its file, hash, size, inputs and outputs.
+fn model_line(m: &Model) -> String {
+    format!(
+        "{}: {} (sha256 {}, {} bytes); inputs: {}; output: {} {}; attention: {}",
+        m.role,
+        m.path.display(),
+        &m.sha256[..12],
+        m.size_bytes,
+        inputs_display(&m.inputs),
+        m.output.name,
+        crate::model::shape_display(&m.output.shape),
+        attention_display(m.attention.as_ref())
+    )
+}
+
+fn inputs_display(inputs: &[crate::record::InputSpec]) -> String {
+    inputs
+        .iter()
+        .map(|i| format!("{} {} {}", i.name, i.elem_type, i.shape_display()))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn attention_display(attention: Option<&OutputSpec>) -> String {
+    attention.map_or(String::from("none"), |a| {
+        format!("{} {}", a.name, crate::model::shape_display(&a.shape))
+    })
+}
+
 /// Loads every challenger and checks it can be compared with the teacher. A challenger that
 /// cannot is a warning, not a problem: the daemon runs without it (and `check` guards its start).
 fn check_challengers(config: &Config, models: &crate::model::Models, r: &mut CheckReport) {
@@ -173,7 +194,7 @@ fn check_challengers(config: &Config, models: &crate::model::Models, r: &mut Che
                         format!("{} {}", a.name, crate::model::shape_display(&a.shape))
                     })
                 ));
-                if let (Some(a), Some(t)) = (&m.attention, &models.teacher.attention)
+                if let (Some(a), Some(t)) = (&m.attention, models.teacher.attention())
                     && a.shape != t.shape
                 {
                     r.lines.push(format!(

@@ -62,6 +62,22 @@ pub fn replay_text(report: &WriterReport, status: &StatusReport) -> String {
             student.active.as_secs_f64()
         ));
     }
+    // A detector that needs more records than the replay brought to see the minimum shift
+    // could not have seen a drift in it: teacher skips (a budget meant for live traffic) are
+    // the usual cause.
+    if report.records_committed > 0 {
+        for d in &status.sightlines {
+            let needed = d.sightline.expected_delay_records;
+            if d.segment == crate::record::ALL_SEGMENTS && needed > report.records_committed as f64
+            {
+                s.push_str(&format!(
+                    "cannot see drift in this replay: {} (the replay committed {} records)\n",
+                    super::status::sightline_text(d),
+                    report.records_committed
+                ));
+            }
+        }
+    }
     s.push_str(&status.text());
     s
 }

@@ -53,6 +53,8 @@ pub struct StatusReport {
     pub teacher_samples: i64,
     pub skipped_budget: i64,
     pub skipped_queue: i64,
+    /// Sampled records the teacher on an inference server could not answer.
+    pub skipped_unreachable: i64,
     /// Records left out because their id was counted before.
     pub records_duplicate: i64,
     /// Late labels that changed nothing, and those that replaced a different label.
@@ -75,6 +77,9 @@ pub struct StatusReport {
     pub events_open: i64,
     /// Alerts firing now.
     pub firing_alerts: Vec<crate::store::FiringAlert>,
+    /// Each sequential detector's expected delay at the minimum shift at the observed rates,
+    /// and whether that makes it blind (more than a day).
+    pub sightlines: Vec<crate::store::DetectorSightline>,
     /// The latest drift events, oldest first.
     pub recent_events: Vec<crate::store::DriftEventRow>,
     /// Alert notifications per receiver: sent, pending, failing (undelivered stay visible).
@@ -164,6 +169,7 @@ pub fn status(config: &Config) -> anyhow::Result<StatusReport> {
     report.outbox = crate::alert::outbox_summary(&config.store.path).ok();
     report.redistill_jobs = reader.redistill_jobs(RECENT_JOBS)?;
     report.dropped = reader.dropped()?;
+    report.sightlines = reader.sightlines(config.store.window.as_millis() as i64)?;
     report.database_bytes = reader.database_size().ok().map(|s| s.used_bytes);
     report.max_bytes = config.store.max_bytes;
     for model in reader.shadow_models()? {
@@ -274,6 +280,7 @@ fn status_of(db: &Path, s: &Summary) -> StatusReport {
         teacher_samples: s.teacher_samples,
         skipped_budget: s.skipped_budget,
         skipped_queue: s.skipped_queue,
+        skipped_unreachable: s.skipped_unreachable,
         records_duplicate: s.records_duplicate,
         labels_unchanged: s.labels_unchanged,
         labels_corrected: s.labels_corrected,
@@ -287,6 +294,7 @@ fn status_of(db: &Path, s: &Summary) -> StatusReport {
         events_total: 0,
         events_open: 0,
         firing_alerts: Vec::new(),
+        sightlines: Vec::new(),
         recent_events: Vec::new(),
         outbox: None,
         shadow_models: Vec::new(),
@@ -350,6 +358,13 @@ impl StatusReport {
             "records: {}; teacher samples: {}; skipped for budget: {}; skipped, teacher queue full: {}",
             self.records, self.teacher_samples, self.skipped_budget, self.skipped_queue
         );
+        if self.skipped_unreachable > 0 {
+            let _ = writeln!(
+                s,
+                "skipped, teacher out of reach (inference server down, timed out or refusing): {}",
+                self.skipped_unreachable
+            );
+        }
         if self.records_duplicate > 0 || self.labels_unchanged > 0 || self.labels_corrected > 0 {
             let _ = writeln!(
                 s,
@@ -473,6 +488,20 @@ impl StatusReport {
                 }
             }
         }
+        let blind: Vec<_> = self
+            .sightlines
+            .iter()
+            .filter(|d| d.sightline.blind)
+            .collect();
+        if !blind.is_empty() {
+            let _ = writeln!(
+                s,
+                "\nBLIND detectors (at the observed rate they need more than a day to see the minimum shift; raise [sampling] max_per_minute, queue or rate):"
+            );
+            for d in blind {
+                let _ = writeln!(s, "  {}", sightline_text(d));
+            }
+        }
         if !self.shadow_models.is_empty() {
             let _ = writeln!(s, "\nshadow models (on teacher-sampled records):");
             for m in &self.shadow_models {
@@ -582,6 +611,30 @@ impl StatusReport {
         }
         s
     }
+}
+
+/// One detector's sightline in words: "disagreement on (all): ≈ 13700 records to see the
+/// minimum shift (548 samples at 4.0% of records), 2.1 days at the observed rate".
+pub fn sightline_text(d: &crate::store::DetectorSightline) -> String {
+    let l = &d.sightline;
+    let records = if l.expected_delay_records.is_finite() {
+        format!("≈ {:.0} records", l.expected_delay_records)
+    } else {
+        "never (no observations)".to_string()
+    };
+    let time = l
+        .expected_delay_seconds
+        .filter(|t| t.is_finite())
+        .map_or(String::new(), |t| {
+            format!(", {:.1} days at the observed rate", t / 86_400.0)
+        });
+    format!(
+        "{} on {}: {records} to see the minimum shift ({:.0} samples at {:.1}% of records){time}",
+        d.signal,
+        segment_name(&d.segment),
+        l.expected_delay_samples,
+        100.0 * l.samples_per_record
+    )
 }
 
 /// The first line of a possibly long text, for one-line listings.

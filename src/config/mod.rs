@@ -82,6 +82,7 @@ impl ChallengerConfig {
     pub fn model_config(&self, teacher: &ModelConfig) -> ModelConfig {
         ModelConfig {
             path: self.path.clone(),
+            remote: None,
             threads: self.threads,
             max_batch: teacher.max_batch,
             max_wait: teacher.max_wait,
@@ -196,7 +197,11 @@ pub struct OnnxRuntimeConfig {
 /// One model (student or teacher) and how to run it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ModelConfig {
+    /// The `.onnx` file; empty when the model is served by an inference server (`remote`).
     pub path: PathBuf,
+    /// The teacher on an inference server (`[teacher] url`, `model`, `version`), instead of a
+    /// local file. Always `None` for the student, which runs on this machine.
+    pub remote: Option<RemoteConfig>,
     /// Intra-op threads of this model's ONNX Runtime session.
     pub threads: usize,
     /// Largest batch handed to one `run`.
@@ -210,6 +215,57 @@ pub struct ModelConfig {
     pub output: String,
     /// The optional attention-probabilities output, `[batch, heads, seq, seq]`.
     pub attention: Option<String>,
+}
+
+/// A model served by an inference server speaking the Open Inference Protocol (KServe v2:
+/// Triton, KServe, MLServer).
+#[derive(Debug, Clone, PartialEq)]
+pub struct RemoteConfig {
+    /// The server's base URL (`http://` or `https://`), without a trailing slash.
+    pub url: String,
+    /// The model's name on the server.
+    pub model: String,
+    /// The model's version on the server; `None`: the server's default.
+    pub version: Option<String>,
+    /// Longest wait for one request's answer.
+    pub timeout: Duration,
+    /// Tries after the first for a transient error (no connection, HTTP 429, 502, 503, 504).
+    pub retries: u32,
+    /// The wait before the first retry; it doubles for each next one, with random jitter.
+    pub backoff: Duration,
+    /// Requests (batches) in flight at once.
+    pub in_flight: usize,
+    /// This many batches in a row out of reach open the circuit breaker: no requests for
+    /// `breaker_open`, then one batch probes the server.
+    pub breaker_after: u32,
+    pub breaker_open: Duration,
+    /// PEM certificates trusted beside the system's roots (a private CA).
+    pub ca_file: Option<PathBuf>,
+    /// The client certificate and its key (PEM), for servers that ask for one (mutual TLS).
+    pub client_identity: Option<(PathBuf, PathBuf)>,
+    /// Sent as `Authorization: Bearer …`; read from `token_file` or the systemd credential
+    /// `token_credential` when the config is loaded.
+    pub token: Option<Secret>,
+}
+
+impl RemoteConfig {
+    /// The model's path on the server: `/v2/models/NAME` or `/v2/models/NAME/versions/V`.
+    pub fn model_url(&self) -> String {
+        match &self.version {
+            Some(v) => format!("{}/v2/models/{}/versions/{v}", self.url, self.model),
+            None => format!("{}/v2/models/{}", self.url, self.model),
+        }
+    }
+}
+
+impl ModelConfig {
+    /// Where the model comes from, for messages: its file or its address on the server.
+    pub fn location(&self) -> String {
+        match &self.remote {
+            Some(r) => r.model_url(),
+            None => self.path.display().to_string(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -338,6 +394,12 @@ pub struct HttpConfig {
     pub token: Option<Secret>,
     /// Serve a non-loopback address without a token (validation refuses it otherwise).
     pub allow_non_loopback_without_token: bool,
+    /// How long a connection may take to send a request's headers (idle keep-alive
+    /// connections included) before it is closed.
+    pub header_timeout: Duration,
+    /// Connections served at once; more wait in the kernel's accept queue, holding no
+    /// descriptor of the daemon's.
+    pub max_connections: usize,
 }
 
 /// The daemon's own settings (`[daemon]`).

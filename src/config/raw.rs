@@ -126,6 +126,21 @@ pub struct RawOnnxRuntime {
 #[serde(deny_unknown_fields)]
 pub struct RawModel {
     pub path: Option<String>,
+    /// `[teacher]` only: the inference server, instead of `path`.
+    pub url: Option<String>,
+    pub model: Option<String>,
+    pub version: Option<String>,
+    pub timeout: Option<RawDuration>,
+    pub retries: Option<RawInt>,
+    pub backoff: Option<RawDuration>,
+    pub in_flight: Option<RawInt>,
+    pub breaker_after: Option<RawInt>,
+    pub breaker_open: Option<RawDuration>,
+    pub ca_file: Option<String>,
+    pub client_cert_file: Option<String>,
+    pub client_key_file: Option<String>,
+    pub token_file: Option<String>,
+    pub token_credential: Option<String>,
     pub threads: Option<RawInt>,
     pub max_batch: Option<RawInt>,
     pub max_wait: Option<RawDuration>,
@@ -201,6 +216,8 @@ pub struct RawHttp {
     pub token_file: Option<String>,
     pub token_credential: Option<String>,
     pub allow_non_loopback_without_token: Option<bool>,
+    pub header_timeout: Option<RawDuration>,
+    pub max_connections: Option<RawInt>,
 }
 
 #[derive(Debug, Default, Deserialize)]

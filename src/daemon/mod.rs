@@ -63,7 +63,7 @@ fn load_models_logged(config: &Config) -> anyhow::Result<Models> {
         library = %models.runtime.library.display(),
         version = %models.runtime.version,
         student = %config.student.path.display(),
-        teacher = %config.teacher.path.display(),
+        teacher = %config.teacher.location(),
         "Models loaded."
     );
     Ok(models)
@@ -108,6 +108,7 @@ pub async fn run(
     // Before anything else: a second daemon on this state directory must not take a file.
     let _lock = lock::acquire(&config)?;
     let metrics = Metrics::new(config.store.path.clone());
+    metrics.set_window(config.store.window);
     let shared = Arc::new(std::sync::RwLock::new(Arc::new(config.clone())));
     let (http_stop, http_stopped) = tokio::sync::watch::channel(false);
     let http = crate::http::Server::new(&config.http, shared.clone(), metrics.clone())
@@ -245,7 +246,7 @@ async fn reload(
         );
     }
     // Load the new models beside the running ones: if they fail, nothing has stopped.
-    let models = match load_models_logged(&new) {
+    let mut models = match load_models_logged(&new) {
         Ok(m) => m,
         Err(e) => {
             tracing::error!(error = %e, "The new config's models do not load; keeping the running config.");
@@ -253,6 +254,16 @@ async fn reload(
             return Ok((old, running));
         }
     };
+    // A model can load and still fail at inference: it answers lab records before it serves.
+    let trial = trial_records(&new, &models.student.inputs);
+    match crate::model::trial_run(&mut models, &trial, new.student.max_batch) {
+        Ok(n) => tracing::info!(records = n, "The new models answered their trial run."),
+        Err(e) => {
+            tracing::error!(error = %e, records = trial.len(), "The new config's models fail on the trial records; keeping the running config.");
+            metrics.reload(false);
+            return Ok((old, running));
+        }
+    }
     metrics.set_ready(false);
     let report = drain_within(running, old.daemon.drain_timeout, control).await?;
     tracing::info!(
@@ -276,14 +287,61 @@ async fn reload(
     }
 }
 
+/// The most records a trial run of new models takes from the lab set.
+const TRIAL_RECORDS: usize = 64;
+
+/// Records for the trial run of new models: the first [`TRIAL_RECORDS`] of the active
+/// baseline's lab files that can be read; none without a baseline (the trial then runs on a
+/// record of zeros).
+fn trial_records(
+    config: &Config,
+    inputs: &[crate::record::InputSpec],
+) -> Vec<crate::record::Record> {
+    let sources = Reader::open(&config.store.path)
+        .ok()
+        .and_then(|r| r.baseline_sources().ok().flatten())
+        .unwrap_or_default();
+    let options = crate::format::FormatOptions {
+        non_finite: config.compare.non_finite,
+        max_uncompressed_bytes: config.inbox.max_file_bytes.saturating_mul(4),
+    };
+    let mut records = Vec::new();
+    for source in sources {
+        let path = PathBuf::from(source);
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let Ok(bytes) = std::fs::read(&path) else {
+            continue;
+        };
+        if let Ok(crate::record::FileContent::Records(r)) =
+            crate::format::read_file(&name, &bytes, inputs, &options)
+        {
+            records.extend(r.into_iter().take(TRIAL_RECORDS - records.len()));
+        }
+        if records.len() >= TRIAL_RECORDS {
+            break;
+        }
+    }
+    records
+}
+
 /// The models of `config` whose file content differs from what the pipeline serves (or cannot
-/// be read: loading it will say why), as (role, path).
+/// be read: loading it will say why), as (role, path). A teacher on an inference server has no
+/// file here: a change of its address is a change of the config.
 fn replaced_models(config: &Config, serving: &ServingModels) -> Vec<(&'static str, PathBuf)> {
+    let teacher = config.teacher.remote.is_none().then_some((
+        "teacher",
+        &config.teacher.path,
+        &serving.teacher,
+    ));
     [
-        ("student", &config.student.path, &serving.student),
-        ("teacher", &config.teacher.path, &serving.teacher),
+        Some(("student", &config.student.path, &serving.student)),
+        teacher,
     ]
     .into_iter()
+    .flatten()
     .filter(|(_, path, sha)| file_sha256(path).ok().as_ref() != Some(*sha))
     .map(|(role, path, _)| (role, path.clone()))
     .collect()

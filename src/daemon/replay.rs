@@ -24,6 +24,8 @@ pub fn replay(
     store.checkpoint_in_background(crate::store::CHECKPOINT_INTERVAL)?;
     let models = load_models(config).map_err(|p| anyhow!("{}", p.join("\n")))?;
     let ledger = Reader::open(&config.store.path)?;
+    let metrics = Metrics::new(config.store.path.clone());
+    metrics.set_window(config.store.window);
     let (mut ingest, threads) = start(
         config,
         models,
@@ -32,7 +34,7 @@ pub fn replay(
         None,
         Some(ledger),
         on_file,
-        Metrics::new(config.store.path.clone()),
+        metrics,
     )?;
     let files = expand(paths)?;
     for file in &files {

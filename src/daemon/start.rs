@@ -149,7 +149,7 @@ pub(super) fn start(
         monitor,
         store,
         student_sha: models.student.sha256[..12].to_string(),
-        teacher_sha: models.teacher.sha256[..12].to_string(),
+        teacher_sha: models.teacher.sha256()[..12].to_string(),
         window_ms: config.store.window.as_millis().max(1) as i64,
         retention_ms: config
             .store
@@ -294,7 +294,7 @@ impl Running {
         let ledger = Reader::open(&config.store.path)?;
         let serving = ServingModels {
             student: models.student.sha256.clone(),
-            teacher: models.teacher.sha256.clone(),
+            teacher: models.teacher.sha256().to_owned(),
             baseline: active_baseline_version(&ledger),
         };
         let (mut ingest, threads) = start(
@@ -323,8 +323,8 @@ impl Running {
         let stop = watch.stop.clone();
         let (events, events_rx) = mpsc::channel();
         let retries = events.clone();
-        ingest.retry = Some(crate::pipeline::Retry::new(move |path| {
-            let _ = retries.send(IngestEvent::Retry(path));
+        ingest.retry = Some(crate::pipeline::Retry::new(move |path, when| {
+            let _ = retries.send(IngestEvent::Retry(path, when));
         }));
         let watcher = watch
             .start(events.clone())

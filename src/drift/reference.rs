@@ -8,7 +8,9 @@ use crate::monitor::UncertaintyPolicy;
 use crate::monitor::lab::LabRun;
 use crate::monitor::sampling::{rate_under_policy, resample_under_policy};
 use crate::monitor::window::FeatureBins;
-use crate::monitor::{CusumParams, calibrate_bernoulli, calibrate_cusum};
+use crate::monitor::{
+    CusumParams, bernoulli_delay, calibrate_bernoulli, calibrate_cusum, cusum_delay,
+};
 
 /// Values kept from the lab set for bootstrap calibration and KS tests.
 pub const MAX_REFERENCE_VALUES: usize = 5000;
@@ -31,6 +33,10 @@ pub struct RateReference {
     pub p1: f64,
     pub threshold: f64,
     pub simulated_arl0: f64,
+    /// Mean zero-state delay, in the detector's observations, on a stream at p1
+    /// (`monitor::delay`); `None` in profiles stored before it was measured.
+    #[serde(default)]
+    pub expected_delay: Option<f64>,
 }
 
 /// A real-valued signal's reference.
@@ -41,6 +47,10 @@ pub struct ValueReference {
     pub k: f64,
     pub threshold: f64,
     pub simulated_arl0: f64,
+    /// Mean zero-state delay, in the detector's observations, on the lab values shifted up by
+    /// δ = 2k (`monitor::delay`); `None` in profiles stored before it was measured.
+    #[serde(default)]
+    pub expected_delay: Option<f64>,
     /// Up to [`MAX_REFERENCE_VALUES`] lab values (evenly thinned).
     pub values: Vec<f64>,
 }
@@ -126,6 +136,8 @@ fn rate_reference(
         ));
     }
     let cal = calibrate_bernoulli(p0, p1, arl0, seed).map_err(|e| format!("{what}: {e}"))?;
+    let cap = (10.0 * arl0) as u64;
+    let expected_delay = bernoulli_delay(p0, p1, cal.threshold, cap, seed ^ 0xde1a).ok();
     Ok(RateReference {
         rate,
         events: k,
@@ -134,6 +146,7 @@ fn rate_reference(
         p1,
         threshold: cal.threshold,
         simulated_arl0: cal.arl0,
+        expected_delay,
     })
 }
 
@@ -154,12 +167,23 @@ fn value_reference(
         CusumParams::from_baseline(values, shift_sd).map_err(|e| format!("{what}: {e}"))?;
     let kept = thin(values);
     let cal = calibrate_cusum(&kept, params.k, arl0, seed).map_err(|e| format!("{what}: {e}"))?;
+    let cap = (10.0 * arl0) as u64;
+    let expected_delay = cusum_delay(
+        &kept,
+        params.mean,
+        params.k,
+        cal.threshold,
+        cap,
+        seed ^ 0xde1a,
+    )
+    .ok();
     Ok(ValueReference {
         mean: params.mean,
         sd: params.sd,
         k: params.k,
         threshold: cal.threshold,
         simulated_arl0: cal.arl0,
+        expected_delay,
         values: kept,
     })
 }

@@ -18,6 +18,7 @@ fn disagreement_only() -> Reference {
             p1: 0.05,
             threshold: 3.0,
             simulated_arl0: 1000.0,
+            expected_delay: None,
         }),
         kl: None,
         attention_kl: None,

@@ -473,7 +473,9 @@ impl Walk<'_> {
         };
         // Without serde_json's arbitrary_precision every number has an f64 value.
         let x = n.as_f64().unwrap_or(f64::NAN);
-        if x.is_nan() || x.abs() > f64::from(f32::MAX) {
+        // Rounded to the nearest float32: "3.4028235e38", f32::MAX as producers print it, is
+        // just above f32::MAX as an f64 and rounds to it.
+        if x.is_nan() || !(x as f32).is_finite() {
             return Err(format!(
                 "expected float32 number{} within ±{:e}, got {n} (outside the float32 range)",
                 self.at(),
@@ -745,7 +747,7 @@ mod fast {
 
         fn push_f64(&mut self, x: f64) -> bool {
             match &mut self.data {
-                TensorData::F32(v) if !x.is_nan() && x.abs() <= f64::from(f32::MAX) => {
+                TensorData::F32(v) if !x.is_nan() && (x as f32).is_finite() => {
                     v.push(x as f32);
                     true
                 }

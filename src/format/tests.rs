@@ -397,6 +397,21 @@ fn jsonl_wrong_element_type() {
 }
 
 #[test]
+fn jsonl_float32_max_as_printed_is_a_float32() {
+    // f32::MAX and -f32::MAX the way producers print them (shortest round trip), which as
+    // f64 values lie just outside them.
+    let r = records(
+        "a.jsonl",
+        br#"{"inputs": {"x": [[3.4028235e38, -3.4028235e38], [3, 4]]}}"#,
+        &x22(),
+    );
+    let crate::record::TensorData::F32(v) = &r[0].inputs["x"].data else {
+        panic!("not float32");
+    };
+    assert_eq!(v[..2], [f32::MAX, f32::MIN]);
+}
+
+#[test]
 fn jsonl_number_outside_float32() {
     let e = message(
         "a.jsonl",

@@ -10,6 +10,11 @@
 //! HTTP is an observer: the pipeline never waits for it. If the address is taken, the error is
 //! logged and the bind retried, while the pipeline goes on. Handlers read the database through
 //! their own read-only connections on blocking threads.
+//!
+//! Clients cannot starve the daemon: at most `[http] max_connections` are served at once (the
+//! rest wait in the kernel's accept queue, holding none of the daemon's descriptors), and a
+//! connection that has not sent a whole request's headers within `[http] header_timeout`
+//! (an idle keep-alive connection too) is closed.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, RwLock};
@@ -50,6 +55,8 @@ impl AppState {
 pub struct Server {
     listen: SocketAddr,
     router: Router,
+    header_timeout: Duration,
+    max_connections: usize,
 }
 
 /// How long to wait before trying a taken address again.
@@ -67,6 +74,8 @@ impl Server {
         Some(Server {
             listen,
             router: router(state),
+            header_timeout: http.header_timeout,
+            max_connections: http.max_connections.max(1),
         })
     }
 
@@ -85,18 +94,64 @@ impl Server {
             }
         };
         let addr = listener.local_addr().unwrap_or(self.listen);
-        tracing::info!(listen = %addr, "HTTP listening: /metrics, /healthz, /readyz, /api/…, dashboard at /.");
-        let shutdown = async move {
-            let _ = stop.wait_for(|s| *s).await;
-        };
-        if let Err(e) = axum::serve(listener, self.router)
-            .with_graceful_shutdown(shutdown)
-            .await
-        {
-            tracing::error!(error = %e, "The HTTP server failed.");
+        tracing::info!(listen = %addr, max_connections = self.max_connections, "HTTP listening: /metrics, /healthz, /readyz, /api/…, dashboard at /.");
+        let slots = Arc::new(tokio::sync::Semaphore::new(self.max_connections));
+        let mut connections = tokio::task::JoinSet::new();
+        loop {
+            // A slot first: past the cap, connections wait unaccepted.
+            let slot = tokio::select! {
+                slot = slots.clone().acquire_owned() => match slot {
+                    Ok(slot) => slot,
+                    Err(_) => break,
+                },
+                _ = stopped(&mut stop) => break,
+            };
+            let stream = tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok((stream, _)) => stream,
+                    Err(e) => {
+                        // Out of descriptors (EMFILE) or memory: wait instead of spinning.
+                        tracing::warn!(error = %e, "Cannot accept an HTTP connection; trying again shortly.");
+                        tokio::time::sleep(ACCEPT_BACKOFF).await;
+                        continue;
+                    }
+                },
+                _ = stopped(&mut stop) => break,
+            };
+            let service = hyper_util::service::TowerToHyperService::new(self.router.clone());
+            let header_timeout = self.header_timeout;
+            let mut stop = stop.clone();
+            connections.spawn(async move {
+                let _slot = slot;
+                let mut builder = hyper::server::conn::http1::Builder::new();
+                builder
+                    .timer(hyper_util::rt::TokioTimer::new())
+                    .header_read_timeout(header_timeout);
+                let connection =
+                    builder.serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+                tokio::pin!(connection);
+                tokio::select! {
+                    _ = connection.as_mut() => {}
+                    _ = stopped(&mut stop) => {
+                        connection.as_mut().graceful_shutdown();
+                        let _ = connection.await;
+                    }
+                }
+            });
+            while connections.try_join_next().is_some() {}
         }
+        // The requests in progress finish; idle connections close at once.
+        while connections.join_next().await.is_some() {}
     }
 }
+
+/// Resolves once `stop` turns true (or its sender is gone).
+async fn stopped(stop: &mut tokio::sync::watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await;
+}
+
+/// How long to wait after a failed accept (out of descriptors) before the next.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
 fn router(state: AppState) -> Router {
     let protected = Router::new()
@@ -119,6 +174,13 @@ fn same(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
+/// The token of an `Authorization: Bearer <token>` value; the scheme's name is
+/// case-insensitive (RFC 9110, section 11.1).
+fn bearer_token(value: &str) -> Option<&str> {
+    let (scheme, token) = value.trim_start().split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then_some(token)
+}
+
 async fn require_token(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -131,7 +193,7 @@ async fn require_token(
     let given = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
+        .and_then(bearer_token);
     if given.is_some_and(|g| same(g.trim().as_bytes(), token.expose().as_bytes())) {
         return next.run(request).await;
     }
@@ -309,6 +371,15 @@ async fn dashboard(State(state): State<AppState>) -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_bearer_scheme_is_case_insensitive() {
+        assert_eq!(bearer_token("Bearer abc"), Some("abc"));
+        assert_eq!(bearer_token("bearer abc"), Some("abc"));
+        assert_eq!(bearer_token("BEARER abc"), Some("abc"));
+        assert_eq!(bearer_token("Basic abc"), None);
+        assert_eq!(bearer_token("Bearerabc"), None);
+    }
 
     #[test]
     fn tokens_compare_whole() {

@@ -4,8 +4,15 @@
 //! Discovery (see `watch`): a notify watcher on the flat inbox, a catch-up scan at start, a
 //! rescan when the watcher reports an overflow or an error, and a periodic rescan. A file renamed
 //! into the inbox is taken at once; a file written in place is taken once it has been closed (or
-//! found by a scan) and left unmodified for the configured quiet time. Dot-files, `*.tmp` and
+//! found by a scan) and left unmodified for the configured quiet time; one still open for
+//! writing is not taken, whatever its age. Dot-files, `*.tmp` and
 //! `*.part` are never taken.
+//!
+//! One version: the file is read through one descriptor and stamped (device, inode, size,
+//! modification time) before and after; a file that changed meanwhile is handed back to be
+//! taken once quiet. The writer compares the stamp again before it commits and before it moves
+//! the file (see `pipeline::disposal`), so the records counted, the hash in the ledger and the
+//! file in done/ are the same bytes.
 //!
 //! Exactly-once: a file is identified by the sha256 of its content. The writer commits a file's
 //! records and its ledger row in one transaction; only then is the file moved. After a crash the
@@ -28,7 +35,9 @@ use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
 
 use crate::config::{Config, OnDone};
-use crate::pipeline::{Disposition, FileMeta, FileWork, InFlightPaths, Prepared, Retry, WriterMsg};
+use crate::pipeline::{
+    Disposition, FileMeta, FileStamp, FileWork, InFlightPaths, Prepared, Retake, Retry, WriterMsg,
+};
 use crate::record::{FileContent, InputSpec, Origin};
 use crate::store::{FileOrigin, Reader};
 use crate::time::now_ms;
@@ -152,16 +161,22 @@ impl Ingest {
     /// Reads one file and sends its records (or its quarantine) on. Errors about the file go to
     /// quarantine; only a closed pipeline is returned as an error.
     pub fn process(&mut self, path: &Path) -> Result<(), Closed> {
-        let name = path
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_else(|| path.display().to_string());
+        // The name as logs, notes and the ledger show it: a producer's newline or escape
+        // sequence in a file name cannot forge a line of its own.
+        let name = one_line(
+            &path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_else(|| path.display().to_string()),
+        );
+        let mut stamp: Option<FileStamp> = None;
         let meta_of = |sha256: String,
                        size: u64,
                        kind: &'static str,
                        records: usize,
                        key: u64,
-                       origin: FileOrigin| {
+                       origin: FileOrigin,
+                       stamp: Option<FileStamp>| {
             Arc::new(FileMeta {
                 key,
                 path: path.to_path_buf(),
@@ -175,6 +190,7 @@ impl Ingest {
                 in_flight: self.in_flight.clone(),
                 retry: self.retry.clone(),
                 origin,
+                stamp,
             })
         };
         let key = self.next_key.fetch_add(1, Ordering::Relaxed);
@@ -196,14 +212,22 @@ impl Ingest {
                 return Ok(());
             }
             Err(e) => {
-                let meta = meta_of(String::new(), 0, "unknown", 0, key, FileOrigin::default());
+                let meta = meta_of(
+                    String::new(),
+                    0,
+                    "unknown",
+                    0,
+                    key,
+                    FileOrigin::default(),
+                    None,
+                );
                 return self.reject(meta, format!("cannot stat the file: {e}"));
             }
         };
         let ft = stat.file_type();
         let origin = file_origin(&stat);
         if ft.is_symlink() {
-            let meta = meta_of(String::new(), 0, "unknown", 0, key, origin);
+            let meta = meta_of(String::new(), 0, "unknown", 0, key, origin, stamp);
             return self.reject(
                 meta,
                 "symbolic links are not followed: write or rename the file itself into the inbox"
@@ -211,7 +235,7 @@ impl Ingest {
             );
         }
         if !ft.is_file() {
-            let meta = meta_of(String::new(), 0, "unknown", 0, key, origin);
+            let meta = meta_of(String::new(), 0, "unknown", 0, key, origin, stamp);
             return self.reject(
                 meta,
                 "not a regular file (directory, FIFO, socket or device)".into(),
@@ -220,7 +244,7 @@ impl Ingest {
         let kind = format::file_kind(&name);
         let kind_name = kind.map_or("unknown", kind_str);
         if stat.len() > self.max_file_bytes {
-            let meta = meta_of(String::new(), stat.len(), kind_name, 0, key, origin);
+            let meta = meta_of(String::new(), stat.len(), kind_name, 0, key, origin, stamp);
             return self.reject(
                 meta,
                 format!(
@@ -231,14 +255,37 @@ impl Ingest {
             );
         }
         let bytes = match read_limited(path, self.max_file_bytes) {
-            Ok(b) => b,
+            Ok(read) if read.changed() && self.retry.is_some() => {
+                // Written to while it was read: its writer is not done. Its bytes would not be
+                // one version of the file; take it again once it is quiet.
+                tracing::info!(file = %name, "File changed while it was read; taken again once it is quiet.");
+                self.forget(path);
+                if let Some(retry) = &self.retry {
+                    retry.ask(path.to_path_buf(), Retake::WhenQuiet);
+                }
+                return Ok(());
+            }
+            Ok(read) => {
+                tracing::debug!(file = %name, bytes = read.bytes.len(), "File read.");
+                stamp = Some(read.opened);
+                read.bytes
+            }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 tracing::debug!(file = %name, "File vanished while it was read; skipped.");
                 self.forget(path);
                 return Ok(());
             }
+            Err(e) if exhausted(&e) && self.retry.is_some() => {
+                // The daemon's resources, not the file: take it again after a back-off.
+                tracing::warn!(file = %name, error = %e, "Cannot open the file for want of resources; it stays in the inbox and is taken again after a back-off.");
+                self.forget(path);
+                if let Some(retry) = &self.retry {
+                    retry.ask(path.to_path_buf(), Retake::AfterFailure);
+                }
+                return Ok(());
+            }
             Err(e) => {
-                let meta = meta_of(String::new(), stat.len(), kind_name, 0, key, origin);
+                let meta = meta_of(String::new(), stat.len(), kind_name, 0, key, origin, stamp);
                 return self.reject(meta, format!("cannot read the file: {e}"));
             }
         };
@@ -249,14 +296,14 @@ impl Ingest {
         {
             // Counted before (a re-drop, or a crash between commit and move): tell the writer,
             // which records the duplicate and moves the file without counting it.
-            let meta = meta_of(sha256, size, kind_name, 0, key, origin);
+            let meta = meta_of(sha256, size, kind_name, 0, key, origin, stamp);
             return self
                 .writer
                 .send(WriterMsg::AlreadyCounted { meta })
                 .map_err(|_| Closed);
         }
         if kind.is_none() {
-            let meta = meta_of(sha256, size, kind_name, 0, key, origin);
+            let meta = meta_of(sha256, size, kind_name, 0, key, origin, stamp);
             return self.reject(
                 meta,
                 "unsupported file type: expected .jsonl, .ndjson, .labels.jsonl, .npy or .npz"
@@ -266,14 +313,14 @@ impl Ingest {
         let content = match format::read_file(&name, &bytes, &self.specs, &self.options) {
             Ok(c) => c,
             Err(e) => {
-                let meta = meta_of(sha256, size, kind_name, 0, key, origin);
+                let meta = meta_of(sha256, size, kind_name, 0, key, origin, stamp);
                 return self.reject(meta, e.to_string());
             }
         };
         drop(bytes);
         match content {
             FileContent::Labels(labels) => {
-                let meta = meta_of(sha256, size, kind_name, labels.len(), key, origin);
+                let meta = meta_of(sha256, size, kind_name, labels.len(), key, origin, stamp);
                 let outside = labels.iter().find_map(|l| {
                     self.label_problem(l.label)
                         .map(|p| format!("line {}: {p}", l.line))
@@ -287,7 +334,15 @@ impl Ingest {
                     .map_err(|_| Closed)
             }
             FileContent::Records(records) => {
-                let meta = meta_of(sha256.clone(), size, kind_name, records.len(), key, origin);
+                let meta = meta_of(
+                    sha256.clone(),
+                    size,
+                    kind_name,
+                    records.len(),
+                    key,
+                    origin,
+                    stamp,
+                );
                 let now = now_ms();
                 let prefix = &sha256[..12];
                 let mut seen_ids = HashSet::with_capacity(records.len());
@@ -388,15 +443,57 @@ fn kind_str(kind: FileKind) -> &'static str {
     }
 }
 
-/// Reads at most `limit` bytes; a file that grew past the limit since it was measured is an error.
-fn read_limited(path: &Path, limit: u64) -> std::io::Result<Vec<u8>> {
+/// `text` with its control characters (newlines, carriage returns, escape sequences) written
+/// as Rust-style escapes, so it stays on one line.
+pub fn one_line(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// Whether an I/O error is the daemon running out of something (descriptors, memory) rather
+/// than anything about the file.
+fn exhausted(e: &std::io::Error) -> bool {
+    // EMFILE, ENFILE, ENOMEM, EAGAIN (Linux numbers).
+    matches!(e.raw_os_error(), Some(24 | 23 | 12 | 11))
+}
+
+/// A file's bytes and the versions of the file before and after they were read.
+struct FileRead {
+    bytes: Vec<u8>,
+    opened: FileStamp,
+    after: FileStamp,
+}
+
+impl FileRead {
+    /// Whether the file was written to while it was read.
+    fn changed(&self) -> bool {
+        self.opened != self.after || self.bytes.len() as u64 != self.after.size()
+    }
+}
+
+/// Reads at most `limit` bytes through one descriptor, stamped before and after; a file that
+/// grew past the limit since it was measured is an error.
+fn read_limited(path: &Path, limit: u64) -> std::io::Result<FileRead> {
     let file = File::open(path)?;
+    let opened = FileStamp::of(&file.metadata()?);
     let mut bytes = Vec::new();
-    file.take(limit + 1).read_to_end(&mut bytes)?;
+    (&file).take(limit + 1).read_to_end(&mut bytes)?;
     if bytes.len() as u64 > limit {
         return Err(std::io::Error::other(format!(
             "file grew past the limit of {limit} bytes while being read"
         )));
     }
-    Ok(bytes)
+    let after = FileStamp::of(&file.metadata()?);
+    Ok(FileRead {
+        bytes,
+        opened,
+        after,
+    })
 }

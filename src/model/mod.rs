@@ -7,6 +7,7 @@
 //! when nothing loads, the error names every place searched and why each failed.
 //!
 //! `pair`: the student and the teacher loaded together and checked for comparability.
+//! `remote`: a teacher on an inference server (Open Inference Protocol); [`Teacher`] is either.
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -24,9 +25,13 @@ use crate::config::{ModelConfig, OnnxRuntimeConfig};
 use crate::record::{ElemType, InputSpec, Record, TensorData};
 
 mod pair;
+mod remote;
+
+pub use remote::{RemoteModel, remote_sha256};
 
 pub use pair::{
-    Models, compatibility_notes, compatibility_problems, load_models, model_problems, shape_display,
+    Models, compatibility_notes, compatibility_problems, load_models, model_problems,
+    shape_display, trial_run,
 };
 
 /// The loaded ONNX Runtime: where it came from and its version.
@@ -71,6 +76,28 @@ pub enum ModelError {
     },
     #[error("{role} model inference failed: {message}")]
     Run { role: String, message: String },
+    /// A model on an inference server that cannot be used: `url` is the model's address.
+    #[error("{role} model {url}: {message}")]
+    Remote {
+        role: String,
+        url: String,
+        message: String,
+    },
+    /// A model on an inference server that could not answer this time: no connection, a
+    /// timeout, transient errors past the retries, or the circuit breaker open.
+    #[error("{role} model {url} is out of reach: {message}")]
+    Unreachable {
+        role: String,
+        url: String,
+        message: String,
+    },
+}
+
+impl ModelError {
+    /// The model's server could not be reached (the samples are skipped, not failed).
+    pub fn is_unreachable(&self) -> bool {
+        matches!(self, ModelError::Unreachable { .. })
+    }
 }
 
 static RUNTIME: OnceLock<Runtime> = OnceLock::new();
@@ -497,6 +524,118 @@ impl Model {
             attention,
             elapsed,
         })
+    }
+}
+
+/// What the compatibility checks read of a model: its inputs and the outputs sensei compares.
+pub trait Interface {
+    fn inputs(&self) -> &[InputSpec];
+    fn output(&self) -> &OutputSpec;
+    fn attention(&self) -> Option<&OutputSpec>;
+}
+
+impl Interface for Model {
+    fn inputs(&self) -> &[InputSpec] {
+        &self.inputs
+    }
+    fn output(&self) -> &OutputSpec {
+        &self.output
+    }
+    fn attention(&self) -> Option<&OutputSpec> {
+        self.attention.as_ref()
+    }
+}
+
+impl Interface for RemoteModel {
+    fn inputs(&self) -> &[InputSpec] {
+        &self.inputs
+    }
+    fn output(&self) -> &OutputSpec {
+        &self.output
+    }
+    fn attention(&self) -> Option<&OutputSpec> {
+        self.attention.as_ref()
+    }
+}
+
+/// The teacher: an ONNX file run here, or a model on an inference server (`[teacher] url`).
+/// Both answer a batch with the same [`BatchOutput`].
+// One teacher per pipeline: the size of the enum does not matter.
+#[allow(clippy::large_enum_variant)]
+pub enum Teacher {
+    Local(Model),
+    Remote(RemoteModel),
+}
+
+impl Teacher {
+    /// Opens the teacher's file, or reads its metadata from the server.
+    pub fn load(rt: &Runtime, config: &ModelConfig) -> Result<Teacher, ModelError> {
+        match config.remote {
+            Some(_) => RemoteModel::connect("teacher", config).map(Teacher::Remote),
+            None => Model::load(rt, "teacher", config).map(Teacher::Local),
+        }
+    }
+
+    pub fn run(&mut self, batch: &[&Record]) -> Result<BatchOutput, ModelError> {
+        match self {
+            Teacher::Local(m) => m.run(batch),
+            Teacher::Remote(m) => m.run(batch),
+        }
+    }
+
+    /// How many batches [`Teacher::run_many`] runs at once: 1 here, `in_flight` on a server.
+    pub fn in_flight(&self) -> usize {
+        match self {
+            Teacher::Local(_) => 1,
+            Teacher::Remote(m) => m.in_flight(),
+        }
+    }
+
+    /// Runs several batches: one after the other here, as concurrent requests on a server.
+    /// One result per batch, in order.
+    pub fn run_many(&mut self, batches: &[Vec<&Record>]) -> Vec<Result<BatchOutput, ModelError>> {
+        match self {
+            Teacher::Local(m) => batches.iter().map(|b| m.run(b)).collect(),
+            Teacher::Remote(m) => m.run_many(batches),
+        }
+    }
+
+    /// The file's sha256, or for a model on a server the sha256 of its address: what the
+    /// database knows the teacher by.
+    pub fn sha256(&self) -> &str {
+        match self {
+            Teacher::Local(m) => &m.sha256,
+            Teacher::Remote(m) => &m.sha256,
+        }
+    }
+
+    /// The file's path or the model's URL.
+    pub fn location(&self) -> String {
+        match self {
+            Teacher::Local(m) => m.path.display().to_string(),
+            Teacher::Remote(m) => m.location.clone(),
+        }
+    }
+}
+
+impl Interface for Teacher {
+    fn inputs(&self) -> &[InputSpec] {
+        match self {
+            Teacher::Local(m) => &m.inputs,
+            Teacher::Remote(m) => &m.inputs,
+        }
+    }
+    fn output(&self) -> &OutputSpec {
+        match self {
+            Teacher::Local(m) => &m.output,
+            Teacher::Remote(m) => &m.output,
+        }
+    }
+    fn attention(&self) -> Option<&OutputSpec> {
+        match self {
+            Teacher::Local(m) => m.attention.as_ref(),
+            Teacher::Remote(m) => m.attention.as_ref(),
+        }
     }
 }
 

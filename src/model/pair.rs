@@ -4,15 +4,15 @@
 //! same questions.
 
 use crate::config::{Config, Task};
-use crate::record::InputSpec;
+use crate::record::{InputSpec, Record, Tensor};
 
-use super::{Model, Runtime};
+use super::{Interface, Model, Runtime, Teacher};
 
 /// The loaded runtime and both models.
 pub struct Models {
     pub runtime: &'static Runtime,
     pub student: Model,
-    pub teacher: Model,
+    pub teacher: Teacher,
 }
 
 /// Loads ONNX Runtime and both models; the error lists every problem found.
@@ -20,7 +20,7 @@ pub fn load_models(config: &Config) -> Result<Models, Vec<String>> {
     let runtime = crate::model::runtime(&config.onnxruntime).map_err(|e| vec![e.to_string()])?;
     // Side by side: building the sessions is most of the start-up time.
     let (student, teacher) = std::thread::scope(|scope| {
-        let teacher = scope.spawn(|| Model::load(runtime, "teacher", &config.teacher));
+        let teacher = scope.spawn(|| Teacher::load(runtime, &config.teacher));
         let student = Model::load(runtime, "student", &config.student);
         let teacher = teacher
             .join()
@@ -49,7 +49,11 @@ pub fn load_models(config: &Config) -> Result<Models, Vec<String>> {
 }
 
 /// What makes a teacher and a student impossible to compare under this config.
-pub fn compatibility_problems(config: &Config, student: &Model, teacher: &Model) -> Vec<String> {
+pub fn compatibility_problems(
+    config: &Config,
+    student: &Model,
+    teacher: &dyn Interface,
+) -> Vec<String> {
     model_problems(config, "student", student, teacher)
 }
 
@@ -59,10 +63,10 @@ pub fn model_problems(
     config: &Config,
     role: &str,
     student: &Model,
-    teacher: &Model,
+    teacher: &dyn Interface,
 ) -> Vec<String> {
     let mut problems = Vec::new();
-    for t in &teacher.inputs {
+    for t in teacher.inputs() {
         match student.inputs.iter().find(|s| s.name == t.name) {
             None => problems.push(format!(
                 "teacher input '{}' is not a {role} input: both models must take the same inputs",
@@ -82,14 +86,14 @@ pub fn model_problems(
         }
     }
     for s in &student.inputs {
-        if !teacher.inputs.iter().any(|t| t.name == s.name) {
+        if !teacher.inputs().iter().any(|t| t.name == s.name) {
             problems.push(format!(
                 "{role} input '{}' is not a teacher input: both models must take the same inputs",
                 s.name
             ));
         }
     }
-    let (so, to) = (&student.output.shape, &teacher.output.shape);
+    let (so, to) = (&student.output.shape, &teacher.output().shape);
     match config.compare.task {
         Task::Classification | Task::Regression => {
             if so.len() != to.len() || !shapes_compatible(so, to) {
@@ -97,7 +101,7 @@ pub fn model_problems(
                     "outputs are not comparable: {role} '{}' is {}, teacher '{}' is {}",
                     student.output.name,
                     shape_display(so),
-                    teacher.output.name,
+                    teacher.output().name,
                     shape_display(to)
                 ));
             }
@@ -127,8 +131,8 @@ pub fn model_problems(
 }
 
 /// Notes that are not errors: attention present on one side only or with different shapes.
-pub fn compatibility_notes(student: &Model, teacher: &Model) -> Vec<String> {
-    match (&student.attention, &teacher.attention) {
+pub fn compatibility_notes(student: &Model, teacher: &dyn Interface) -> Vec<String> {
+    match (student.attention.as_ref(), teacher.attention()) {
         (Some(s), Some(t)) if !shapes_compatible(&s.shape, &t.shape) => vec![format!(
             "attention shapes differ (student {}, teacher {}): attention KL is not computed",
             shape_display(&s.shape),
@@ -156,4 +160,63 @@ pub fn shape_display(shape: &[Option<usize>]) -> String {
         shape: shape.to_vec(),
     }
     .shape_display()
+}
+
+/// Runs both models on `records`, `batch` at a time (equal input shapes per call), the way the
+/// pipeline runs them: a model that loads but fails at inference is found here, before it
+/// serves. Without records, one record of zeros shaped as the student's inputs (dynamic
+/// dimensions 1) stands in. Returns how many records were run.
+pub fn trial_run(models: &mut Models, records: &[Record], batch: usize) -> Result<usize, String> {
+    let stand_in;
+    let records = if records.is_empty() {
+        stand_in = [zeros(&models.student.inputs)];
+        &stand_in[..]
+    } else {
+        records
+    };
+    let shape = |r: &Record| {
+        r.inputs
+            .values()
+            .map(|t| t.shape.clone())
+            .collect::<Vec<_>>()
+    };
+    let mut start = 0;
+    while start < records.len() {
+        let first = shape(&records[start]);
+        let end = start
+            + records[start..]
+                .iter()
+                .take(batch.max(1))
+                .take_while(|r| shape(r) == first)
+                .count();
+        let group: Vec<&Record> = records[start..end].iter().collect();
+        models.student.run(&group).map_err(|e| e.to_string())?;
+        models.teacher.run(&group).map_err(|e| e.to_string())?;
+        start = end;
+    }
+    Ok(records.len())
+}
+
+/// A record of zeros for the given inputs (dynamic dimensions of length 1).
+fn zeros(specs: &[InputSpec]) -> Record {
+    let inputs = specs
+        .iter()
+        .map(|s| {
+            let shape: Vec<usize> = s.shape.iter().map(|d| d.unwrap_or(1)).collect();
+            let n = shape.iter().product();
+            let tensor = match s.elem_type {
+                crate::record::ElemType::F32 => Tensor::f32(shape, vec![0.0; n]),
+                crate::record::ElemType::I64 => Tensor::i64(shape, vec![0; n]),
+            };
+            (s.name.clone(), tensor)
+        })
+        .collect();
+    Record {
+        id: None,
+        ts: None,
+        segment: Default::default(),
+        inputs,
+        label: None,
+        origin: crate::record::Origin::Index(0),
+    }
 }

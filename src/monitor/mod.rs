@@ -14,6 +14,8 @@
 //! - [`calibrate`]: thresholds from a target in-control average run length (ARL0), by
 //!   simulation (Bernoulli) or bootstrap from the baseline (real-valued); false-alarm
 //!   verification.
+//! - [`delay`]: the expected detection delay at the minimum shift, and whether at the observed
+//!   rates a detector is blind ([`Sightline`]).
 //! - [`window`]: windowed two-sample tests against the baseline (KS on confidence, chi-square on
 //!   the class mix, PSI on input features), the p-value-and-effect-size rule and the Holm
 //!   correction over segments × signals.
@@ -29,6 +31,7 @@
 
 pub mod calibrate;
 pub mod cusum;
+pub mod delay;
 pub mod lab;
 pub mod rng;
 pub mod sampling;
@@ -36,6 +39,7 @@ pub mod window;
 
 pub use calibrate::{Calibration, CalibrationOptions, calibrate_bernoulli, calibrate_cusum};
 pub use cusum::{Alarm, BernoulliCusum, Cusum, CusumParams, PageHinkley};
+pub use delay::{BLIND_AFTER_SECONDS, Sightline, bernoulli_delay, cusum_delay};
 pub use sampling::{UncertaintyPolicy, WeightedMean};
 pub use window::{RoundDecision, RoundTest, WindowTest};
 

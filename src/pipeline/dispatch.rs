@@ -56,10 +56,10 @@ impl Dispatcher {
             |meta: &Arc<FileMeta>, index: usize, row: StudentRow| by_file.push(meta, index, row);
         match result {
             Err(e) => {
-                tracing::error!(error = %e, records = batch.len(), "Student inference failed; the files involved go to quarantine.");
+                tracing::error!(error = %e, records = batch.len(), "Student inference failed; the files involved stay in the inbox and are taken again after a back-off.");
                 for p in &batch {
                     let row = StudentRow {
-                        row: Err(format!("student inference failed: {e}")),
+                        row: Err(e.to_string()),
                         teacher_pending: false,
                     };
                     push(&p.meta, p.index, row);

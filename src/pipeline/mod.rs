@@ -33,6 +33,7 @@ use crate::record::Record;
 use crate::store::{RecordRow, TeacherRow};
 
 pub use dispatch::Dispatcher;
+pub use disposal::{FileStamp, PathNow};
 pub use student::{Scored, StudentWorker};
 pub use teacher::{TeacherJob, TeacherWorker};
 pub use writer::{FileCallback, FileOutcome, Writer, observe_records};
@@ -71,20 +72,36 @@ pub struct FileMeta {
     /// When the file was written and which file it is (labels are ordered by arrival; a file
     /// left in the inbox by a crash is told from a copy sent again).
     pub origin: crate::store::FileOrigin,
+    /// The version of the file that was read (`None` when it was not read): the writer commits
+    /// and moves the file only while the inbox path still holds that version.
+    pub stamp: Option<FileStamp>,
 }
 
-/// Asks for a file to be taken again after a back-off, once its commit failed (ingest's loop
-/// holds the other end).
+/// Asks for a file to be taken again (ingest's loop holds the other end): after a back-off once
+/// its commit failed, once it is quiet when it changed after it was read, or at once when
+/// another file took its name while the first was in the pipeline.
 #[derive(Clone)]
-pub struct Retry(Arc<dyn Fn(PathBuf) + Send + Sync>);
+pub struct Retry(Arc<dyn Fn(PathBuf, Retake) + Send + Sync>);
+
+/// When a file handed back to ingest is taken again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Retake {
+    /// Its commit failed: after a back-off that grows with each failure of the file.
+    AfterFailure,
+    /// It changed after it was read (still being written): once it has been closed and left
+    /// unmodified for the quiet time, like any file written in place.
+    WhenQuiet,
+    /// The name now holds another file than the one read: take that one now.
+    Now,
+}
 
 impl Retry {
-    pub fn new(ask: impl Fn(PathBuf) + Send + Sync + 'static) -> Retry {
+    pub fn new(ask: impl Fn(PathBuf, Retake) + Send + Sync + 'static) -> Retry {
         Retry(Arc::new(ask))
     }
 
-    pub fn ask(&self, path: PathBuf) {
-        (self.0)(path)
+    pub fn ask(&self, path: PathBuf, when: Retake) {
+        (self.0)(path, when)
     }
 }
 
@@ -116,9 +133,11 @@ pub enum WriterMsg {
         meta: Arc<FileMeta>,
         rows: Vec<(usize, StudentRow)>,
     },
+    /// The teacher's rows; a sample it did not answer carries its `records.sampled` code
+    /// instead (teacher failed, teacher out of reach).
     Teacher {
         meta: Arc<FileMeta>,
-        rows: Vec<(usize, Option<TeacherRow>)>,
+        rows: Vec<(usize, Result<TeacherRow, i64>)>,
     },
     Labels {
         meta: Arc<FileMeta>,
@@ -132,6 +151,7 @@ pub enum WriterMsg {
 
 /// The student's result for one record, plus whether a teacher result will follow.
 pub struct StudentRow {
+    /// The row, or the student's failure on the record (the model's fault, not the file's).
     pub row: Result<RecordRow, String>,
     pub teacher_pending: bool,
 }
@@ -146,6 +166,9 @@ pub struct WriterReport {
     /// Records left out because their id was counted before.
     pub records_duplicate: u64,
     pub labels_committed: u64,
+    /// Files that changed after they were read (still being written): not counted, taken again
+    /// once they are quiet.
+    pub files_changed: u64,
     /// Commits the database refused (disk full, locked past the busy timeout, I/O error). The
     /// file stays in the inbox; the daemon takes it again after a back-off.
     pub commit_errors: u64,

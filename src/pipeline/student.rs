@@ -240,6 +240,7 @@ mod tests {
             in_flight: InFlightPaths::default(),
             retry: None,
             origin: Default::default(),
+            stamp: None,
         });
         let records = (0..records)
             .map(|i| Prepared {
@@ -330,6 +331,7 @@ mod tests {
         let max_wait = Duration::from_secs(3600);
         let config = crate::config::ModelConfig {
             path: root.join("models/demo/student.onnx"),
+            remote: None,
             threads: 1,
             max_batch: 32,
             max_wait,

@@ -1,6 +1,8 @@
 //! The teacher worker: runs the teacher on the sampled records (what is queued, up to a batch;
 //! never waiting for more), compares it with the student, runs the shadow models on the same
-//! batch, and sends the rows to the writer.
+//! batch, and sends the rows to the writer. A teacher on an inference server takes up to its
+//! `in_flight` batches at once; a sample it could not answer is sent as skipped (its
+//! `records.sampled` code), never dropped.
 
 use std::sync::Arc;
 use std::sync::mpsc::{Receiver, SyncSender};
@@ -9,8 +11,9 @@ use std::time::Instant;
 
 use super::{ByFile, FileMeta, WriterMsg, attention_of};
 use crate::compare::{Comparer, attention_kl};
-use crate::model::Model;
+use crate::model::{BatchOutput, ModelError, Teacher};
 use crate::record::Record;
+use crate::sampler::{TEACHER_FAILED, TEACHER_UNREACHABLE};
 use crate::store::TeacherRow;
 
 /// A sampled record on its way to the teacher.
@@ -25,7 +28,7 @@ pub struct TeacherJob {
 }
 
 pub struct TeacherWorker {
-    pub model: Model,
+    pub model: Teacher,
     pub comparer: Comparer,
     pub max_batch: usize,
     /// Name of the int64 mask input used for embedding pooling, if any.
@@ -48,19 +51,23 @@ impl TeacherWorker {
 
     fn run(&mut self, input: Receiver<TeacherJob>, writer: SyncSender<WriterMsg>) {
         while let Ok(first) = input.recv() {
-            // Take what is already queued, up to a batch; never wait for more: the samples are
-            // already late by design and the student does not depend on them.
+            // Take what is already queued, up to a batch per request the teacher takes at once;
+            // never wait for more: the samples are already late by design and the student does
+            // not depend on them.
+            let (max_batch, batches) = (self.max_batch, self.model.in_flight());
             let mut jobs = vec![first];
-            while jobs.len() < self.max_batch {
+            while jobs.len() < max_batch * batches {
                 match input.try_recv() {
                     Ok(j) => jobs.push(j),
                     Err(_) => break,
                 }
             }
-            // Batch only equal shapes; run the rest one group at a time.
+            // Batch only equal shapes, at most max_batch records each.
+            let mut groups = Vec::new();
             while !jobs.is_empty() {
                 let n = jobs
                     .iter()
+                    .take(max_batch)
                     .take_while(|j| {
                         j.record
                             .inputs
@@ -69,42 +76,66 @@ impl TeacherWorker {
                             .all(|(a, b)| a.shape == b.shape)
                     })
                     .count();
-                let group: Vec<TeacherJob> = jobs.drain(..n).collect();
-                if self.run_group(group, &writer).is_err() {
-                    return;
-                }
+                groups.push(jobs.drain(..n).collect::<Vec<TeacherJob>>());
+            }
+            if self.run_groups(groups, &writer).is_err() {
+                return;
             }
         }
     }
 
-    fn run_group(
+    fn run_groups(
         &mut self,
-        group: Vec<TeacherJob>,
+        groups: Vec<Vec<TeacherJob>>,
         writer: &SyncSender<WriterMsg>,
     ) -> Result<(), ()> {
-        let records: Vec<&Record> = group.iter().map(|j| &j.record).collect();
+        let batches: Vec<Vec<&Record>> = groups
+            .iter()
+            .map(|g| g.iter().map(|j| &j.record).collect())
+            .collect();
         let started = Instant::now();
-        let result = self.model.run(&records);
-        self.metrics
-            .batch("teacher", started.elapsed(), records.len());
+        let results = self.model.run_many(&batches);
+        let records = batches.iter().map(Vec::len).sum();
+        self.metrics.batch("teacher", started.elapsed(), records);
+        drop(batches);
+        for (group, result) in groups.into_iter().zip(results) {
+            self.finish_group(group, result, writer)?;
+        }
+        Ok(())
+    }
+
+    fn finish_group(
+        &mut self,
+        group: Vec<TeacherJob>,
+        result: Result<BatchOutput, ModelError>,
+        writer: &SyncSender<WriterMsg>,
+    ) -> Result<(), ()> {
         let mut shadow = match &result {
-            Ok(out) => self.shadow.run(&records, out),
+            Ok(out) => {
+                let records: Vec<&Record> = group.iter().map(|j| &j.record).collect();
+                self.shadow.run(&records, out)
+            }
             Err(_) => Vec::new(),
         };
-        drop(records);
         let mut by_file = ByFile::new();
-        let out = match result {
-            Ok(out) => Some(out),
+        let (out, skipped) = match result {
+            Ok(out) => (Some(out), TEACHER_FAILED),
+            Err(e) if e.is_unreachable() => {
+                // The model logs when its server goes out of reach and comes back; one line per
+                // batch would flood the journal while it is down.
+                tracing::debug!(error = %e, samples = group.len(), "The teacher could not be reached; these samples are recorded as skipped.");
+                (None, TEACHER_UNREACHABLE)
+            }
             Err(e) => {
                 tracing::error!(error = %e, samples = group.len(), "Teacher inference failed; these samples are recorded as teacher errors.");
-                None
+                (None, TEACHER_FAILED)
             }
         };
         let per_record_us = out
             .as_ref()
             .map_or(0, |o| o.elapsed.as_micros() as i64 / o.batch.max(1) as i64);
         for (i, job) in group.into_iter().enumerate() {
-            let row = out.as_ref().map(|out| {
+            let row = out.as_ref().ok_or(skipped).map(|out| {
                 let teacher_output = out.output_of(i);
                 let mask = self.mask_input.as_ref().and_then(|name| {
                     match &job.record.inputs.get(name)?.data {

@@ -3,14 +3,14 @@
 //! one transaction, disposes of it, and applies the retention of records and of the
 //! distillation buffer.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use super::disposal::{dispose, quarantine};
-use super::{FileMeta, WriterMsg, WriterReport};
+use super::disposal::{PathNow, dispose, path_now, quarantine};
+use super::{FileMeta, Retake, WriterMsg, WriterReport};
 use crate::drift::{DriftMonitor, Observation};
 use crate::store::{
     CommitOutcome, EventChange, FileCommit, LabelJoin, LabelsOutcome, MonitorDelta, RecordRow,
@@ -21,11 +21,12 @@ use crate::time::now_ms;
 /// Per-file state while its rows come in.
 struct InFlight {
     meta: Arc<FileMeta>,
+    /// Each record's student row, or why the student failed on it.
     rows: Vec<Option<Result<RecordRow, String>>>,
     student_done: usize,
     /// Teacher rows still expected (may dip below zero when a teacher row overtakes its student row).
     teacher_outstanding: i64,
-    teacher_rows: HashMap<usize, Option<TeacherRow>>,
+    teacher_rows: HashMap<usize, Result<TeacherRow, i64>>,
 }
 
 pub struct Writer {
@@ -75,6 +76,9 @@ pub enum FileOutcome {
     Failed {
         error: String,
     },
+    /// The file was written to after it was read (its writer had not finished): nothing of it
+    /// is counted; it stays in the inbox and is taken again once it is quiet.
+    Changed,
 }
 
 impl FileOutcome {
@@ -86,6 +90,7 @@ impl FileOutcome {
             FileOutcome::Duplicate => "duplicate",
             FileOutcome::Quarantined { .. } => "quarantined",
             FileOutcome::Failed { .. } => "failed",
+            FileOutcome::Changed => "changed",
         }
     }
 }
@@ -106,6 +111,8 @@ impl Writer {
         let mut retention = Retention::default();
         let mut next_check = Instant::now();
         let mut next_prune = Instant::now();
+        let mut blind = BTreeSet::new();
+        let mut next_sightline = Instant::now() + SIGHTLINE_CHECK;
         loop {
             // While retention has more to delete, one step runs between two messages; otherwise
             // the writer waits for a message or the next check.
@@ -135,6 +142,10 @@ impl Writer {
                     }
                 }
             }
+            if Instant::now() >= next_sightline {
+                next_sightline = Instant::now() + SIGHTLINE_CHECK;
+                self.check_sightlines(&mut blind);
+            }
             let Some(msg) = msg else { continue };
             match msg {
                 WriterMsg::Student { meta, rows } => {
@@ -161,8 +172,16 @@ impl Writer {
                     }
                 }
                 WriterMsg::Labels { meta, labels } => {
-                    let outcome = self.commit_labels(&meta, &labels);
+                    let outcome = if changed_since_read(&meta) {
+                        FileOutcome::Changed
+                    } else {
+                        self.commit_labels(&meta, &labels)
+                    };
                     self.finish(&meta, outcome, &mut report);
+                    continue;
+                }
+                WriterMsg::AlreadyCounted { meta } if changed_since_read(&meta) => {
+                    self.finish(&meta, FileOutcome::Changed, &mut report);
                     continue;
                 }
                 WriterMsg::AlreadyCounted { meta } => {
@@ -183,7 +202,13 @@ impl Writer {
                     continue;
                 }
                 WriterMsg::Quarantined { meta, reason } => {
-                    self.finish(&meta, FileOutcome::Quarantined { reason }, &mut report);
+                    // A file that fails its checks half-written is judged once it is whole.
+                    let outcome = if changed_since_read(&meta) {
+                        FileOutcome::Changed
+                    } else {
+                        FileOutcome::Quarantined { reason }
+                    };
+                    self.finish(&meta, outcome, &mut report);
                     continue;
                 }
             }
@@ -195,7 +220,11 @@ impl Writer {
             for key in complete {
                 if let Some(f) = in_flight.remove(&key) {
                     let meta = f.meta.clone();
-                    let outcome = self.commit(f);
+                    let outcome = if changed_since_read(&meta) {
+                        FileOutcome::Changed
+                    } else {
+                        self.commit(f)
+                    };
                     self.finish(&meta, outcome, &mut report);
                 }
             }
@@ -206,7 +235,39 @@ impl Writer {
                 "Stopped with files in flight; they stay in the inbox and are processed at the next start."
             );
         }
+        // Once more at the end, so that a replay says so too.
+        self.check_sightlines(&mut blind);
         report
+    }
+
+    /// Warns once when a sequential detector becomes blind (its expected delay at the minimum
+    /// shift exceeds a day at the observed rate) and says when it sees again; `blind` holds the
+    /// (signal, segment) pairs already warned about.
+    fn check_sightlines(&self, blind: &mut BTreeSet<(String, String)>) {
+        if self.monitor.is_none() {
+            return;
+        }
+        let Ok(sightlines) = self.store.sightlines(self.window_ms) else {
+            return;
+        };
+        for d in sightlines {
+            let key = (d.signal.clone(), d.segment.clone());
+            let s = &d.sightline;
+            if s.blind && !blind.contains(&key) {
+                tracing::warn!(
+                    signal = %d.signal,
+                    segment = %d.segment,
+                    expected_delay_samples = s.expected_delay_samples,
+                    samples_per_record = s.samples_per_record,
+                    expected_delay_records = s.expected_delay_records,
+                    expected_delay_days = s.expected_delay_seconds.map(|x| x / 86_400.0),
+                    "Drift detector blind: at the observed rate it needs more than a day to see the minimum shift; raise the teacher budget ([sampling] max_per_minute, queue, rate)."
+                );
+                blind.insert(key);
+            } else if !s.blind && blind.remove(&key) {
+                tracing::info!(signal = %d.signal, segment = %d.segment, "Drift detector sees again: its expected delay at the minimum shift is within a day.");
+            }
+        }
     }
 
     fn commit(&mut self, f: InFlight) -> FileOutcome {
@@ -222,15 +283,16 @@ impl Writer {
                 Some(Ok(mut r)) => {
                     if let Some(t) = teacher_rows.remove(&index) {
                         match t {
-                            Some(t) => r.teacher = Some(t),
-                            None => r.sampled = crate::sampler::TEACHER_FAILED,
+                            Ok(t) => r.teacher = Some(t),
+                            Err(code) => r.sampled = code,
                         }
                     }
                     records.push(r);
                 }
+                // A model that fails is not the file's fault: the file stays in the inbox.
                 Some(Err(reason)) => {
-                    return FileOutcome::Quarantined {
-                        reason: format!("record {index}: {reason}"),
+                    return FileOutcome::Failed {
+                        error: format!("record {index}: {reason}"),
                     };
                 }
                 None => {
@@ -392,6 +454,8 @@ impl Writer {
     /// Moves the file where it belongs after the database has the truth, and reports.
     fn finish(&mut self, meta: &FileMeta, mut outcome: FileOutcome, report: &mut WriterReport) {
         self.metrics.file_finished(&meta.path, outcome.label());
+        // Another file under the same name, left in the inbox to be taken now.
+        let mut other = false;
         match &outcome {
             FileOutcome::Committed {
                 records,
@@ -401,7 +465,7 @@ impl Writer {
                 report.records_committed += *records as u64;
                 report.records_duplicate += *duplicates as u64;
                 tracing::info!(file = %meta.name, records, duplicates, "File committed.");
-                dispose(meta);
+                other = dispose(meta);
             }
             FileOutcome::Labels {
                 labels,
@@ -412,12 +476,12 @@ impl Writer {
                 report.files_committed += 1;
                 report.labels_committed += *labels as u64;
                 tracing::info!(file = %meta.name, labels, matched, corrected, unchanged, "Late labels committed.");
-                dispose(meta);
+                other = dispose(meta);
             }
             FileOutcome::Duplicate => {
                 report.files_duplicate += 1;
                 tracing::info!(file = %meta.name, sha256 = %meta.sha256, "Same content was already counted; not counted again.");
-                dispose(meta);
+                other = dispose(meta);
             }
             FileOutcome::Quarantined { reason } => {
                 // Ledger first, then the move: a crash in between leaves the file in the inbox,
@@ -432,7 +496,7 @@ impl Writer {
                 ) {
                     tracing::error!(file = %meta.name, error = %e, "Could not record the quarantined file in the ledger.");
                 }
-                quarantine(meta, reason);
+                other = quarantine(meta, reason);
                 report.files_quarantined += 1;
                 if report.quarantined.len() < super::QUARANTINE_LIST_MAX {
                     report.quarantined.push(super::QuarantinedFile {
@@ -440,6 +504,10 @@ impl Writer {
                         reason: reason.clone(),
                     });
                 }
+            }
+            FileOutcome::Changed => {
+                report.files_changed += 1;
+                tracing::warn!(file = %meta.name, "The file was written to after it was read; nothing of it is counted, it is taken again once it is closed and quiet.");
             }
             FileOutcome::Failed { error } => {
                 report.commit_errors += 1;
@@ -458,8 +526,13 @@ impl Writer {
         }
         // Only once the path is out of the in-flight set, so the retry is not taken for a
         // rescan's duplicate and skipped.
-        if let (FileOutcome::Failed { .. }, Some(retry)) = (&outcome, &meta.retry) {
-            retry.ask(meta.path.clone());
+        if let Some(retry) = &meta.retry {
+            match &outcome {
+                FileOutcome::Failed { .. } => retry.ask(meta.path.clone(), Retake::AfterFailure),
+                FileOutcome::Changed => retry.ask(meta.path.clone(), Retake::WhenQuiet),
+                _ if other => retry.ask(meta.path.clone(), Retake::Now),
+                _ => {}
+            }
         }
         if let Some(cb) = self.on_file.as_mut() {
             cb(meta, &outcome);
@@ -563,6 +636,9 @@ fn log_drift(delta: &MonitorDelta) {
 /// How often the writer asks whether per-record rows are due for deletion (by age or by size).
 const RETENTION_CHECK: Duration = Duration::from_secs(10);
 
+/// How often the writer asks whether a detector has become blind.
+const SIGHTLINE_CHECK: Duration = Duration::from_secs(60);
+
 /// Per-record rows one retention step deletes at most: a step is one short transaction between
 /// two files, so the writer's latency holds while a large backlog is deleted.
 pub const RETENTION_STEP_ROWS: usize = 5_000;
@@ -657,4 +733,11 @@ impl Writer {
         }
         Ok((taken, conflicts))
     }
+}
+
+/// Whether the file read was written to since: its records are not those of the whole file.
+/// (A file replaced or removed since was read whole: it counts.)
+fn changed_since_read(meta: &FileMeta) -> bool {
+    meta.stamp
+        .is_some_and(|stamp| path_now(&meta.path, &stamp) == PathNow::Changed)
 }

@@ -64,6 +64,17 @@ impl ModelFile {
         })
     }
 
+    /// The teacher's file, or the address of the teacher on an inference server.
+    pub fn teacher(config: &Config) -> anyhow::Result<ModelFile> {
+        match &config.teacher.remote {
+            Some(remote) => Ok(ModelFile {
+                path: PathBuf::from(remote.model_url()),
+                sha256: crate::model::remote_sha256(remote),
+            }),
+            None => ModelFile::read(&config.teacher.path),
+        }
+    }
+
     /// The prefix the database records models by.
     pub fn prefix(&self) -> &str {
         &self.sha256[..12]
@@ -72,7 +83,7 @@ impl ModelFile {
 
 /// Writes the dataset (and the held-out one, if asked) from the database of `config`.
 pub fn export(config: &Config, options: &ExportOptions) -> anyhow::Result<ExportSummary> {
-    let teacher = ModelFile::read(&config.teacher.path)?;
+    let teacher = ModelFile::teacher(config)?;
     let student = ModelFile::read(&config.student.path)?;
     if !config.store.path.exists() {
         bail!("no database at {}", config.store.path.display());

@@ -519,7 +519,7 @@ fn execute(
     let args = argv(
         &rc.command,
         &dataset,
-        &config.teacher.path,
+        &PathBuf::from(config.teacher.location()),
         &config.student.path,
         &output,
     );
@@ -665,7 +665,7 @@ pub fn check_candidate(config: &Config, path: &Path) -> anyhow::Result<String> {
     let mut candidate_config = config.student.clone();
     candidate_config.path = path.to_path_buf();
     let candidate = crate::model::Model::load(runtime, "candidate", &candidate_config)?;
-    let teacher = crate::model::Model::load(runtime, "teacher", &config.teacher)?;
+    let teacher = crate::model::Teacher::load(runtime, &config.teacher)?;
     let problems = crate::model::compatibility_problems(config, &candidate, &teacher);
     if !problems.is_empty() {
         anyhow::bail!("{}", problems.join("; "));

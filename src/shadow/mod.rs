@@ -20,7 +20,7 @@ use sha2::{Digest, Sha256};
 
 use crate::compare::{Comparer, Comparison, attention_kl};
 use crate::config::Config;
-use crate::model::{BatchOutput, Model, Runtime};
+use crate::model::{BatchOutput, Interface, Model, Runtime};
 use crate::record::{Record, TensorData};
 use crate::store::{ShadowKind, ShadowMeasure, ShadowModelRow, ShadowRow};
 
@@ -73,7 +73,7 @@ impl ShadowSet {
     pub fn load(
         config: &Config,
         runtime: &Runtime,
-        teacher: &Model,
+        teacher: &dyn Interface,
         student_sha256: &str,
         candidate: Option<(i64, PathBuf)>,
     ) -> (ShadowSet, Vec<ShadowModelRow>) {

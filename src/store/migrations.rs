@@ -49,8 +49,12 @@ pub(super) const MIGRATIONS: &[(&str, &str)] = &[
         include_str!("../../migrations/0010_drift_alarms.sql"),
     ),
     (
-        "0011_drift_signal_names",
-        include_str!("../../migrations/0011_drift_signal_names.sql"),
+        "0011_windows_skipped_unreachable",
+        include_str!("../../migrations/0011_windows_skipped_unreachable.sql"),
+    ),
+    (
+        "0012_drift_signal_names",
+        include_str!("../../migrations/0012_drift_signal_names.sql"),
     ),
 ];
 

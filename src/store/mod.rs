@@ -15,6 +15,7 @@
 //!   found;
 //! - [`windows`]: the per-window sums (`windows`, the `window_stats` view);
 //! - [`drift`]: baselines, detector state and drift events;
+//! - [`sightline`]: whether each detector can see the minimum shift at the observed rates;
 //! - [`buffer`]: the distillation buffer (`teacher_samples`, their inputs) and the export's read;
 //! - [`shadow`]: shadow models, their samples and sums;
 //! - [`jobs`]: re-distillation jobs, their failure alerts, promotions and the actions that asked
@@ -38,6 +39,7 @@ pub mod reader;
 mod record_ids;
 pub mod retention;
 pub mod shadow;
+pub mod sightline;
 pub mod windows;
 pub use alerts::*;
 pub use buffer::*;
@@ -50,6 +52,7 @@ pub use migrations::SCHEMA_VERSION;
 pub use reader::*;
 pub use retention::*;
 pub use shadow::*;
+pub use sightline::*;
 pub use windows::*;
 
 use checkpoint::Checkpointer;

@@ -44,6 +44,9 @@ pub struct Summary {
     pub teacher_samples: i64,
     pub skipped_budget: i64,
     pub skipped_queue: i64,
+    /// Sampled records the teacher on an inference server could not answer
+    /// (`records.sampled` = 5).
+    pub skipped_unreachable: i64,
     /// Records left out because their id was counted before (`files.duplicates` of record
     /// files).
     pub records_duplicate: i64,
@@ -101,17 +104,20 @@ fn summary(conn: &Connection) -> Result<Summary> {
     s.labels_unchanged = unchanged;
     s.labels_corrected = corrected;
     // Totals come from the window sums, which retention never deletes.
-    let (records, samples, budget, queue): (i64, i64, i64, i64) = conn.query_row(
-        "SELECT COALESCE(SUM(records), 0), COALESCE(SUM(teacher_samples), 0),
-                COALESCE(SUM(skipped_budget), 0), COALESCE(SUM(skipped_queue), 0)
+    let (records, samples, budget, queue, unreachable): (i64, i64, i64, i64, i64) = conn
+        .query_row(
+            "SELECT COALESCE(SUM(records), 0), COALESCE(SUM(teacher_samples), 0),
+                COALESCE(SUM(skipped_budget), 0), COALESCE(SUM(skipped_queue), 0),
+                COALESCE(SUM(skipped_unreachable), 0)
          FROM windows WHERE segment = ?1",
-        [ALL_SEGMENTS],
-        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
-    )?;
+            [ALL_SEGMENTS],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
+        )?;
     s.records = records;
     s.teacher_samples = samples;
     s.skipped_budget = budget;
     s.skipped_queue = queue;
+    s.skipped_unreachable = unreachable;
     let mut stmt = conn.prepare(
         "SELECT w.segment, SUM(w.records), SUM(w.teacher_samples), SUM(w.weight_sum),
                 SUM(w.disagreement_wsum) / NULLIF(SUM(w.weight_sum), 0),

@@ -18,6 +18,7 @@ pub(super) struct WindowSums {
     teacher_samples: i64,
     skipped_budget: i64,
     skipped_queue: i64,
+    skipped_unreachable: i64,
     weight: f64,
     weight_sq: f64,
     disagreement: f64,
@@ -39,6 +40,7 @@ impl WindowSums {
         match r.sampled {
             2 => self.skipped_budget += 1,
             3 => self.skipped_queue += 1,
+            5 => self.skipped_unreachable += 1,
             _ => {}
         }
         if let Some(t) = &r.teacher {
@@ -97,8 +99,9 @@ pub(super) fn upsert_windows(
         "INSERT INTO windows (start, segment, records, confidence_sum, entropy_sum, latency_us_sum,
             teacher_samples, skipped_budget, skipped_queue, weight_sum, disagreement_wsum, kl_wsum,
             total_variation_wsum, attention_kl_wsum, attention_kl_weight, cosine_distance_wsum,
-            abs_error_wsum, teacher_latency_us_sum, weight_sq_sum)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19)
+            abs_error_wsum, teacher_latency_us_sum, weight_sq_sum, skipped_unreachable)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19,
+                 ?20)
          ON CONFLICT (start, segment) DO UPDATE SET
             records = records + excluded.records,
             confidence_sum = confidence_sum + excluded.confidence_sum,
@@ -116,7 +119,8 @@ pub(super) fn upsert_windows(
             cosine_distance_wsum = cosine_distance_wsum + excluded.cosine_distance_wsum,
             abs_error_wsum = abs_error_wsum + excluded.abs_error_wsum,
             teacher_latency_us_sum = teacher_latency_us_sum + excluded.teacher_latency_us_sum,
-            weight_sq_sum = weight_sq_sum + excluded.weight_sq_sum",
+            weight_sq_sum = weight_sq_sum + excluded.weight_sq_sum,
+            skipped_unreachable = skipped_unreachable + excluded.skipped_unreachable",
     )?;
     for ((start, segment), w) in windows {
         stmt.execute(params![
@@ -139,6 +143,7 @@ pub(super) fn upsert_windows(
             w.abs_error,
             w.teacher_latency_us,
             w.weight_sq,
+            w.skipped_unreachable,
         ])?;
     }
     Ok(())

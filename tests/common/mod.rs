@@ -436,3 +436,7 @@ pub fn which(program: &str) -> Option<PathBuf> {
 // --- Alerts: real SMTP, Alertmanager and webhook receivers, drift events in the database. ---
 
 pub mod alerting;
+
+// --- A teacher on an inference server: KServe's model server over the Open Inference Protocol. ---
+
+pub mod oip;

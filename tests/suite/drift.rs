@@ -177,6 +177,54 @@ fn status_and_events_agree_on_the_reference_and_name_seq() {
     assert!(!text.contains(" at record "), "{text}");
 }
 
+/// A teacher budget far below the record rate leaves the disagreement detector blind: the
+/// replay summary, `status`, `/metrics` and the log say so, with the records it would need.
+#[test]
+fn a_starved_teacher_makes_a_blind_detector_that_is_reported() {
+    let site = site_with_baseline();
+    site.write_config("[sampling]\nrate = 0.5\nseed = 7\nmax_per_minute = 1\nqueue = 1\n");
+    let out = site.sensei(&["replay", demo("streams/clean.jsonl").to_str().unwrap()]);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let log = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "{text}{log}");
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("cannot see drift in this replay: disagreement on (all): "))
+        .unwrap_or_else(|| panic!("{text}"));
+    assert!(line.contains("the replay committed 450 records"), "{line}");
+    assert!(text.contains("BLIND detectors"), "{text}");
+    assert!(log.contains("Drift detector blind"), "{log}");
+    let status = site.sensei(&["status", "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    let d = v["sightlines"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["signal"] == "disagreement" && d["segment"] == "*")
+        .expect("a disagreement sightline");
+    assert_eq!(d["blind"], true, "{d}");
+    assert!(
+        d["expected_delay_records"]
+            .as_f64()
+            .unwrap_or(f64::INFINITY)
+            > 450.0,
+        "{d}"
+    );
+    // The confidence detector sees every record: not blind.
+    let c = v["sightlines"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["signal"] == "confidence" && d["segment"] == "*")
+        .expect("a confidence sightline");
+    assert_eq!(c["blind"], false, "{c}");
+    let metrics = sensei::metrics::Metrics::new(site.db_path()).encode();
+    assert!(
+        metrics.contains(r#"sensei_detector_blind{signal="disagreement",segment="*",detector="bernoulli_cusum"} 1"#),
+        "{metrics}"
+    );
+}
+
 /// Processing a stream in two runs (a restart in between) gives exactly the events of one
 /// uninterrupted run: detector state survives, and nothing fires twice.
 #[test]

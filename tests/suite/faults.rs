@@ -556,6 +556,70 @@ fn a_corrupt_student_at_reload_is_rejected_and_the_running_one_keeps_serving() {
     assert!(daemon.stop().success());
 }
 
+/// `[student]` without attention, so a student without an attention output can take its place.
+fn plain_student(path: &Path) -> String {
+    format!(
+        "{HTTP_ANY_PORT}[student]\npath = {:?}\nmax_batch = 16\n",
+        path.display().to_string()
+    )
+}
+
+#[test]
+fn a_student_that_loads_but_fails_at_inference_is_refused_at_reload_and_never_costs_a_file() {
+    let mut site = Site::new();
+    let student = site.root().join("student.onnx");
+    std::fs::copy(fixture_model("fails_at_run.onnx"), &student).unwrap();
+    site.student = student.clone();
+    site.write_config(&plain_student(&student));
+    // Started with a student that fails: its files stay in the inbox, none is quarantined.
+    let daemon = site.start();
+    site.deliver("a.jsonl", &jsonl("a", 20));
+    wait_until(WAIT, "the student's failure", || {
+        daemon.log_text().contains("Student inference failed")
+    });
+    assert_eq!(site.records(), 0);
+    assert_eq!(site.ledger_count("quarantined"), 0);
+    assert_eq!(
+        count_files(&site.quarantine()),
+        0,
+        "the file paid for the model"
+    );
+    assert!(site.inbox().join("a.jsonl").exists());
+
+    // A good student, then the file is counted.
+    std::fs::copy(fixture_model("student.onnx"), &student).unwrap();
+    daemon.signal("HUP");
+    wait_until(WAIT, "the file counted on the good student", || {
+        site.records() == 20 && count_files(&site.inbox()) == 0
+    });
+    assert!(
+        daemon
+            .log_text()
+            .contains("The new models answered their trial run.")
+    );
+
+    // A student that loads but fails is refused at reload; the running one goes on.
+    std::fs::copy(fixture_model("fails_at_run.onnx"), &student).unwrap();
+    daemon.signal("HUP");
+    wait_until(WAIT, "the reload refused", || {
+        daemon.log_text().contains(
+            "The new config's models fail on the trial records; keeping the running config.",
+        )
+    });
+    assert_eq!(
+        metric(&daemon, "sensei_config_reloads_total{result=\"rejected\"}"),
+        Some(1.0)
+    );
+    site.deliver("b.jsonl", &jsonl("b", 20));
+    wait_until(WAIT, "a file after the refused reload", || {
+        site.records() == 40 && count_files(&site.inbox()) == 0
+    });
+    assert_counted_once(&site, &site.inbox(), &site.quarantine(), 2, 40);
+    let mut daemon = daemon;
+    assert!(daemon.alive());
+    assert!(daemon.stop().success());
+}
+
 // ---------------------------------------------------------------------------------------------
 // 5. A teacher ten times slower than planned
 
@@ -704,6 +768,58 @@ fn a_flood_that_overflows_the_inotify_queue_is_caught_by_a_rescan_and_counted_on
     );
     assert_eq!(site.ledger_count("duplicate"), 0);
     assert_eq!(count_files(&site.done()), FLOOD_FILES);
+    let mut daemon = daemon;
+    assert!(daemon.alive());
+    assert!(daemon.stop().success());
+}
+
+// ---------------------------------------------------------------------------------------------
+// 7. Idle HTTP connections that never send their headers
+
+#[test]
+fn idle_http_connections_are_capped_and_timed_out_and_never_cost_a_file() {
+    let site = Site::new();
+    site.write_config(
+        "[http]\nlisten = \"127.0.0.1:0\"\nheader_timeout = \"1s\"\nmax_connections = 8\n",
+    );
+    let daemon = site.start();
+    let addr = daemon.http_addr();
+    // Few descriptors, as a unit without LimitNOFILE leaves a busy daemon.
+    let limited = Command::new("prlimit")
+        .arg(format!("--pid={}", daemon.child.id()))
+        .arg("--nofile=96:96")
+        .status();
+    if !limited.is_ok_and(|s| s.success()) {
+        eprintln!("SKIPPED: prlimit (util-linux) cannot lower the daemon's descriptor limit");
+        return;
+    }
+    // More idle connections than the daemon has descriptors.
+    let idle: Vec<std::net::TcpStream> = (0..200)
+        .map(|_| std::net::TcpStream::connect(&addr).unwrap())
+        .collect();
+    site.deliver("during.jsonl", &jsonl("during", 20));
+    wait_until(WAIT, "the file counted", || {
+        site.records() == 20 && count_files(&site.inbox()) == 0
+    });
+    assert_eq!(site.ledger_count("quarantined"), 0);
+    assert_eq!(
+        count_files(&site.quarantine()),
+        0,
+        "a file paid for the clients"
+    );
+    // Each idle connection is closed once served and past the header timeout.
+    for mut stream in idle {
+        stream.set_read_timeout(Some(WAIT)).unwrap();
+        let mut buf = [0u8; 1];
+        let read = std::io::Read::read(&mut stream, &mut buf);
+        assert!(
+            matches!(read, Ok(0))
+                || read.is_err_and(|e| e.kind() == std::io::ErrorKind::ConnectionReset),
+            "an idle connection was not closed"
+        );
+    }
+    let (status, _) = crate::common::http_get(&addr, "/healthz", &[]);
+    assert_eq!(status, 200);
     let mut daemon = daemon;
     assert!(daemon.alive());
     assert!(daemon.stop().success());

@@ -7,6 +7,8 @@ mod faults;
 mod identity;
 mod layers;
 mod ops;
+mod producers;
 mod redistill;
+mod remote;
 mod replay;
 mod shadow;

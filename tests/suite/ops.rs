@@ -540,6 +540,7 @@ fn the_unit_files_verify_and_the_exposure_is_low() {
         "StateDirectory=sensei",
         "LoadCredential=",
         "MemoryDenyWriteExecute=yes",
+        "LimitNOFILE=",
     ] {
         assert!(unit.contains(key), "{key} missing from the unit");
     }

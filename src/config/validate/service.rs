@@ -1,6 +1,7 @@
 //! `[log]`, `[http]` and `[daemon]`: how sensei runs as a service.
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use super::super::raw;
 use super::super::{DaemonConfig, HttpConfig, LogConfig, LogFormat, Secret};
@@ -9,6 +10,8 @@ use super::values::SECOND;
 
 const DEFAULT_LOG_FILTER: &str = "info,ort=warn";
 const DEFAULT_HTTP_LISTEN: &str = "127.0.0.1:9477";
+/// `[http] header_timeout` when not set.
+const DEFAULT_HTTP_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl Check<'_> {
     pub(super) fn log(&mut self, log: raw::RawLog) -> LogConfig {
@@ -106,10 +109,20 @@ impl Check<'_> {
                 ),
             );
         }
+        let header_timeout = self.duration(
+            "http.header_timeout",
+            raw.header_timeout,
+            DEFAULT_HTTP_HEADER_TIMEOUT,
+            Duration::from_millis(100),
+        );
+        let max_connections =
+            self.integer("http.max_connections", raw.max_connections, 64, 1, 65_536);
         HttpConfig {
             listen,
             token,
             allow_non_loopback_without_token: allow_open,
+            header_timeout,
+            max_connections,
         }
     }
 

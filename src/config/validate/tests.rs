@@ -61,6 +61,7 @@ fn minimal_config_gets_defaults() {
             *model,
             ModelConfig {
                 path: PathBuf::from(path),
+                remote: None,
                 threads: 1,
                 max_batch: 32,
                 max_wait: Duration::from_millis(20),
@@ -331,7 +332,7 @@ fn error_display_lists_every_problem() {
         "invalid config /etc/sensei.toml:\n  \
          state_dir: required: the directory for the database, inbox and done files\n  \
          student.path: required: the student model's .onnx file\n  \
-         teacher.path: required: the teacher model's .onnx file\n  \
+         teacher.path: required: the teacher model's .onnx file, or teacher.url and teacher.model for a teacher on an inference server\n  \
          sampling.rate: must be within 0..=1, got -0.5"
     );
 }
@@ -526,4 +527,154 @@ fn a_config_file_that_is_not_text_or_is_huge_is_refused_with_its_reason() {
     );
     let e = load(Path::new("/dev/zero")).expect_err("refused");
     assert!(e.problems[0].message.contains("larger than 4 MiB"));
+}
+
+const STUDENT_ONLY: &str = r#"
+state_dir = "/var/lib/sensei"
+[student]
+path = "/models/student.onnx"
+"#;
+
+#[test]
+fn a_teacher_on_an_inference_server_is_read() {
+    let text = format!(
+        "{STUDENT_ONLY}[teacher]\nurl = \"https://triton.example:8000/\"\nmodel = \"teacher\"\nversion = \"3\"\ntimeout = \"2s\"\n"
+    );
+    let config =
+        from_toml(&text, Path::new("/etc/sensei/sensei.toml")).unwrap_or_else(|e| panic!("{e}"));
+    let remote = config.teacher.remote.as_ref().expect("a remote teacher");
+    assert_eq!(remote.url, "https://triton.example:8000");
+    assert_eq!(remote.model, "teacher");
+    assert_eq!(remote.version.as_deref(), Some("3"));
+    assert_eq!(remote.timeout, Duration::from_secs(2));
+    assert_eq!(config.teacher.path, PathBuf::new());
+    assert_eq!(
+        config.teacher.location(),
+        "https://triton.example:8000/v2/models/teacher/versions/3"
+    );
+    let text = format!("{STUDENT_ONLY}[teacher]\nurl = \"http://127.0.0.1:8080\"\nmodel = \"t\"\n");
+    let config =
+        from_toml(&text, Path::new("/etc/sensei/sensei.toml")).unwrap_or_else(|e| panic!("{e}"));
+    let remote = config.teacher.remote.expect("a remote teacher");
+    assert_eq!(
+        (remote.version, remote.timeout),
+        (None, Duration::from_secs(10))
+    );
+    assert_eq!(
+        (remote.retries, remote.backoff, remote.in_flight),
+        (2, Duration::from_millis(200), 2)
+    );
+    assert_eq!(
+        (remote.breaker_after, remote.breaker_open),
+        (3, Duration::from_secs(30))
+    );
+    let text = format!(
+        "{STUDENT_ONLY}[teacher]\nurl = \"http://h\"\nmodel = \"t\"\nretries = 11\nin_flight = 0\nbreaker_after = 0\nbreaker_open = \"0s\"\nbackoff = \"soon\"\n"
+    );
+    assert_eq!(
+        paths(&problems(&text)),
+        [
+            "teacher.retries",
+            "teacher.backoff",
+            "teacher.in_flight",
+            "teacher.breaker_after",
+            "teacher.breaker_open"
+        ]
+    );
+}
+
+#[test]
+fn a_remote_teacher_is_checked_key_by_key() {
+    let message = |text: &str, key: &str| -> String {
+        let problems = problems(text);
+        problems
+            .iter()
+            .find(|p| p.path == key)
+            .map(|p| p.message.clone())
+            .unwrap_or_else(|| panic!("no problem at {key}: {problems:#?}"))
+    };
+    // Both a file and a server.
+    let both = format!("{MINIMAL}url = \"http://127.0.0.1:8000\"\nmodel = \"t\"\n");
+    assert!(message(&both, "teacher.url").contains("exclude each other"));
+    // Neither.
+    let neither = format!("{STUDENT_ONLY}[teacher]\nthreads = 2\n");
+    assert_eq!(
+        message(&neither, "teacher.path"),
+        "required: the teacher model's .onnx file, or teacher.url and teacher.model for a teacher on an inference server"
+    );
+    // A server without a model name, with a bad scheme, with credentials, with a query.
+    let no_model = format!("{STUDENT_ONLY}[teacher]\nurl = \"http://127.0.0.1:8000\"\n");
+    assert!(message(&no_model, "teacher.model").starts_with("required with teacher.url"));
+    let ftp = format!("{STUDENT_ONLY}[teacher]\nurl = \"ftp://host/\"\nmodel = \"t\"\n");
+    assert!(message(&ftp, "teacher.url").contains("must be http or https, not ftp"));
+    let secret =
+        format!("{STUDENT_ONLY}[teacher]\nurl = \"https://me:hunter2@host\"\nmodel = \"t\"\n");
+    let said = message(&secret, "teacher.url");
+    assert!(
+        said.contains("user name or password") && !said.contains("hunter2"),
+        "{said}"
+    );
+    let query = format!("{STUDENT_ONLY}[teacher]\nurl = \"http://host/?a=1\"\nmodel = \"t\"\n");
+    assert!(message(&query, "teacher.url").contains("query"));
+    let not_a_url = format!("{STUDENT_ONLY}[teacher]\nurl = \"localhost\"\nmodel = \"t\"\n");
+    assert!(message(&not_a_url, "teacher.url").contains("is not a URL"));
+    // Names that would change the request's path, a zero timeout.
+    let bad = format!(
+        "{STUDENT_ONLY}[teacher]\nurl = \"http://host\"\nmodel = \"a/b\"\nversion = \"..\"\ntimeout = \"0s\"\n"
+    );
+    assert_eq!(
+        paths(&problems(&bad)),
+        ["teacher.model", "teacher.version", "teacher.timeout"]
+    );
+    // Server keys without a server, and on the student.
+    let orphans = format!("{MINIMAL}model = \"t\"\ntimeout = \"1s\"\n");
+    assert_eq!(
+        paths(&problems(&orphans)),
+        ["teacher.model", "teacher.timeout"]
+    );
+    let student = "state_dir = \"/s\"\n[student]\nurl = \"http://host\"\nmodel = \"s\"\n[teacher]\npath = \"/t.onnx\"\n";
+    let problems = problems(student);
+    assert_eq!(
+        paths(&problems),
+        ["student.url", "student.model", "student.path"]
+    );
+    assert!(problems[0].message.contains("only [teacher] may be served"));
+}
+
+#[test]
+fn a_remote_teachers_token_is_read_at_load_and_never_shown() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("token"), "tok-51e7\n").unwrap();
+    let base = "state_dir = \"/s\"\n[student]\npath = \"/s.onnx\"\n[teacher]\nurl = \"https://h\"\nmodel = \"t\"\n";
+    let config = from_toml(
+        &format!("{base}token_file = \"token\"\nca_file = \"ca.pem\"\n"),
+        &dir.path().join("sensei.toml"),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let remote = config.teacher.remote.as_ref().unwrap();
+    assert_eq!(remote.token.as_ref().map(|t| t.expose()), Some("tok-51e7"));
+    assert_eq!(
+        remote.ca_file.as_deref(),
+        Some(dir.path().join("ca.pem").as_path())
+    );
+    assert!(!format!("{config:?}").contains("tok-51e7"));
+    let problems = from_toml(
+        &format!(
+            "{base}token_file = \"missing\"\ntoken_credential = \"x\"\nclient_cert_file = \"c.pem\"\n"
+        ),
+        &dir.path().join("sensei.toml"),
+    )
+    .unwrap_err()
+    .problems;
+    assert_eq!(
+        paths(&problems),
+        ["teacher.client_key_file", "teacher.token_credential"]
+    );
+    let missing = from_toml(
+        &format!("{base}token_file = \"missing\"\n"),
+        &dir.path().join("sensei.toml"),
+    )
+    .unwrap_err()
+    .problems;
+    assert_eq!(paths(&missing), ["teacher.token_file"]);
 }

@@ -1,0 +1,1023 @@
+//! A model on an inference server, over the Open Inference Protocol (the KServe v2 REST
+//! protocol that NVIDIA Triton, KServe and Seldon MLServer all speak): the model's metadata
+//! (`GET /v2/models/NAME[/versions/V]`) read and checked as a local file's inputs and outputs
+//! are, and batches sent to `POST …/infer` with JSON tensors.
+//!
+//! The teacher's thread is a plain thread that waits for each answer, as it waits for ONNX
+//! Runtime with a local teacher; the HTTP client needs an async runtime, so the model owns a
+//! small one of its own. Loading may happen on a thread of the daemon's runtime, where blocking
+//! on another runtime is refused: there the request runs on a scoped plain thread.
+
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+use serde::Deserialize;
+use serde::de::{DeserializeSeed, Deserializer, SeqAccess, Visitor};
+use sha2::{Digest, Sha256};
+
+use super::{BatchOutput, ModelError, OutputSpec, hex};
+use crate::config::{ModelConfig, RemoteConfig};
+use crate::record::{ElemType, InputSpec, Record, TensorData};
+
+/// Longest wait for the metadata when the model is loaded (the requests have their own
+/// `timeout`).
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A model served by an inference server. `run` needs `&mut self`, as a local model's does.
+pub struct RemoteModel {
+    pub role: String,
+    /// `BASE/v2/models/NAME[/versions/V]`, for messages and the log.
+    pub location: String,
+    /// Stands for the model's content in the database (teacher samples are keyed by it): the
+    /// sha256 of the model's address on the server.
+    pub sha256: String,
+    pub inputs: Vec<InputSpec>,
+    pub output: OutputSpec,
+    pub attention: Option<OutputSpec>,
+    /// What the server says it runs (`platform`, `versions`), for `sensei check`.
+    pub served_by: String,
+    config: RemoteConfig,
+    breaker: Breaker,
+    client: reqwest::Client,
+    /// `None` only while dropping.
+    runtime: Option<tokio::runtime::Runtime>,
+}
+
+impl Drop for RemoteModel {
+    fn drop(&mut self) {
+        // Dropping a runtime blocks, which a thread of the daemon's runtime may not do.
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
+
+/// A tensor's description in the model's metadata.
+#[derive(Debug, Deserialize)]
+struct TensorMetadata {
+    name: String,
+    datatype: String,
+    shape: Vec<i64>,
+}
+
+#[derive(Debug, Deserialize)]
+struct ModelMetadata {
+    // Servers send `null` for what they do not know (KServe: `"versions": null`).
+    #[serde(default)]
+    platform: Option<String>,
+    #[serde(default)]
+    versions: Option<Vec<String>>,
+    #[serde(default)]
+    inputs: Option<Vec<TensorMetadata>>,
+    #[serde(default)]
+    outputs: Option<Vec<TensorMetadata>>,
+}
+
+#[derive(Debug, Deserialize)]
+struct InferResponse {
+    outputs: Vec<OutputTensor>,
+}
+
+#[derive(Debug, Deserialize)]
+struct OutputTensor {
+    name: String,
+    shape: Vec<i64>,
+    datatype: String,
+    data: FlatData,
+}
+
+/// Tensor data as the protocol allows it: flat, or nested arrays in row-major order.
+#[derive(Debug, Default)]
+struct FlatData(Vec<f32>);
+
+impl<'de> Deserialize<'de> for FlatData {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let mut out = Vec::new();
+        Flatten(&mut out).deserialize(deserializer)?;
+        Ok(FlatData(out))
+    }
+}
+
+/// Appends every number of a (possibly nested) array to the vector.
+struct Flatten<'a>(&'a mut Vec<f32>);
+
+impl<'de> DeserializeSeed<'de> for Flatten<'_> {
+    type Value = ();
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
+        deserializer.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Flatten<'_> {
+    type Value = ();
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("an array of numbers")
+    }
+    fn visit_f64<E>(self, v: f64) -> Result<(), E> {
+        self.0.push(v as f32);
+        Ok(())
+    }
+    fn visit_i64<E>(self, v: i64) -> Result<(), E> {
+        self.0.push(v as f32);
+        Ok(())
+    }
+    fn visit_u64<E>(self, v: u64) -> Result<(), E> {
+        self.0.push(v as f32);
+        Ok(())
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        while seq.next_element_seed(Flatten(&mut *self.0))?.is_some() {}
+        Ok(())
+    }
+}
+
+/// An error's message with its causes (reqwest's own says only "error sending request").
+fn chain(error: &dyn std::error::Error) -> String {
+    let mut message = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let text = cause.to_string();
+        if !message.contains(&text) {
+            message.push_str(": ");
+            message.push_str(&text);
+        }
+        source = cause.source();
+    }
+    message
+}
+
+/// The first 300 characters of a response body, on one line.
+fn excerpt(body: &str) -> String {
+    let one_line = body.split_whitespace().collect::<Vec<_>>().join(" ");
+    match one_line.char_indices().nth(300) {
+        Some((at, _)) => format!("{}…", &one_line[..at]),
+        None => one_line,
+    }
+}
+
+fn elem_type(datatype: &str) -> Option<ElemType> {
+    match datatype {
+        "FP32" => Some(ElemType::F32),
+        "INT64" => Some(ElemType::I64),
+        _ => None,
+    }
+}
+
+fn dims(shape: &[i64]) -> Vec<Option<usize>> {
+    shape.iter().map(|&d| usize::try_from(d).ok()).collect()
+}
+
+impl RemoteModel {
+    /// Reads the model's metadata from the server and checks that the configured inputs and
+    /// outputs exist with types sensei can use, as [`super::Model::load`] does for a file. A
+    /// server that does not answer, a model it does not have and every mismatch are errors that
+    /// name the model's URL.
+    pub fn connect(role: &str, config: &ModelConfig) -> Result<RemoteModel, ModelError> {
+        let Some(remote) = config.remote.clone() else {
+            return Err(ModelError::Remote {
+                role: role.into(),
+                url: String::new(),
+                message: "no server configured".into(),
+            });
+        };
+        let location = remote.model_url();
+        let fail = |message: String| ModelError::Remote {
+            role: role.into(),
+            url: location.clone(),
+            message,
+        };
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| fail(format!("cannot start the HTTP client: {e}")))?;
+        let client = http_client(&remote).map_err(fail)?;
+        let metadata = {
+            let client = client.clone();
+            let url = location.clone();
+            let timeout = remote.timeout.max(CONNECT_TIMEOUT);
+            block_on(&runtime, async move {
+                let response = client
+                    .get(&url)
+                    .timeout(timeout)
+                    .send()
+                    .await
+                    .map_err(|e| format!("the server does not answer: {}", chain(&e)))?;
+                let status = response.status();
+                let body = response
+                    .text()
+                    .await
+                    .map_err(|e| format!("reading the metadata: {}", chain(&e)))?;
+                if status == reqwest::StatusCode::NOT_FOUND {
+                    return Err(format!(
+                        "the server has no such model (HTTP 404: {})",
+                        excerpt(&body)
+                    ));
+                }
+                if !status.is_success() {
+                    return Err(format!(
+                        "the server refused the metadata request (HTTP {status}: {})",
+                        excerpt(&body)
+                    ));
+                }
+                serde_json::from_str::<ModelMetadata>(&body).map_err(|e| {
+                    format!(
+                        "the model's metadata is not Open Inference Protocol JSON ({e}): {}",
+                        excerpt(&body)
+                    )
+                })
+            })
+            .map_err(fail)?
+        };
+        let (inputs, output, attention) = check_metadata(config, &metadata).map_err(fail)?;
+        let served_by = format!(
+            "platform {}, versions [{}]",
+            match metadata.platform.as_deref() {
+                None | Some("") => "unknown",
+                Some(platform) => platform,
+            },
+            metadata.versions.as_deref().unwrap_or_default().join(", ")
+        );
+        Ok(RemoteModel {
+            role: role.into(),
+            sha256: remote_sha256(&remote),
+            location,
+            inputs,
+            output,
+            attention,
+            served_by,
+            breaker: Breaker::new(remote.breaker_after, remote.breaker_open),
+            config: remote,
+            client,
+            runtime: Some(runtime),
+        })
+    }
+
+    /// Requests this model keeps in flight at once.
+    pub fn in_flight(&self) -> usize {
+        self.config.in_flight.max(1)
+    }
+
+    /// Sends one batch and waits for the answer. All records must have equal input shapes and
+    /// have been validated against `self.inputs`.
+    pub fn run(&mut self, batch: &[&Record]) -> Result<BatchOutput, ModelError> {
+        let mut results = self.run_many(&[batch.to_vec()]);
+        results.pop().unwrap_or_else(|| {
+            Err(ModelError::Run {
+                role: self.role.clone(),
+                message: "no result".into(),
+            })
+        })
+    }
+
+    /// Sends each batch as its own request, all at once, and waits for every answer: each
+    /// request waits at most `timeout`, and a transient error (no connection, HTTP 429, 502,
+    /// 503, 504) is tried again up to `retries` times after a growing, jittered back-off. While
+    /// the circuit breaker is open nothing is sent; when it is due to close, the first batch
+    /// probes the server. One result per batch, in order; a batch that could not be answered is
+    /// [`ModelError::Unreachable`].
+    pub fn run_many(&mut self, batches: &[Vec<&Record>]) -> Vec<Result<BatchOutput, ModelError>> {
+        let now = Instant::now();
+        let send = match self.breaker.gate(now) {
+            Gate::Closed => batches.len(),
+            Gate::Probe => batches.len().min(1),
+            Gate::Open(_) => 0,
+        };
+        let mut results: Vec<Option<Result<BatchOutput, ModelError>>> =
+            batches.iter().map(|_| None).collect();
+        let mut requests = Vec::new();
+        for (i, batch) in batches.iter().enumerate().take(send) {
+            match self.request_body(batch) {
+                Ok(body) => requests.push((i, body)),
+                Err(message) => results[i] = Some(Err(self.failed(message))),
+            }
+        }
+        let answers = match &self.runtime {
+            Some(runtime) if !requests.is_empty() => {
+                let policy = Policy {
+                    url: format!("{}/infer", self.location),
+                    timeout: self.config.timeout,
+                    retries: self.config.retries,
+                    backoff: self.config.backoff,
+                };
+                let client = self.client.clone();
+                block_on(runtime, async move {
+                    let mut set = tokio::task::JoinSet::new();
+                    for (i, body) in requests {
+                        let (client, policy) = (client.clone(), policy.clone());
+                        set.spawn(async move { (i, policy.send(&client, body, i as u64).await) });
+                    }
+                    let mut answers = Vec::new();
+                    while let Some(answer) = set.join_next().await {
+                        if let Ok(answer) = answer {
+                            answers.push(answer);
+                        }
+                    }
+                    answers
+                })
+            }
+            _ => Vec::new(),
+        };
+        let mut reached = false;
+        let mut unreachable = false;
+        for (i, answer) in answers {
+            let result = match answer {
+                Ok((body, elapsed)) => {
+                    reached = true;
+                    self.read_answer(&body, batches[i].len(), elapsed)
+                }
+                Err(Failure::Answered(message)) => {
+                    reached = true;
+                    Err(self.failed(message))
+                }
+                Err(Failure::Unreachable(message)) => {
+                    unreachable = true;
+                    Err(self.unreachable(message))
+                }
+            };
+            results[i] = Some(result);
+        }
+        let now = Instant::now();
+        if reached {
+            if self.breaker.success() {
+                tracing::info!(url = %self.location, "The teacher's inference server answers again; sampled records go to it.");
+            }
+        } else if unreachable && self.breaker.failure(now) {
+            tracing::warn!(
+                url = %self.location,
+                after = self.config.breaker_after,
+                probe_every = ?self.config.breaker_open,
+                "The teacher's inference server is out of reach; sampled records are skipped (records.sampled = 5) until a probe finds it again."
+            );
+        }
+        let open = match self.breaker.gate(now) {
+            Gate::Open(left) => format!(
+                "the circuit breaker is open (the server was out of reach {} times in a row); the next probe in {:.1}s",
+                self.breaker.failures,
+                left.as_secs_f64()
+            ),
+            _ => "not sent: the circuit breaker allows one probe at a time".into(),
+        };
+        results
+            .into_iter()
+            .map(|r| r.unwrap_or_else(|| Err(self.unreachable(open.clone()))))
+            .collect()
+    }
+
+    fn failed(&self, message: String) -> ModelError {
+        ModelError::Run {
+            role: self.role.clone(),
+            message: format!("{}: {message}", self.location),
+        }
+    }
+
+    fn unreachable(&self, message: String) -> ModelError {
+        ModelError::Unreachable {
+            role: self.role.clone(),
+            url: self.location.clone(),
+            message,
+        }
+    }
+
+    /// An answer's body read and checked: the outputs sensei reads, of the batch's size and
+    /// the metadata's shapes.
+    fn read_answer(
+        &self,
+        body: &[u8],
+        n: usize,
+        elapsed: Duration,
+    ) -> Result<BatchOutput, ModelError> {
+        let response: InferResponse = serde_json::from_slice(body).map_err(|e| {
+            self.failed(format!(
+                "the answer is not Open Inference Protocol JSON ({e}): {}",
+                excerpt(&String::from_utf8_lossy(body))
+            ))
+        })?;
+        let mut outputs = response.outputs;
+        let mut take = |spec: &OutputSpec| -> Result<(Vec<usize>, Vec<f32>), String> {
+            let at = outputs
+                .iter()
+                .position(|o| o.name == spec.name)
+                .ok_or_else(|| format!("the answer has no output '{}'", spec.name))?;
+            let tensor = outputs.swap_remove(at);
+            checked_output(tensor, spec, n)
+        };
+        let (output_shape, output) = take(&self.output).map_err(|m| self.failed(m))?;
+        let attention = match &self.attention {
+            Some(spec) => Some(take(spec).map_err(|m| self.failed(m))?),
+            None => None,
+        };
+        Ok(BatchOutput {
+            batch: n,
+            output_shape,
+            output,
+            attention,
+            elapsed,
+        })
+    }
+
+    /// The JSON of one inference request: every input stacked into `[n, …]`, and the outputs
+    /// sensei reads.
+    fn request_body(&self, batch: &[&Record]) -> Result<Vec<u8>, String> {
+        use std::fmt::Write as _;
+        let n = batch.len();
+        let mut body = String::from("{\"inputs\":[");
+        for (k, spec) in self.inputs.iter().enumerate() {
+            let first = batch[0]
+                .inputs
+                .get(&spec.name)
+                .ok_or_else(|| format!("record lacks input '{}'", spec.name))?;
+            let mut shape = vec![n];
+            shape.extend(&first.shape);
+            let datatype = match spec.elem_type {
+                ElemType::F32 => "FP32",
+                ElemType::I64 => "INT64",
+            };
+            if k > 0 {
+                body.push(',');
+            }
+            let _ = write!(
+                body,
+                "{{\"name\":{},\"shape\":{},\"datatype\":\"{datatype}\",\"data\":[",
+                serde_json::Value::from(spec.name.as_str()),
+                serde_json::Value::from(shape)
+            );
+            let mut first_value = true;
+            for record in batch {
+                let tensor = record
+                    .inputs
+                    .get(&spec.name)
+                    .ok_or_else(|| format!("record lacks input '{}'", spec.name))?;
+                if tensor.shape != first.shape {
+                    return Err(format!(
+                        "records of different shapes in one batch for '{}'",
+                        spec.name
+                    ));
+                }
+                match &tensor.data {
+                    TensorData::F32(values) => {
+                        for v in values {
+                            if !first_value {
+                                body.push(',');
+                            }
+                            first_value = false;
+                            // JSON has no NaN or infinity: the records were validated. The
+                            // shortest text that reads back as the same float32.
+                            let _ = write!(body, "{v}");
+                        }
+                    }
+                    TensorData::I64(values) => {
+                        for v in values {
+                            if !first_value {
+                                body.push(',');
+                            }
+                            first_value = false;
+                            let _ = write!(body, "{v}");
+                        }
+                    }
+                }
+            }
+            body.push_str("]}");
+        }
+        body.push_str("],\"outputs\":[");
+        let _ = write!(
+            body,
+            "{{\"name\":{}}}",
+            serde_json::Value::from(self.output.name.as_str())
+        );
+        if let Some(att) = &self.attention {
+            let _ = write!(
+                body,
+                ",{{\"name\":{}}}",
+                serde_json::Value::from(att.name.as_str())
+            );
+        }
+        body.push_str("]}");
+        Ok(body.into_bytes())
+    }
+}
+
+/// Why a request has no answer to read.
+#[derive(Debug)]
+enum Failure {
+    /// The server answered, but not with a result (HTTP 4xx, 500): the teacher failed.
+    Answered(String),
+    /// No answer: no connection, a timeout, or transient errors past the retries.
+    Unreachable(String),
+}
+
+/// How one inference request is sent.
+#[derive(Debug, Clone)]
+struct Policy {
+    url: String,
+    timeout: Duration,
+    retries: u32,
+    backoff: Duration,
+}
+
+impl Policy {
+    /// Posts `body`, trying again after a transient error; the answer's body and the time of
+    /// the attempt that got it. A timeout is not tried again: more requests do not help a
+    /// server too slow to answer.
+    async fn send(
+        &self,
+        client: &reqwest::Client,
+        body: Vec<u8>,
+        salt: u64,
+    ) -> Result<(Vec<u8>, Duration), Failure> {
+        let mut jitter = Jitter::new(salt);
+        let mut attempt = 0;
+        loop {
+            let started = Instant::now();
+            let sent = client
+                .post(&self.url)
+                .timeout(self.timeout)
+                .header(reqwest::header::CONTENT_TYPE, "application/json")
+                .body(body.clone())
+                .send()
+                .await;
+            let transient = match sent {
+                Err(e) if e.is_timeout() => {
+                    return Err(Failure::Unreachable(format!(
+                        "no answer within {:?} (timeout)",
+                        self.timeout
+                    )));
+                }
+                Err(e) if e.is_connect() => format!("cannot connect: {}", chain(&e)),
+                Err(e) => return Err(Failure::Unreachable(chain(&e))),
+                Ok(response) => {
+                    let status = response.status();
+                    let answer = response.bytes().await.map(|b| b.to_vec());
+                    let answer = match answer {
+                        Err(e) if e.is_timeout() => {
+                            return Err(Failure::Unreachable(format!(
+                                "no whole answer within {:?} (timeout)",
+                                self.timeout
+                            )));
+                        }
+                        Err(e) => {
+                            return Err(Failure::Unreachable(format!(
+                                "reading the answer: {}",
+                                chain(&e)
+                            )));
+                        }
+                        Ok(answer) => answer,
+                    };
+                    let text = || excerpt(&String::from_utf8_lossy(&answer));
+                    match status.as_u16() {
+                        200..=299 => return Ok((answer, started.elapsed())),
+                        429 | 502 | 503 | 504 => format!("HTTP {status}: {}", text()),
+                        _ => return Err(Failure::Answered(format!("HTTP {status}: {}", text()))),
+                    }
+                }
+            };
+            if attempt >= self.retries {
+                let tries = if self.retries == 0 {
+                    String::new()
+                } else {
+                    format!(" ({} tries)", self.retries + 1)
+                };
+                return Err(Failure::Unreachable(format!("{transient}{tries}")));
+            }
+            tokio::time::sleep(backoff(self.backoff, attempt, jitter.next())).await;
+            attempt += 1;
+        }
+    }
+}
+
+/// The wait before retry `attempt` (0 for the first): `base` doubled per attempt, up to a
+/// minute, times `jitter` in [0.5, 1) so that clients that failed together do not come back
+/// together.
+fn backoff(base: Duration, attempt: u32, jitter: f64) -> Duration {
+    let doubled = base.saturating_mul(1u32 << attempt.min(16));
+    doubled
+        .min(Duration::from_secs(60))
+        .mul_f64(jitter.clamp(0.5, 1.0))
+}
+
+/// Jitter factors in [0.5, 1): splitmix64 seeded by the clock and a per-request salt.
+struct Jitter(u64);
+
+impl Jitter {
+    fn new(salt: u64) -> Jitter {
+        let clock = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        Jitter(clock ^ salt.wrapping_mul(0x9e37_79b9_7f4a_7c15))
+    }
+
+    fn next(&mut self) -> f64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^= z >> 31;
+        0.5 + 0.5 * ((z >> 11) as f64 / (1u64 << 53) as f64)
+    }
+}
+
+/// The circuit breaker: after `after` batches in a row found the server out of reach it opens
+/// for `open_for`; then one batch probes the server, which closes it on an answer or opens it
+/// again. Time is an argument, so tests need no clock.
+#[derive(Debug)]
+struct Breaker {
+    after: u32,
+    open_for: Duration,
+    /// Batches in a row that found the server out of reach.
+    failures: u32,
+    open_until: Option<Instant>,
+}
+
+/// What the breaker lets through now.
+#[derive(Debug, PartialEq)]
+enum Gate {
+    Closed,
+    /// Open, but due: one batch may probe the server.
+    Probe,
+    /// Open for this much longer.
+    Open(Duration),
+}
+
+impl Breaker {
+    fn new(after: u32, open_for: Duration) -> Breaker {
+        Breaker {
+            after: after.max(1),
+            open_for,
+            failures: 0,
+            open_until: None,
+        }
+    }
+
+    fn gate(&self, now: Instant) -> Gate {
+        match self.open_until {
+            None => Gate::Closed,
+            Some(until) if now >= until => Gate::Probe,
+            Some(until) => Gate::Open(until - now),
+        }
+    }
+
+    /// A batch found the server out of reach; true when this opened a closed breaker.
+    fn failure(&mut self, now: Instant) -> bool {
+        self.failures = self.failures.saturating_add(1);
+        if self.failures < self.after {
+            return false;
+        }
+        let was_open = self.open_until.is_some();
+        self.open_until = Some(now + self.open_for);
+        !was_open
+    }
+
+    /// The server answered; true when this closed an open breaker.
+    fn success(&mut self) -> bool {
+        self.failures = 0;
+        self.open_until.take().is_some()
+    }
+}
+
+/// The HTTP client of one server: the system's roots and the configured CA, the client
+/// certificate, the bearer token on every request (marked sensitive: never in debug output).
+fn http_client(remote: &RemoteConfig) -> Result<reqwest::Client, String> {
+    let read = |what: &str, path: &std::path::Path| {
+        std::fs::read(path).map_err(|e| format!("teacher.{what} {}: {e}", path.display()))
+    };
+    let mut builder = reqwest::Client::builder()
+        .connect_timeout(CONNECT_TIMEOUT)
+        .user_agent(concat!("sensei/", env!("CARGO_PKG_VERSION")));
+    if let Some(path) = &remote.ca_file {
+        let certificates =
+            reqwest::Certificate::from_pem_bundle(&read("ca_file", path)?).map_err(|e| {
+                format!(
+                    "teacher.ca_file {}: not PEM certificates: {e}",
+                    path.display()
+                )
+            })?;
+        if certificates.is_empty() {
+            return Err(format!(
+                "teacher.ca_file {}: holds no certificate",
+                path.display()
+            ));
+        }
+        for certificate in certificates {
+            builder = builder.add_root_certificate(certificate);
+        }
+    }
+    if let Some((cert, key)) = &remote.client_identity {
+        let mut pem = read("client_cert_file", cert)?;
+        pem.push(b'\n');
+        pem.extend(read("client_key_file", key)?);
+        let identity = reqwest::Identity::from_pem(&pem).map_err(|e| {
+            format!(
+                "teacher.client_cert_file {} and client_key_file {}: not a PEM certificate and key: {e}",
+                cert.display(),
+                key.display()
+            )
+        })?;
+        builder = builder.identity(identity);
+    }
+    if let Some(token) = &remote.token {
+        let mut value =
+            reqwest::header::HeaderValue::from_str(&format!("Bearer {}", token.expose())).map_err(
+                |_| "teacher.token_file: the token is not a valid HTTP header value".to_string(),
+            )?;
+        value.set_sensitive(true);
+        let mut headers = reqwest::header::HeaderMap::new();
+        headers.insert(reqwest::header::AUTHORIZATION, value);
+        builder = builder.default_headers(headers);
+    }
+    builder
+        .build()
+        .map_err(|e| format!("cannot build the HTTP client: {}", chain(&e)))
+}
+
+/// What the database knows a model on a server by: the sha256 of its address (the server does
+/// not tell the content of what it serves).
+pub fn remote_sha256(remote: &RemoteConfig) -> String {
+    hex(&Sha256::digest(
+        format!("oip {}", remote.model_url()).as_bytes(),
+    ))
+}
+
+/// Runs `future` to completion on `runtime`, from a plain thread when called on a thread of
+/// another runtime (which may not block).
+fn block_on<F>(runtime: &tokio::runtime::Runtime, future: F) -> F::Output
+where
+    F: Future + Send,
+    F::Output: Send,
+{
+    if tokio::runtime::Handle::try_current().is_ok() {
+        std::thread::scope(|scope| {
+            scope
+                .spawn(|| runtime.block_on(future))
+                .join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+        })
+    } else {
+        runtime.block_on(future)
+    }
+}
+
+type Specs = (Vec<InputSpec>, OutputSpec, Option<OutputSpec>);
+
+/// The configured inputs and outputs against the server's metadata: every problem in one
+/// message, worded as for a local file.
+fn check_metadata(config: &ModelConfig, metadata: &ModelMetadata) -> Result<Specs, String> {
+    let mut problems = Vec::new();
+    let (model_inputs, model_outputs) = (
+        metadata.inputs.as_deref().unwrap_or_default(),
+        metadata.outputs.as_deref().unwrap_or_default(),
+    );
+    let available: Vec<&str> = model_inputs.iter().map(|i| i.name.as_str()).collect();
+    let wanted: Vec<&str> = if config.inputs.is_empty() {
+        available.clone()
+    } else {
+        config.inputs.iter().map(String::as_str).collect()
+    };
+    let mut inputs = Vec::new();
+    for name in &wanted {
+        match model_inputs.iter().find(|i| i.name == *name) {
+            None => problems.push(format!(
+                "input '{name}' does not exist (the model's inputs: {})",
+                available.join(", ")
+            )),
+            Some(t) => match (elem_type(&t.datatype), t.shape.split_first()) {
+                (None, _) => problems.push(format!(
+                    "input '{name}' has datatype {}; sensei feeds FP32 and INT64",
+                    t.datatype
+                )),
+                (Some(_), None) => problems.push(format!(
+                    "input '{name}' is a scalar; sensei needs a batch axis"
+                )),
+                (Some(elem_type), Some((_, rest))) => inputs.push(InputSpec {
+                    name: t.name.clone(),
+                    elem_type,
+                    shape: dims(rest),
+                }),
+            },
+        }
+    }
+    for t in model_inputs {
+        if !wanted.contains(&t.name.as_str()) {
+            problems.push(format!(
+                "the model needs input '{}' but the config feeds only: {}",
+                t.name,
+                wanted.join(", ")
+            ));
+        }
+    }
+    let out_names: Vec<&str> = model_outputs.iter().map(|o| o.name.as_str()).collect();
+    let mut find_output = |name: &str| -> Option<OutputSpec> {
+        let Some(t) = model_outputs.iter().find(|o| o.name == name) else {
+            problems.push(format!(
+                "output '{name}' does not exist (the model's outputs: {})",
+                out_names.join(", ")
+            ));
+            return None;
+        };
+        if t.datatype != "FP32" {
+            problems.push(format!(
+                "output '{name}' has datatype {}; sensei reads FP32",
+                t.datatype
+            ));
+            return None;
+        }
+        let Some((_, rest)) = t.shape.split_first() else {
+            problems.push(format!(
+                "output '{name}' is a scalar; sensei needs a batch axis"
+            ));
+            return None;
+        };
+        Some(OutputSpec {
+            name: name.into(),
+            shape: dims(rest),
+        })
+    };
+    let output = find_output(&config.output);
+    let attention = config.attention.as_deref().and_then(&mut find_output);
+    if let Some(att) = &attention
+        && att.shape.len() != 3
+    {
+        problems.push(format!(
+            "attention output '{}' must be [batch, heads, seq, seq], has rank {}",
+            att.name,
+            att.shape.len() + 1
+        ));
+    }
+    match output {
+        Some(output) if problems.is_empty() => Ok((inputs, output, attention)),
+        _ => Err(problems.join("; ")),
+    }
+}
+
+/// One output of an answer, checked against its spec: float data, `n` records, the fixed dims
+/// of the metadata, as many values as the shape says.
+fn checked_output(
+    tensor: OutputTensor,
+    spec: &OutputSpec,
+    n: usize,
+) -> Result<(Vec<usize>, Vec<f32>), String> {
+    if !matches!(tensor.datatype.as_str(), "FP32" | "FP64" | "FP16") {
+        return Err(format!(
+            "output '{}' came back as {}, expected FP32",
+            spec.name, tensor.datatype
+        ));
+    }
+    let Some((&batch, rest)) = tensor.shape.split_first() else {
+        return Err(format!("output '{}' came back as a scalar", spec.name));
+    };
+    if batch != n as i64 {
+        return Err(format!(
+            "output '{}' has batch dimension {batch}, expected {n}",
+            spec.name
+        ));
+    }
+    let shape: Vec<usize> = rest
+        .iter()
+        .map(|&d| usize::try_from(d))
+        .collect::<Result<_, _>>()
+        .map_err(|_| format!("output '{}' has a negative dimension", spec.name))?;
+    let fits = shape.len() == spec.shape.len()
+        && shape
+            .iter()
+            .zip(&spec.shape)
+            .all(|(d, s)| s.is_none_or(|s| s == *d));
+    if !fits {
+        return Err(format!(
+            "output '{}' came back shaped {:?}, the metadata says {}",
+            spec.name,
+            tensor.shape,
+            super::shape_display(&spec.shape)
+        ));
+    }
+    let expected = n * shape.iter().product::<usize>();
+    if tensor.data.0.len() != expected {
+        return Err(format!(
+            "output '{}' has {} values for shape {:?} ({expected} expected)",
+            spec.name,
+            tensor.data.0.len(),
+            tensor.shape
+        ));
+    }
+    if tensor.data.0.iter().any(|v| !v.is_finite()) {
+        return Err(format!(
+            "output '{}' has values that are not finite in float32",
+            spec.name
+        ));
+    }
+    Ok((shape, tensor.data.0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_breaker_opens_after_failures_in_a_row_and_a_probe_closes_it() {
+        let t0 = Instant::now();
+        let s = Duration::from_secs(1);
+        let mut b = Breaker::new(3, 30 * s);
+        assert!(!b.failure(t0) && !b.failure(t0));
+        // An answer in between starts the count again.
+        assert!(!b.success());
+        assert!(!b.failure(t0) && !b.failure(t0));
+        assert_eq!(b.gate(t0), Gate::Closed);
+        assert!(b.failure(t0), "the third failure in a row opens it");
+        assert_eq!(b.gate(t0 + 10 * s), Gate::Open(20 * s));
+        assert_eq!(b.gate(t0 + 30 * s), Gate::Probe);
+        // A failed probe opens it again without a second warning, for another period.
+        assert!(!b.failure(t0 + 30 * s));
+        assert_eq!(b.gate(t0 + 31 * s), Gate::Open(29 * s));
+        assert_eq!(b.gate(t0 + 60 * s), Gate::Probe);
+        assert!(b.success(), "an answered probe closes it");
+        assert_eq!(b.gate(t0 + 60 * s), Gate::Closed);
+        assert!(!b.failure(t0 + 61 * s));
+    }
+
+    #[test]
+    fn back_off_doubles_with_jitter_and_is_capped() {
+        let base = Duration::from_millis(200);
+        assert_eq!(backoff(base, 0, 1.0), base);
+        assert_eq!(backoff(base, 2, 1.0), Duration::from_millis(800));
+        assert_eq!(backoff(base, 2, 0.5), Duration::from_millis(400));
+        assert_eq!(backoff(base, 30, 1.0), Duration::from_secs(60));
+        let mut jitter = Jitter(7);
+        let draws: Vec<f64> = (0..1000).map(|_| jitter.next()).collect();
+        assert!(draws.iter().all(|j| (0.5..1.0).contains(j)));
+        let mean = draws.iter().sum::<f64>() / draws.len() as f64;
+        assert!((mean - 0.75).abs() < 0.02, "{mean}");
+    }
+
+    #[test]
+    fn nested_and_flat_data_read_alike() {
+        let flat: OutputTensor = serde_json::from_str(
+            r#"{"name":"logits","shape":[2,2],"datatype":"FP32","data":[1,2.5,3,4]}"#,
+        )
+        .unwrap();
+        let nested: OutputTensor = serde_json::from_str(
+            r#"{"name":"logits","shape":[2,2],"datatype":"FP32","data":[[1,2.5],[3,4]]}"#,
+        )
+        .unwrap();
+        assert_eq!(flat.data.0, vec![1.0, 2.5, 3.0, 4.0]);
+        assert_eq!(nested.data.0, flat.data.0);
+        assert!(
+            serde_json::from_str::<OutputTensor>(
+                r#"{"name":"l","shape":[1],"datatype":"FP32","data":["x"]}"#
+            )
+            .is_err()
+        );
+    }
+
+    #[test]
+    fn answers_of_the_wrong_shape_or_size_are_refused() {
+        let spec = OutputSpec {
+            name: "logits".into(),
+            shape: vec![Some(2)],
+        };
+        let tensor = |shape: &str, data: &str| -> OutputTensor {
+            serde_json::from_str(&format!(
+                r#"{{"name":"logits","shape":{shape},"datatype":"FP32","data":{data}}}"#
+            ))
+            .unwrap()
+        };
+        assert_eq!(
+            checked_output(tensor("[2,2]", "[1,2,3,4]"), &spec, 2).unwrap(),
+            (vec![2], vec![1.0, 2.0, 3.0, 4.0])
+        );
+        let why = |shape: &str, data: &str, n: usize| {
+            checked_output(tensor(shape, data), &spec, n).unwrap_err()
+        };
+        assert!(why("[1,2]", "[1,2]", 2).contains("batch dimension 1, expected 2"));
+        assert!(why("[2,3]", "[1,2,3,4,5,6]", 2).contains("the metadata says [2]"));
+        assert!(why("[2,2]", "[1,2,3]", 2).contains("3 values"));
+        assert!(why("[2,2]", "[1,2,3,1e300]", 2).contains("not finite"));
+    }
+
+    #[test]
+    fn metadata_is_checked_as_a_file_is() {
+        let metadata: ModelMetadata = serde_json::from_str(
+            r#"{"name":"t","platform":"onnxruntime","versions":null,"inputs":[{"name":"x","datatype":"FP32","shape":[-1,8,8]}],
+                "outputs":[{"name":"logits","datatype":"FP32","shape":[-1,4]},{"name":"ids","datatype":"INT64","shape":[-1]}]}"#,
+        )
+        .unwrap();
+        let mut config = ModelConfig {
+            path: Default::default(),
+            remote: None,
+            threads: 1,
+            max_batch: 8,
+            max_wait: Duration::ZERO,
+            inputs: Vec::new(),
+            output: "logits".into(),
+            attention: None,
+        };
+        let (inputs, output, attention) = check_metadata(&config, &metadata).unwrap();
+        assert_eq!(inputs[0].shape, vec![Some(8), Some(8)]);
+        assert_eq!(output.shape, vec![Some(4)]);
+        assert!(attention.is_none());
+        config.output = "ids".into();
+        config.inputs = vec!["y".into()];
+        config.attention = Some("logits".into());
+        let problems = check_metadata(&config, &metadata).unwrap_err();
+        assert!(problems.contains("input 'y' does not exist (the model's inputs: x)"));
+        assert!(problems.contains("the model needs input 'x'"));
+        assert!(problems.contains("output 'ids' has datatype INT64"));
+        assert!(problems.contains("attention output 'logits' must be [batch, heads, seq, seq]"));
+    }
+}

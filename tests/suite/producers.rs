@@ -1,0 +1,206 @@
+//! Careless and hostile producers against the running daemon: files renamed over a name still
+//! in the pipeline, written in place and left open, appended to after they were read. Every
+//! valid record counts once, and the ledger's hash is that of the file in done/.
+
+use std::io::Write;
+use std::path::Path;
+use std::time::{Duration, SystemTime};
+
+use sha2::{Digest, Sha256};
+
+use crate::common::{Daemon, Site, fixture_model, jsonl, wait_until};
+
+const WAIT: Duration = Duration::from_secs(90);
+
+/// The daemon says when it has read a file (`File read.`, at debug level).
+fn start_logging_reads(site: &Site) -> Daemon {
+    site.start_with_env(&[("SENSEI_LOG", "info,ort=warn,sensei::ingest=debug")])
+}
+
+/// Times the daemon has read a file of this name.
+fn reads(daemon: &Daemon, name: &str) -> usize {
+    daemon
+        .log_text()
+        .lines()
+        .filter(|l| l.contains("File read.") && l.contains(name))
+        .count()
+}
+
+/// A site whose teacher is slow and sees every record: a file stays in the pipeline for a
+/// while after it was read.
+fn slow_site() -> Site {
+    let site = Site::with_models(
+        fixture_model("student.onnx"),
+        fixture_model("slow_teacher.onnx"),
+    );
+    site.write_config(
+        "[sampling]\nrate = 1.0\nseed = 3\nmax_per_minute = 1000000\nqueue = 100000\n",
+    );
+    site
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+fn ledger_sha(site: &Site, name: &str) -> Vec<String> {
+    let db = site.db();
+    let mut stmt = db
+        .prepare("SELECT sha256 FROM files WHERE name = ?1 AND status = 'done' ORDER BY id")
+        .unwrap();
+    stmt.query_map([name], |r| r.get(0))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect()
+}
+
+#[test]
+fn a_file_renamed_over_a_name_still_in_the_pipeline_is_counted_on_its_own() {
+    let site = slow_site();
+    let daemon = start_logging_reads(&site);
+    let first = jsonl("first", 300);
+    let second = jsonl("second", 40);
+    site.deliver("batch.jsonl", &first);
+    wait_until(WAIT, "the first file read", || {
+        reads(&daemon, "batch.jsonl") == 1
+    });
+    assert_eq!(site.records(), 0, "the first file is still in the pipeline");
+    // Another file under the same name while the first is on its way.
+    site.deliver("batch.jsonl", &second);
+    wait_until(WAIT, "both files counted", || site.records() == 340);
+    wait_until(WAIT, "the inbox empty", || {
+        std::fs::read_dir(site.inbox()).unwrap().count() == 0
+    });
+    assert_eq!(
+        site.query_i64("SELECT COUNT(*) FROM records WHERE record_id LIKE 'second-%'"),
+        40
+    );
+    let mut hashes = ledger_sha(&site, "batch.jsonl");
+    hashes.sort();
+    let mut expected = vec![sha256_hex(&first), sha256_hex(&second)];
+    expected.sort();
+    assert_eq!(hashes, expected, "both files in the ledger");
+    // The second, whole, in done/ (the first was unlinked by the rename over it).
+    let done: Vec<String> = std::fs::read_dir(site.done())
+        .unwrap()
+        .map(|e| sha256_hex(&std::fs::read(e.unwrap().path()).unwrap()))
+        .collect();
+    assert_eq!(done, [sha256_hex(&second)]);
+    assert!(daemon.stop().success());
+}
+
+/// How long ago the file was last modified.
+fn age(path: &Path) -> Duration {
+    SystemTime::now()
+        .duration_since(path.metadata().unwrap().modified().unwrap())
+        .unwrap_or_default()
+}
+
+#[test]
+fn a_file_written_in_place_is_taken_once_closed_not_when_its_writer_pauses() {
+    let site = Site::new();
+    site.write_config("");
+    let daemon = site.start();
+    let content = jsonl("inplace", 10);
+    let cut = content
+        .iter()
+        .enumerate()
+        .filter(|(_, b)| **b == b'\n')
+        .nth(4)
+        .map(|(i, _)| i + 1)
+        .unwrap();
+    let path = site.inbox().join("inplace.jsonl");
+    let mut file = std::fs::File::create(&path).unwrap();
+    file.write_all(&content[..cut]).unwrap();
+    file.flush().unwrap();
+    // The writer pauses for more than twice the quiet time (300 ms) with the file open.
+    wait_until(WAIT, "the quiet time passed twice", || {
+        !path.exists() || age(&path) > Duration::from_millis(700)
+    });
+    // A file renamed in afterwards is taken after the quiet timer of the open one has run.
+    site.deliver("marker.jsonl", &jsonl("marker", 3));
+    wait_until(WAIT, "the marker counted", || {
+        site.query_i64("SELECT COUNT(*) FROM records WHERE record_id LIKE 'marker-%'") == 3
+    });
+    assert_eq!(
+        site.query_i64("SELECT COUNT(*) FROM records WHERE record_id LIKE 'inplace-%'"),
+        0,
+        "a file still open for writing was taken"
+    );
+    assert!(path.exists());
+    file.write_all(&content[cut..]).unwrap();
+    drop(file);
+    wait_until(WAIT, "the whole file counted", || {
+        site.done().join("inplace.jsonl").exists()
+    });
+    assert_eq!(
+        site.query_i64("SELECT COUNT(*) FROM records WHERE record_id LIKE 'inplace-%'"),
+        10
+    );
+    assert_eq!(ledger_sha(&site, "inplace.jsonl"), [sha256_hex(&content)]);
+    assert!(daemon.stop().success());
+}
+
+#[test]
+fn lines_appended_after_a_file_was_read_are_counted_with_it() {
+    let site = slow_site();
+    let daemon = start_logging_reads(&site);
+    let content = jsonl("grow", 340);
+    let cut = content
+        .iter()
+        .enumerate()
+        .filter(|(_, b)| **b == b'\n')
+        .nth(299)
+        .map(|(i, _)| i + 1)
+        .unwrap();
+    // Written elsewhere, renamed in, and then written to again by a careless producer.
+    let staging = site.root().join("staging");
+    std::fs::create_dir_all(&staging).unwrap();
+    std::fs::create_dir_all(site.inbox()).unwrap();
+    let tmp = staging.join("grow.jsonl");
+    let mut file = std::fs::File::create(&tmp).unwrap();
+    file.write_all(&content[..cut]).unwrap();
+    std::fs::rename(&tmp, site.inbox().join("grow.jsonl")).unwrap();
+    wait_until(WAIT, "the file read", || reads(&daemon, "grow.jsonl") == 1);
+    assert_eq!(site.records(), 0, "the file is still in the pipeline");
+    file.write_all(&content[cut..]).unwrap();
+    drop(file);
+    wait_until(WAIT, "the file done", || {
+        site.done().join("grow.jsonl").exists()
+    });
+    assert_eq!(site.records(), 340, "appended lines were lost");
+    let in_done = std::fs::read(site.done().join("grow.jsonl")).unwrap();
+    assert_eq!(in_done, content);
+    assert_eq!(ledger_sha(&site, "grow.jsonl"), [sha256_hex(&content)]);
+    assert!(
+        daemon
+            .log_text()
+            .contains("was written to after it was read")
+    );
+    assert!(daemon.stop().success());
+}
+
+#[test]
+fn a_newline_in_a_file_name_cannot_forge_a_line_of_the_quarantine_note() {
+    let site = Site::new();
+    site.write_config("");
+    let daemon = site.start();
+    let name = "forged\nreason: all fine\n.jsonl";
+    site.deliver(name, b"not json\n");
+    let note = site.quarantine().join(format!("{name}.error.txt"));
+    wait_until(WAIT, "the quarantine note", || note.is_file());
+    let text = std::fs::read_to_string(&note).unwrap();
+    let reasons: Vec<&str> = text.lines().filter(|l| l.starts_with("reason:")).collect();
+    assert_eq!(reasons.len(), 1, "{text}");
+    assert!(!reasons[0].contains("all fine"), "{text}");
+    assert!(
+        text.lines()
+            .any(|l| l == "file: forged\\nreason: all fine\\n.jsonl"),
+        "{text}"
+    );
+    assert_eq!(site.ledger_count("quarantined"), 1);
+    assert!(daemon.stop().success());
+}

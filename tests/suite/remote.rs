@@ -1,0 +1,389 @@
+//! A teacher on an inference server (`[teacher] url`): `sensei check` reads and checks the
+//! remote model's metadata, and a replay graded by the remote teacher stores the same per-record
+//! metrics as one graded by the same model run locally. The server is KServe's Python model
+//! server serving the ONNX models with ONNX Runtime (`tests/common/oip.rs`).
+
+use std::collections::BTreeMap;
+
+use crate::common::oip::KServe;
+use crate::common::{Site, fixture_model, repo};
+
+fn output(o: &std::process::Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned() + &String::from_utf8_lossy(&o.stderr)
+}
+
+fn remote_teacher(url: &str, model: &str) -> String {
+    format!("[teacher]\nurl = \"{url}\"\nmodel = \"{model}\"\nattention = \"attention\"\n")
+}
+
+#[test]
+fn check_reads_the_remote_models_metadata_and_names_the_url_of_every_problem() {
+    let site = Site::new();
+    let server = KServe::start(
+        &[
+            ("teacher", fixture_model("teacher.onnx")),
+            ("five", fixture_model("five_classes.onnx")),
+        ],
+        &[],
+        site.root(),
+    );
+    let url = server.url();
+
+    site.write_config(&remote_teacher(&url, "teacher"));
+    let out = site.sensei(&["check"]);
+    let text = output(&out);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert!(
+        text.contains(&format!(
+            "teacher: {url}/v2/models/teacher on an inference server"
+        )) && text.contains(
+            "inputs: x float32 [8, 8]; output: logits [10]; attention: attention [4, 8, 8]"
+        ),
+        "{text}"
+    );
+
+    // A model the server does not have; an output the student cannot be compared with.
+    for (model, expected) in [
+        (
+            "nobody",
+            "the server has no such model (HTTP 404".to_string(),
+        ),
+        (
+            "five",
+            "outputs are not comparable: student 'logits' is [10], teacher 'logits' is [5]"
+                .to_string(),
+        ),
+    ] {
+        site.write_config(&remote_teacher(&url, model));
+        let out = site.sensei(&["check"]);
+        let text = output(&out);
+        assert_eq!(out.status.code(), Some(78), "{text}");
+        assert!(text.contains(&expected), "{model}: {text}");
+        if model == "nobody" {
+            assert!(
+                text.contains(&format!("teacher model {url}/v2/models/nobody: ")),
+                "{text}"
+            );
+        }
+    }
+
+    // A server that is down.
+    let down = format!("http://127.0.0.1:{}", crate::common::free_port());
+    site.write_config(&remote_teacher(&down, "teacher"));
+    let out = site.sensei(&["check"]);
+    let text = output(&out);
+    assert_eq!(out.status.code(), Some(78), "{text}");
+    assert!(
+        text.contains(&format!(
+            "teacher model {down}/v2/models/teacher: the server does not answer"
+        )),
+        "{text}"
+    );
+}
+
+/// Per record id: (teacher prediction, disagreement, KL, total variation, attention KL).
+type Graded = BTreeMap<String, (i64, i64, f64, f64, f64)>;
+
+fn graded(site: &Site) -> Graded {
+    let db = site.db();
+    let mut stmt = db
+        .prepare(
+            "SELECT record_id, teacher_prediction, disagreement, kl, total_variation, attention_kl
+             FROM teacher_samples",
+        )
+        .unwrap();
+    stmt.query_map([], |r| {
+        Ok((
+            r.get::<_, String>(0)?,
+            (r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?),
+        ))
+    })
+    .unwrap()
+    .map(Result::unwrap)
+    .collect()
+}
+
+#[test]
+fn a_remote_teacher_grades_a_demo_stream_as_the_local_teacher_does() {
+    let demo = repo().join("models/demo");
+    let stream = demo.join("streams/line_b_drift.jsonl");
+    let sampling = "[sampling]\nrate = 0.5\nseed = 11\nmax_per_minute = 1000000\nqueue = 100000\n";
+
+    let local = Site::with_models(demo.join("student.onnx"), demo.join("teacher.onnx"));
+    local.write_config(sampling);
+    let out = local.sensei(&["replay", stream.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", output(&out));
+
+    let remote = Site::with_models(demo.join("student.onnx"), demo.join("teacher.onnx"));
+    let server = KServe::start(
+        &[("teacher", demo.join("teacher.onnx"))],
+        &[],
+        remote.root(),
+    );
+    remote.write_config(&format!(
+        "{sampling}{}max_batch = 8\n",
+        remote_teacher(&server.url(), "teacher")
+    ));
+    let out = remote.sensei(&["replay", stream.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", output(&out));
+
+    let (expected, got) = (graded(&local), graded(&remote));
+    assert!(expected.len() > 150, "{} samples", expected.len());
+    assert_eq!(
+        expected.keys().collect::<Vec<_>>(),
+        got.keys().collect::<Vec<_>>(),
+        "the same records are sampled"
+    );
+    for (id, (e, g)) in expected
+        .iter()
+        .zip(got.values())
+        .map(|((id, e), g)| (id, (e, g)))
+    {
+        assert_eq!((e.0, e.1), (g.0, g.1), "{id}: prediction and disagreement");
+        for (what, a, b) in [
+            ("kl", e.2, g.2),
+            ("total variation", e.3, g.3),
+            ("attention kl", e.4, g.4),
+        ] {
+            assert!(
+                (a - b).abs() <= 1e-5 * (1.0 + a.abs()),
+                "{id}: {what} {a} locally, {b} remotely"
+            );
+        }
+    }
+    // Nothing was skipped or failed: every sampled record has its teacher row.
+    assert_eq!(
+        remote.query_i64("SELECT count(*) FROM records WHERE sampled NOT IN (0, 1)"),
+        0
+    );
+    // The database knows the remote teacher by its address, not as the local file.
+    let teacher = |site: &Site| -> Vec<String> {
+        let db = site.db();
+        let mut stmt = db
+            .prepare("SELECT DISTINCT teacher FROM teacher_samples")
+            .unwrap();
+        stmt.query_map([], |r| r.get(0))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect()
+    };
+    let (local_teacher, remote_teacher) = (teacher(&local), teacher(&remote));
+    assert_eq!((local_teacher.len(), remote_teacher.len()), (1, 1));
+    assert_ne!(local_teacher, remote_teacher);
+}
+
+const WAIT: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// One series of the daemon's `/metrics`; `None` when it is not exposed.
+fn metric(daemon: &crate::common::Daemon, series: &str) -> Option<f64> {
+    let (status, text) = crate::common::http_get(&daemon.http_addr(), "/metrics", &[]);
+    assert_eq!(status, 200, "{text}");
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.rsplit_once(' '))
+        .find(|(name, _)| *name == series)
+        .and_then(|(_, v)| v.parse().ok())
+}
+
+fn status_json(site: &Site) -> serde_json::Value {
+    let out = site.sensei(&["status", "--json"]);
+    assert!(out.status.success(), "{}", output(&out));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// `records.sampled` code → records.
+fn sampled_codes(site: &Site) -> BTreeMap<i64, i64> {
+    let db = site.db();
+    let mut stmt = db
+        .prepare("SELECT sampled, count(*) FROM records GROUP BY sampled")
+        .unwrap();
+    stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect()
+}
+
+#[test]
+fn transient_server_errors_are_retried_and_what_stays_unanswered_is_skipped() {
+    let data = repo().join("models/demo/streams/clean.jsonl");
+    let student = repo().join("models/demo/student.onnx");
+    let teacher = repo().join("models/demo/teacher.onnx");
+    let dir = tempfile::tempdir().unwrap();
+    // Every second inference request is refused with HTTP 503.
+    let server = KServe::start(
+        &[("teacher", teacher.clone())],
+        &["--fail-every", "2"],
+        dir.path(),
+    );
+    let sampling = "[sampling]\nrate = 1.0\nmax_per_minute = 1000000\nqueue = 100000\n";
+    let run = |retries: u32| -> Site {
+        let site = Site::with_models(student.clone(), teacher.clone());
+        site.write_config(&format!(
+            "{sampling}{}max_batch = 16\nretries = {retries}\nbackoff = \"5ms\"\nin_flight = 1\nbreaker_after = 1000\n",
+            remote_teacher(&server.url(), "teacher")
+        ));
+        let out = site.sensei(&["replay", data.to_str().unwrap()]);
+        assert!(out.status.success(), "{}", output(&out));
+        site
+    };
+
+    // Without retries, every second batch stays unanswered: skipped, with their own code,
+    // counted in status; the student answered every record.
+    let without = run(0);
+    let codes = sampled_codes(&without);
+    let skipped = codes.get(&5).copied().unwrap_or(0);
+    assert_eq!(without.records(), 450);
+    assert!(skipped > 0 && skipped < 450, "{codes:?}");
+    assert_eq!(
+        codes.get(&1).copied().unwrap_or(0) + skipped,
+        450,
+        "{codes:?}"
+    );
+    let status = status_json(&without);
+    assert_eq!(status["skipped_unreachable"], skipped, "{status}");
+    assert_eq!(status["teacher_samples"], 450 - skipped, "{status}");
+
+    // With retries, a refused request is sent again and every sample is answered.
+    let with = run(2);
+    assert_eq!(sampled_codes(&with), BTreeMap::from([(1, 450)]));
+}
+
+#[test]
+fn a_server_killed_mid_run_costs_no_record_and_is_probed_until_it_answers() {
+    let demo = repo().join("models/demo");
+    let site = Site::with_models(demo.join("student.onnx"), demo.join("teacher.onnx"));
+    let mut server = KServe::start(&[("teacher", demo.join("teacher.onnx"))], &[], site.root());
+    site.write_config(&format!(
+        "[http]\nlisten = \"127.0.0.1:0\"\n[sampling]\nrate = 1.0\nmax_per_minute = 1000000\nqueue = 100000\n{}timeout = \"2s\"\nretries = 1\nbackoff = \"10ms\"\nbreaker_after = 2\nbreaker_open = \"300ms\"\n",
+        remote_teacher(&server.url(), "teacher")
+    ));
+    let daemon = site.start();
+    site.deliver("a.jsonl", &crate::common::jsonl("a", 40));
+    wait_until_records(&site, 40);
+    assert_eq!(sampled_codes(&site), BTreeMap::from([(1, 40)]));
+
+    // The server dies: the student goes on, the samples are skipped as out of reach.
+    server.kill();
+    site.deliver("b.jsonl", &crate::common::jsonl("b", 60));
+    site.deliver("c.jsonl", &crate::common::jsonl("c", 60));
+    wait_until_records(&site, 160);
+    let codes = sampled_codes(&site);
+    assert_eq!(codes.get(&1), Some(&40), "{codes:?}");
+    assert_eq!(codes.get(&5), Some(&120), "{codes:?}");
+    crate::common::wait_until(WAIT, "the circuit breaker's warning", || {
+        daemon
+            .log_text()
+            .contains("inference server is out of reach")
+    });
+    assert_eq!(
+        metric(
+            &daemon,
+            "sensei_teacher_samples_skipped_total{reason=\"unreachable\"}"
+        ),
+        Some(120.0)
+    );
+    assert_eq!(status_json(&site)["skipped_unreachable"], 120);
+
+    // It comes back on the same port: a probe finds it and the samples go to it again.
+    server.restart();
+    let mut n = 0;
+    crate::common::wait_until(WAIT, "teacher samples answered again", || {
+        n += 1;
+        site.deliver(
+            &format!("d{n}.jsonl"),
+            &crate::common::jsonl(&format!("d{n}"), 10),
+        );
+        wait_until_records(&site, 160 + 10 * n);
+        site.query_i64("SELECT count(*) FROM records WHERE sampled = 1 AND record_id LIKE 'd%'") > 0
+    });
+    assert!(
+        daemon.log_text().contains("answers again"),
+        "{}",
+        daemon.log_text()
+    );
+    // Every record counted once, every file done.
+    assert_eq!(
+        site.query_i64("SELECT count(DISTINCT record_id) FROM records"),
+        160 + 10 * n as i64
+    );
+    assert_eq!(site.ledger_count("done"), 3 + n as i64);
+    daemon.stop();
+}
+
+fn wait_until_records(site: &Site, n: usize) {
+    crate::common::wait_until(WAIT, &format!("{n} records committed"), || {
+        site.db_path().exists() && site.records() == n as i64
+    });
+}
+
+#[test]
+fn a_teacher_behind_tls_with_a_client_certificate_and_a_token() {
+    let demo = repo().join("models/demo");
+    let site = Site::with_models(demo.join("student.onnx"), demo.join("teacher.onnx"));
+    let server = KServe::start(&[("teacher", demo.join("teacher.onnx"))], &[], site.root());
+    let pki = crate::common::oip::Pki::make(&site.root().join("pki"));
+    let token = "s3cret-teacher-token-7f2c";
+    let nginx =
+        crate::common::oip::Nginx::start(&site.root().join("nginx"), &pki, token, server.port);
+    std::fs::write(site.root().join("token"), format!("{token}\n")).unwrap();
+    std::fs::write(site.root().join("wrong-token"), "not-the-token\n").unwrap();
+    let tls = |token_file: &str, with_ca: bool, with_client: bool| -> String {
+        let mut s = remote_teacher(&nginx.url(), "teacher");
+        if with_ca {
+            s.push_str(&format!("ca_file = {:?}\n", pki.ca.display().to_string()));
+        }
+        if with_client {
+            s.push_str(&format!(
+                "client_cert_file = {:?}\nclient_key_file = {:?}\n",
+                pki.client_cert.display().to_string(),
+                pki.client_key.display().to_string()
+            ));
+        }
+        s.push_str(&format!("token_file = \"{token_file}\"\n"));
+        s
+    };
+    let check = |config: &str| -> (Option<i32>, String) {
+        site.write_config(config);
+        let out = site.sensei(&["check"]);
+        let text = output(&out);
+        assert!(!text.contains(token), "the token was shown: {text}");
+        (out.status.code(), text)
+    };
+
+    let (code, text) = check(&tls("token", true, true));
+    assert_eq!(code, Some(0), "{text}");
+    assert!(
+        text.contains(&format!("teacher: {}/v2/models/teacher", nginx.url())),
+        "{text}"
+    );
+
+    // The wrong token, no client certificate, a CA the system does not know: each named.
+    let (code, text) = check(&tls("wrong-token", true, true));
+    assert_eq!(code, Some(78), "{text}");
+    assert!(text.contains("HTTP 401"), "{text}");
+    let (code, text) = check(&tls("token", true, false));
+    assert_eq!(code, Some(78), "{text}");
+    assert!(
+        text.contains("HTTP 400"),
+        "nginx answers 400 without a client certificate: {text}"
+    );
+    let (code, text) = check(&tls("token", false, true));
+    assert_eq!(code, Some(78), "{text}");
+    assert!(
+        text.contains("the server does not answer") && text.to_lowercase().contains("certificate"),
+        "{text}"
+    );
+
+    // A replay graded through the proxy: every sample answered; the token in no log line.
+    site.write_config(&format!(
+        "[sampling]\nrate = 1.0\nmax_per_minute = 1000000\nqueue = 100000\n[log]\nfilter = \"debug\"\n{}",
+        tls("token", true, true)
+    ));
+    let data = site.root().join("records.jsonl");
+    std::fs::write(&data, crate::common::jsonl("tls", 30)).unwrap();
+    let out = site.sensei(&["replay", data.to_str().unwrap()]);
+    let text = output(&out);
+    assert!(out.status.success(), "{text}");
+    assert!(!text.contains(token), "the token was logged: {text}");
+    assert_eq!(sampled_codes(&site), BTreeMap::from([(1, 30)]));
+}

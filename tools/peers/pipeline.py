@@ -824,7 +824,7 @@ class Monitor:
                                  - np.searchsorted(conf, points, side="right") / len(conf)).max())
                 ne = len(ref) * len(conf) / (len(ref) + len(conf))
                 p = float(special.kolmogorov((math.sqrt(ne) + 0.12 + 0.11 / math.sqrt(ne)) * d))
-                tests.append((segment, "confidence_ks", "ks", d, p, d, self.cfg.min_ks, len(conf)))
+                tests.append((segment, "confidence", "ks", d, p, d, self.cfg.min_ks, len(conf)))
             nw = int(w.classes.sum())
             if nw > 0:
                 b, c = self.class_counts.astype(np.float64), w.classes.astype(np.float64)
@@ -862,19 +862,33 @@ class Monitor:
             for (segment, signal, detector, statistic, _, effect, min_effect, n_window), adj in zip(
                     tests, adjusted.tolist()):
                 alarm = adj <= self.cfg.family_alpha and effect >= min_effect
+                score = margin(adj, effect, min_effect, self.cfg.family_alpha)
                 key = (signal, segment)
                 was_open = self.open_windowed.get(key, False)
                 if alarm and not was_open:
-                    out.events.append((signal, segment, detector, now_ms, seq, None, float(statistic),
-                                       self.cfg.family_alpha, None, float(effect), None, None, adj,
+                    out.events.append((signal, segment, detector, now_ms, seq, None, score,
+                                       WINDOWED_THRESHOLD, None, float(effect), None, None, adj,
                                        float(effect), self.version))
                 elif not alarm and was_open:
                     out.resolved.append((signal, segment, detector))
                 self.open_windowed[key] = alarm
                 out.states[(signal, segment, f"windowed:{detector}")] = (
-                    n_window, adj, self.cfg.family_alpha, "open" if alarm else "closed")
+                    n_window, score, WINDOWED_THRESHOLD, "open" if alarm else "closed")
         for segment in self.windows:
             self.windows[segment] = Window()
+
+
+WINDOWED_THRESHOLD = 1.0
+
+
+def margin(adjusted_p: float, effect: float, min_effect: float, alpha: float) -> float:
+    """How far a windowed test stands towards an alarm, as sensei stores it (a statistic against a
+    threshold of 1): the smaller of ln p / ln alpha and effect / min_effect."""
+    p = min(max(adjusted_p, sys.float_info.min), 1.0)
+    by_p = math.log(p) / math.log(alpha) if 0.0 < alpha < 1.0 else float(adjusted_p <= alpha)
+    by_effect = max(effect / min_effect, 0.0) if min_effect > 0.0 else math.inf
+    m = min(by_p, by_effect)
+    return 0.0 if math.isnan(m) else m
 
 
 @dataclass

@@ -219,6 +219,18 @@ impl Daemon {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// One series of the daemon's `/metrics`, e.g.
+    /// `sensei_files_finished_total{outcome="failed"}`; `None` when it is not exposed.
+    pub fn metric(&self, series: &str) -> Option<f64> {
+        let (status, text) = http_get(&self.http_addr(), "/metrics", &[]);
+        assert_eq!(status, 200, "{text}");
+        text.lines()
+            .filter(|l| !l.starts_with('#'))
+            .filter_map(|l| l.rsplit_once(' '))
+            .find(|(name, _)| *name == series)
+            .and_then(|(_, v)| v.parse().ok())
+    }
+
     pub fn alive(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))
     }

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use crate::common::alerting::{
     Alertmanager, SmtpServer, alerts_section, free_port, insert_drift, now_ms, wait_evaluations,
 };
-use crate::common::{Daemon, Site, fixture_model, http_get, jsonl, wait_until};
+use crate::common::{Site, fixture_model, jsonl, wait_until};
 
 const WAIT: Duration = Duration::from_secs(60);
 
@@ -26,18 +26,6 @@ const HTTP_ANY_PORT: &str = "[http]\nlisten = \"127.0.0.1:0\"\n";
 
 fn output(o: &std::process::Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned() + &String::from_utf8_lossy(&o.stderr)
-}
-
-/// One series of the daemon's `/metrics`, e.g. `sensei_files_finished_total{outcome="failed"}`;
-/// `None` when it is not exposed.
-fn metric(daemon: &Daemon, series: &str) -> Option<f64> {
-    let (status, text) = http_get(&daemon.http_addr(), "/metrics", &[]);
-    assert_eq!(status, 200, "{text}");
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter_map(|l| l.rsplit_once(' '))
-        .find(|(name, _)| *name == series)
-        .and_then(|(_, v)| v.parse().ok())
 }
 
 /// Files in a directory (0 when it does not exist).
@@ -195,7 +183,7 @@ fn receivers_down_or_hanging_hold_alerts_in_the_outbox_while_files_flow_then_del
         4
     );
     assert_eq!(
-        metric(&daemon, "sensei_alert_outbox_backlog"),
+        daemon.metric("sensei_alert_outbox_backlog"),
         Some(4.0),
         "the backlog on /metrics"
     );
@@ -242,7 +230,7 @@ fn receivers_down_or_hanging_hold_alerts_in_the_outbox_while_files_flow_then_del
         4,
         "one notification per receiver"
     );
-    assert_eq!(metric(&daemon, "sensei_alert_outbox_backlog"), Some(0.0));
+    assert_eq!(daemon.metric("sensei_alert_outbox_backlog"), Some(0.0));
     assert_eq!(site.records(), 120);
     let mut daemon = daemon;
     assert!(daemon.alive());
@@ -362,7 +350,10 @@ fn a_full_state_disk_fails_commits_without_quarantining_and_the_files_count_once
             .contains("Taking the file again after its failed commit.")
     });
     assert!(
-        metric(&daemon, "sensei_files_finished_total{outcome=\"failed\"}").unwrap_or(0.0) >= 1.0
+        daemon
+            .metric("sensei_files_finished_total{outcome=\"failed\"}")
+            .unwrap_or(0.0)
+            >= 1.0
     );
     let mut daemon = daemon;
     assert!(daemon.alive());
@@ -462,7 +453,9 @@ fn a_database_locked_by_another_process_holds_commits_until_it_is_released() {
     wait_until(WAIT, "a commit refused for the lock", || {
         daemon.log_text().contains(
             "Commit failed; the file stays in the inbox and is taken again after a back-off.",
-        ) && metric(&daemon, "sensei_files_finished_total{outcome=\"failed\"}").unwrap_or(0.0)
+        ) && daemon
+            .metric("sensei_files_finished_total{outcome=\"failed\"}")
+            .unwrap_or(0.0)
             >= 1.0
     });
     assert!(daemon.log_text().contains("database is locked"));
@@ -517,7 +510,7 @@ fn a_corrupt_student_at_reload_is_rejected_and_the_running_one_keeps_serving() {
     );
     assert!(log.contains("The model file changed on disk; loading it."));
     assert_eq!(
-        metric(&daemon, "sensei_config_reloads_total{result=\"rejected\"}"),
+        daemon.metric("sensei_config_reloads_total{result=\"rejected\"}"),
         Some(1.0)
     );
     site.deliver("b.jsonl", &jsonl("b", 20));
@@ -605,7 +598,7 @@ fn a_student_that_loads_but_fails_at_inference_is_refused_at_reload_and_never_co
         )
     });
     assert_eq!(
-        metric(&daemon, "sensei_config_reloads_total{result=\"rejected\"}"),
+        daemon.metric("sensei_config_reloads_total{result=\"rejected\"}"),
         Some(1.0)
     );
     site.deliver("b.jsonl", &jsonl("b", 20));
@@ -675,17 +668,11 @@ fn a_slow_teacher_costs_samples_not_records_and_every_skipped_sample_is_counted(
         budget
     );
     assert_eq!(
-        metric(
-            &daemon,
-            "sensei_teacher_samples_skipped_total{reason=\"queue\"}"
-        ),
+        daemon.metric("sensei_teacher_samples_skipped_total{reason=\"queue\"}"),
         Some(queue as f64)
     );
     assert_eq!(
-        metric(
-            &daemon,
-            "sensei_teacher_samples_skipped_total{reason=\"budget\"}"
-        ),
+        daemon.metric("sensei_teacher_samples_skipped_total{reason=\"budget\"}"),
         Some(budget as f64)
     );
     let status = output(&site.sensei(&["status"]));

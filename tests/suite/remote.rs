@@ -174,17 +174,6 @@ fn a_remote_teacher_grades_a_demo_stream_as_the_local_teacher_does() {
 
 const WAIT: std::time::Duration = std::time::Duration::from_secs(60);
 
-/// One series of the daemon's `/metrics`; `None` when it is not exposed.
-fn metric(daemon: &crate::common::Daemon, series: &str) -> Option<f64> {
-    let (status, text) = crate::common::http_get(&daemon.http_addr(), "/metrics", &[]);
-    assert_eq!(status, 200, "{text}");
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter_map(|l| l.rsplit_once(' '))
-        .find(|(name, _)| *name == series)
-        .and_then(|(_, v)| v.parse().ok())
-}
-
 fn status_json(site: &Site) -> serde_json::Value {
     let out = site.sensei(&["status", "--json"]);
     assert!(out.status.success(), "{}", output(&out));
@@ -276,10 +265,7 @@ fn a_server_killed_mid_run_costs_no_record_and_is_probed_until_it_answers() {
             .contains("inference server is out of reach")
     });
     assert_eq!(
-        metric(
-            &daemon,
-            "sensei_teacher_samples_skipped_total{reason=\"unreachable\"}"
-        ),
+        daemon.metric("sensei_teacher_samples_skipped_total{reason=\"unreachable\"}"),
         Some(120.0)
     );
     assert_eq!(status_json(&site)["skipped_unreachable"], 120);

@@ -30,20 +30,9 @@ pub fn bernoulli_delay(
     seed: u64,
 ) -> Result<f64, BaselineError> {
     let template = BernoulliCusum::new(p0, p1, h)?;
-    let mut total = 0u64;
-    for run in 0..DELAY_RUNS {
-        let mut rng = SplitMix64::for_replication(seed, run);
-        let mut d = template.clone();
-        let mut n = 0;
-        while n < cap {
-            n += 1;
-            if d.update(rng.next_f64() < p1, n).is_some() {
-                break;
-            }
-        }
-        total += n;
-    }
-    Ok(total as f64 / DELAY_RUNS as f64)
+    Ok(mean_delay(&template, cap, seed, |d, rng, n| {
+        d.update(rng.next_f64() < p1, n).is_some()
+    }))
 }
 
 /// Mean zero-state delay of a CUSUM (μ0, k, h) on bootstrap resamples of `values` shifted up
@@ -60,6 +49,20 @@ pub fn cusum_delay(
         return Err(BaselineError::invalid("values", 0.0, "no lab values"));
     }
     let template = Cusum::new(mean, k, h)?;
+    Ok(mean_delay(&template, cap, seed, |d, rng, n| {
+        let i = (rng.next_u64() % values.len() as u64) as usize;
+        d.update(values[i] + 2.0 * k, n).is_some()
+    }))
+}
+
+/// Mean over [`DELAY_RUNS`] zero-state runs of a copy of `template` of the observations until
+/// `alarms` (one observation, numbered from 1) says it alarmed; runs are cut at `cap`.
+fn mean_delay<D: Clone>(
+    template: &D,
+    cap: u64,
+    seed: u64,
+    mut alarms: impl FnMut(&mut D, &mut SplitMix64, u64) -> bool,
+) -> f64 {
     let mut total = 0u64;
     for run in 0..DELAY_RUNS {
         let mut rng = SplitMix64::for_replication(seed, run);
@@ -67,14 +70,13 @@ pub fn cusum_delay(
         let mut n = 0;
         while n < cap {
             n += 1;
-            let i = (rng.next_u64() % values.len() as u64) as usize;
-            if d.update(values[i] + 2.0 * k, n).is_some() {
+            if alarms(&mut d, &mut rng, n) {
                 break;
             }
         }
         total += n;
     }
-    Ok(total as f64 / DELAY_RUNS as f64)
+    total as f64 / DELAY_RUNS as f64
 }
 
 /// What a detector can see at the observed rates.

@@ -31,7 +31,7 @@ use super::BaselineError;
 
 /// The targets calibrated by simulation for every curve (on one set of paths, so the cost is
 /// that of the largest).
-pub const SIMULATED_TARGETS: [f64; 3] = [1_000.0, 3_000.0, 10_000.0];
+pub const SIMULATED_TARGETS: [f64; 5] = [100.0, 300.0, 1_000.0, 3_000.0, 10_000.0];
 
 /// h(ARL0) for one detector (see the module documentation).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

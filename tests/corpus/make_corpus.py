@@ -98,6 +98,20 @@ def main():
         "field label: expected an integer (int64) label, got 1.5")
     bad("not_an_object.jsonl", json.dumps(grid()) + "\n",
         "line 1: expected a JSON object")
+    # A key twice: JSON readers disagree on which one counts (json.loads keeps the last).
+    x = json.dumps(grid())
+    bad("duplicate_key.jsonl", record(0) + "\n"
+        + '{"id": "rec-1", "ts": "2026-03-02T06:00:00Z", "ts": "2026-03-02T07:00:00Z", '
+        + '"inputs": {"x": ' + x + "}}\n",
+        'line 2: duplicate key "ts" at column')
+    bad("duplicate_segment_key.jsonl",
+        '{"id": "rec-0", "segment": {"line": "A", "line": "B"}, "inputs": {"x": ' + x + "}}\n",
+        'line 1: duplicate key "segment.line"')
+    bad("duplicate_input.jsonl",
+        '{"id": "rec-0", "inputs": {"x": ' + x + ', "x": ' + x + "}}\n",
+        'line 1: duplicate key "inputs.x"')
+    bad("duplicate_label.labels.jsonl", '{"id": "rec-0", "label": 1, "label": 2}\n',
+        'line 1: duplicate key "label"')
 
     # --- NPY --------------------------------------------------------------------------------
     good = npy_bytes(records_array(3))
@@ -112,7 +126,8 @@ def main():
     bad("big_endian.npy", npy_bytes(records_array(3).astype(">f4")),
         "big-endian data is not accepted: expected little-endian <f4, got >f4")
     bad("float64.npy", npy_bytes(records_array(3).astype("<f8")),
-        "expected float32 (<f4), got <f8 (float64)")
+        "expected float32 (<f4), got <f8 (float64); NumPy saves float64 by default: "
+        "save the array as float32")
     bad("fortran.npy", npy_bytes(np.asfortranarray(records_array(3))),
         "Fortran-ordered arrays (fortran_order: True) are not accepted")
     bad("wrong_shape.npy", npy_bytes(np.zeros((3, 8, 7), dtype="<f4")),

@@ -29,7 +29,7 @@ use super::Config;
 use super::raw::{self, RawConfig};
 
 pub use detect::parse_false_alarms;
-pub use values::parse_duration;
+pub use values::{parse_duration, show_duration};
 
 /// A config that cannot be used, with every problem found in it.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -292,6 +292,18 @@ impl RemoteModel {
         self.config.in_flight.max(1)
     }
 
+    /// The body that `run` posts for `batch` and, with binary tensors, the length of its JSON
+    /// header (`Inference-Header-Content-Length`): for the benchmark of JSON against binary
+    /// tensors, which sends the same bytes from a plain client loop.
+    pub fn encode_request(
+        &self,
+        batch: &[&Record],
+    ) -> Result<(Vec<u8>, Option<usize>), ModelError> {
+        self.request_body(batch)
+            .map(|r| (r.body, r.header_length))
+            .map_err(|m| self.failed(m))
+    }
+
     /// Sends one batch and waits for the answer. All records must have equal input shapes and
     /// have been validated against `self.inputs`.
     pub fn run(&mut self, batch: &[&Record]) -> Result<BatchOutput, ModelError> {

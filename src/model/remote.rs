@@ -38,6 +38,9 @@ pub struct RemoteModel {
     pub served_by: String,
     /// Whether requests use the binary tensor extension (`teacher.tensors`).
     pub binary: bool,
+    /// The last reach announced (`None` before the first), and a change not yet taken.
+    announced: Option<bool>,
+    reach_change: Option<ReachChange>,
     config: RemoteConfig,
     breaker: Breaker,
     client: reqwest::Client,
@@ -52,6 +55,17 @@ impl Drop for RemoteModel {
             runtime.shutdown_background();
         }
     }
+}
+
+/// The teacher's server went out of reach or answered again (`Teacher::take_reach_change`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReachChange {
+    pub out_of_reach: bool,
+    /// Unix ms.
+    pub at_ms: i64,
+    /// Batches in a row that found the server out of reach, and how many open the breaker.
+    pub failures: u32,
+    pub breaker_after: u32,
 }
 
 /// A tensor's description in the model's metadata.
@@ -280,6 +294,8 @@ impl RemoteModel {
             attention,
             served_by,
             binary,
+            announced: None,
+            reach_change: None,
             breaker: Breaker::new(remote.breaker_after, remote.breaker_open),
             config: remote,
             client,
@@ -388,7 +404,9 @@ impl RemoteModel {
             if self.breaker.success() {
                 tracing::info!(url = %self.location, "The teacher's inference server answers again; sampled records go to it.");
             }
+            self.announce(false);
         } else if unreachable && self.breaker.failure(now) {
+            self.announce(true);
             tracing::warn!(
                 url = %self.location,
                 after = self.config.breaker_after,
@@ -408,6 +426,24 @@ impl RemoteModel {
             .into_iter()
             .map(|r| r.unwrap_or_else(|| Err(self.unreachable(open.clone()))))
             .collect()
+    }
+
+    fn announce(&mut self, out_of_reach: bool) {
+        if self.announced == Some(out_of_reach) {
+            return;
+        }
+        self.announced = Some(out_of_reach);
+        self.reach_change = Some(ReachChange {
+            out_of_reach,
+            at_ms: crate::time::now_ms(),
+            failures: self.breaker.failures,
+            breaker_after: self.breaker.after,
+        });
+    }
+
+    /// See [`super::Teacher::take_reach_change`].
+    pub fn take_reach_change(&mut self) -> Option<ReachChange> {
+        self.reach_change.take()
     }
 
     fn failed(&self, message: String) -> ModelError {
@@ -1189,6 +1225,8 @@ mod tests {
             attention: None,
             served_by: String::new(),
             binary,
+            announced: None,
+            reach_change: None,
             config: RemoteConfig {
                 url: "http://127.0.0.1:1".into(),
                 model: "t".into(),

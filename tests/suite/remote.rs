@@ -258,10 +258,31 @@ fn a_server_killed_mid_run_costs_no_record_and_is_probed_until_it_answers(kind: 
         &[],
         site.root(),
     );
+    // An alert when the teacher has been out of reach for a while (here 300 ms), by a command
+    // that appends each notification to a file.
+    let notifications = site.root().join("notifications.jsonl");
     site.write_config(&format!(
-        "[http]\nlisten = \"127.0.0.1:0\"\n[sampling]\nrate = 1.0\nmax_per_minute = 1000000\nqueue = 100000\n{}timeout = \"2s\"\nretries = 1\nbackoff = \"10ms\"\nbreaker_after = 2\nbreaker_open = \"300ms\"\n",
-        remote_teacher(&server.url(), "teacher")
+        "[http]\nlisten = \"127.0.0.1:0\"\n[sampling]\nrate = 1.0\nmax_per_minute = 1000000\nqueue = 100000\n{}timeout = \"2s\"\nretries = 1\nbackoff = \"10ms\"\nbreaker_after = 2\nbreaker_open = \"300ms\"\n{}\
+         [receivers.script]\ntype = \"command\"\ncommand = [\"sh\", \"-c\", \"cat >> \\\"$0\\\"; echo >> \\\"$0\\\"\", {:?}]\n\
+         [[rules]]\nname = \"teacher-gone\"\nsignal = \"teacher_unreachable\"\nfor = \"300ms\"\nreceivers = [\"script\"]\n",
+        remote_teacher(&server.url(), "teacher"),
+        crate::common::alerting::alerts_section(""),
+        notifications.display().to_string()
     ));
+    let notified = || -> Vec<serde_json::Value> {
+        std::fs::read_to_string(&notifications)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(|l| serde_json::from_str(l).expect("a JSON notification"))
+            .collect()
+    };
+    let unreachable_events = |open: &str| {
+        site.query_i64(&format!(
+            "SELECT count(*) FROM drift_events WHERE signal = 'teacher_unreachable' \
+             AND segment = '*' AND detector = 'circuit_breaker' AND resolved_at IS {open}"
+        ))
+    };
     let daemon = site.start();
     site.deliver("a.jsonl", &crate::common::jsonl("a", 40));
     wait_until_records(&site, 40);
@@ -285,6 +306,33 @@ fn a_server_killed_mid_run_costs_no_record_and_is_probed_until_it_answers(kind: 
         Some(120.0)
     );
     assert_eq!(status_json(&site)["skipped_unreachable"], 120);
+    let (code, dashboard) = crate::common::http_get(&daemon.http_addr(), "/api/dashboard", &[]);
+    assert_eq!(code, 200, "{dashboard}");
+    let dashboard: serde_json::Value = serde_json::from_str(&dashboard).unwrap();
+    assert_eq!(
+        dashboard["status"]["skipped_unreachable"], 120,
+        "{dashboard}"
+    );
+    // Out of reach is a drift event of its own, open while the server is gone; a rule on it
+    // fires once it has been open for its `for`.
+    assert_eq!(
+        (unreachable_events("NULL"), unreachable_events("NOT NULL")),
+        (1, 0)
+    );
+    crate::common::wait_until(WAIT, "the teacher-gone alert", || !notified().is_empty());
+    let firing = &notified()[0];
+    assert_eq!(
+        (&firing["status"], &firing["rule"]),
+        (
+            &serde_json::json!("firing"),
+            &serde_json::json!("teacher-gone")
+        ),
+        "{firing}"
+    );
+    assert_eq!(
+        firing["drifts"][0]["signal"], "teacher_unreachable",
+        "{firing}"
+    );
 
     // It comes back on the same port: a probe finds it and the samples go to it again.
     server.restart();
@@ -303,6 +351,14 @@ fn a_server_killed_mid_run_costs_no_record_and_is_probed_until_it_answers(kind: 
         "{}",
         daemon.log_text()
     );
+    // The event is resolved, and so is the alert.
+    assert_eq!(
+        (unreachable_events("NULL"), unreachable_events("NOT NULL")),
+        (0, 1)
+    );
+    crate::common::wait_until(WAIT, "the teacher-gone alert resolved", || {
+        notified().last().is_some_and(|n| n["status"] == "resolved")
+    });
     // Every record counted once, every file done.
     assert_eq!(
         site.query_i64("SELECT count(DISTINCT record_id) FROM records"),

@@ -584,6 +584,7 @@ pub fn observe_records(
                 confidence: r.confidence,
                 prediction: r.prediction,
                 features: &r.features,
+                ts_ms: Some(r.ts_ms),
                 disagreement: c.and_then(|c| c.disagreement),
                 kl: c.and_then(|c| c.kl),
                 attention_kl: c.and_then(|c| c.attention_kl),

@@ -31,6 +31,9 @@ fn example_config_is_valid() {
     let config = from_toml(text, Path::new("/etc/sensei/sensei.toml"))
         .unwrap_or_else(|error| panic!("{error}"));
     assert_eq!(config.state_dir, Path::new("/var/lib/sensei"));
+    // Both models name their attention output, as the demo models have one: attention KL is on.
+    assert_eq!(config.student.attention.as_deref(), Some("attention"));
+    assert_eq!(config.teacher.attention.as_deref(), Some("attention"));
 }
 
 #[test]

@@ -16,7 +16,14 @@ use super::{ConfigProblem, Secret, parse_duration};
 use crate::signal::SignalName;
 
 /// Detectors a drift event can come from (`drift_events.detector`).
-pub const DETECTORS: &[&str] = &["bernoulli_cusum", "cusum", "ks", "chi_square", "psi"];
+pub const DETECTORS: &[&str] = &[
+    "bernoulli_cusum",
+    "cusum",
+    "ks",
+    "chi_square",
+    "psi",
+    "circuit_breaker",
+];
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]

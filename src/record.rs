@@ -13,6 +13,21 @@ use time::OffsetDateTime;
 /// segment (windows, detectors, drift events, alert rules).
 pub const ALL_SEGMENTS: &str = "*";
 
+/// The all-segments aggregate as a label value outside sensei (Prometheus metrics, Alertmanager
+/// alerts): `segment="all"`, which reads well in a selector and cannot be taken for a glob. No
+/// segment has this name: a segment is `key=value` pairs, or `""` for none.
+pub const ALL_SEGMENTS_LABEL: &str = "all";
+
+/// A stored segment name as a label value: the aggregate is [`ALL_SEGMENTS_LABEL`], every other
+/// segment its own name.
+pub fn segment_label(segment: &str) -> &str {
+    if segment == ALL_SEGMENTS {
+        ALL_SEGMENTS_LABEL
+    } else {
+        segment
+    }
+}
+
 /// Element types sensei can feed to a model. ONNX models in the field take `float32` tensors
 /// (sensor and image models) or `int64` token ids and masks (text models).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

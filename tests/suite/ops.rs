@@ -205,13 +205,13 @@ fn metrics_pass_promtool_and_a_real_prometheus_scrapes_them() {
     let (code, text) = http_get(&addr, "/metrics", &[]);
     assert_eq!(code, 200);
     for needle in [
-        "sensei_records_total{segment=\"*\"} 200",
+        "sensei_records_total{segment=\"all\"} 200",
         "sensei_records_total{segment=\"line=A\"} 100",
         "sensei_inference_batch_seconds_count{model=\"student\"}",
         "sensei_inference_batch_seconds_count{model=\"teacher\"}",
         "sensei_files_total{status=\"done\"} 1",
-        "sensei_disagreement_rate{segment=\"*\"}",
-        "sensei_attention_kl_mean{segment=\"*\"}",
+        "sensei_disagreement_rate{segment=\"all\"}",
+        "sensei_attention_kl_mean{segment=\"all\"}",
         "sensei_ingest_lag_seconds_count 1",
         "sensei_ready 1",
         "sensei_alerts_firing 0",
@@ -326,7 +326,7 @@ fn metrics_pass_promtool_and_a_real_prometheus_scrapes_them() {
     wait_until(
         Duration::from_secs(60),
         "Prometheus has sensei's records",
-        || query("sensei_records_total{segment=\"*\"}") == Some(200.0),
+        || query("sensei_records_total{segment=\"all\"}") == Some(200.0),
     );
     assert!(query("sensei_ready").is_some_and(|v| v == 1.0));
     let _ = server.0.kill();

@@ -621,6 +621,26 @@ fn the_install_holds_the_redistill_script_the_example_config_names() {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
+    // The runbook Alertmanager alerts link to by default is installed, with its section.
+    let default = sensei::config::alerts::DEFAULT_RUNBOOK_URL;
+    let (file, anchor) = default
+        .strip_prefix("file:///")
+        .and_then(|p| p.split_once('#'))
+        .expect("a file URL with an anchor");
+    let runbook = std::fs::read_to_string(dest.path().join(file))
+        .unwrap_or_else(|e| panic!("{default}: {e}"));
+    assert!(
+        runbook
+            .lines()
+            .any(|l| l.starts_with("## ") && l[3..].to_lowercase().replace(' ', "-") == anchor),
+        "no section #{anchor} in {file}"
+    );
+    for f in [
+        "usr/share/sensei/contrib/grafana/sensei.json",
+        "usr/share/sensei/contrib/prometheus/sensei-rules.yml",
+    ] {
+        assert!(dest.path().join(f).is_file(), "{f} is not installed");
+    }
     let config: toml::Table = std::fs::read_to_string(dest.path().join("etc/sensei/sensei.toml"))
         .unwrap()
         .parse()

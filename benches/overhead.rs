@@ -243,6 +243,7 @@ impl Fixture {
             duplicates: 0,
             conflicts: 0,
             labels_taken: Vec::new(),
+            segment_values_cut: 0,
         };
         let window_ms = self.config.store.window.as_millis() as i64;
         self.store

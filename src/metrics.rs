@@ -355,6 +355,14 @@ fn database_families(path: &std::path::Path, window_ms: i64) -> anyhow::Result<V
     duplicate.push(Vec::new(), summary.records_duplicate as f64);
     out.push(duplicate);
 
+    let mut cut = FamilyOut::new(
+        "segment_values_cut",
+        "Segment values longer than [segments] max_value_bytes, cut to it (the record is counted, under the cut value)",
+        MetricType::Counter,
+    );
+    cut.push(Vec::new(), summary.segment_values_cut as f64);
+    out.push(cut);
+
     let mut late = FamilyOut::new(
         "late_labels_ignored",
         "Late labels that did not give a record its first label, by effect (corrected: replaced a different, older label; unchanged: the record had this label or a later one)",

@@ -88,7 +88,10 @@ pub fn check(config_path: &Path) -> CheckReport {
         r.problems.push(format!("redistill.command: {problem}"));
     }
     let db = &config.store.path;
-    if db.exists() {
+    if let Some(problem) = link_problem(db) {
+        r.problems
+            .push(format!("store.path {}: {problem}", db.display()));
+    } else if db.exists() {
         match Reader::open(db).and_then(|rd| rd.schema_version()) {
             Ok(v) if v > SCHEMA_VERSION => r.problems.push(format!(
                 "database {}: schema version {v} is newer than this sensei ({SCHEMA_VERSION})",
@@ -116,7 +119,10 @@ pub fn check(config_path: &Path) -> CheckReport {
         ("inbox.done_dir", &config.inbox.done_dir),
         ("inbox.quarantine_dir", &config.inbox.quarantine_dir),
     ] {
-        if dir.is_dir() {
+        if let Some(problem) = link_problem(dir) {
+            r.problems
+                .push(format!("{what} {}: {problem}", dir.display()));
+        } else if dir.is_dir() {
             if !writable(dir) {
                 r.problems
                     .push(format!("{what} {}: not writable", dir.display()));
@@ -294,6 +300,41 @@ fn script_problem(program: &str, args: &[String]) -> Option<String> {
         Ok(m) if !m.is_file() => Some(format!("the script {script} is not a file")),
         Ok(_) => None,
     }
+}
+
+/// Why `path`, or a directory on the way to it, is a symbolic link that leads nowhere (a loop,
+/// or a link to something that does not exist), if one is: `run` could neither open nor create
+/// it, though the path merely looks absent.
+fn link_problem(path: &Path) -> Option<String> {
+    for p in path.ancestors().filter(|p| !p.as_os_str().is_empty()) {
+        // Absent (or behind a broken link further up): look further up.
+        let Ok(meta) = std::fs::symlink_metadata(p) else {
+            continue;
+        };
+        if !meta.file_type().is_symlink() {
+            return None;
+        }
+        let target = std::fs::read_link(p)
+            .map(|t| t.display().to_string())
+            .unwrap_or_default();
+        return match std::fs::metadata(p) {
+            Ok(_) => None,
+            // ELOOP
+            Err(e) if e.raw_os_error() == Some(40) => Some(format!(
+                "{} is a symbolic link loop (it points to {target}, which leads back to it)",
+                p.display()
+            )),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Some(format!(
+                "{} is a dangling symbolic link: it points to {target}, which does not exist",
+                p.display()
+            )),
+            Err(e) => Some(format!(
+                "{} is a symbolic link (to {target}) that cannot be followed: {e}",
+                p.display()
+            )),
+        };
+    }
+    None
 }
 
 /// A missing directory is fine when its nearest existing ancestor is writable.

@@ -60,6 +60,8 @@ pub struct StatusReport {
     /// Late labels that changed nothing, and those that replaced a different label.
     pub labels_unchanged: i64,
     pub labels_corrected: i64,
+    /// Segment values cut to `[segments] max_value_bytes`.
+    pub segment_values_cut: i64,
     /// What retention deleted, by reason (`age`, `size`).
     pub dropped: Vec<crate::store::Dropped>,
     /// The database's pages in use, in bytes, and `[store] max_size`.
@@ -284,6 +286,7 @@ fn status_of(db: &Path, s: &Summary) -> StatusReport {
         records_duplicate: s.records_duplicate,
         labels_unchanged: s.labels_unchanged,
         labels_corrected: s.labels_corrected,
+        segment_values_cut: s.segment_values_cut,
         dropped: Vec::new(),
         database_bytes: None,
         max_bytes: None,
@@ -370,6 +373,13 @@ impl StatusReport {
                 s,
                 "ids counted before: {} records left out; late labels: {} corrected a record's label, {} changed nothing",
                 self.records_duplicate, self.labels_corrected, self.labels_unchanged
+            );
+        }
+        if self.segment_values_cut > 0 {
+            let _ = writeln!(
+                s,
+                "segment values cut to [segments] max_value_bytes: {}",
+                self.segment_values_cut
             );
         }
         if let Some(used) = self.database_bytes {

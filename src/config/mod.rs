@@ -13,7 +13,7 @@ mod validate;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-pub use validate::{ConfigError, ConfigProblem, parse_duration};
+pub use validate::{ConfigError, ConfigProblem, parse_duration, show_duration};
 
 /// The default config location used by every command.
 pub const DEFAULT_PATH: &str = "/etc/sensei/sensei.toml";
@@ -180,6 +180,12 @@ pub struct InboxConfig {
     pub rescan_interval: Duration,
     /// Use a polling watcher (NFS/CIFS mounts deliver no inotify events).
     pub poll: bool,
+    /// A record whose `ts` is further than this ahead of the time it is read makes its file
+    /// quarantined.
+    pub ts_max_future: Duration,
+    /// A record whose `ts` is further than this behind the time it is read makes its file
+    /// quarantined; `None`: no bound (backfills of old data are welcome).
+    pub ts_max_past: Option<Duration>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -341,6 +347,8 @@ pub struct SegmentConfig {
     pub keys: Vec<String>,
     /// Distinct segment values tracked; further new values are pooled as `(other)`.
     pub max_values: usize,
+    /// The longest segment value kept, in bytes as stored (escaped); a longer one is cut.
+    pub max_value_bytes: usize,
 }
 
 #[derive(Debug, Clone, PartialEq)]

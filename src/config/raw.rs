@@ -113,6 +113,8 @@ pub struct RawInbox {
     pub quiet: Option<RawDuration>,
     pub rescan_interval: Option<RawDuration>,
     pub poll: Option<bool>,
+    pub ts_max_future: Option<RawDuration>,
+    pub ts_max_past: Option<RawDuration>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -190,6 +192,7 @@ pub struct RawCompare {
 pub struct RawSegments {
     pub keys: Option<Vec<String>>,
     pub max_values: Option<RawInt>,
+    pub max_value_bytes: Option<RawInt>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -6,6 +6,10 @@
 //!
 //! `null` for an optional key (`id`, `ts`, `segment`, `label`) means "not given", as Python and
 //! pandas writers produce for missing values.
+//!
+//! A key twice in one object (`{"ts": …, "ts": …}`, at any depth) makes the line bad: JSON
+//! parsers disagree on which one counts (serde_json and Python keep the last, others the first),
+//! so the producer's intent cannot be known.
 
 use std::collections::BTreeMap;
 
@@ -104,7 +108,7 @@ fn parse_line(number: usize, raw: &[u8]) -> Result<(usize, Map<String, Value>), 
             ),
         )
     })?;
-    match serde_json::from_str::<Value>(text) {
+    match strict::parse(text) {
         Ok(Value::Object(object)) => Ok((number, object)),
         Ok(other) => Err(FormatError::at(
             at,
@@ -129,6 +133,13 @@ fn json_error_message(text: &str, e: &serde_json::Error) -> String {
     let mut reason = e.to_string();
     if let Some(cut) = reason.rfind(" at line ") {
         reason.truncate(cut);
+    }
+    if reason.starts_with(strict::DUPLICATE) {
+        return format!(
+            "{reason} at column {}: a key may appear only once in an object (JSON readers \
+             disagree on which one counts)",
+            e.column()
+        );
     }
     if e.is_eof() {
         format!("invalid JSON: the line ends early ({reason}); expected a complete object")
@@ -520,6 +531,164 @@ fn describe(v: &Value) -> String {
     }
 }
 
+/// JSON text into a `Value`, refusing a key repeated in an object.
+mod strict {
+    use std::fmt;
+
+    use serde::de::{self, DeserializeSeed, MapAccess, SeqAccess, Visitor};
+    use serde_json::{Map, Number, Value};
+
+    /// How a duplicate key's error message begins.
+    pub(super) const DUPLICATE: &str = "duplicate key ";
+
+    pub(super) fn parse(text: &str) -> Result<Value, serde_json::Error> {
+        let mut de = serde_json::Deserializer::from_str(text);
+        let value = Seed { at: None }.deserialize(&mut de)?;
+        de.end()?;
+        Ok(value)
+    }
+
+    /// Where a value is, as a chain of keys and indices up to the line's object; only
+    /// formatted into a message on error.
+    #[derive(Clone, Copy)]
+    struct At<'p> {
+        step: Step<'p>,
+        parent: Option<&'p At<'p>>,
+    }
+
+    #[derive(Clone, Copy)]
+    enum Step<'p> {
+        Key(&'p str),
+        Index(usize),
+    }
+
+    /// `segment.line`, `inputs.x[2]`.
+    fn path(at: Option<&At<'_>>, key: &str) -> String {
+        let mut steps = Vec::new();
+        let mut next = at;
+        while let Some(a) = next {
+            steps.push(a.step);
+            next = a.parent;
+        }
+        let mut out = String::new();
+        for step in steps.iter().rev() {
+            match step {
+                Step::Key(k) => {
+                    if !out.is_empty() {
+                        out.push('.');
+                    }
+                    out.push_str(&super::super::clip(k));
+                }
+                Step::Index(i) => out.push_str(&format!("[{i}]")),
+            }
+        }
+        if !out.is_empty() {
+            out.push('.');
+        }
+        out.push_str(&super::super::clip(key));
+        out
+    }
+
+    /// The value here (`at`: where it is).
+    pub(super) struct Seed<'p> {
+        at: Option<&'p At<'p>>,
+    }
+
+    impl Seed<'_> {
+        /// A value of the line's object (what its path starts from).
+        pub(super) fn top() -> Seed<'static> {
+            Seed { at: None }
+        }
+    }
+
+    impl<'de> DeserializeSeed<'de> for Seed<'_> {
+        type Value = Value;
+        fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
+            d.deserialize_any(self)
+        }
+    }
+
+    impl<'de> Visitor<'de> for Seed<'_> {
+        type Value = Value;
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("a JSON value")
+        }
+        fn visit_unit<E: de::Error>(self) -> Result<Value, E> {
+            Ok(Value::Null)
+        }
+        fn visit_bool<E: de::Error>(self, v: bool) -> Result<Value, E> {
+            Ok(Value::Bool(v))
+        }
+        fn visit_i64<E: de::Error>(self, v: i64) -> Result<Value, E> {
+            Ok(Value::Number(v.into()))
+        }
+        fn visit_u64<E: de::Error>(self, v: u64) -> Result<Value, E> {
+            Ok(Value::Number(v.into()))
+        }
+        fn visit_f64<E: de::Error>(self, v: f64) -> Result<Value, E> {
+            Ok(Number::from_f64(v).map_or(Value::Null, Value::Number))
+        }
+        fn visit_str<E: de::Error>(self, v: &str) -> Result<Value, E> {
+            Ok(Value::String(v.to_owned()))
+        }
+        fn visit_string<E: de::Error>(self, v: String) -> Result<Value, E> {
+            Ok(Value::String(v))
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+            let mut items = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(1 << 16));
+            loop {
+                let at = At {
+                    step: Step::Index(items.len()),
+                    parent: self.at,
+                };
+                match seq.next_element_seed(Seed { at: Some(&at) })? {
+                    Some(item) => items.push(item),
+                    None => break,
+                }
+            }
+            Ok(Value::Array(items))
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+            let mut object = Map::new();
+            while let Some(key) = map.next_key::<String>()? {
+                if object.contains_key(&key) {
+                    return Err(de::Error::custom(format!(
+                        "{DUPLICATE}\"{}\"",
+                        path(self.at, &key)
+                    )));
+                }
+                let at = At {
+                    step: Step::Key(&key),
+                    parent: self.at,
+                };
+                let value = map.next_value_seed(Seed { at: Some(&at) })?;
+                object.insert(key, value);
+            }
+            Ok(Value::Object(object))
+        }
+    }
+
+    #[cfg(test)]
+    mod tests {
+        #[test]
+        fn a_repeated_key_is_refused_with_its_path() {
+            let message = |text: &str| super::parse(text).expect_err(text).to_string();
+            assert!(message(r#"{"ts":"a","ts":"b"}"#).starts_with("duplicate key \"ts\""));
+            assert!(
+                message(r#"{"segment":{"line":"A","line":"B"}}"#)
+                    .starts_with("duplicate key \"segment.line\"")
+            );
+            assert!(
+                message(r#"{"x":[{"a":1},{"a":1,"a":2}]}"#).starts_with("duplicate key \"x[1].a\"")
+            );
+            assert_eq!(
+                super::parse(r#"{"a":[1,2.5,"s",null,true,{"b":{}}],"c":{"a":1}}"#).unwrap(),
+                serde_json::json!({"a":[1,2.5,"s",null,true,{"b":{}}],"c":{"a":1}})
+            );
+        }
+    }
+}
+
 /// The fast path for well-formed record lines: the line is deserialised straight into each
 /// input's element vector, without a `Value` tree for the tensors (64 numbers make 64 `Value`s
 /// and 9 vectors in the general path). It gives up (`None`) at anything unusual: a key twice,
@@ -530,10 +699,10 @@ mod fast {
     use std::collections::BTreeMap;
     use std::fmt;
 
-    use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
+    use serde::de::{self, DeserializeSeed, MapAccess, SeqAccess, Visitor};
     use serde_json::{Map, Value};
 
-    use super::{Meta, check_shape, meta};
+    use super::{Meta, check_shape, meta, strict};
     use crate::record::{ElemType, InputSpec, Origin, Record, Tensor, TensorData};
 
     pub(super) fn record(number: usize, raw: &[u8], specs: &[InputSpec]) -> Option<Record> {
@@ -590,10 +759,11 @@ mod fast {
                 optional: Map::new(),
                 inputs: None,
             };
+            let mut others: Vec<String> = Vec::new();
             while let Some(key) = map.next_key::<Key>()? {
                 match key {
                     Key::Optional(name) => {
-                        let value: Value = map.next_value()?;
+                        let value = map.next_value_seed(strict::Seed::top())?;
                         if line.optional.insert(name.to_string(), value).is_some() {
                             return Err(give_up());
                         }
@@ -604,8 +774,14 @@ mod fast {
                         }
                         line.inputs = Some(map.next_value_seed(InputsSeed { specs: self.specs })?);
                     }
-                    Key::Other => {
-                        map.next_value::<IgnoredAny>()?;
+                    Key::Other(name) => {
+                        // Ignored, but a repeated key anywhere in it is the general path's to
+                        // describe.
+                        if others.contains(&name) {
+                            return Err(give_up());
+                        }
+                        map.next_value_seed(strict::Seed::top())?;
+                        others.push(name);
                     }
                 }
             }
@@ -613,12 +789,12 @@ mod fast {
         }
     }
 
-    /// A top-level key. Other keys are ignored, as the general path ignores them; a repeated
-    /// other key makes no difference to either path.
+    /// A top-level key. Other keys are ignored, as the general path ignores them, but once each
+    /// (a key twice is a bad line on both paths).
     enum Key {
         Optional(&'static str),
         Inputs,
-        Other,
+        Other(String),
     }
 
     impl<'de> de::Deserialize<'de> for Key {
@@ -636,7 +812,7 @@ mod fast {
                         "segment" => Key::Optional("segment"),
                         "label" => Key::Optional("label"),
                         "inputs" => Key::Inputs,
-                        _ => Key::Other,
+                        other => Key::Other(other.to_owned()),
                     })
                 }
             }
@@ -961,12 +1137,24 @@ mod fast {
                 (r#"{"inputs":{"x":[[1,2],[3,4]]}} x"#, &f32_22),
                 (r#"{"inputs":{"x":[[1,2],[3,NaN]]}}"#, &f32_22),
                 (r#"[1,2]"#, &f32_22),
+                (
+                    r#"{"segment":{"line":"A","line":"B"},"inputs":{"x":[[1,2],[3,4]]}}"#,
+                    &f32_22,
+                ),
+                (
+                    r#"{"extra":1,"extra":2,"inputs":{"x":[[1,2],[3,4]]}}"#,
+                    &f32_22,
+                ),
+                (
+                    r#"{"extra":{"a":1,"a":2},"inputs":{"x":[[1,2],[3,4]]}}"#,
+                    &f32_22,
+                ),
             ];
             for (line, specs) in cases {
                 let fast = super::record(7, line.as_bytes(), specs);
                 match slow(line, specs) {
-                    // Refused lines the general path accepts are fine (a repeated key), but a
-                    // line both accept must give the same record.
+                    // Refused lines the general path accepts are fine, but a line both accept
+                    // must give the same record.
                     Ok(record) => assert!(fast.is_none() || fast == Some(record), "{line}"),
                     Err(_) => assert_eq!(fast, None, "the fast path accepted a bad line: {line}"),
                 }

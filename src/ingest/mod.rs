@@ -32,7 +32,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::SyncSender;
 
 use sha2::{Digest, Sha256};
-use time::OffsetDateTime;
 
 use crate::config::{Config, OnDone};
 use crate::pipeline::{
@@ -45,47 +44,72 @@ use crate::time::now_ms;
 use crate::format::{self, FileKind, FormatOptions, is_ignored_name};
 
 /// Turns the record's segment object into the stored segment string: the configured keys, in
-/// configured order, `key=value` joined by commas; `""` when the record has none of them. New
-/// values beyond the configured bound are pooled into `(other)` so a producer bug cannot create
-/// unbounded state.
+/// configured order, `key=value` joined by commas, each value escaped and at most
+/// `max_value_bytes` long (`record::segment_value`); `""` when the record has none of them.
+/// New values beyond the configured bound are pooled into `(other)` so a producer bug cannot
+/// create unbounded state.
 #[derive(Debug, Clone)]
 pub struct Segments {
     keys: Vec<String>,
     max_values: usize,
+    max_value_bytes: usize,
     known: HashSet<String>,
 }
 
 /// The segment string used once the bound on distinct segments is reached.
 pub const OTHER_SEGMENT: &str = "(other)";
 
+/// A record's stored segment, and how many of its values were cut to the length limit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Resolved {
+    pub segment: String,
+    pub values_cut: usize,
+}
+
 impl Segments {
     pub fn new(
         keys: Vec<String>,
         max_values: usize,
+        max_value_bytes: usize,
         known: impl IntoIterator<Item = String>,
     ) -> Segments {
         Segments {
             keys,
             max_values,
+            max_value_bytes,
             known: known.into_iter().collect(),
         }
     }
 
-    pub fn resolve(&mut self, segment: &BTreeMap<String, String>) -> String {
+    /// `[segments] max_value_bytes`.
+    pub fn max_value_bytes(&self) -> usize {
+        self.max_value_bytes
+    }
+
+    pub fn resolve(&mut self, segment: &BTreeMap<String, String>) -> Resolved {
+        let mut values_cut = 0;
         let parts: Vec<String> = self
             .keys
             .iter()
-            .filter_map(|k| segment.get(k).map(|v| format!("{k}={v}")))
+            .filter_map(|k| {
+                let value = crate::record::segment_value(segment.get(k)?, self.max_value_bytes);
+                values_cut += usize::from(value.cut);
+                Some(format!("{k}={}", value.text))
+            })
             .collect();
         let s = parts.join(",");
-        if s.is_empty() || self.known.contains(&s) {
-            return s;
+        let segment = if s.is_empty() || self.known.contains(&s) {
+            s
+        } else if self.known.len() >= self.max_values {
+            OTHER_SEGMENT.to_string()
+        } else {
+            self.known.insert(s.clone());
+            s
+        };
+        Resolved {
+            segment,
+            values_cut,
         }
-        if self.known.len() >= self.max_values {
-            return OTHER_SEGMENT.to_string();
-        }
-        self.known.insert(s.clone());
-        s
     }
 }
 
@@ -108,6 +132,70 @@ pub struct Ingest {
     /// The student's classes (classification): a label must be one of `0..classes`. `None`
     /// when the task has no classes or the model does not say how many.
     pub classes: Option<usize>,
+    /// How far ahead of and behind the time a file is read its records' `ts` may be
+    /// (`[inbox] ts_max_future`, `ts_max_past`).
+    pub ts_bounds: TsBounds,
+}
+
+/// How far a record's `ts` may be from the time its file is read. A record outside them makes
+/// its file quarantined: a record from the far future would be the latest window of every
+/// aggregate for good, and moving it to now would file it under a time it does not have.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TsBounds {
+    pub max_future: std::time::Duration,
+    pub max_past: Option<std::time::Duration>,
+}
+
+impl TsBounds {
+    pub fn of(config: &Config) -> TsBounds {
+        TsBounds {
+            max_future: config.inbox.ts_max_future,
+            max_past: config.inbox.ts_max_past,
+        }
+    }
+
+    /// Why a record time `ts_ms` read at `now_ms` is out of bounds, if it is.
+    pub fn problem(&self, ts_ms: i64, now_ms: i64) -> Option<String> {
+        let ms = |d: std::time::Duration| i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
+        let ts = crate::time::rfc3339(ts_ms);
+        let now = crate::time::rfc3339(now_ms);
+        let ahead = ts_ms.saturating_sub(now_ms);
+        if ahead > ms(self.max_future) {
+            return Some(format!(
+                "{ts} is {} ahead of the time the file was read ({now}); at most {} ahead is \
+                 taken ([inbox] ts_max_future): the producer's clock or time zone is wrong",
+                span(ahead),
+                crate::config::show_duration(self.max_future)
+            ));
+        }
+        let behind = now_ms.saturating_sub(ts_ms);
+        match self.max_past {
+            Some(max) if behind > ms(max) => Some(format!(
+                "{ts} is {} before the time the file was read ({now}); at most {} before is \
+                 taken ([inbox] ts_max_past)",
+                span(behind),
+                crate::config::show_duration(max)
+            )),
+            _ => None,
+        }
+    }
+}
+
+/// A length of time in milliseconds, in the largest whole unit: `2914134 days`, `3 hours`.
+fn span(ms: i64) -> String {
+    const UNITS: [(i64, &str); 4] = [
+        (86_400_000, "day"),
+        (3_600_000, "hour"),
+        (60_000, "minute"),
+        (1_000, "second"),
+    ];
+    for (size, unit) in UNITS {
+        if ms >= size {
+            let n = ms / size;
+            return format!("{n} {unit}{}", if n == 1 { "" } else { "s" });
+        }
+    }
+    format!("{ms} ms")
 }
 
 /// The pipeline is gone (shutting down): stop reading files.
@@ -136,6 +224,7 @@ impl Ingest {
             segments: Segments::new(
                 config.segments.keys.clone(),
                 config.segments.max_values,
+                config.segments.max_value_bytes,
                 known_segments,
             ),
             done,
@@ -147,6 +236,7 @@ impl Ingest {
             in_flight: InFlightPaths::default(),
             retry: None,
             classes: None,
+            ts_bounds: TsBounds::of(config),
         }
     }
 
@@ -191,6 +281,7 @@ impl Ingest {
                 retry: self.retry.clone(),
                 origin,
                 stamp,
+                segment_values_cut: 0,
             })
         };
         let key = self.next_key.fetch_add(1, Ordering::Relaxed);
@@ -370,17 +461,46 @@ impl Ingest {
                             ),
                         );
                     }
-                    let ts_ms = record
-                        .ts
-                        .map(|t: OffsetDateTime| (t.unix_timestamp_nanos() / 1_000_000) as i64)
-                        .unwrap_or(now);
+                    let ts_ms = match record.ts {
+                        Some(t) => {
+                            let ts_ms = (t.unix_timestamp_nanos() / 1_000_000) as i64;
+                            if let Some(problem) = self.ts_bounds.problem(ts_ms, now) {
+                                let id = record
+                                    .id
+                                    .as_deref()
+                                    .map(|id| format!(" (id {id:?})"))
+                                    .unwrap_or_default();
+                                return self.reject(
+                                    meta,
+                                    format!("{}{id}, field ts: {problem}", record.origin),
+                                );
+                            }
+                            ts_ms
+                        }
+                        None => now,
+                    };
                     prepared.push(Prepared {
                         record_id,
                         ts_ms,
-                        segment: self.segments.resolve(&record.segment),
+                        segment: String::new(),
                         label: record.label,
                         record,
                     });
+                }
+                // Only a file that is taken adds to the bounded set of segments.
+                let mut values_cut = 0;
+                for p in &mut prepared {
+                    let resolved = self.segments.resolve(&p.record.segment);
+                    p.segment = resolved.segment;
+                    values_cut += resolved.values_cut;
+                }
+                let mut meta = meta;
+                if values_cut > 0 {
+                    tracing::warn!(file = %name, values = values_cut, limit = self.segments.max_value_bytes(), "Segment values over the length limit were cut ([segments] max_value_bytes).");
+                    // Not shared yet: the file has not been sent anywhere.
+                    if let Some(m) = Arc::get_mut(&mut meta) {
+                        m.segment_values_cut = values_cut;
+                    }
                 }
                 self.work
                     .send(FileWork {

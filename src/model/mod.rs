@@ -2,9 +2,10 @@
 //! input/output specs and running batches. This is the only module that touches `ort`.
 //!
 //! The library is loaded at run time (`ort`'s `load-dynamic`), once per process: ONNX Runtime
-//! allows one environment per process, ever, so it lives in a process-wide cell. The search order
-//! is the config key, `ORT_DYLIB_PATH`, the binary's directory, then system library directories;
-//! when nothing loads, the error names every place searched and why each failed.
+//! allows one environment per process, ever, so it lives in a process-wide cell. A library named
+//! by the config key is the only one tried; without the key the search order is
+//! `ORT_DYLIB_PATH`, the binary's directory, then system library directories. When nothing
+//! loads, the error names every place searched and why each failed.
 //!
 //! `pair`: the student and the teacher loaded together and checked for comparability.
 //! `remote`: a teacher on an inference server (Open Inference Protocol); [`Teacher`] is either.
@@ -151,6 +152,15 @@ fn load_runtime(config: &OnnxRuntimeConfig) -> Result<Runtime, ModelError> {
             }
         }
     }
+    if config.library.is_some() {
+        return Err(ModelError::RuntimeNotFound(format!(
+            "the configured ONNX Runtime library (libonnxruntime.so, version >= 1.{}) is not usable:\n{report}\
+             While [onnxruntime] library is set, no other place is searched. Install the library \
+             with scripts/setup-onnxruntime.sh and set the key to the file it prints, or remove \
+             the key to search ORT_DYLIB_PATH, the binary's directory and the system paths.",
+            ort::MINOR_VERSION
+        )));
+    }
     Err(ModelError::RuntimeNotFound(format!(
         "no usable ONNX Runtime library (libonnxruntime.so, version >= 1.{}) was found. Searched:\n{report}\
          Install it with scripts/setup-onnxruntime.sh, then set [onnxruntime] library in the config \
@@ -217,14 +227,19 @@ enum Candidate {
     Nothing { origin: String, why: String },
 }
 
-/// Every place the library may be, in search order.
+/// Every place the library may be, in search order. A configured library is the only one: an
+/// operator who names a file means that file, and a missing or broken one must be an error, not
+/// quietly replaced by whatever else is installed.
 fn library_candidates(config: &OnnxRuntimeConfig) -> Vec<Candidate> {
     let mut out = Vec::new();
     match &config.library {
-        Some(p) => out.push(Candidate::File {
-            origin: "config key onnxruntime.library".into(),
-            path: p.clone(),
-        }),
+        Some(p) => {
+            out.push(Candidate::File {
+                origin: "config key onnxruntime.library".into(),
+                path: p.clone(),
+            });
+            return out;
+        }
         None => out.push(Candidate::Nothing {
             origin: "config key onnxruntime.library".into(),
             why: "not set".into(),

@@ -75,6 +75,8 @@ pub struct FileMeta {
     /// The version of the file that was read (`None` when it was not read): the writer commits
     /// and moves the file only while the inbox path still holds that version.
     pub stamp: Option<FileStamp>,
+    /// Segment values of its records cut to `[segments] max_value_bytes`.
+    pub segment_values_cut: usize,
 }
 
 /// Asks for a file to be taken again (ingest's loop holds the other end): after a back-off once

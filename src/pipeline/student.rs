@@ -241,6 +241,7 @@ mod tests {
             retry: None,
             origin: Default::default(),
             stamp: None,
+            segment_values_cut: 0,
         });
         let records = (0..records)
             .map(|i| Prepared {

@@ -365,6 +365,7 @@ impl Writer {
             duplicates: duplicates as i64,
             conflicts,
             labels_taken,
+            segment_values_cut: meta.segment_values_cut as i64,
         };
         let result = self.store.commit_file(
             &commit,

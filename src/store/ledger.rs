@@ -44,6 +44,8 @@ pub struct FileCommit {
     pub conflicts: i64,
     /// Ids whose waiting late label ([`Store::waiting_label`]) a record of this file took.
     pub labels_taken: Vec<String>,
+    /// Segment values of the file's records cut to `[segments] max_value_bytes`.
+    pub segment_values_cut: i64,
 }
 
 /// When a file was written (its modification time as it was taken: the arrival that orders
@@ -356,7 +358,7 @@ impl Store {
         let ts_base = file.records.first().map_or(0, |r| r.ts_ms);
         tx.prepare_cached(
             "UPDATE files SET first_seq = ?2, student = ?3, ts_base = ?4, duplicates = ?5,
-                 conflicts = ?6
+                 conflicts = ?6, segment_values_cut = ?7
              WHERE id = ?1",
         )?
         .execute(params![
@@ -365,7 +367,8 @@ impl Store {
             file.student,
             ts_base,
             file.duplicates,
-            file.conflicts
+            file.conflicts,
+            file.segment_values_cut
         ])?;
         let (segments, added) = segment_numbers(&self.segments, &tx, &file.records)?;
         insert_records(&tx, file, ts_base, &segments)?;

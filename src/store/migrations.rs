@@ -56,6 +56,10 @@ pub(super) const MIGRATIONS: &[(&str, &str)] = &[
         "0012_drift_signal_names",
         include_str!("../../migrations/0012_drift_signal_names.sql"),
     ),
+    (
+        "0013_files_segment_values_cut",
+        include_str!("../../migrations/0013_files_segment_values_cut.sql"),
+    ),
 ];
 
 /// What a migration needs beyond its SQL, run after it in the same transaction: by name.

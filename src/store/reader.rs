@@ -54,6 +54,8 @@ pub struct Summary {
     /// that replaced a different label.
     pub labels_unchanged: i64,
     pub labels_corrected: i64,
+    /// Segment values cut to `[segments] max_value_bytes` (`files.segment_values_cut`).
+    pub segment_values_cut: i64,
     pub segments: Vec<SegmentSummary>,
 }
 
@@ -103,6 +105,13 @@ fn summary(conn: &Connection) -> Result<Summary> {
     s.records_duplicate = duplicate;
     s.labels_unchanged = unchanged;
     s.labels_corrected = corrected;
+    s.segment_values_cut = conn
+        .query_row(
+            "SELECT COALESCE(SUM(segment_values_cut), 0) FROM files WHERE status = 'done'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap_or(0);
     // Totals come from the window sums, which retention never deletes.
     let (records, samples, budget, queue, unreachable): (i64, i64, i64, i64, i64) = conn
         .query_row(

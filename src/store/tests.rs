@@ -81,6 +81,7 @@ fn file(name: &str, sha: &str, records: Vec<RecordRow>) -> FileCommit {
         duplicates: 0,
         conflicts: 0,
         labels_taken: Vec::new(),
+        segment_values_cut: 0,
     }
 }
 

@@ -98,6 +98,20 @@ def main():
         "field label: expected an integer (int64) label, got 1.5")
     bad("not_an_object.jsonl", json.dumps(grid()) + "\n",
         "line 1: expected a JSON object")
+    # A key twice: JSON readers disagree on which one counts (json.loads keeps the last).
+    x = json.dumps(grid())
+    bad("duplicate_key.jsonl", record(0) + "\n"
+        + '{"id": "rec-1", "ts": "2026-03-02T06:00:00Z", "ts": "2026-03-02T07:00:00Z", '
+        + '"inputs": {"x": ' + x + "}}\n",
+        'line 2: duplicate key "ts" at column')
+    bad("duplicate_segment_key.jsonl",
+        '{"id": "rec-0", "segment": {"line": "A", "line": "B"}, "inputs": {"x": ' + x + "}}\n",
+        'line 1: duplicate key "segment.line"')
+    bad("duplicate_input.jsonl",
+        '{"id": "rec-0", "inputs": {"x": ' + x + ', "x": ' + x + "}}\n",
+        'line 1: duplicate key "inputs.x"')
+    bad("duplicate_label.labels.jsonl", '{"id": "rec-0", "label": 1, "label": 2}\n',
+        'line 1: duplicate key "label"')
 
     # --- NPY --------------------------------------------------------------------------------
     good = npy_bytes(records_array(3))

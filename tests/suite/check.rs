@@ -109,22 +109,29 @@ fn use_library(cfg: &std::path::Path, library: &std::path::Path) {
 fn a_missing_runtime_names_every_place_searched() {
     let site = Site::new();
     let cfg = site.write_config("");
-    let missing = site.root().join("nowhere/libonnxruntime.so.1.32.0");
-    use_library(&cfg, &missing);
+    remove_library(&cfg);
     let out = site.sensei(&["check"]);
     let text = stdout(&out);
     assert_eq!(out.status.code(), Some(78), "{text}");
     assert!(text.contains("no usable ONNX Runtime library"), "{text}");
     assert!(
-        text.contains(&format!(
-            "config key onnxruntime.library: {} does not exist",
-            missing.display()
-        )),
+        text.contains("config key onnxruntime.library: not set"),
         "{text}"
     );
     assert!(text.contains("ORT_DYLIB_PATH: not set"), "{text}");
     assert!(text.contains("next to the binary"), "{text}");
     assert!(text.contains("scripts/setup-onnxruntime.sh"), "{text}");
+}
+
+/// Takes the `[onnxruntime] library` key out of the config.
+fn remove_library(cfg: &std::path::Path) {
+    let text = std::fs::read_to_string(cfg).unwrap();
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("library = "))
+        .unwrap()
+        .to_string();
+    std::fs::write(cfg, text.replace(&line, "")).unwrap();
 }
 
 #[test]
@@ -144,4 +151,95 @@ fn a_file_that_is_not_onnx_runtime_is_refused_clearly() {
         )),
         "{text}"
     );
+}
+
+#[test]
+fn symbolic_link_loops_and_dangling_links_in_the_state_paths_are_problems() {
+    use std::os::unix::fs::symlink;
+    let site = Site::new();
+    site.write_config("[inbox]\nquiet = \"300ms\"\nquarantine_dir = \"state/spin/quarantine\"\n");
+    let state = site.root().join("state");
+    std::fs::create_dir_all(&state).unwrap();
+    // inbox -> around -> inbox; done -> a directory that does not exist; the database is a
+    // link to itself; quarantine/ lies under a link to itself.
+    symlink("around", state.join("inbox")).unwrap();
+    symlink("inbox", state.join("around")).unwrap();
+    symlink("/nonexistent/sensei-done", state.join("done")).unwrap();
+    symlink("sensei.db", state.join("sensei.db")).unwrap();
+    symlink("spin", state.join("spin")).unwrap();
+    let out = site.sensei(&["check"]);
+    let text = stdout(&out);
+    assert_eq!(out.status.code(), Some(78), "{text}");
+    for (what, path, problem) in [
+        ("inbox.dir", state.join("inbox"), "is a symbolic link loop"),
+        (
+            "inbox.done_dir",
+            state.join("done"),
+            "is a dangling symbolic link: it points to /nonexistent/sensei-done",
+        ),
+        (
+            "store.path",
+            state.join("sensei.db"),
+            "is a symbolic link loop",
+        ),
+    ] {
+        let expected = format!("{what} {}: {} {problem}", path.display(), path.display());
+        assert!(text.contains(&expected), "{expected:?} not in {text}");
+    }
+    let quarantine = format!(
+        "inbox.quarantine_dir {}: {} is a symbolic link loop",
+        state.join("spin/quarantine").display(),
+        state.join("spin").display()
+    );
+    assert!(text.contains(&quarantine), "{quarantine:?} not in {text}");
+}
+
+/// `sensei` with `ORT_DYLIB_PATH` pointing at the real library.
+fn sensei_with_ort_env(site: &Site, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(crate::common::sensei_bin())
+        .arg("--config")
+        .arg(site.config_path())
+        .args(args)
+        .env("ORT_DYLIB_PATH", crate::common::ort_library())
+        .env("SENSEI_LOG", "info,ort=warn")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("run sensei")
+}
+
+#[test]
+fn a_configured_runtime_that_is_missing_or_garbage_is_never_replaced_by_another() {
+    let site = Site::new();
+    let cfg = site.write_config("");
+    let garbage = site.root().join("libonnxruntime.so.1.32.0");
+    std::fs::write(&garbage, b"\x7fELF not really").unwrap();
+    let missing = site.root().join("nowhere/libonnxruntime.so.1.32.0");
+    for library in [&missing, &garbage] {
+        use_library(&cfg, library);
+        for command in ["check", "run"] {
+            let out = sensei_with_ort_env(&site, &[command]);
+            let text = stdout(&out);
+            assert_ne!(out.status.code(), Some(0), "{command}: {text}");
+            assert!(
+                text.contains("the configured ONNX Runtime library")
+                    && text.contains(&format!(
+                        "config key onnxruntime.library: {}",
+                        library.display()
+                    ))
+                    && text.contains("no other place is searched"),
+                "{command}: {text}"
+            );
+            assert!(!text.contains("(version 1.32.0)"), "{command}: {text}");
+            assert!(
+                text.contains("scripts/setup-onnxruntime.sh"),
+                "{command}: {text}"
+            );
+        }
+    }
+    // Without the key, ORT_DYLIB_PATH is used.
+    remove_library(&cfg);
+    let out = sensei_with_ort_env(&site, &["check"]);
+    let text = stdout(&out);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert!(text.contains("(version 1.32.0)"), "{text}");
 }

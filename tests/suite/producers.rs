@@ -204,3 +204,122 @@ fn a_newline_in_a_file_name_cannot_forge_a_line_of_the_quarantine_note() {
     assert_eq!(site.ledger_count("quarantined"), 1);
     assert!(daemon.stop().success());
 }
+
+/// A JSON Lines record line of the fixture model with the given id and time.
+fn record_line(id: &str, ts: &str, seed: u64) -> String {
+    serde_json::json!({
+        "id": id,
+        "ts": ts,
+        "segment": {"line": "A"},
+        "inputs": {"x": crate::common::input(seed)},
+    })
+    .to_string()
+}
+
+#[test]
+fn a_record_dated_far_ahead_is_reported_and_never_becomes_the_latest_window() {
+    let site = Site::new();
+    site.write_config("[http]\nlisten = \"127.0.0.1:0\"\n");
+    let daemon = site.start();
+    site.deliver("today.jsonl", &jsonl("today", 20));
+    wait_until(WAIT, "the first file counted", || site.records() == 20);
+    let gauge = "sensei_window_confidence_mean{segment=\"*\"}";
+    let before = daemon.metric(gauge).expect("the window gauge");
+    let latest = "SELECT MAX(start) FROM windows";
+    let latest_before = site.query_i64(latest);
+
+    let mut file = String::new();
+    for i in 0..5 {
+        let ts = format!("2026-03-02T07:00:{i:02}Z");
+        file.push_str(&record_line(&format!("later-{i}"), &ts, 900 + i));
+        file.push('\n');
+    }
+    file.push_str(&record_line("far-ahead", "9999-12-31T23:59:59Z", 7));
+    file.push('\n');
+    site.deliver("clock.jsonl", file.as_bytes());
+    let note = site.quarantine().join("clock.jsonl.error.txt");
+    wait_until(WAIT, "the file finished", || {
+        note.is_file() || site.done().join("clock.jsonl").exists()
+    });
+    let text = std::fs::read_to_string(&note).expect("the file quarantined");
+    for part in [
+        "file: clock.jsonl",
+        "line 6 (id \"far-ahead\"), field ts: 9999-12-31T23:59:59Z is",
+        "ts_max_future",
+    ] {
+        assert!(text.contains(part), "{part:?} not in {text}");
+    }
+    assert_eq!(site.records(), 20, "no record of the file counted");
+    assert_eq!(site.query_i64(latest), latest_before);
+    assert_eq!(daemon.metric(gauge), Some(before));
+    assert_eq!(
+        daemon.metric("sensei_files_total{status=\"quarantined\"}"),
+        Some(1.0)
+    );
+    assert!(daemon.stop().success());
+}
+
+#[test]
+fn hostile_segment_values_are_cut_escaped_and_never_collide() {
+    let site = Site::new();
+    site.write_config(
+        "[inbox]\nquiet = \"300ms\"\nmax_file_size = \"4 MiB\"\n\
+         [segments]\nkeys = [\"line\", \"shift\"]\n\
+         [http]\nlisten = \"127.0.0.1:0\"\n",
+    );
+    let daemon = site.start();
+    let segments = [
+        serde_json::json!({"line": "a=b,shift=c"}),
+        serde_json::json!({"line": "a=b", "shift": "c"}),
+        serde_json::json!({"line": "x".repeat(1_000_000)}),
+        serde_json::json!({"line": "bell\u{7}\nnext", "shift": "50%"}),
+    ];
+    let mut file = String::new();
+    for (i, segment) in segments.iter().enumerate() {
+        let rec = serde_json::json!({
+            "id": format!("hostile-{i}"),
+            "segment": segment,
+            "inputs": {"x": crate::common::input(i as u64)},
+        });
+        file.push_str(&rec.to_string());
+        file.push('\n');
+    }
+    site.deliver("hostile.jsonl", file.as_bytes());
+    wait_until(WAIT, "the file counted", || site.records() == 4);
+    let db = site.db();
+    let stored: Vec<String> = db
+        .prepare("SELECT segment FROM records ORDER BY seq")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(stored[0], "line=a%3Db%2Cshift%3Dc");
+    assert_eq!(stored[1], "line=a%3Db,shift=c");
+    assert!(stored[2].starts_with("line=xxxx"), "{}", &stored[2][..80]);
+    assert_eq!(stored[2].len(), "line=".len() + 64, "{}", stored[2]);
+    assert!(stored[2].contains("%~"), "{}", stored[2]);
+    assert_eq!(stored[3], "line=bell%07%0Anext,shift=50%25");
+    let distinct: std::collections::HashSet<&String> = stored.iter().collect();
+    assert_eq!(distinct.len(), 4, "{stored:?}");
+    assert_eq!(
+        site.query_i64("SELECT segment_values_cut FROM files WHERE name = 'hostile.jsonl'"),
+        1
+    );
+    let (status, metrics) = crate::common::http_get(&daemon.http_addr(), "/metrics", &[]);
+    assert_eq!(status, 200);
+    assert!(
+        metrics.len() < 64 * 1024,
+        "/metrics is {} bytes",
+        metrics.len()
+    );
+    assert_eq!(daemon.metric("sensei_segment_values_cut_total"), Some(1.0));
+    let status = site.sensei(&["status"]);
+    assert!(
+        String::from_utf8_lossy(&status.stdout)
+            .contains("segment values cut to [segments] max_value_bytes: 1"),
+        "{}",
+        String::from_utf8_lossy(&status.stdout)
+    );
+    assert!(daemon.stop().success());
+}

@@ -6,7 +6,7 @@ use std::time::Duration;
 use super::super::raw::RawInbox;
 use super::super::{InboxConfig, OnDone};
 use super::Check;
-use super::values::{MINUTE, SECOND};
+use super::values::{DAY, MINUTE, SECOND};
 
 impl Check<'_> {
     pub(super) fn inbox(&mut self, inbox: RawInbox, state_dir: &Path) -> InboxConfig {
@@ -31,6 +31,15 @@ impl Check<'_> {
                 SECOND,
             ),
             poll: inbox.poll.unwrap_or(false),
+            ts_max_future: self.duration(
+                "inbox.ts_max_future",
+                inbox.ts_max_future,
+                DAY,
+                Duration::ZERO,
+            ),
+            ts_max_past: inbox
+                .ts_max_past
+                .map(|d| self.duration("inbox.ts_max_past", Some(d), DAY, SECOND)),
         }
     }
 }

@@ -28,7 +28,7 @@ use std::path::{Path, PathBuf};
 use super::Config;
 use super::raw::{self, RawConfig};
 
-pub use values::parse_duration;
+pub use values::{parse_duration, show_duration};
 
 /// A config that cannot be used, with every problem found in it.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -47,8 +47,20 @@ impl Check<'_> {
     }
 
     pub(super) fn segments(&mut self, segments: raw::RawSegments) -> SegmentConfig {
+        let keys = self.names("segments.keys", segments.keys.unwrap_or_default());
+        for (index, key) in keys.iter().enumerate() {
+            if let Some(c) = key.chars().find(|&c| crate::record::escaped_in_segment(c)) {
+                self.problem(
+                    &format!("segments.keys[{index}]"),
+                    format!(
+                        "{:?} contains {c:?}: a segment key may not contain ',', '=', '%' or control characters, which separate and escape the stored segment",
+                        key
+                    ),
+                );
+            }
+        }
         SegmentConfig {
-            keys: self.names("segments.keys", segments.keys.unwrap_or_default()),
+            keys,
             max_values: self.integer(
                 "segments.max_values",
                 segments.max_values,
@@ -56,6 +68,16 @@ impl Check<'_> {
                 1,
                 i64::MAX,
             ),
+            max_value_bytes: self.integer(
+                "segments.max_value_bytes",
+                segments.max_value_bytes,
+                DEFAULT_MAX_SEGMENT_VALUE_BYTES,
+                16,
+                4096,
+            ),
         }
     }
 }
+
+/// `[segments] max_value_bytes` unless set.
+const DEFAULT_MAX_SEGMENT_VALUE_BYTES: i64 = 64;

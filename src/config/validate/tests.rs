@@ -50,6 +50,8 @@ fn minimal_config_gets_defaults() {
             quiet: Duration::from_secs(2),
             rescan_interval: Duration::from_secs(60),
             poll: false,
+            ts_max_future: Duration::from_secs(86_400),
+            ts_max_past: None,
         }
     );
     assert_eq!(config.onnxruntime.library, None);
@@ -97,6 +99,7 @@ fn minimal_config_gets_defaults() {
         SegmentConfig {
             keys: Vec::new(),
             max_values: 100,
+            max_value_bytes: 64,
         }
     );
     assert_eq!(
@@ -677,4 +680,39 @@ fn a_remote_teachers_token_is_read_at_load_and_never_shown() {
     .unwrap_err()
     .problems;
     assert_eq!(paths(&missing), ["teacher.token_file"]);
+}
+
+#[test]
+fn record_time_bounds_and_segment_limits_are_read_and_checked() {
+    let text = MINIMAL.replace(
+        "[student]",
+        "[inbox]\nts_max_future = \"2h\"\nts_max_past = \"30d\"\n\
+         [segments]\nkeys = [\"line\"]\nmax_value_bytes = 128\n[student]",
+    );
+    let config = from_toml(&text, Path::new("/etc/sensei/sensei.toml"))
+        .unwrap_or_else(|error| panic!("{error}"));
+    assert_eq!(config.inbox.ts_max_future, Duration::from_secs(7200));
+    assert_eq!(
+        config.inbox.ts_max_past,
+        Some(Duration::from_secs(30 * 86_400))
+    );
+    assert_eq!(config.segments.max_value_bytes, 128);
+    let text = MINIMAL.replace(
+        "[student]",
+        "[inbox]\nts_max_future = \"soon\"\nts_max_past = \"0s\"\n\
+         [segments]\nkeys = [\"line\", \"a,b\", \"c=d\", \"50%\"]\nmax_value_bytes = 8\n[student]",
+    );
+    let problems = problems(&text);
+    assert_eq!(
+        paths(&problems),
+        [
+            "inbox.ts_max_future",
+            "inbox.ts_max_past",
+            "segments.keys[1]",
+            "segments.keys[2]",
+            "segments.keys[3]",
+            "segments.max_value_bytes",
+        ],
+        "{problems:#?}"
+    );
 }

@@ -252,7 +252,7 @@ fn parse_count(digits: &str) -> Result<u64, String> {
 }
 
 /// Renders a duration the way the config writes it, for messages.
-pub(super) fn show_duration(duration: Duration) -> String {
+pub fn show_duration(duration: Duration) -> String {
     let seconds = duration.as_secs();
     if duration.subsec_nanos() != 0 || seconds == 0 {
         format!("{}ms", duration.as_millis())

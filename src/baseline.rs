@@ -81,8 +81,20 @@ pub fn run_lab(config: &Config, paths: &[PathBuf]) -> anyhow::Result<LabRun> {
             FileContent::Labels(_) => bail!("{}: a labels file is not lab data", file.display()),
         }
     }
+    let ts: Vec<f64> = records
+        .iter()
+        .filter_map(|r| r.ts)
+        .map(|t| t.unix_timestamp_nanos() as f64 / 1e9)
+        .collect();
+    let ts_range = (!ts.is_empty()).then(|| {
+        (
+            ts.iter().copied().fold(f64::INFINITY, f64::min),
+            ts.iter().copied().fold(f64::NEG_INFINITY, f64::max),
+        )
+    });
     let mut run = LabRun {
         sources: files,
+        ts_range,
         student_sha: models.student.sha256[..12].to_string(),
         teacher_sha: models.teacher.sha256()[..12].to_string(),
         ..LabRun::default()

@@ -1,7 +1,9 @@
 //! `sensei demo`: the bundled demo teacher and student on the bundled clean and drifted field
-//! streams, each replayed through the real pipeline into its own SQLite file in a temporary
-//! directory. Prints, per stream, what an operator would look at first: records, teacher
-//! samples, the disagreement rate with its 95% interval, mean KL and mean attention KL.
+//! streams, each replayed through the real pipeline into its own SQLite file in a work
+//! directory that is kept, with the config each stream ran with (so `sensei -c DIR/NAME.toml
+//! status` shows it again) and the pipeline's log. Prints, per stream, what an operator would
+//! look at first: records, teacher samples, the disagreement rate with its 95% interval, mean KL
+//! and mean attention KL.
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -40,6 +42,30 @@ pub fn find_models_dir(explicit: Option<&Path>) -> anyhow::Result<PathBuf> {
             .collect::<Vec<_>>()
             .join(", ")
     )
+}
+
+/// The demo's log file in its work directory.
+pub const LOG_FILE: &str = "demo.log";
+
+/// The demo's work directory: `explicit` (created; it must be empty if it exists), else a new
+/// `sensei-demo-*` directory in the system's temporary directory. Either is kept.
+pub fn work_dir(explicit: Option<&Path>) -> anyhow::Result<PathBuf> {
+    let Some(dir) = explicit else {
+        let dir = tempfile::Builder::new()
+            .prefix("sensei-demo-")
+            .tempdir()
+            .context("creating the demo's work directory")?;
+        return Ok(dir.keep());
+    };
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    if std::fs::read_dir(dir)
+        .with_context(|| format!("listing {}", dir.display()))?
+        .next()
+        .is_some()
+    {
+        bail!("the demo's work directory {} is not empty", dir.display());
+    }
+    Ok(dir.to_path_buf())
 }
 
 /// The ONNX Runtime the setup script installs into the repository, when present.
@@ -96,6 +122,9 @@ pub struct StreamReport {
 #[derive(Debug, Clone, Serialize)]
 pub struct DemoReport {
     pub models: PathBuf,
+    /// Where the log, the configs and the databases are.
+    pub work_dir: PathBuf,
+    pub log: PathBuf,
     /// The lab baseline every stream is compared with.
     pub baseline: BaselineSummary,
     pub onnxruntime: String,
@@ -162,8 +191,8 @@ keys = ["line"]
     )
 }
 
-/// Runs the demo in a fresh temporary directory.
-pub fn run(models: &Path) -> anyhow::Result<DemoReport> {
+/// Runs the demo in `work` (see [`work_dir`]).
+pub fn run(models: &Path, work: &Path) -> anyhow::Result<DemoReport> {
     let models = models
         .canonicalize()
         .with_context(|| format!("demo models {}", models.display()))?;
@@ -185,15 +214,16 @@ pub fn run(models: &Path) -> anyhow::Result<DemoReport> {
     if streams.is_empty() {
         bail!("no demo streams (*.jsonl) in {}", streams_dir.display());
     }
-    let tmp = tempfile::tempdir().context("creating the demo's temporary directory")?;
+    let work = work
+        .canonicalize()
+        .with_context(|| format!("the demo's work directory {}", work.display()))?;
     let library = repo_runtime(&models);
     let starts = drift_starts(&models);
     // The lab stage, once: both models on the lab set, detectors calibrated.
-    let lab_config = Config::from_toml(
-        &demo_config(&models, &tmp.path().join("lab"), library.as_deref()),
-        &tmp.path().join("lab.toml"),
-    )
-    .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let lab_config = write_config(
+        &work.join("lab.toml"),
+        &demo_config(&models, &work.join("lab"), library.as_deref()),
+    )?;
     let lab = crate::baseline::measure(&lab_config, &[models.join("lab.jsonl")])?;
     let profile = serde_json::to_string(&lab.reference)?;
     let mut report = DemoReport {
@@ -205,6 +235,8 @@ pub fn run(models: &Path) -> anyhow::Result<DemoReport> {
             arl0: lab.reference.arl0,
         },
         models: models.clone(),
+        log: work.join(LOG_FILE),
+        work_dir: work.clone(),
         onnxruntime: String::new(),
         sampling_rate: 0.0,
         streams: Vec::new(),
@@ -214,10 +246,11 @@ pub fn run(models: &Path) -> anyhow::Result<DemoReport> {
             .file_stem()
             .map(|s| s.to_string_lossy().into_owned())
             .unwrap_or_default();
-        let state = tmp.path().join(&name);
-        let toml = demo_config(&models, &state, library.as_deref());
-        let config = Config::from_toml(&toml, &tmp.path().join(format!("{name}.toml")))
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let state = work.join(&name);
+        let config = write_config(
+            &work.join(format!("{name}.toml")),
+            &demo_config(&models, &state, library.as_deref()),
+        )?;
         report.sampling_rate = config.sampling.rate;
         {
             std::fs::create_dir_all(&config.state_dir)?;
@@ -277,6 +310,12 @@ pub fn run(models: &Path) -> anyhow::Result<DemoReport> {
         });
     }
     Ok(report)
+}
+
+/// Writes a stream's config where the operator can use it again, and validates it.
+fn write_config(path: &Path, toml: &str) -> anyhow::Result<Config> {
+    std::fs::write(path, toml).with_context(|| format!("writing {}", path.display()))?;
+    Config::from_toml(toml, path).map_err(|e| anyhow::anyhow!("{e}"))
 }
 
 impl DemoReport {
@@ -376,6 +415,17 @@ impl DemoReport {
                 );
             }
         }
+        let example = self
+            .streams
+            .last()
+            .map_or("clean".to_string(), |st| st.name.clone());
+        let _ = writeln!(
+            s,
+            "\nwork directory: {} (the log: {}; each stream's database and config, e.g. `sensei -c {} status`)",
+            self.work_dir.display(),
+            self.log.display(),
+            self.work_dir.join(format!("{example}.toml")).display()
+        );
         s
     }
 }

@@ -1,38 +1,89 @@
 //! The `sensei` binary: parses arguments, sets up logging, and calls the library.
+//!
+//! Everything a command prints goes through [`out`]: a reader that goes away early
+//! (`sensei status --json | head -1`) ends the command quietly with status 0, as for any Unix
+//! filter, instead of a panic. SIGPIPE stays ignored (Rust's default), so the daemon's sockets
+//! see EPIPE as an error on one connection and never die of a signal.
 
-use std::io::IsTerminal;
+use std::io::{IsTerminal, Write};
+use std::path::Path;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use clap::Parser;
-use sensei::cli::{AlertCommand, Cli, Command};
+use clap::{CommandFactory, FromArgMatches};
+use sensei::cli::{AlertCommand, Cli, Command, LogFormatArg};
 use sensei::commands::{self, EX_CONFIG};
 use sensei::config::{Config, LogFormat};
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let matches = Cli::command().get_matches();
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    if matches!(cli.command, Command::Demo { .. })
+        && matches.value_source("config") == Some(clap::parser::ValueSource::CommandLine)
+    {
+        Cli::command()
+            .error(
+                clap::error::ErrorKind::ArgumentConflict,
+                "`sensei demo` takes no --config: it writes a config of its own for each stream \
+                 into its work directory (see `sensei demo --help`)",
+            )
+            .exit();
+    }
     match dispatch(cli) {
         Ok(code) => code,
+        Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("sensei: {e:#}");
+            say(&format!("sensei: {e:#}"));
             ExitCode::FAILURE
         }
     }
 }
 
+/// Writes a command's output to stdout. A closed pipe comes back as an error that [`main`]
+/// turns into a quiet exit.
+fn out(text: &str) -> anyhow::Result<()> {
+    let mut stdout = std::io::stdout().lock();
+    stdout.write_all(text.as_bytes())?;
+    stdout.flush()?;
+    Ok(())
+}
+
+/// A line to stderr; a closed stderr is not worth a panic.
+fn say(line: &str) {
+    let _ = writeln!(std::io::stderr(), "{line}");
+}
+
+fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
+}
+
 fn load_config(path: &std::path::Path) -> Result<Config, ExitCode> {
     Config::load(path).map_err(|e| {
-        eprintln!("{e}");
+        say(&e.to_string());
         ExitCode::from(EX_CONFIG as u8)
     })
 }
 
+/// The default log filter of the one-shot commands: warnings, and ONNX Runtime's errors.
+const COMMAND_FILTER: &str = "warn,ort=error";
+
 fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
-    match cli.command {
+    macro_rules! config {
+        () => {
+            match load_config(&cli.config) {
+                Ok(c) => c,
+                Err(code) => return Ok(code),
+            }
+        };
+    }
+    match &cli.command {
         Command::Check => {
-            init_logging(LogFormat::Auto, "warn,ort=error");
+            init_logging(&cli, LogFormat::Auto, COMMAND_FILTER, None);
             let report = commands::check(&cli.config);
-            print!("{}", report.text());
+            out(&report.text())?;
             Ok(if report.problems.is_empty() {
                 ExitCode::SUCCESS
             } else {
@@ -40,11 +91,8 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             })
         }
         Command::Run => {
-            let config = match load_config(&cli.config) {
-                Ok(c) => c,
-                Err(code) => return Ok(code),
-            };
-            init_logging(config.log.format, &config.log.filter);
+            let config = config!();
+            init_logging(&cli, config.log.format, &config.log.filter, None);
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
                 .enable_all()
@@ -66,89 +114,84 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
             }
         }
-        Command::Report { out, json } => {
-            let config = match load_config(&cli.config) {
-                Ok(c) => c,
-                Err(code) => return Ok(code),
-            };
-            init_logging(LogFormat::Auto, "warn,ort=error");
-            let data = sensei::report::write_report(&config, &out)?;
-            if json {
-                println!("{}", to_json(&data)?);
+        Command::Report { out: file, json } => {
+            let config = config!();
+            init_logging(&cli, LogFormat::Auto, COMMAND_FILTER, None);
+            let data = sensei::report::write_report(&config, file)?;
+            if *json {
+                out(&to_json(&data)?)?;
                 return Ok(ExitCode::SUCCESS);
             }
-            println!(
-                "wrote {} ({}: {})",
-                out.display(),
+            let mut text = format!(
+                "wrote {} ({}: {})\n",
+                file.display(),
                 data.health.level,
                 data.health.summary
             );
             if let Some(c) = &data.challengers {
-                print!("{}", sensei::report::challengers_text(c));
+                text.push_str(&sensei::report::challengers_text(c));
             }
+            out(&text)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Replay { paths } => {
-            let config = match load_config(&cli.config) {
-                Ok(c) => c,
-                Err(code) => return Ok(code),
-            };
-            init_logging(config.log.format, "warn,ort=error");
-            let report = sensei::daemon::replay(&config, &paths, None)?;
+            let config = config!();
+            init_logging(&cli, config.log.format, COMMAND_FILTER, None);
+            let report = sensei::daemon::replay(&config, paths, None)?;
             let status = commands::status(&config)?;
-            print!("{}", commands::replay_text(&report, &status));
+            out(&commands::replay_text(&report, &status))?;
             Ok(ExitCode::from(commands::replay_exit_code(&report) as u8))
         }
         Command::Baseline { paths, json } => {
-            let config = match load_config(&cli.config) {
-                Ok(c) => c,
-                Err(code) => return Ok(code),
-            };
-            init_logging(config.log.format, "warn,ort=error");
-            let report = sensei::baseline::measure(&config, &paths)?;
-            if json {
-                println!("{}", to_json(&report)?);
+            let config = config!();
+            init_logging(&cli, config.log.format, COMMAND_FILTER, None);
+            let report = sensei::baseline::measure(&config, paths)?;
+            if *json {
+                out(&to_json(&report)?)?;
             } else {
-                print!("{}", report.text());
+                out(&report.text())?;
             }
             Ok(ExitCode::SUCCESS)
         }
         Command::Status { json } => {
-            let config = match load_config(&cli.config) {
-                Ok(c) => c,
-                Err(code) => return Ok(code),
-            };
+            let config = config!();
+            init_logging(&cli, LogFormat::Auto, COMMAND_FILTER, None);
             let status = commands::status(&config)?;
-            if json {
-                println!("{}", to_json(&status)?);
+            if *json {
+                out(&to_json(&status)?)?;
             } else {
-                print!("{}", status.text());
+                let mut text = status.text();
                 // Notifications not delivered yet stay in sight (details: `sensei alert outbox`).
                 if let Some(outbox) = &status.outbox
                     && !outbox.receivers.is_empty()
                 {
-                    print!("\n{}", outbox.text(sensei::time::now_ms()));
+                    text.push('\n');
+                    text.push_str(&outbox.text(sensei::time::now_ms()));
                 }
+                out(&text)?;
             }
             Ok(ExitCode::SUCCESS)
         }
         Command::Export {
-            out,
+            out: dir,
             since,
             segment,
             reason,
             json,
         } => {
-            let config = match load_config(&cli.config) {
-                Ok(c) => c,
-                Err(code) => return Ok(code),
-            };
-            let options = sensei::redistill::export::options(out, since, segment, reason)?;
+            let config = config!();
+            init_logging(&cli, LogFormat::Auto, COMMAND_FILTER, None);
+            let options = sensei::redistill::export::options(
+                dir.clone(),
+                since.clone(),
+                segment.clone(),
+                reason.clone(),
+            )?;
             let summary = sensei::redistill::export(&config, &options)?;
-            if json {
-                println!("{}", to_json(&summary)?);
+            if *json {
+                out(&to_json(&summary)?)?;
             } else {
-                println!("{}", summary.text());
+                out(&format!("{}\n", summary.text()))?;
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -157,22 +200,19 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             force,
             json,
         } => {
-            let config = match load_config(&cli.config) {
-                Ok(c) => c,
-                Err(code) => return Ok(code),
-            };
-            init_logging(LogFormat::Auto, "warn,ort=error");
-            let outcome = match sensei::redistill::run_by_hand(&config, &reason, force) {
+            let config = config!();
+            init_logging(&cli, LogFormat::Auto, COMMAND_FILTER, None);
+            let outcome = match sensei::redistill::run_by_hand(&config, reason, *force) {
                 Ok(o) => o,
                 Err(e) => {
-                    eprintln!("sensei: no re-distillation job started: {e:#}");
+                    say(&format!("sensei: no re-distillation job started: {e:#}"));
                     return Ok(ExitCode::FAILURE);
                 }
             };
-            if json {
-                println!("{}", to_json(&outcome)?);
+            if *json {
+                out(&to_json(&outcome)?)?;
             } else {
-                print!("{}", outcome.text());
+                out(&outcome.text())?;
             }
             Ok(if outcome.status == "succeeded" {
                 ExitCode::SUCCESS
@@ -185,41 +225,40 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             reason,
             force,
         } => {
-            let config = match load_config(&cli.config) {
-                Ok(c) => c,
-                Err(code) => return Ok(code),
-            };
-            init_logging(LogFormat::Auto, "warn,ort=error");
-            let changed = sensei::redistill::promote::promote(&config, &model, &reason, force)?;
-            print!("{}", changed.text());
+            let config = config!();
+            init_logging(&cli, LogFormat::Auto, COMMAND_FILTER, None);
+            let changed = sensei::redistill::promote::promote(&config, model, reason, *force)?;
+            out(&changed.text())?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Rollback { reason } => {
-            let config = match load_config(&cli.config) {
-                Ok(c) => c,
-                Err(code) => return Ok(code),
-            };
-            init_logging(LogFormat::Auto, "warn,ort=error");
-            let changed = sensei::redistill::promote::rollback(&config, &reason)?;
-            print!("{}", changed.text());
+            let config = config!();
+            init_logging(&cli, LogFormat::Auto, COMMAND_FILTER, None);
+            let changed = sensei::redistill::promote::rollback(&config, reason)?;
+            out(&changed.text())?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Alert { command } => {
-            let config = match load_config(&cli.config) {
-                Ok(c) => c,
-                Err(code) => return Ok(code),
-            };
-            init_logging(LogFormat::Auto, "warn,ort=error");
+            let config = config!();
+            init_logging(&cli, LogFormat::Auto, COMMAND_FILTER, None);
             alert_command(&config, command)
         }
-        Command::Demo { json, models } => {
-            init_logging(LogFormat::Auto, "warn,ort=error");
-            let dir = sensei::demo::find_models_dir(models.as_deref())?;
-            let report = sensei::demo::run(&dir)?;
-            if json {
-                println!("{}", to_json(&report)?);
+        Command::Demo { json, models, dir } => {
+            let models = sensei::demo::find_models_dir(models.as_deref())?;
+            let work = sensei::demo::work_dir(dir.as_deref())?;
+            let log = work.join(sensei::demo::LOG_FILE);
+            // The terminal shows the demo's table; the pipeline's log goes to the file.
+            init_logging(
+                &cli,
+                LogFormat::Auto,
+                "error",
+                Some((&log, "info,ort=warn")),
+            );
+            let report = sensei::demo::run(&models, &work)?;
+            if *json {
+                out(&to_json(&report)?)?;
             } else {
-                print!("{}", report.text());
+                out(&report.text())?;
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -230,27 +269,29 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
 fn to_json<T: serde::Serialize>(value: &T) -> anyhow::Result<String> {
     let mut v = serde_json::to_value(value)?;
     sensei::time::with_rfc3339(&mut v);
-    Ok(serde_json::to_string_pretty(&v)?)
+    let mut text = serde_json::to_string_pretty(&v)?;
+    text.push('\n');
+    Ok(text)
 }
 
 /// `sensei alert test` and `sensei alert outbox`.
-fn alert_command(config: &Config, command: AlertCommand) -> anyhow::Result<ExitCode> {
+fn alert_command(config: &Config, command: &AlertCommand) -> anyhow::Result<ExitCode> {
     match command {
         AlertCommand::Test { receiver } => {
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
                 .context("starting the async runtime")?;
-            match runtime.block_on(sensei::alert::send_test(&config.alerts, &receiver)) {
+            match runtime.block_on(sensei::alert::send_test(&config.alerts, receiver)) {
                 Ok(doc) => {
-                    println!(
-                        "sent: test notification to {receiver} (dedup key {})",
+                    out(&format!(
+                        "sent: test notification to {receiver} (dedup key {})\n",
                         doc.dedup_key
-                    );
+                    ))?;
                     Ok(ExitCode::SUCCESS)
                 }
                 Err(e) => {
-                    eprintln!("sensei: test notification not delivered: {e:#}");
+                    say(&format!("sensei: test notification not delivered: {e:#}"));
                     Ok(ExitCode::FAILURE)
                 }
             }
@@ -262,33 +303,68 @@ fn alert_command(config: &Config, command: AlertCommand) -> anyhow::Result<ExitC
             } else {
                 sensei::alert::OutboxSummary::default()
             };
-            if json {
-                println!("{}", to_json(&summary)?);
+            if *json {
+                out(&to_json(&summary)?)?;
             } else {
-                print!("{}", summary.text(sensei::time::now_ms()));
+                out(&summary.text(sensei::time::now_ms()))?;
             }
             Ok(ExitCode::SUCCESS)
         }
     }
 }
 
-/// Logs go to stderr: text on a terminal, JSON lines otherwise (journald, files).
-fn init_logging(format: LogFormat, filter: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("SENSEI_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(filter));
-    let json = match format {
-        LogFormat::Json => true,
-        LogFormat::Text => false,
-        LogFormat::Auto => !std::io::stderr().is_terminal(),
+/// Logs go to stderr: text on a terminal, JSON lines otherwise (journald, files), unless
+/// `--log-format` or `[log] format` says which. The filter: `-v`/`-q` relative to the
+/// command's default, else `SENSEI_LOG`, else `default_filter`. With `file`, its own filter
+/// applies to a copy of the log written there (the demo's log), and stderr keeps its filter.
+fn init_logging(cli: &Cli, format: LogFormat, default_filter: &str, file: Option<(&Path, &str)>) {
+    use tracing_subscriber::{EnvFilter, Layer, layer::SubscriberExt, util::SubscriberInitExt};
+    // The level of the filter's first directive (`info` of `info,ort=warn`).
+    let base_level = default_filter
+        .split(',')
+        .next()
+        .and_then(|d| d.rsplit('=').next())
+        .unwrap_or("warn");
+    let filter = match cli.log_level(base_level) {
+        // ONNX Runtime's own lines stay at warnings unless asked for fewer.
+        Some(level) if matches!(level, "info" | "debug" | "trace") => {
+            EnvFilter::new(format!("{level},ort=warn"))
+        }
+        Some(level) => EnvFilter::new(level),
+        None => {
+            EnvFilter::try_from_env("SENSEI_LOG").unwrap_or_else(|_| EnvFilter::new(default_filter))
+        }
     };
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    if json {
-        builder.json().init();
+    let json = match (cli.log_format, format) {
+        (Some(LogFormatArg::Json), _) | (None, LogFormat::Json) => true,
+        (Some(LogFormatArg::Text), _) | (None, LogFormat::Text) => false,
+        (None, LogFormat::Auto) => !std::io::stderr().is_terminal(),
+    };
+    let stderr = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let mut layers = vec![if json {
+        stderr.json().with_filter(filter).boxed()
     } else {
-        builder.with_ansi(std::io::stderr().is_terminal()).init();
+        stderr
+            .with_ansi(std::io::stderr().is_terminal())
+            .with_filter(filter)
+            .boxed()
+    }];
+    if let Some((path, file_filter)) = file {
+        match std::fs::File::create(path) {
+            Ok(f) => layers.push(
+                tracing_subscriber::fmt::layer()
+                    .with_writer(std::sync::Arc::new(f))
+                    .with_ansi(false)
+                    .with_filter(EnvFilter::new(file_filter))
+                    .boxed(),
+            ),
+            Err(e) => say(&format!(
+                "sensei: cannot write the log {}: {e}",
+                path.display()
+            )),
+        }
     }
+    tracing_subscriber::registry().with(layers).init();
 }
 
 /// Turns signals into daemon requests: the first SIGTERM or SIGINT drains, a second one forces

@@ -3,6 +3,25 @@
 use serde::Serialize;
 use statrs::distribution::{Beta, ContinuousCDF};
 
+/// `x` rounded to four significant digits, for log lines: `0.123456` → `0.1235`, `12345.6` →
+/// `12350`. The result is the double nearest the rounded decimal, so it prints as that decimal.
+/// Non-finite values and zero are returned as they are.
+pub fn four_digits(x: f64) -> f64 {
+    if !x.is_finite() || x == 0.0 {
+        return x;
+    }
+    let exponent = 3 - x.abs().log10().floor() as i32;
+    // Divide (or multiply) by an exact power of ten so that the last step is one correctly
+    // rounded operation.
+    if exponent >= 0 {
+        let scale = 10f64.powi(exponent);
+        (x * scale).round() / scale
+    } else {
+        let scale = 10f64.powi(-exponent);
+        (x / scale).round() * scale
+    }
+}
+
 /// A point estimate with a two-sided interval.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 pub struct Interval {
@@ -58,6 +77,18 @@ pub fn weighted_rate_interval(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn four_digits_keeps_four_significant_digits() {
+        assert_eq!(four_digits(0.123_456_7).to_string(), "0.1235");
+        assert_eq!(four_digits(5.041_234).to_string(), "5.041");
+        assert_eq!(four_digits(11.095_3).to_string(), "11.1");
+        assert_eq!(four_digits(12_345.6).to_string(), "12350");
+        assert_eq!(four_digits(-0.000_123_456).to_string(), "-0.0001235");
+        assert_eq!(four_digits(3.0), 3.0);
+        assert_eq!(four_digits(0.0), 0.0);
+        assert!(four_digits(f64::NAN).is_nan());
+    }
 
     #[test]
     fn clopper_pearson_matches_reference_values() {

@@ -13,7 +13,9 @@ mod validate;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-pub use validate::{ConfigError, ConfigProblem, parse_duration, show_duration};
+pub use validate::{
+    ConfigError, ConfigProblem, parse_duration, parse_false_alarms, show_duration,
+};
 
 /// The default config location used by every command.
 pub const DEFAULT_PATH: &str = "/etc/sensei/sensei.toml";
@@ -143,8 +145,12 @@ pub struct BufferPolicy {
 /// Drift detection settings (`[detect]`; the method is in docs/detection.md).
 #[derive(Debug, Clone, PartialEq)]
 pub struct DetectConfig {
-    /// Expected samples between false alarms of one detector (in-control average run length).
-    pub arl0: u64,
+    /// The site's false-alarm budget: expected false drift events over a period, spread over
+    /// every detector (`crate::drift::budget`).
+    pub false_alarms: FalseAlarmBudget,
+    /// Expert override of the budget: expected samples between false alarms of one detector
+    /// (in-control average run length), for every sequential family or by family.
+    pub arl0: Arl0Override,
     /// Bernoulli CUSUM on disagreement: p1 = p0 + this.
     pub min_shift_disagreement: f64,
     /// Bernoulli CUSUM on student/teacher error rates: p1 = p0 + this.
@@ -153,14 +159,50 @@ pub struct DetectConfig {
     pub min_shift_sd: f64,
     /// Windowed tests run every this many records of a segment.
     pub window_records: usize,
-    /// Family-wise false-alarm level of one round of windowed tests (segments × signals).
-    pub family_alpha: f64,
+    /// Expert override of the budget's share for windowed rounds: the family-wise false-alarm
+    /// level of one round (segments × signals).
+    pub family_alpha: Option<f64>,
     /// Effect-size thresholds of the windowed tests.
     pub min_ks: f64,
     pub min_class_shift: f64,
     pub min_psi: f64,
     /// Seed of calibration simulations.
     pub seed: u64,
+}
+
+/// `[detect] false_alarms = "N per <duration>"`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FalseAlarmBudget {
+    /// Expected false drift events per period (site-wide).
+    pub events: f64,
+    pub period: Duration,
+    /// As written, for reports.
+    pub text: String,
+}
+
+impl Default for FalseAlarmBudget {
+    fn default() -> Self {
+        FalseAlarmBudget {
+            events: 1.0,
+            period: Duration::from_secs(90 * 86_400),
+            text: "1 per 90d".to_string(),
+        }
+    }
+}
+
+/// `[detect] arl0`: unset (the budget decides), one value for every sequential family, or a
+/// value per family (`arl0 = { disagreement = 50000 }`); where set it wins over the budget.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Arl0Override {
+    pub all: Option<u64>,
+    pub by_family: std::collections::BTreeMap<String, u64>,
+}
+
+impl Arl0Override {
+    /// The explicit ARL0 of a family's detectors, if any.
+    pub fn for_family(&self, family: &str) -> Option<u64> {
+        self.by_family.get(family).copied().or(self.all)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -154,7 +154,8 @@ pub struct RawModel {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawDetect {
-    pub arl0: Option<RawInt>,
+    pub false_alarms: Option<String>,
+    pub arl0: Option<RawArl0>,
     pub min_shift_disagreement: Option<f64>,
     pub min_shift_error: Option<f64>,
     pub min_shift_sd: Option<f64>,
@@ -227,6 +228,14 @@ pub struct RawHttp {
 #[serde(deny_unknown_fields)]
 pub struct RawDaemon {
     pub drain_timeout: Option<RawDuration>,
+}
+
+/// `[detect] arl0`: one ARL0 for every sequential detector, or a table of them by signal family.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(untagged)]
+pub enum RawArl0 {
+    All(RawInt),
+    ByFamily(std::collections::BTreeMap<String, RawInt>),
 }
 
 /// A duration as written, such as `"15m"`; parsed by `validate`.

@@ -22,6 +22,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use self::budget::{Allocation, BudgetInput, FamilyInput, allocate};
 use crate::config::Config;
 use crate::monitor::window::{
     RoundTest, WindowTest, class_mix_test, evaluate_round, ks_test, psi_test,
@@ -32,6 +33,7 @@ use crate::signal::{Family, SignalName};
 use crate::stats::clopper_pearson;
 use crate::store::{EventChange, MonitorDelta, NewEvent, StateRow};
 
+pub mod budget;
 mod reference;
 
 pub use reference::{
@@ -130,6 +132,75 @@ impl Watch {
     }
 }
 
+impl Watch {
+    /// Arms the detector at the threshold for `arl0` on its curve (profiles stored before
+    /// curves existed keep their calibrated threshold).
+    fn set_arl0(&mut self, r: &Reference, signal: Signal, arl0: f64) {
+        let Some(curve) = curve_of(r, signal) else {
+            return;
+        };
+        let h = curve.threshold(arl0);
+        match &mut self.detector {
+            Sequential::Rate(d) => d.set_threshold(h),
+            Sequential::Value(d) => d.set_threshold(h),
+        }
+        self.dirty = true;
+    }
+}
+
+/// The threshold curve of a signal's reference.
+fn curve_of(r: &Reference, signal: Signal) -> Option<&crate::monitor::ThresholdCurve> {
+    match signal {
+        Signal::Disagreement => r.disagreement.as_ref()?.curve.as_ref(),
+        Signal::StudentError => r.student_error.as_ref()?.curve.as_ref(),
+        Signal::TeacherError => r.teacher_error.as_ref()?.curve.as_ref(),
+        Signal::Kl => r.kl.as_ref()?.curve.as_ref(),
+        Signal::AttentionKl => r.attention_kl.as_ref()?.curve.as_ref(),
+        Signal::Confidence => r.uncertainty.as_ref()?.curve.as_ref(),
+    }
+}
+
+/// Whether the baseline has a reference (and so a detector) for `signal`.
+fn has_reference(r: &Reference, signal: Signal) -> bool {
+    match signal {
+        Signal::Disagreement => r.disagreement.is_some(),
+        Signal::StudentError => r.student_error.is_some(),
+        Signal::TeacherError => r.teacher_error.is_some(),
+        Signal::Kl => r.kl.is_some(),
+        Signal::AttentionKl => r.attention_kl.is_some(),
+        Signal::Confidence => r.uncertainty.is_some(),
+    }
+}
+
+/// What the budget allocation is computed from, counted as the records arrive (persisted as
+/// the `budget` state row, with the allocation itself for `sensei status`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct BudgetState {
+    /// Records seen per segment, the all-segments aggregate included.
+    pub seen: BTreeMap<String, u64>,
+    /// Teacher comparisons and labels seen (all segments).
+    pub teacher: u64,
+    pub labels: u64,
+    /// Earliest and latest record timestamp seen (ms).
+    pub first_ts_ms: Option<i64>,
+    pub last_ts_ms: Option<i64>,
+    /// When the detectors of this baseline were first armed (ms).
+    pub armed_at_ms: Option<i64>,
+    pub allocation: Option<Allocation>,
+    #[serde(skip)]
+    dirty: bool,
+}
+
+/// The budget state row's signal, segment and detector in `detector_state`.
+pub const BUDGET_KEY: &str = "budget";
+
+/// The field rate is trusted over the lab's once this many records span at least
+/// [`MIN_RATE_SPAN_MS`].
+const MIN_RATE_RECORDS: u64 = 1000;
+const MIN_RATE_SPAN_MS: i64 = 3_600_000;
+/// Without a field or lab rate, the budget assumes this many records per second.
+pub const ASSUMED_RECORDS_PER_SECOND: f64 = 1.0;
+
 /// A new detector for `signal`, or `None` when the baseline has no reference for it.
 fn new_watch(r: &Reference, signal: Signal) -> Option<Watch> {
     let detector = match signal {
@@ -177,6 +248,13 @@ pub struct DriftMonitor {
     watches: BTreeMap<String, [Option<Watch>; Signal::ALL.len()]>,
     windows: BTreeMap<String, Window>,
     open_windowed: BTreeMap<(String, String), bool>,
+    /// `[detect] false_alarms`, `arl0`, `family_alpha` and the configured teacher rate.
+    budget_events: f64,
+    budget_period_seconds: f64,
+    explicit_arl0: crate::config::Arl0Override,
+    explicit_alpha: Option<f64>,
+    teacher_rate: f64,
+    budget: BudgetState,
 }
 
 /// What the monitor learns from one record.
@@ -187,6 +265,8 @@ pub struct Observation<'a> {
     pub confidence: Option<f64>,
     pub prediction: Option<i64>,
     pub features: &'a [f64],
+    /// The record's timestamp (ms): the budget's observed record rate.
+    pub ts_ms: Option<i64>,
     pub disagreement: Option<bool>,
     pub kl: Option<f64>,
     pub attention_kl: Option<f64>,
@@ -245,18 +325,133 @@ impl Signal {
 impl DriftMonitor {
     pub fn new(baseline_version: i64, reference: Reference, config: &Config) -> DriftMonitor {
         let d = &config.detect;
-        DriftMonitor {
+        let mut m = DriftMonitor {
             baseline_version,
             reference,
             window_records: d.window_records,
-            family_alpha: d.family_alpha,
+            family_alpha: d.family_alpha.unwrap_or(0.01),
             min_ks: d.min_ks,
             min_class_shift: d.min_class_shift,
             min_psi: d.min_psi,
             watches: BTreeMap::new(),
             windows: BTreeMap::new(),
             open_windowed: BTreeMap::new(),
+            budget_events: d.false_alarms.events,
+            budget_period_seconds: d.false_alarms.period.as_secs_f64(),
+            explicit_arl0: d.arl0.clone(),
+            explicit_alpha: d.family_alpha,
+            teacher_rate: config.sampling.rate,
+            budget: BudgetState::default(),
+        };
+        m.reallocate();
+        m
+    }
+
+    /// The budget, its allocation and what it was computed from.
+    pub fn budget(&self) -> &BudgetState {
+        &self.budget
+    }
+
+    /// Records per second the budget assumes, and where that comes from.
+    fn expected_rate(&self) -> (f64, &'static str) {
+        let b = &self.budget;
+        let all = b.seen.get(ALL_SEGMENTS).copied().unwrap_or(0);
+        if let (Some(first), Some(last)) = (b.first_ts_ms, b.last_ts_ms)
+            && all >= MIN_RATE_RECORDS
+            && last - first >= MIN_RATE_SPAN_MS
+        {
+            return ((all - 1) as f64 / ((last - first) as f64 / 1000.0), "field");
         }
+        match self.reference.records_per_second {
+            Some(r) if r.is_finite() && r > 0.0 => (r, "lab"),
+            _ => (ASSUMED_RECORDS_PER_SECOND, "assumed"),
+        }
+    }
+
+    /// Recomputes the allocation from the counts so far and moves every detector's
+    /// threshold to it. Runs when the detectors are armed, when a segment joins and after
+    /// every windowed round; a threshold lookup costs microseconds (`monitor::curve`).
+    fn reallocate(&mut self) {
+        let b = &self.budget;
+        let all = b.seen.get(ALL_SEGMENTS).copied().unwrap_or(0);
+        let teacher_share = if all >= MIN_RATE_RECORDS && b.teacher > 0 {
+            b.teacher as f64 / all as f64
+        } else {
+            self.teacher_rate
+        };
+        let label_share = if all >= MIN_RATE_RECORDS && b.labels > 0 {
+            b.labels as f64 / all as f64
+        } else {
+            self.reference.labelled_share.unwrap_or(1.0)
+        };
+        let families: Vec<FamilyInput> = Signal::ALL
+            .into_iter()
+            .filter(|&s| has_reference(&self.reference, s))
+            .map(|s| FamilyInput {
+                family: s.name(),
+                observations_per_record: match s {
+                    Signal::Disagreement | Signal::Kl | Signal::AttentionKl => teacher_share,
+                    Signal::Confidence => 1.0,
+                    Signal::StudentError | Signal::TeacherError => label_share,
+                },
+                explicit_arl0: self.explicit_arl0.for_family(s.name()).map(|a| a as f64),
+            })
+            .collect();
+        let segments = b.seen.keys().filter(|k| *k != ALL_SEGMENTS).count();
+        let (rate, source) = self.expected_rate();
+        let windowed = !self.reference.confidence_values.is_empty()
+            || self.reference.class_counts.iter().sum::<u64>() > 0
+            || self.reference.features.iter().any(Option::is_some);
+        let allocation = allocate(&BudgetInput {
+            events: self.budget_events,
+            period_seconds: self.budget_period_seconds,
+            records_per_second: rate,
+            rate_source: source,
+            families: &families,
+            segments,
+            windowed,
+            window_records: self.window_records,
+            explicit_alpha: self.explicit_alpha,
+        });
+        if let Some(alpha) = allocation.alpha() {
+            self.family_alpha = alpha;
+        }
+        let n_segments = segments as f64;
+        for (segment, slots) in &mut self.watches {
+            let share = if segment == ALL_SEGMENTS {
+                1.0
+            } else {
+                // Smoothed so that a segment that has just joined has a share of 1/segments.
+                (self.budget.seen.get(segment).copied().unwrap_or(0) as f64 + 1.0)
+                    / (all as f64 + n_segments.max(1.0))
+            };
+            for (signal, w) in Signal::ALL.iter().zip(slots.iter_mut()) {
+                if let (Some(w), Some(arl0)) = (w.as_mut(), allocation.arl0(signal.name(), share)) {
+                    w.set_arl0(&self.reference, *signal, arl0);
+                }
+            }
+        }
+        self.budget.allocation = Some(allocation);
+        self.budget.dirty = true;
+    }
+
+    /// The ARL0 a new detector of `signal` on `segment` gets from the current allocation.
+    fn arl0_of_new(&self, segment: &str, signal: Signal) -> Option<f64> {
+        let allocation = self.budget.allocation.as_ref()?;
+        let share = if segment == ALL_SEGMENTS {
+            1.0
+        } else {
+            let all = self.budget.seen.get(ALL_SEGMENTS).copied().unwrap_or(0) as f64;
+            let n = self
+                .budget
+                .seen
+                .keys()
+                .filter(|k| *k != ALL_SEGMENTS)
+                .count()
+                .max(1) as f64;
+            (self.budget.seen.get(segment).copied().unwrap_or(0) as f64 + 1.0) / (all + n)
+        };
+        allocation.arl0(signal.name(), share)
     }
 
     pub fn reference(&self) -> &Reference {
@@ -266,7 +461,11 @@ impl DriftMonitor {
     /// Restores persisted state rows `(signal, segment, detector, json)`.
     pub fn restore(&mut self, rows: Vec<(String, String, String, String)>) {
         for (signal, segment, detector, json) in rows {
-            if detector == WINDOW_KEY {
+            if detector == BUDGET_KEY {
+                if let Ok(b) = serde_json::from_str::<BudgetState>(&json) {
+                    self.budget = b;
+                }
+            } else if detector == WINDOW_KEY {
                 if let Ok(w) = serde_json::from_str::<Window>(&json) {
                     self.windows.insert(segment, w);
                 }
@@ -279,6 +478,7 @@ impl DriftMonitor {
                 self.watches.entry(segment).or_default()[signal as usize] = Some(w);
             }
         }
+        self.reallocate();
     }
 
     /// Feeds a record's `values` (one per signal, `None` where the record has none) to the
@@ -297,6 +497,23 @@ impl DriftMonitor {
         if !self.watches.contains_key(segment) {
             self.watches.insert(segment.to_string(), Default::default());
         }
+        for &(signal, value) in values {
+            if value.is_some()
+                && self
+                    .watches
+                    .get(segment)
+                    .is_some_and(|slots| slots[signal as usize].is_none())
+            {
+                let arl0 = self.arl0_of_new(segment, signal);
+                let mut w = new_watch(&self.reference, signal);
+                if let (Some(w), Some(arl0)) = (w.as_mut(), arl0) {
+                    w.set_arl0(&self.reference, signal, arl0);
+                }
+                if let Some(slots) = self.watches.get_mut(segment) {
+                    slots[signal as usize] = w;
+                }
+            }
+        }
         let Some(slots) = self.watches.get_mut(segment) else {
             return;
         };
@@ -304,11 +521,7 @@ impl DriftMonitor {
             let Some(value) = value else {
                 continue;
             };
-            let slot = &mut slots[signal as usize];
-            if slot.is_none() {
-                *slot = new_watch(&self.reference, signal);
-            }
-            if let Some(w) = slot {
+            if let Some(w) = &mut slots[signal as usize] {
                 w.step(signal, segment, value, seq, now_ms, out);
             }
         }
@@ -321,6 +534,30 @@ impl DriftMonitor {
         } else {
             &[obs.segment, ALL_SEGMENTS]
         };
+        let b = &mut self.budget;
+        b.armed_at_ms.get_or_insert(now_ms);
+        if let Some(ts) = obs.ts_ms {
+            b.first_ts_ms = Some(b.first_ts_ms.map_or(ts, |f| f.min(ts)));
+            b.last_ts_ms = Some(b.last_ts_ms.map_or(ts, |l| l.max(ts)));
+        }
+        if obs.disagreement.is_some() {
+            b.teacher += 1;
+        }
+        b.dirty = true;
+        let mut joined = false;
+        for &segment in segments {
+            match b.seen.get_mut(segment) {
+                Some(n) => *n += 1,
+                None => {
+                    b.seen.insert(segment.to_string(), 1);
+                    joined = true;
+                }
+            }
+        }
+        if joined {
+            // A new segment: more detectors share the budget.
+            self.reallocate();
+        }
         let values = [
             (Signal::Disagreement, obs.disagreement.map(Value::Flag)),
             (Signal::Kl, obs.kl.map(Value::Real)),
@@ -358,6 +595,8 @@ impl DriftMonitor {
         } else {
             &[segment, ALL_SEGMENTS]
         };
+        self.budget.labels += 1;
+        self.budget.dirty = true;
         let values = [
             (Signal::StudentError, Some(Value::Flag(student_wrong))),
             (Signal::TeacherError, teacher_wrong.map(Value::Flag)),
@@ -513,6 +752,8 @@ impl DriftMonitor {
                 ..Window::default()
             };
         }
+        // Segment shares and the observed rates move: re-spread the budget.
+        self.reallocate();
     }
 
     /// Adds the state of every detector and window changed since the last call to `out`, for
@@ -548,6 +789,22 @@ impl DriftMonitor {
                     },
                 );
             }
+        }
+        if self.budget.dirty {
+            self.budget.dirty = false;
+            out.states.insert(
+                (
+                    BUDGET_KEY.to_string(),
+                    ALL_SEGMENTS.to_string(),
+                    BUDGET_KEY.to_string(),
+                ),
+                StateRow {
+                    samples: self.budget.seen.get(ALL_SEGMENTS).copied().unwrap_or(0),
+                    statistic: 0.0,
+                    threshold: 0.0,
+                    json: serde_json::to_string(&self.budget).unwrap_or_default(),
+                },
+            );
         }
         for (segment, w) in self.windows.iter_mut().filter(|(_, w)| w.dirty) {
             w.dirty = false;

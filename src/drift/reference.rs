@@ -5,12 +5,12 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::{Config, SamplingPolicy};
 use crate::monitor::UncertaintyPolicy;
+use crate::monitor::calibrate::{bernoulli_curve, cusum_curve};
+use crate::monitor::curve::SIMULATED_TARGETS;
 use crate::monitor::lab::LabRun;
 use crate::monitor::sampling::{rate_under_policy, resample_under_policy};
 use crate::monitor::window::FeatureBins;
-use crate::monitor::{
-    CusumParams, bernoulli_delay, calibrate_bernoulli, calibrate_cusum, cusum_delay,
-};
+use crate::monitor::{CusumParams, ThresholdCurve, bernoulli_delay, cusum_delay};
 
 /// Values kept from the lab set for bootstrap calibration and KS tests.
 pub const MAX_REFERENCE_VALUES: usize = 5000;
@@ -37,6 +37,10 @@ pub struct RateReference {
     /// (`monitor::delay`); `None` in profiles stored before it was measured.
     #[serde(default)]
     pub expected_delay: Option<f64>,
+    /// h for any ARL0 (`monitor::curve`): the armed threshold follows the false-alarm budget.
+    /// `None` in profiles stored before it was measured (those detectors keep `threshold`).
+    #[serde(default)]
+    pub curve: Option<ThresholdCurve>,
 }
 
 /// A real-valued signal's reference.
@@ -51,6 +55,9 @@ pub struct ValueReference {
     /// δ = 2k (`monitor::delay`); `None` in profiles stored before it was measured.
     #[serde(default)]
     pub expected_delay: Option<f64>,
+    /// h for any ARL0 (`monitor::curve`), as for a rate.
+    #[serde(default)]
+    pub curve: Option<ThresholdCurve>,
     /// Up to [`MAX_REFERENCE_VALUES`] lab values (evenly thinned).
     pub values: Vec<f64>,
 }
@@ -60,7 +67,16 @@ pub struct ValueReference {
 pub struct Reference {
     pub records: u64,
     pub classes: usize,
+    /// The ARL0 `threshold` and `simulated_arl0` of every signal refer to (the largest target
+    /// simulated); the armed thresholds follow the false-alarm budget.
     pub arl0: f64,
+    /// Records per second over the lab set's timestamps: the budget's expected rate until the
+    /// field has shown its own.
+    #[serde(default)]
+    pub records_per_second: Option<f64>,
+    /// Share of lab records with a label: the budget's expected share of labelled records.
+    #[serde(default)]
+    pub labelled_share: Option<f64>,
     pub disagreement: Option<RateReference>,
     pub kl: Option<ValueReference>,
     pub attention_kl: Option<ValueReference>,
@@ -135,7 +151,11 @@ fn rate_reference(
             "{what}: baseline rate {rate:.3} leaves no room for a shift of {shift}"
         ));
     }
-    let cal = calibrate_bernoulli(p0, p1, arl0, seed).map_err(|e| format!("{what}: {e}"))?;
+    let (curve, cals) = bernoulli_curve(p0, p1, seed).map_err(|e| format!("{what}: {e}"))?;
+    let cal = cals
+        .last()
+        .cloned()
+        .ok_or_else(|| format!("{what}: no calibration"))?;
     let cap = (10.0 * arl0) as u64;
     let expected_delay = bernoulli_delay(p0, p1, cal.threshold, cap, seed ^ 0xde1a).ok();
     Ok(RateReference {
@@ -147,6 +167,7 @@ fn rate_reference(
         threshold: cal.threshold,
         simulated_arl0: cal.arl0,
         expected_delay,
+        curve: Some(curve),
     })
 }
 
@@ -166,7 +187,11 @@ fn value_reference(
     let params =
         CusumParams::from_baseline(values, shift_sd).map_err(|e| format!("{what}: {e}"))?;
     let kept = thin(values);
-    let cal = calibrate_cusum(&kept, params.k, arl0, seed).map_err(|e| format!("{what}: {e}"))?;
+    let (curve, cals) = cusum_curve(&kept, params.k, seed).map_err(|e| format!("{what}: {e}"))?;
+    let cal = cals
+        .last()
+        .cloned()
+        .ok_or_else(|| format!("{what}: no calibration"))?;
     let cap = (10.0 * arl0) as u64;
     let expected_delay = cusum_delay(
         &kept,
@@ -184,6 +209,7 @@ fn value_reference(
         threshold: cal.threshold,
         simulated_arl0: cal.arl0,
         expected_delay,
+        curve: Some(curve),
         values: kept,
     })
 }
@@ -198,7 +224,7 @@ pub fn build_reference(run: &LabRun, config: &Config) -> Result<Reference, Strin
         ));
     }
     let d = &config.detect;
-    let arl0 = d.arl0 as f64;
+    let arl0 = SIMULATED_TARGETS[SIMULATED_TARGETS.len() - 1];
     let mut warnings = Vec::new();
     let uncertainty_values: Vec<f64> = run.confidence.iter().map(|c| 1.0 - c).collect();
     let sampling_policy = match config.sampling.policy {
@@ -312,6 +338,7 @@ pub fn build_reference(run: &LabRun, config: &Config) -> Result<Reference, Strin
             }
         }
     }
+    let labelled_share = run.labels.iter().filter(|l| l.is_some()).count() as f64 / n as f64;
     let labelled: Vec<(usize, i64)> = run
         .labels
         .iter()
@@ -366,6 +393,8 @@ pub fn build_reference(run: &LabRun, config: &Config) -> Result<Reference, Strin
         records: n as u64,
         classes: run.classes,
         arl0,
+        records_per_second: run.records_per_second(),
+        labelled_share: Some(labelled_share),
         disagreement,
         kl,
         attention_kl,

@@ -10,6 +10,8 @@ fn disagreement_only() -> Reference {
         records: 1000,
         classes: 2,
         arl0: 1000.0,
+        records_per_second: None,
+        labelled_share: None,
         disagreement: Some(RateReference {
             rate: 0.03,
             events: 30.0,
@@ -19,6 +21,7 @@ fn disagreement_only() -> Reference {
             threshold: 3.0,
             simulated_arl0: 1000.0,
             expected_delay: None,
+            curve: None,
         }),
         kl: None,
         attention_kl: None,

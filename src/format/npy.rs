@@ -232,9 +232,15 @@ pub(super) fn input_tensors(
             ElemType::F32 => "float32 (<f4)",
             ElemType::I64 => "int64 (<i8)",
         };
+        // NumPy makes float64 arrays unless told otherwise: say how to write what the model takes.
+        let hint = if matches!(spec.elem_type, ElemType::F32) && array.descr == "<f8" {
+            "; NumPy saves float64 by default: save the array as float32, e.g. np.save(path, x.astype(np.float32))"
+        } else {
+            ""
+        };
         return Err(FormatError::array(
             name,
-            format!("expected {want}, got {}", array.dtype_display()),
+            format!("expected {want}, got {}{hint}", array.dtype_display()),
         ));
     }
     let Some((&n, record_shape)) = array.shape.split_first() else {

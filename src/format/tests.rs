@@ -676,7 +676,11 @@ fn npy_needs_a_single_input_model() {
 fn npy_wrong_dtype() {
     let data: Vec<u8> = [0f64; 4].iter().flat_map(|v| v.to_le_bytes()).collect();
     let e = message("a.npy", &npy("<f8", false, &[1, 2, 2], &data), &x22());
-    assert_eq!(e, "array x: expected float32 (<f4), got <f8 (float64)");
+    assert_eq!(
+        e,
+        "array x: expected float32 (<f4), got <f8 (float64); NumPy saves float64 by default: \
+         save the array as float32, e.g. np.save(path, x.astype(np.float32))"
+    );
     let e = message("a.npy", &npy("|u1", false, &[1, 2, 2], &[0; 4]), &x22());
     assert_eq!(e, "array x: expected float32 (<f4), got |u1 (uint8)");
 }

@@ -100,7 +100,7 @@ impl Watch {
                     let n = failures.entry(path.clone()).or_insert(0);
                     *n = n.saturating_add(1);
                     let delay = retry_delay(*n);
-                    tracing::warn!(file = %path.display(), failures = *n, retry_in_seconds = delay.as_secs_f64(), "Taking the file again after its failed commit.");
+                    tracing::warn!(file = %path.display(), failures = *n, retry_in_seconds = crate::stats::four_digits(delay.as_secs_f64()), "Taking the file again after its failed commit.");
                     waiting.due.insert(path, Instant::now() + delay);
                 }
                 Ok(IngestEvent::Retry(path, Retake::WhenQuiet)) => {

@@ -27,6 +27,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::BaselineError;
+use super::curve::{SIMULATED_TARGETS, ThresholdCurve, cusum_exponent};
 use super::cusum::{PageHinkley, bernoulli_increments};
 use super::rng::SplitMix64;
 
@@ -259,7 +260,7 @@ fn check_target(arl0: f64, options: &CalibrationOptions) -> Result<u64, Baseline
 
 /// Finds the smallest h whose simulated ARL0 reaches the target. `h_start` is a scale hint.
 fn solve<P: StatisticPath>(
-    mut set: PathSet<P>,
+    set: &mut PathSet<P>,
     arl0: f64,
     h_start: f64,
     seed: u64,
@@ -332,14 +333,14 @@ pub fn calibrate_bernoulli_with(
 ) -> Result<Calibration, BaselineError> {
     let (up, down) = bernoulli_increments(p0, p1)?;
     let cap = check_target(arl0, options)?;
-    let set = PathSet::new(options.replications, cap, seed, || BernoulliPath {
+    let mut set = PathSet::new(options.replications, cap, seed, || BernoulliPath {
         p: p0,
         up,
         down,
         s: 0.0,
     });
     // One 1 from S = 0 reaches `up`: ARL0(up) ≈ 1/p0, below any useful target.
-    solve(set, arl0, up, seed)
+    solve(&mut set, arl0, up, seed)
 }
 
 /// Threshold of a [`super::Cusum`] with reference value `k` for in-control run length `arl0`,
@@ -374,11 +375,113 @@ pub fn calibrate_cusum_with(
         ));
     }
     let cap = check_target(arl0, options)?;
-    let set = PathSet::new(options.replications, cap, seed, || BootstrapCusumPath {
+    let mut set = PathSet::new(options.replications, cap, seed, || BootstrapCusumPath {
         increments: &increments,
         s: 0.0,
     });
-    solve(set, arl0, 0.5 * sd, seed)
+    solve(&mut set, arl0, 0.5 * sd, seed)
+}
+
+/// Calibrates `targets` (ascending) on one set of paths: the cost is that of the largest.
+fn solve_targets<P: StatisticPath>(
+    set: &mut PathSet<P>,
+    targets: &[f64],
+    h_start: f64,
+    seed: u64,
+) -> Result<Vec<Calibration>, BaselineError> {
+    let mut out: Vec<Calibration> = Vec::with_capacity(targets.len());
+    for &target in targets {
+        let start = out.last().map_or(h_start, |c| c.threshold);
+        out.push(solve(set, target, start, seed)?);
+    }
+    Ok(out)
+}
+
+/// The [`ThresholdCurve`] of a Bernoulli CUSUM (p0 → p1): simulated at
+/// [`SIMULATED_TARGETS`], Siegmund beyond (θ = 1 for log-likelihood-ratio increments). Also
+/// returns the simulated calibrations.
+pub fn bernoulli_curve(
+    p0: f64,
+    p1: f64,
+    seed: u64,
+) -> Result<(ThresholdCurve, Vec<Calibration>), BaselineError> {
+    let (up, down) = bernoulli_increments(p0, p1)?;
+    let options = CalibrationOptions::default();
+    let top = SIMULATED_TARGETS[SIMULATED_TARGETS.len() - 1];
+    let cap = check_target(top, &options)?;
+    let mut set = PathSet::new(options.replications, cap, seed, || BernoulliPath {
+        p: p0,
+        up,
+        down,
+        s: 0.0,
+    });
+    let cals = solve_targets(&mut set, &SIMULATED_TARGETS, up, seed)?;
+    let (theta, drift) = cusum_exponent(&[(up, p0), (down, 1.0 - p0)])?;
+    let curve = ThresholdCurve::new(
+        cals.iter().map(|c| (c.arl0, c.threshold)).collect(),
+        theta,
+        drift,
+    )?;
+    Ok((curve, cals))
+}
+
+/// The [`ThresholdCurve`] of a real-valued CUSUM with reference value `k` on bootstrap
+/// resamples of `values` (μ0 their mean): simulated at [`SIMULATED_TARGETS`], Siegmund beyond
+/// with θ the root of the values' empirical moment generating function.
+pub fn cusum_curve(
+    values: &[f64],
+    k: f64,
+    seed: u64,
+) -> Result<(ThresholdCurve, Vec<Calibration>), BaselineError> {
+    let (mean, sd) = super::mean_sd(values, "CUSUM baseline values")?;
+    if !(k.is_finite() && k >= 0.0) {
+        return Err(BaselineError::invalid("k", k, "must be finite and >= 0"));
+    }
+    let increments: Vec<f64> = values.iter().map(|v| v - mean - k).collect();
+    if increments.iter().all(|&inc| inc <= 0.0) {
+        return Err(BaselineError::invalid(
+            "k",
+            k,
+            "exceeds every baseline value minus the mean: the detector could never move",
+        ));
+    }
+    let options = CalibrationOptions::default();
+    let top = SIMULATED_TARGETS[SIMULATED_TARGETS.len() - 1];
+    let cap = check_target(top, &options)?;
+    let mut set = PathSet::new(options.replications, cap, seed, || BootstrapCusumPath {
+        increments: &increments,
+        s: 0.0,
+    });
+    let cals = solve_targets(&mut set, &SIMULATED_TARGETS, 0.5 * sd, seed)?;
+    let weighted: Vec<(f64, f64)> = increments.iter().map(|&v| (v, 1.0)).collect();
+    let (theta, drift) = cusum_exponent(&weighted)?;
+    let curve = ThresholdCurve::new(
+        cals.iter().map(|c| (c.arl0, c.threshold)).collect(),
+        theta,
+        drift,
+    )?;
+    Ok((curve, cals))
+}
+
+/// Measures the average run length of a CUSUM (μ0, k, h) on bootstrap resamples of `values`:
+/// the in-control ARL0 the bootstrap calibration aims at.
+pub fn measure_arl_bootstrap(
+    values: &[f64],
+    mean: f64,
+    k: f64,
+    h: f64,
+    max_observations: u64,
+    replications: usize,
+    seed: u64,
+) -> ArlEstimate {
+    let increments: Vec<f64> = values.iter().map(|v| v - mean - k).collect();
+    let mut set = PathSet::new(replications, max_observations, seed, || {
+        BootstrapCusumPath {
+            increments: &increments,
+            s: 0.0,
+        }
+    });
+    set.estimate(h)
 }
 
 /// Threshold λ of a [`PageHinkley`] detector for in-control run length `arl0`, by bootstrap.
@@ -393,13 +496,13 @@ pub fn calibrate_page_hinkley(
     let (_, sd) = super::mean_sd(values, "Page-Hinkley baseline values")?;
     let cap = check_target(arl0, options)?;
     let template = PageHinkley::new(delta, 1.0, min_samples)?;
-    let set = PathSet::new(options.replications, cap, seed, || {
+    let mut set = PathSet::new(options.replications, cap, seed, || {
         BootstrapPageHinkleyPath {
             values,
             detector: template.clone(),
         }
     });
-    solve(set, arl0, 0.5 * sd, seed)
+    solve(&mut set, arl0, 0.5 * sd, seed)
 }
 
 /// Measures the average run length of a Bernoulli CUSUM (p0 → p1, threshold h) on streams drawn

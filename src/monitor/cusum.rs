@@ -67,6 +67,14 @@ impl CusumCore {
         })
     }
 
+    /// A new threshold for the running statistic (a re-allocated false-alarm budget); a
+    /// non-finite or non-positive value is ignored.
+    fn set_threshold(&mut self, threshold: f64) {
+        if threshold.is_finite() && threshold > 0.0 {
+            self.threshold = threshold;
+        }
+    }
+
     fn step(&mut self, increment: f64, value: f64, seq: u64, baseline_value: f64) -> Option<Alarm> {
         self.observed += 1;
         let next = self.statistic + increment;
@@ -160,6 +168,10 @@ impl BernoulliCusum {
     }
     pub fn threshold(&self) -> f64 {
         self.core.threshold
+    }
+    /// Moves the threshold, keeping the statistic (see `CusumCore::set_threshold`).
+    pub fn set_threshold(&mut self, h: f64) {
+        self.core.set_threshold(h);
     }
     pub fn p0(&self) -> f64 {
         self.p0
@@ -284,6 +296,10 @@ impl Cusum {
     }
     pub fn threshold(&self) -> f64 {
         self.core.threshold
+    }
+    /// Moves the threshold, keeping the statistic (see `CusumCore::set_threshold`).
+    pub fn set_threshold(&mut self, h: f64) {
+        self.core.set_threshold(h);
     }
     pub fn mean(&self) -> f64 {
         self.mean

@@ -23,10 +23,20 @@ pub struct LabRun {
     pub classes: usize,
     pub student_latency_us: f64,
     pub teacher_latency_us: f64,
+    /// Earliest and latest record timestamp (Unix seconds), when the records carry them: the
+    /// lab set's record rate is the fallback expected rate of the false-alarm budget.
+    pub ts_range: Option<(f64, f64)>,
 }
 
 impl LabRun {
     pub fn records(&self) -> usize {
         self.prediction.len()
+    }
+
+    /// Records per second over the lab set's timestamps, when they span at least a minute.
+    pub fn records_per_second(&self) -> Option<f64> {
+        let (first, last) = self.ts_range?;
+        let span = last - first;
+        (span >= 60.0 && self.records() > 1).then(|| (self.records() - 1) as f64 / span)
     }
 }

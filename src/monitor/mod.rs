@@ -14,6 +14,8 @@
 //! - [`calibrate`]: thresholds from a target in-control average run length (ARL0), by
 //!   simulation (Bernoulli) or bootstrap from the baseline (real-valued); false-alarm
 //!   verification.
+//! - [`curve`]: the threshold for any target ARL0 — simulated points, Siegmund's approximation
+//!   beyond them — so that a false-alarm budget can be re-allocated without re-simulating.
 //! - [`delay`]: the expected detection delay at the minimum shift, and whether at the observed
 //!   rates a detector is blind ([`Sightline`]).
 //! - [`window`]: windowed two-sample tests against the baseline (KS on confidence, chi-square on
@@ -30,6 +32,7 @@
 //! [`BaselineError`], not a silently passing test.
 
 pub mod calibrate;
+pub mod curve;
 pub mod cusum;
 pub mod delay;
 pub mod lab;
@@ -38,6 +41,7 @@ pub mod sampling;
 pub mod window;
 
 pub use calibrate::{Calibration, CalibrationOptions, calibrate_bernoulli, calibrate_cusum};
+pub use curve::ThresholdCurve;
 pub use cusum::{Alarm, BernoulliCusum, Cusum, CusumParams, PageHinkley};
 pub use delay::{BLIND_AFTER_SECONDS, Sightline, bernoulli_delay, cusum_delay};
 pub use sampling::{UncertaintyPolicy, WeightedMean};

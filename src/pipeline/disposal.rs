@@ -118,8 +118,8 @@ pub fn quarantine(meta: &FileMeta, reason: &str) -> bool {
             return false;
         }
     };
-    let mut note = target.clone().into_os_string();
-    note.push(".error.txt");
+    let target_name = target.file_name().unwrap_or_default();
+    let note = target.with_file_name(fit_name(target_name, ".error.txt"));
     let when = OffsetDateTime::now_utc()
         .format(&time::format_description::well_known::Rfc3339)
         .unwrap_or_default();
@@ -147,8 +147,7 @@ pub fn quarantine(meta: &FileMeta, reason: &str) -> bool {
     );
     // Written beside and renamed into place, so whoever watches quarantine/ never reads half a
     // note.
-    let mut partial = note.clone();
-    partial.push(".tmp");
+    let partial = target.with_file_name(fit_name(target_name, ".error.txt.tmp"));
     let written = std::fs::write(&partial, text).and_then(|()| std::fs::rename(&partial, &note));
     if let Err(e) = written {
         let _ = std::fs::remove_file(&partial);
@@ -182,7 +181,42 @@ fn move_checked(meta: &FileMeta, dir: &Path) -> std::io::Result<(PathBuf, bool)>
     Ok((target, true))
 }
 
-/// Renames `path` into `dir`, adding `.1`, `.2`, … when the name is taken. Returns the new path.
+/// The longest file name Linux file systems take, in bytes.
+const NAME_MAX: usize = 255;
+
+/// `name` followed by `suffix`, as a file name of at most [`NAME_MAX`] bytes: when the two are
+/// longer, the name is cut (at a character) and followed by `~` and 8 hex digits of the sha256
+/// of the whole name, so that two long names stay two names. A producer may use a name of 255
+/// bytes, to which `.error.txt` or `.1` cannot be added.
+pub fn fit_name(name: &std::ffi::OsStr, suffix: &str) -> std::ffi::OsString {
+    use sha2::Digest as _;
+    use std::os::unix::ffi::{OsStrExt, OsStringExt};
+    let bytes = name.as_bytes();
+    let mut out = Vec::with_capacity(NAME_MAX);
+    if bytes.len() + suffix.len() <= NAME_MAX {
+        out.extend_from_slice(bytes);
+    } else {
+        let tag: String = std::iter::once("~".to_string())
+            .chain(
+                sha2::Sha256::digest(bytes)[..4]
+                    .iter()
+                    .map(|b| format!("{b:02x}")),
+            )
+            .collect();
+        let mut keep = NAME_MAX.saturating_sub(suffix.len() + tag.len());
+        // Back to the start of a UTF-8 character.
+        while keep > 0 && keep < bytes.len() && bytes[keep] & 0xC0 == 0x80 {
+            keep -= 1;
+        }
+        out.extend_from_slice(&bytes[..keep]);
+        out.extend_from_slice(tag.as_bytes());
+    }
+    out.extend_from_slice(suffix.as_bytes());
+    std::ffi::OsString::from_vec(out)
+}
+
+/// Renames `path` into `dir`, adding `.1`, `.2`, … when the name is taken (cut to fit, see
+/// [`fit_name`]). Returns the new path.
 fn move_into(path: &Path, dir: &Path) -> std::io::Result<PathBuf> {
     std::fs::create_dir_all(dir)?;
     let name = path
@@ -192,10 +226,37 @@ fn move_into(path: &Path, dir: &Path) -> std::io::Result<PathBuf> {
     let mut n = 0;
     while target.exists() {
         n += 1;
-        let mut alt = name.to_os_string();
-        alt.push(format!(".{n}"));
-        target = dir.join(alt);
+        target = dir.join(fit_name(name, &format!(".{n}")));
     }
     std::fs::rename(path, &target)?;
     Ok(target)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::ffi::OsStr;
+    use std::os::unix::ffi::OsStrExt;
+
+    use super::fit_name;
+
+    #[test]
+    fn names_with_a_suffix_never_pass_the_longest_file_name() {
+        assert_eq!(
+            fit_name(OsStr::new("a.jsonl"), ".error.txt"),
+            "a.jsonl.error.txt"
+        );
+        let long = format!("{}.jsonl", "x".repeat(249));
+        let other = format!("{}.jsonl", "x".repeat(248) + "y");
+        for suffix in [".error.txt", ".error.txt.tmp", ".1", ".12"] {
+            let fitted = fit_name(OsStr::new(&long), suffix);
+            assert_eq!(fitted.len(), 255, "{suffix}");
+            assert!(fitted.to_str().unwrap().ends_with(suffix));
+            assert_ne!(fitted, fit_name(OsStr::new(&other), suffix));
+        }
+        // Never in the middle of a character.
+        let wide = "é".repeat(127);
+        let fitted = fit_name(OsStr::new(&wide), ".error.txt");
+        assert!(fitted.len() <= 255);
+        assert!(std::str::from_utf8(fitted.as_bytes()).is_ok());
+    }
 }

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use super::disposal::{PathNow, dispose, path_now, quarantine};
 use super::{FileMeta, Retake, WriterMsg, WriterReport};
 use crate::drift::{DriftMonitor, Observation};
+use crate::stats::four_digits;
 use crate::store::{
     CommitOutcome, EventChange, FileCommit, LabelJoin, LabelsOutcome, MonitorDelta, RecordRow,
     Store, TeacherRow,
@@ -240,9 +241,9 @@ impl Writer {
         report
     }
 
-    /// Warns once when a sequential detector becomes blind (its expected delay at the minimum
-    /// shift exceeds a day at the observed rate) and says when it sees again; `blind` holds the
-    /// (signal, segment) pairs already warned about.
+    /// Warns once when sequential detectors become blind (their expected delay at the minimum
+    /// shift exceeds a day at the observed rate) and says when they see again, one line for all
+    /// the detectors that changed; `blind` holds the (signal, segment) pairs already warned about.
     fn check_sightlines(&self, blind: &mut BTreeSet<(String, String)>) {
         if self.monitor.is_none() {
             return;
@@ -250,23 +251,39 @@ impl Writer {
         let Ok(sightlines) = self.store.sightlines(self.window_ms) else {
             return;
         };
+        let mut now_blind = Vec::new();
+        let mut seeing = Vec::new();
         for d in sightlines {
             let key = (d.signal.clone(), d.segment.clone());
-            let s = &d.sightline;
-            if s.blind && !blind.contains(&key) {
-                tracing::warn!(
-                    signal = %d.signal,
-                    segment = %d.segment,
-                    expected_delay_samples = s.expected_delay_samples,
-                    samples_per_record = s.samples_per_record,
-                    expected_delay_records = s.expected_delay_records,
-                    expected_delay_days = s.expected_delay_seconds.map(|x| x / 86_400.0),
-                    "Drift detector blind: at the observed rate it needs more than a day to see the minimum shift; raise the teacher budget ([sampling] max_per_minute, queue, rate)."
-                );
+            if d.sightline.blind && !blind.contains(&key) {
                 blind.insert(key);
-            } else if !s.blind && blind.remove(&key) {
-                tracing::info!(signal = %d.signal, segment = %d.segment, "Drift detector sees again: its expected delay at the minimum shift is within a day.");
+                now_blind.push(d);
+            } else if !d.sightline.blind && blind.remove(&key) {
+                seeing.push(key);
             }
+        }
+        if let Some(first) = now_blind.first() {
+            let s = &first.sightline;
+            tracing::warn!(
+                detectors = now_blind.len(),
+                signals = %few(now_blind.iter().map(|d| d.signal.as_str())),
+                segments = %few(now_blind.iter().map(|d| d.segment.as_str())),
+                signal = %first.signal,
+                segment = %first.segment,
+                expected_delay_samples = four_digits(s.expected_delay_samples),
+                samples_per_record = four_digits(s.samples_per_record),
+                expected_delay_records = four_digits(s.expected_delay_records),
+                expected_delay_days = s.expected_delay_seconds.map(|x| four_digits(x / 86_400.0)),
+                "Drift detectors blind: at the observed rate they need more than a day to see the minimum shift (the first is named here, all in `sensei status`); raise the teacher budget ([sampling] max_per_minute, queue, rate)."
+            );
+        }
+        if !seeing.is_empty() {
+            tracing::info!(
+                detectors = seeing.len(),
+                signals = %few(seeing.iter().map(|(signal, _)| signal.as_str())),
+                segments = %few(seeing.iter().map(|(_, segment)| segment.as_str())),
+                "Drift detectors see again: their expected delay at the minimum shift is within a day."
+            );
         }
     }
 
@@ -376,7 +393,10 @@ impl Writer {
         match result {
             Ok(CommitOutcome::Committed { records, .. }) => {
                 if let Some((_, d)) = &delta {
-                    log_drift(d);
+                    log_drift(d, &meta.name, |seq| {
+                        let i = usize::try_from(seq - first_seq).ok()?;
+                        commit.records.get(i).map(|r| r.record_id.clone())
+                    });
                 }
                 FileOutcome::Committed {
                     records,
@@ -417,7 +437,12 @@ impl Writer {
                 }
             }
             m.collect_states(&mut delta);
-            log_drift(&delta);
+            log_drift(&delta, &meta.name, |seq| {
+                joins
+                    .iter()
+                    .find(|j| j.seq == seq)
+                    .map(|j| j.record_id.clone())
+            });
             Some((m.baseline_version, delta))
         };
         let result = self.store.commit_labels(
@@ -573,6 +598,7 @@ pub fn observe_records(
                 confidence: r.confidence,
                 prediction: r.prediction,
                 features: &r.features,
+                ts_ms: Some(r.ts_ms),
                 disagreement: c.and_then(|c| c.disagreement),
                 kl: c.and_then(|c| c.kl),
                 attention_kl: c.and_then(|c| c.attention_kl),
@@ -600,38 +626,67 @@ pub fn observe_records(
     delta
 }
 
-fn log_drift(delta: &MonitorDelta) {
+/// Says in one line what one file's observations changed in the drift events: how many opened,
+/// alarmed again and resolved, which signals and segments the new ones are on, and the first new
+/// event with the file and the record that raised it. Every event is in `sensei status`; one
+/// line per (signal, segment, detector) would bury the log when a drift reaches many features.
+fn log_drift(delta: &MonitorDelta, file: &str, record_id: impl Fn(i64) -> Option<String>) {
+    let mut opened = Vec::new();
+    let mut again = 0usize;
+    let mut resolved = Vec::new();
     for change in &delta.changes {
         match change {
-            EventChange::Open(e) => tracing::warn!(
-                signal = %e.signal,
-                segment = %e.segment,
-                detector = e.detector,
-                seq = e.detected_at_record,
-                change_seq = e.estimated_change_record,
-                baseline = e.baseline_value,
-                current = e.current_value,
-                "Drift detected."
-            ),
-            EventChange::Repeat(e) => tracing::warn!(
-                signal = %e.signal,
-                segment = %e.segment,
-                detector = e.detector,
-                seq = e.detected_at_record,
-                change_seq = e.estimated_change_record,
-                baseline = e.baseline_value,
-                current = e.current_value,
-                "Drift alarm again while its event is open; counted on the event."
-            ),
+            EventChange::Open(e) => opened.push(e),
+            EventChange::Repeat(_) => again += 1,
             EventChange::Resolve {
-                signal,
-                segment,
-                detector,
-            } => {
-                tracing::info!(%signal, %segment, detector, "Drift resolved: the detector is back in control.")
-            }
+                signal, segment, ..
+            } => resolved.push((signal.as_str(), segment.as_str())),
         }
     }
+    if let Some(first) = opened.first() {
+        tracing::warn!(
+            file,
+            opened = opened.len(),
+            alarms_again = again,
+            resolved = resolved.len(),
+            signals = %few(opened.iter().map(|e| e.signal.as_str())),
+            segments = %few(opened.iter().map(|e| e.segment.as_str())),
+            signal = %first.signal,
+            segment = %first.segment,
+            detector = first.detector,
+            record = record_id(first.detected_at_record).as_deref().unwrap_or("-"),
+            seq = first.detected_at_record,
+            change_seq = first.estimated_change_record,
+            baseline = first.baseline_value.map(four_digits),
+            current = first.current_value.map(four_digits),
+            "Drift detected: new drift events opened; the first is named here, all of them in `sensei status`."
+        );
+    } else if again > 0 || !resolved.is_empty() {
+        tracing::info!(
+            file,
+            alarms_again = again,
+            resolved = resolved.len(),
+            resolved_signals = %few(resolved.iter().map(|(signal, _)| *signal)),
+            resolved_segments = %few(resolved.iter().map(|(_, segment)| *segment)),
+            "Drift events updated: alarms again on open events are counted on them; resolved ones are back in control."
+        );
+    }
+}
+
+/// At most eight distinct names in their first order, joined by commas, and how many more.
+fn few<'a>(names: impl Iterator<Item = &'a str>) -> String {
+    let mut seen = BTreeSet::new();
+    let mut shown = Vec::new();
+    for n in names {
+        if seen.insert(n) && shown.len() < 8 {
+            shown.push(n);
+        }
+    }
+    let mut text = shown.join(",");
+    if seen.len() > shown.len() {
+        text.push_str(&format!(" and {} more", seen.len() - shown.len()));
+    }
+    text
 }
 
 /// How often the writer asks whether per-record rows are due for deletion (by age or by size).

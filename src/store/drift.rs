@@ -228,7 +228,7 @@ pub(super) fn detectors(conn: &Connection) -> Result<Vec<DetectorRow>> {
     let mut stmt = conn.prepare_cached(
         "SELECT d.signal, d.segment, d.detector, d.samples, d.statistic, d.threshold
          FROM detector_state d JOIN baselines b ON b.version = d.baseline_version AND b.active = 1
-         WHERE d.detector NOT IN ('window')
+         WHERE d.detector NOT IN ('window', 'budget')
          ORDER BY d.signal, d.segment, d.detector",
     )?;
     let rows = stmt.query_map([], |r| {

@@ -43,6 +43,7 @@ pub type LabelObserver<'a> = dyn FnMut(&[LabelJoin]) -> Option<(i64, MonitorDelt
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LabelJoin {
     pub seq: i64,
+    pub record_id: String,
     pub segment: String,
     pub prediction: Option<i64>,
     pub teacher_prediction: Option<i64>,
@@ -174,6 +175,7 @@ impl Store {
                         matched += 1;
                         joins.push(LabelJoin {
                             seq,
+                            record_id: id.clone(),
                             segment,
                             prediction,
                             teacher_prediction,

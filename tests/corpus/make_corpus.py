@@ -126,7 +126,8 @@ def main():
     bad("big_endian.npy", npy_bytes(records_array(3).astype(">f4")),
         "big-endian data is not accepted: expected little-endian <f4, got >f4")
     bad("float64.npy", npy_bytes(records_array(3).astype("<f8")),
-        "expected float32 (<f4), got <f8 (float64)")
+        "expected float32 (<f4), got <f8 (float64); NumPy saves float64 by default: "
+        "save the array as float32")
     bad("fortran.npy", npy_bytes(np.asfortranarray(records_array(3))),
         "Fortran-ordered arrays (fortran_order: True) are not accepted")
     bad("wrong_shape.npy", npy_bytes(np.zeros((3, 8, 7), dtype="<f4")),

@@ -243,3 +243,45 @@ fn a_configured_runtime_that_is_missing_or_garbage_is_never_replaced_by_another(
     assert_eq!(out.status.code(), Some(0), "{text}");
     assert!(text.contains("(version 1.32.0)"), "{text}");
 }
+
+/// The example config, pointed at the demo models: `check` finds the attention output it names
+/// on both models, so attention KL is on (a config without it passes with "attention: none").
+#[test]
+fn the_example_config_turns_attention_kl_on_for_the_demo_models() {
+    let site = Site::new();
+    site.write_config("");
+    let demo = crate::common::repo().join("models/demo");
+    let state = site.root().join("state");
+    let text = std::fs::read_to_string(crate::common::repo().join("config/sensei.toml"))
+        .unwrap()
+        .replace(
+            "/var/lib/sensei/models/student.onnx",
+            demo.join("student.onnx").to_str().unwrap(),
+        )
+        .replace(
+            "/var/lib/sensei/models/teacher.onnx",
+            demo.join("teacher.onnx").to_str().unwrap(),
+        )
+        .replace("/var/lib/sensei", state.to_str().unwrap())
+        .replace(
+            "[onnxruntime]\n",
+            &format!(
+                "[onnxruntime]\nlibrary = {:?}\n",
+                crate::common::ort_library().display().to_string()
+            ),
+        );
+    std::fs::write(site.config_path(), text).unwrap();
+    let out = site.sensei(&["check"]);
+    let text = stdout(&out);
+    let models: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("student: ") || l.starts_with("teacher: "))
+        .collect();
+    assert_eq!(models.len(), 2, "{text}");
+    for line in models {
+        assert!(
+            line.ends_with("attention: attention [4, 8, 8]"),
+            "{line}\n{text}"
+        );
+    }
+}

@@ -193,7 +193,7 @@ fn a_starved_teacher_makes_a_blind_detector_that_is_reported() {
         .unwrap_or_else(|| panic!("{text}"));
     assert!(line.contains("the replay committed 450 records"), "{line}");
     assert!(text.contains("BLIND detectors"), "{text}");
-    assert!(log.contains("Drift detector blind"), "{log}");
+    assert!(log.contains("Drift detectors blind"), "{log}");
     let status = site.sensei(&["status", "--json"]);
     let v: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
     let d = v["sightlines"]
@@ -538,4 +538,59 @@ fn status_says_what_it_lists_and_reads_windowed_events_and_firing_alerts() {
         "{first}"
     );
     assert_eq!(json["events_total"], total);
+}
+
+/// A file whose records open many drift events (a drift reaching many signals and segments)
+/// makes one log line, not one per (signal, segment, detector): it says how many opened and
+/// names the file and the record that raised the first, with numbers to four significant digits.
+#[test]
+fn a_file_that_opens_many_drift_events_logs_one_line() {
+    let site = site_with_baseline();
+    let stream = part(&site, "offset_drift", 0, 450);
+    let out = std::process::Command::new(crate::common::sensei_bin())
+        .arg("--config")
+        .arg(site.config_path())
+        .arg("replay")
+        .arg(&stream)
+        // Info lines too; JSON, as stderr is not a terminal.
+        .env("SENSEI_LOG", "info,ort=warn")
+        .output()
+        .unwrap();
+    let log = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "{log}");
+    let opened = events(&site).len();
+    assert!(opened > 3, "{opened} events");
+    let lines: Vec<serde_json::Value> = log
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap_or_else(|e| panic!("{e}: {l}"))
+        })
+        .filter(|v| {
+            v["fields"]["message"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("Drift detected"))
+        })
+        .collect();
+    assert_eq!(lines.len(), 1, "{log}");
+    let f = &lines[0]["fields"];
+    assert_eq!(f["opened"].as_u64(), Some(opened as u64), "{f}");
+    assert_eq!(f["file"], "offset_drift-0-450.jsonl", "{f}");
+    let seq = f["seq"].as_i64().unwrap();
+    let id: String = site
+        .db()
+        .query_row("SELECT record_id FROM records WHERE seq = ?1", [seq], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    assert_eq!(f["record"].as_str(), Some(id.as_str()), "{f}");
+    for key in ["baseline", "current"] {
+        if let Some(x) = f[key].as_f64() {
+            let digits = format!("{x}")
+                .trim_start_matches(['-', '0', '.'])
+                .replace('.', "")
+                .trim_end_matches('0')
+                .len();
+            assert!(digits <= 4, "{key} = {x}");
+        }
+    }
 }

@@ -1,5 +1,6 @@
 mod alerts;
 mod check;
+mod cli;
 mod crash;
 mod daemon;
 mod drift;

@@ -323,3 +323,49 @@ fn hostile_segment_values_are_cut_escaped_and_never_collide() {
     );
     assert!(daemon.stop().success());
 }
+
+#[test]
+fn a_file_name_of_255_bytes_is_processed_quarantined_and_sent_again() {
+    let site = Site::new();
+    site.write_config("");
+    let daemon = site.start();
+    // The longest name Linux takes: no suffix fits after it.
+    let good = format!("{}.jsonl", "g".repeat(249));
+    let bad = format!("{}.jsonl", "b".repeat(249));
+    assert_eq!(good.len(), 255);
+    site.deliver(&good, &jsonl("long-a", 4));
+    wait_until(WAIT, "the first file counted", || site.records() == 4);
+    wait_until(WAIT, "the first file in done/", || {
+        site.done().join(&good).exists()
+    });
+    // Another file under the same name: done/ has the name already.
+    site.deliver(&good, &jsonl("long-b", 3));
+    wait_until(WAIT, "the second file counted", || site.records() == 7);
+    wait_until(WAIT, "the inbox empty", || {
+        std::fs::read_dir(site.inbox()).unwrap().count() == 0
+    });
+    assert_eq!(std::fs::read_dir(site.done()).unwrap().count(), 2);
+    // The same content under the same name again: a duplicate in the ledger.
+    site.deliver(&good, &jsonl("long-b", 3));
+    wait_until(WAIT, "the duplicate in the ledger", || {
+        site.ledger_count("duplicate") == 1
+    });
+    assert_eq!(site.records(), 7);
+    site.deliver(&bad, b"not json\n");
+    wait_until(WAIT, "the bad file quarantined", || {
+        site.ledger_count("quarantined") == 1
+    });
+    let names: Vec<String> = std::fs::read_dir(site.quarantine())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    let note = names
+        .iter()
+        .find(|n| n.ends_with(".error.txt"))
+        .unwrap_or_else(|| panic!("no note in {names:?}"));
+    assert!(note.len() <= 255 && note.starts_with("bbbb"), "{note}");
+    let text = std::fs::read_to_string(site.quarantine().join(note)).unwrap();
+    assert!(text.contains(&format!("file: {bad}\n")), "{text}");
+    assert!(names.contains(&bad), "{names:?}");
+    assert!(daemon.stop().success());
+}

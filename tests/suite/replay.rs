@@ -128,21 +128,57 @@ fn npz_records_carry_ids_segments_and_labels() {
 }
 
 /// `sensei demo --json` on the bundled models: every stream fully counted, and the drift the
-/// streams carry shows in the teacher–student agreement.
+/// streams carry shows in the teacher–student agreement. The pipeline's log goes to the work
+/// directory's demo.log, so the terminal shows the demo's output and nothing else.
 #[test]
 fn the_demo_reports_every_stream_and_sees_the_drift() {
+    let work = tempfile::tempdir().unwrap();
     let out = std::process::Command::new(crate::common::sensei_bin())
         .args(["demo", "--json", "--models"])
         .arg(crate::common::repo().join("models/demo"))
+        .arg("--dir")
+        .arg(work.path())
+        .env("ORT_DYLIB_PATH", crate::common::ort_library())
+        .env_remove("SENSEI_LOG")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.lines().count() < 5, "{stderr}");
+    let log = std::fs::read_to_string(work.path().join("demo.log")).unwrap();
+    assert!(log.contains("Drift detected"), "{log}");
+    // One line per file that opened events, not one per event.
+    let drift_lines = log.lines().filter(|l| l.contains("Drift detected")).count();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let events: usize = v["streams"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["drift_events"].as_array().unwrap().len())
+        .sum();
+    assert!(
+        drift_lines < events,
+        "{drift_lines} lines for {events} events"
+    );
+    assert_eq!(
+        v["log"].as_str().map(std::path::PathBuf::from),
+        Some(work.path().canonicalize().unwrap().join("demo.log"))
+    );
+    // Each stream's config is kept and reads its database again.
+    let again = std::process::Command::new(crate::common::sensei_bin())
+        .arg("-c")
+        .arg(work.path().join("clean.toml"))
+        .args(["status", "--json"])
         .env("ORT_DYLIB_PATH", crate::common::ort_library())
         .output()
         .unwrap();
     assert!(
-        out.status.success(),
+        again.status.success(),
         "{}",
-        String::from_utf8_lossy(&out.stderr)
+        String::from_utf8_lossy(&again.stderr)
     );
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let clean: serde_json::Value = serde_json::from_slice(&again.stdout).unwrap();
+    assert_eq!(clean["records"], v["streams"][0]["records"], "{clean}");
     let streams = v["streams"].as_array().unwrap();
     assert!(streams.len() >= 4, "{} streams", streams.len());
     assert_eq!(streams[0]["name"], "clean");

@@ -28,6 +28,7 @@ use std::path::{Path, PathBuf};
 use super::Config;
 use super::raw::{self, RawConfig};
 
+pub use detect::parse_false_alarms;
 pub use values::{parse_duration, show_duration};
 
 /// A config that cannot be used, with every problem found in it.

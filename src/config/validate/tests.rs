@@ -31,6 +31,9 @@ fn example_config_is_valid() {
     let config = from_toml(text, Path::new("/etc/sensei/sensei.toml"))
         .unwrap_or_else(|error| panic!("{error}"));
     assert_eq!(config.state_dir, Path::new("/var/lib/sensei"));
+    // Both models name their attention output, as the demo models have one: attention KL is on.
+    assert_eq!(config.student.attention.as_deref(), Some("attention"));
+    assert_eq!(config.teacher.attention.as_deref(), Some("attention"));
 }
 
 #[test]
@@ -715,4 +718,49 @@ fn record_time_bounds_and_segment_limits_are_read_and_checked() {
         ],
         "{problems:#?}"
     );
+}
+
+#[test]
+fn the_false_alarm_budget_is_parsed_and_its_mistakes_are_listed_with_the_others() {
+    let config = from_toml(MINIMAL, Path::new("/etc/sensei/sensei.toml")).expect("valid");
+    assert_eq!(config.detect.false_alarms.events, 1.0);
+    assert_eq!(
+        config.detect.false_alarms.period,
+        std::time::Duration::from_secs(90 * 86_400)
+    );
+    assert_eq!(config.detect.arl0.for_family("kl"), None);
+    assert_eq!(config.detect.family_alpha, None);
+    let text = format!(
+        "{MINIMAL}[detect]\nfalse_alarms = \"2.5 per 1h\"\narl0 = {{ disagreement = 50000 }}\n"
+    );
+    let config = from_toml(&text, Path::new("/etc/sensei/sensei.toml")).expect("valid");
+    assert_eq!(config.detect.false_alarms.events, 2.5);
+    assert_eq!(config.detect.false_alarms.period.as_secs(), 3600);
+    assert_eq!(config.detect.arl0.for_family("disagreement"), Some(50_000));
+    assert_eq!(config.detect.arl0.for_family("kl"), None);
+    let text = format!("{MINIMAL}[detect]\narl0 = 20000\n");
+    let config = from_toml(&text, Path::new("/etc/sensei/sensei.toml")).expect("valid");
+    assert_eq!(config.detect.arl0.for_family("kl"), Some(20_000));
+    for (bad, says) in [
+        ("1 per", "N per <duration>"),
+        ("one per 90d", "not a number"),
+        ("0 per 90d", "above 0"),
+        ("1 per 90x", "unknown unit"),
+        ("1 per 10s", "at least 1m"),
+    ] {
+        let text = format!(
+            "{MINIMAL}[detect]\nfalse_alarms = \"{bad}\"\narl0 = {{ klx = 5 }}\n[sampling]\nrate = 2\n"
+        );
+        let found = problems(&text);
+        let p = paths(&found);
+        assert!(p.contains(&"detect.false_alarms"), "{bad}: {found:?}");
+        assert!(p.contains(&"detect.arl0.klx"), "{bad}: {found:?}");
+        assert!(p.contains(&"sampling.rate"), "{bad}: {found:?}");
+        let message = &found
+            .iter()
+            .find(|f| f.path == "detect.false_alarms")
+            .unwrap()
+            .message;
+        assert!(message.contains(says), "{bad}: {message}");
+    }
 }

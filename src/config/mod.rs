@@ -13,9 +13,7 @@ mod validate;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-pub use validate::{
-    ConfigError, ConfigProblem, parse_duration, parse_false_alarms, show_duration,
-};
+pub use validate::{ConfigError, ConfigProblem, parse_duration, parse_false_alarms, show_duration};
 
 /// The default config location used by every command.
 pub const DEFAULT_PATH: &str = "/etc/sensei/sensei.toml";

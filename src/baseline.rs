@@ -220,7 +220,7 @@ impl BaselineReport {
         );
         let _ = writeln!(
             s,
-            "detectors calibrated to ARL0 = {} samples between false alarms:",
+            "thresholds simulated up to ARL0 = {} samples between false alarms (shown: h at that ARL0); the running detectors are armed from each threshold curve at the ARL0 the false-alarm budget gives them (`sensei status`):",
             r.arl0
         );
         let rate = |name: &str, x: &Option<crate::drift::RateReference>, s: &mut String| {

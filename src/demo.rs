@@ -138,7 +138,10 @@ pub struct BaselineSummary {
     pub agreement: f64,
     pub student_accuracy: Option<f64>,
     pub teacher_accuracy: Option<f64>,
+    /// The largest ARL0 the thresholds were simulated at (beyond it they are extrapolated).
     pub arl0: f64,
+    /// `[detect] false_alarms`: the site-wide budget the armed thresholds follow.
+    pub false_alarms: String,
 }
 
 /// The documented drift start of each stream, from the model card's measurements.
@@ -233,6 +236,7 @@ pub fn run(models: &Path, work: &Path) -> anyhow::Result<DemoReport> {
             student_accuracy: lab.reference.student_accuracy,
             teacher_accuracy: lab.reference.teacher_accuracy,
             arl0: lab.reference.arl0,
+            false_alarms: lab_config.detect.false_alarms.text.clone(),
         },
         models: models.clone(),
         log: work.join(LOG_FILE),
@@ -358,10 +362,10 @@ impl DemoReport {
         }
         let _ = writeln!(
             s,
-            "\ndrift detection (baseline: {} lab records, agreement {:.1}%; every detector calibrated to one false alarm per {} samples):",
+            "\ndrift detection (baseline: {} lab records, agreement {:.1}%; false-alarm budget {} for every detector together):",
             self.baseline.records,
             100.0 * self.baseline.agreement,
-            self.baseline.arl0
+            self.baseline.false_alarms
         );
         for st in &self.streams {
             let start = st

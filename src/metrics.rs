@@ -537,6 +537,65 @@ fn database_families(path: &std::path::Path, window_ms: i64) -> anyhow::Result<V
     }
     out.extend([delay, blind]);
 
+    if let Ok(Some(b)) = reader.budget(crate::time::now_ms()) {
+        let mut events = FamilyOut::new(
+            "false_alarm_budget_events",
+            "The site's false-alarm budget: expected false drift events per period ([detect] false_alarms)",
+            MetricType::Gauge,
+        );
+        events.push(Vec::new(), b.events_per_period);
+        let mut period = FamilyOut::new(
+            "false_alarm_budget_period_seconds",
+            "The period of the false-alarm budget",
+            MetricType::Gauge,
+        );
+        period.push(Vec::new(), b.period_seconds);
+        let mut rate = FamilyOut::new(
+            "false_alarm_budget_records_per_second",
+            "The record rate the budget's allocation assumes",
+            MetricType::Gauge,
+        );
+        rate.push(labels(&[("source", &b.rate_source)]), b.records_per_second);
+        let mut share = FamilyOut::new(
+            "false_alarm_budget_share",
+            "Share of the false-alarm budget per detector family (windowed: the windowed rounds; 0 where arl0 or family_alpha is set)",
+            MetricType::Gauge,
+        );
+        let mut arl0 = FamilyOut::new(
+            "false_alarm_budget_arl0",
+            "In-control ARL0 of a family's all-segments detector, in its observations",
+            MetricType::Gauge,
+        );
+        let mut alpha = FamilyOut::new(
+            "false_alarm_budget_alpha",
+            "Family-wise false-alarm level of one windowed round",
+            MetricType::Gauge,
+        );
+        let mut spent = FamilyOut::new(
+            "false_alarm_budget_spent_events",
+            "Drift events per family in the budget's current period (the later of arming and one period ago)",
+            MetricType::Gauge,
+        );
+        let mut expected = FamilyOut::new(
+            "false_alarm_budget_expected_events",
+            "False drift events the budget expects per family over the same stretch as spent_events",
+            MetricType::Gauge,
+        );
+        for f in &b.families {
+            let l = labels(&[("family", &f.family)]);
+            share.push(l.clone(), f.share);
+            if let Some(a) = f.arl0 {
+                arl0.push(l.clone(), a);
+            }
+            if let Some(a) = f.alpha {
+                alpha.push(l.clone(), a);
+            }
+            spent.push(l.clone(), f.events as f64);
+            expected.push(l, f.expected);
+        }
+        out.extend([events, period, rate, share, arl0, alpha, spent, expected]);
+    }
+
     let mut events = FamilyOut::new(
         "drift_events",
         "Drift events detected, per signal and segment",

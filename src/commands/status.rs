@@ -82,6 +82,10 @@ pub struct StatusReport {
     /// Each sequential detector's expected delay at the minimum shift at the observed rates,
     /// and whether that makes it blind (more than a day).
     pub sightlines: Vec<crate::store::DetectorSightline>,
+    /// The site's false-alarm budget (`[detect] false_alarms`), its allocation per family and
+    /// the events each family raised in the budget's current period against its expectation.
+    pub false_alarms: Option<String>,
+    pub budget: Option<crate::store::BudgetSummary>,
     /// The latest drift events, oldest first.
     pub recent_events: Vec<crate::store::DriftEventRow>,
     /// Alert notifications per receiver: sent, pending, failing (undelivered stay visible).
@@ -172,6 +176,8 @@ pub fn status(config: &Config) -> anyhow::Result<StatusReport> {
     report.redistill_jobs = reader.redistill_jobs(RECENT_JOBS)?;
     report.dropped = reader.dropped()?;
     report.sightlines = reader.sightlines(config.store.window.as_millis() as i64)?;
+    report.false_alarms = Some(config.detect.false_alarms.text.clone());
+    report.budget = reader.budget(crate::time::now_ms())?;
     report.database_bytes = reader.database_size().ok().map(|s| s.used_bytes);
     report.max_bytes = config.store.max_bytes;
     for model in reader.shadow_models()? {
@@ -298,6 +304,8 @@ fn status_of(db: &Path, s: &Summary) -> StatusReport {
         events_open: 0,
         firing_alerts: Vec::new(),
         sightlines: Vec::new(),
+        false_alarms: None,
+        budget: None,
         recent_events: Vec::new(),
         outbox: None,
         shadow_models: Vec::new(),
@@ -503,6 +511,40 @@ impl StatusReport {
             .iter()
             .filter(|d| d.sightline.blind)
             .collect();
+        if let Some(b) = &self.budget {
+            let _ = writeln!(
+                s,
+                "\nfalse-alarm budget: {} ({:.3} events per {:.0} d, {} segments, {:.2} records/s from the {}); events since {} against what the budget expects if all were false:",
+                self.false_alarms.as_deref().unwrap_or("-"),
+                b.events_per_period,
+                b.period_seconds / 86_400.0,
+                b.segments,
+                b.records_per_second,
+                b.rate_source,
+                crate::time::human(b.since_ms),
+            );
+            for f in &b.families {
+                let setting = match (f.arl0, f.alpha) {
+                    (Some(arl0), _) => format!("ARL0 {arl0:.3e}"),
+                    (_, Some(alpha)) => format!("alpha {alpha:.2e} per round"),
+                    _ => String::new(),
+                };
+                let _ = writeln!(
+                    s,
+                    "  {:<14} share {:>5.1}%{}  {:<22} events {:>4}  expected {:.3}",
+                    f.family,
+                    100.0 * f.share,
+                    if f.explicit {
+                        " (set in the config)"
+                    } else {
+                        ""
+                    },
+                    setting,
+                    f.events,
+                    f.expected
+                );
+            }
+        }
         if !blind.is_empty() {
             let _ = writeln!(
                 s,

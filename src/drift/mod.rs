@@ -197,7 +197,7 @@ pub const BUDGET_KEY: &str = "budget";
 /// The field rate is trusted over the lab's once this many records span at least
 /// [`MIN_RATE_SPAN_MS`].
 const MIN_RATE_RECORDS: u64 = 1000;
-const MIN_RATE_SPAN_MS: i64 = 3_600_000;
+const MIN_RATE_SPAN_MS: i64 = 600_000;
 /// Without a field or lab rate, the budget assumes this many records per second.
 pub const ASSUMED_RECORDS_PER_SECOND: f64 = 1.0;
 

@@ -338,6 +338,11 @@ pub fn build_reference(run: &LabRun, config: &Config) -> Result<Reference, Strin
             }
         }
     }
+    if run.records_per_second().is_none() {
+        warnings.push(
+            "false-alarm budget: the lab records' timestamps do not span ten seconds; the budget assumes 1 record/s until ten minutes of field records show the rate".into(),
+        );
+    }
     let labelled_share = run.labels.iter().filter(|l| l.is_some()).count() as f64 / n as f64;
     let labelled: Vec<(usize, i64)> = run
         .labels

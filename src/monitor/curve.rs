@@ -31,18 +31,18 @@ use super::BaselineError;
 
 /// The targets calibrated by simulation for every curve (on one set of paths, so the cost is
 /// that of the largest).
-pub const SIMULATED_TARGETS: [f64; 3] = [1_000.0, 3_000.0, 10_000.0];
+pub const SIMULATED_TARGETS: [f64; 5] = [100.0, 300.0, 1_000.0, 3_000.0, 10_000.0];
 
 /// h(ARL0) for one detector (see the module documentation).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ThresholdCurve {
-    /// (simulated ARL0, h) at each simulated target, ascending.
+    /// (target ARL0, calibrated h: the smallest whose simulated ARL0 reaches it), ascending.
     pub points: Vec<(f64, f64)>,
     /// Root of E[e^{θ·increment}] = 1 in control.
     pub theta: f64,
     /// |E[increment]| in control.
     pub drift: f64,
-    /// Overshoot correction, fitted at the largest simulated point.
+    /// Overshoot correction, fitted at the largest simulated point (its simulated ARL0).
     pub rho: f64,
 }
 
@@ -132,15 +132,17 @@ pub fn cusum_exponent(increments: &[(f64, f64)]) -> Result<(f64, f64), BaselineE
 }
 
 impl ThresholdCurve {
-    /// A curve from simulated (ARL0, h) points and the increments' exponent and drift.
+    /// A curve from calibrated (target ARL0, h) points, the simulated ARL0 at the largest
+    /// point's h (the anchor of the extrapolation) and the increments' exponent and drift.
     pub fn new(
         mut points: Vec<(f64, f64)>,
+        anchor_arl0: f64,
         theta: f64,
         drift: f64,
     ) -> Result<ThresholdCurve, BaselineError> {
         points.retain(|&(a, h)| a.is_finite() && a > 1.0 && h.is_finite() && h > 0.0);
         points.sort_by(|a, b| a.0.total_cmp(&b.0));
-        let Some(&(arl_top, h_top)) = points.last() else {
+        let Some(&(_, h_top)) = points.last() else {
             return Err(BaselineError::invalid(
                 "points",
                 0.0,
@@ -154,7 +156,14 @@ impl ThresholdCurve {
                 "exponent and drift must be finite and > 0",
             ));
         }
-        let rho = g_inverse(arl_top * theta * drift) / theta - h_top;
+        if !(anchor_arl0.is_finite() && anchor_arl0 > 1.0) {
+            return Err(BaselineError::invalid(
+                "anchor ARL0",
+                anchor_arl0,
+                "must be finite and > 1",
+            ));
+        }
+        let rho = g_inverse(anchor_arl0 * theta * drift) / theta - h_top;
         Ok(ThresholdCurve {
             points,
             theta,
@@ -181,7 +190,7 @@ impl ThresholdCurve {
         if arl0 > arl_top || n == 1 {
             // Siegmund: x = θ(h + ρ) with g(x) = ARL0·θ·|μ|.
             let h = g_inverse(arl0 * self.theta * self.drift) / self.theta - self.rho;
-            return h.max(f64::MIN_POSITIVE);
+            return if arl0 > arl_top { h.max(h_top) } else { h }.max(f64::MIN_POSITIVE);
         }
         // Interpolation linear in ln ARL0 between neighbouring points (the first two below
         // the smallest).
@@ -229,7 +238,8 @@ mod tests {
 
     #[test]
     fn a_curve_interpolates_its_points_and_grows_with_ln_arl0_beyond() {
-        let c = ThresholdCurve::new(vec![(1000.0, 2.0), (10_000.0, 4.0)], 1.0, 0.05).unwrap();
+        let c =
+            ThresholdCurve::new(vec![(1000.0, 2.0), (10_000.0, 4.0)], 10_000.0, 1.0, 0.05).unwrap();
         assert!((c.threshold(10_000.0) - 4.0).abs() < 1e-9);
         assert!((c.threshold(1000.0) - 2.0).abs() < 1e-9);
         assert!((c.siegmund_arl0(4.0) - 10_000.0).abs() < 1e-6);

@@ -33,10 +33,11 @@ impl LabRun {
         self.prediction.len()
     }
 
-    /// Records per second over the lab set's timestamps, when they span at least a minute.
+    /// Records per second over the lab set's timestamps, when 100 or more records span at least
+    /// ten seconds.
     pub fn records_per_second(&self) -> Option<f64> {
         let (first, last) = self.ts_range?;
         let span = last - first;
-        (span >= 60.0 && self.records() > 1).then(|| (self.records() - 1) as f64 / span)
+        (span >= 10.0 && self.records() >= 100).then(|| (self.records() - 1) as f64 / span)
     }
 }

@@ -28,6 +28,7 @@ use std::time::Duration;
 
 use rusqlite::Connection;
 pub mod alerts;
+pub mod budget;
 pub mod buffer;
 pub mod checkpoint;
 pub mod drift;
@@ -42,6 +43,7 @@ pub mod shadow;
 pub mod sightline;
 pub mod windows;
 pub use alerts::*;
+pub use budget::*;
 pub use buffer::*;
 pub use checkpoint::{CHECKPOINT_INTERVAL, CheckpointResult};
 pub use drift::*;

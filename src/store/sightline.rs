@@ -33,14 +33,30 @@ fn sightlines(conn: &Connection, window_ms: i64) -> Result<Vec<DetectorSightline
                     WHEN 'disagreement' THEN '$.disagreement.expected_delay'
                     WHEN 'kl' THEN '$.kl.expected_delay'
                     WHEN 'attention_kl' THEN '$.attention_kl.expected_delay'
-                    WHEN 'confidence' THEN '$.uncertainty.expected_delay' END)
+                    WHEN 'confidence' THEN '$.uncertainty.expected_delay' END),
+                d.threshold,
+                json_extract(b.profile, CASE d.signal
+                    WHEN 'disagreement' THEN '$.disagreement.threshold'
+                    WHEN 'kl' THEN '$.kl.threshold'
+                    WHEN 'attention_kl' THEN '$.attention_kl.threshold'
+                    WHEN 'confidence' THEN '$.uncertainty.threshold' END)
          FROM detector_state d JOIN baselines b ON b.version = d.baseline_version AND b.active = 1
          WHERE d.detector IN ('cusum', 'bernoulli_cusum')
            AND d.signal IN ('disagreement', 'kl', 'attention_kl', 'confidence')
          ORDER BY d.signal, d.segment",
     )?;
-    let detectors: Vec<(String, String, String, Option<f64>)> = stmt
-        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
+    type Row = (String, String, String, Option<f64>, f64, Option<f64>);
+    let detectors: Vec<Row> = stmt
+        .query_map([], |r| {
+            Ok((
+                r.get(0)?,
+                r.get(1)?,
+                r.get(2)?,
+                r.get(3)?,
+                r.get(4)?,
+                r.get(5)?,
+            ))
+        })?
         .collect::<rusqlite::Result<_>>()?;
     let mut rates = conn.prepare_cached(
         "SELECT COALESCE(SUM(records), 0), COALESCE(SUM(teacher_samples), 0),
@@ -49,8 +65,14 @@ fn sightlines(conn: &Connection, window_ms: i64) -> Result<Vec<DetectorSightline
          WHERE segment = ?1 AND start >= (SELECT MAX(start) FROM windows WHERE segment = ?1) - ?2",
     )?;
     let mut out = Vec::new();
-    for (signal, segment, detector, delay) in detectors {
+    for (signal, segment, detector, delay, armed, measured_at) in detectors {
         let Some(delay) = delay else { continue };
+        // The delay was measured at the profile's threshold; the false-alarm budget arms
+        // another. A CUSUM's delay grows about linearly with h (Wald: (h + overshoot) / drift).
+        let delay = match measured_at {
+            Some(h) if h > 0.0 && armed > 0.0 => delay * armed / h,
+            _ => delay,
+        };
         let (records, teacher, first, last): (i64, i64, Option<i64>, Option<i64>) = rates
             .query_row(rusqlite::params![segment, RATE_SPAN_MS], |r| {
                 Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))

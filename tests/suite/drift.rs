@@ -540,6 +540,83 @@ fn status_says_what_it_lists_and_reads_windowed_events_and_firing_alerts() {
     assert_eq!(json["events_total"], total);
 }
 
+/// The armed thresholds follow the site's false-alarm budget, `[detect] arl0` overrides it for
+/// a family, and `status` shows the allocation and the events spent against it.
+#[test]
+fn the_false_alarm_budget_arms_the_thresholds_and_status_shows_its_allocation() {
+    let site = site_with_baseline();
+    let armed = |site: &Site| -> f64 {
+        site.db()
+            .query_row(
+                "SELECT threshold FROM detector_state
+                 WHERE signal = 'disagreement' AND segment = '*' AND detector = 'bernoulli_cusum'",
+                [],
+                |r| r.get(0),
+            )
+            .expect("the disagreement detector")
+    };
+    let simulated: f64 = site
+        .db()
+        .query_row(
+            "SELECT json_extract(profile, '$.disagreement.threshold') FROM baselines WHERE active = 1",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    let out = site.sensei(&["replay", demo("streams/clean.jsonl").to_str().unwrap()]);
+    assert!(out.status.success());
+    // 1 per 90 days at the lab's 1 record/s is an ARL0 far beyond the 10,000 simulated.
+    let by_budget = armed(&site);
+    assert!(by_budget > simulated + 3.0, "{by_budget} vs {simulated}");
+    let status = site.sensei(&["status", "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    assert_eq!(v["false_alarms"], "1 per 90d");
+    let b = &v["budget"];
+    assert_eq!(b["events_per_period"], 1.0);
+    assert_eq!(b["rate_source"], "lab");
+    let families = b["families"].as_array().unwrap();
+    let share = |name: &str| {
+        families.iter().find(|f| f["family"] == name).unwrap()["share"]
+            .as_f64()
+            .unwrap()
+    };
+    let total: f64 = families.iter().map(|f| f["share"].as_f64().unwrap()).sum();
+    assert!((total - 1.0).abs() < 1e-9, "{b}");
+    assert!(share("disagreement") > share("kl"), "{b}");
+    assert!(share("windowed") > 0.0, "{b}");
+    assert_eq!(b["events"], 0, "the clean stream spends nothing: {b}");
+    let text = String::from_utf8_lossy(&site.sensei(&["status"]).stdout).into_owned();
+    assert!(text.contains("false-alarm budget: 1 per 90d"), "{text}");
+
+    // A tighter budget arms lower thresholds; an explicit ARL0 of the simulated target arms
+    // exactly the simulated threshold.
+    site.write_config(
+        "[sampling]\nrate = 0.5\nseed = 7\nmax_per_minute = 1000000\nqueue = 100000\n\
+         [detect]\nfalse_alarms = \"1 per 1h\"\n",
+    );
+    let out = site.sensei(&["replay", demo("streams/noise.jsonl").to_str().unwrap()]);
+    assert!(out.status.success());
+    let tighter = armed(&site);
+    assert!(tighter < by_budget, "{tighter} vs {by_budget}");
+    site.write_config(
+        "[sampling]\nrate = 0.5\nseed = 7\nmax_per_minute = 1000000\nqueue = 100000\n\
+         [detect]\narl0 = { disagreement = 10000 }\n",
+    );
+    let out = site.sensei(&["replay", demo("streams/gain_drift.jsonl").to_str().unwrap()]);
+    assert!(out.status.success());
+    assert!(
+        (armed(&site) - simulated).abs() < 1e-9,
+        "{} vs {simulated}",
+        armed(&site)
+    );
+    let text = String::from_utf8_lossy(&site.sensei(&["status"]).stdout).into_owned();
+    let line = text
+        .lines()
+        .find(|l| l.trim_start().starts_with("disagreement") && l.contains("share"))
+        .unwrap_or_else(|| panic!("{text}"));
+    assert!(line.contains("(set in the config)"), "{line}");
+}
+
 /// A file whose records open many drift events (a drift reaching many signals and segments)
 /// makes one log line, not one per (signal, segment, detector): it says how many opened and
 /// names the file and the record that raised the first, with numbers to four significant digits.

@@ -352,8 +352,10 @@ fn a_file_name_of_255_bytes_is_processed_quarantined_and_sent_again() {
     });
     assert_eq!(site.records(), 7);
     site.deliver(&bad, b"not json\n");
-    wait_until(WAIT, "the bad file quarantined", || {
+    // The ledger row comes first, the move to quarantine/ after it.
+    wait_until(WAIT, "the bad file quarantined with its note", || {
         site.ledger_count("quarantined") == 1
+            && std::fs::read_dir(site.quarantine()).unwrap().count() == 2
     });
     let names: Vec<String> = std::fs::read_dir(site.quarantine())
         .unwrap()

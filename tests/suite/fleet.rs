@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
-use crate::common::{Site, http_get, jsonl, repo, wait_until, which};
+use crate::common::{Site, http_get, repo, wait_until, which};
 
 fn contrib(path: &str) -> PathBuf {
     repo().join("contrib").join(path)
@@ -141,19 +141,28 @@ fn exported_names(text: &str) -> (BTreeSet<String>, BTreeSet<String>) {
 
 #[test]
 fn every_metric_the_dashboard_and_the_rules_select_is_exported_and_every_family_is_charted() {
-    // A daemon with a challenger in shadow, so that the shadow families are there too.
-    let site = Site::new();
+    // A daemon with a lab baseline (detectors, the false-alarm budget) and a challenger in
+    // shadow, so that every family is there.
+    use super::drift::demo;
+    let site = Site::with_models(demo("student.onnx"), demo("teacher.onnx"));
     site.write_config(&format!(
-        "[http]\nlisten = \"127.0.0.1:0\"\n[[challengers]]\nname = \"lite\"\npath = {:?}\n",
-        crate::common::fixture_model("teacher_no_attention.onnx")
-            .display()
-            .to_string()
+        "[http]\nlisten = \"127.0.0.1:0\"\n[[challengers]]\nname = \"big\"\npath = {:?}\n",
+        demo("teacher.onnx").display().to_string()
     ));
+    let out = site.sensei(&["baseline", demo("lab.jsonl").to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let daemon = site.start();
     let addr = daemon.http_addr();
-    site.deliver("m.jsonl", &jsonl("m", 100));
+    site.deliver(
+        "clean.jsonl",
+        &std::fs::read(demo("streams/clean.jsonl")).unwrap(),
+    );
     wait_until(Duration::from_secs(60), "records committed", || {
-        site.records() == 100
+        site.records() == 450
     });
     let (code, text) = http_get(&addr, "/metrics", &[]);
     assert_eq!(code, 200);

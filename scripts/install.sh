@@ -10,7 +10,9 @@
 #   DESTDIR/usr/lib/tmpfiles.d/sensei.conf          /var/lib/sensei and its inbox, done, quarantine, models
 #   DESTDIR/etc/sensei/sensei.toml                  the example config, only if there is none yet
 #   DESTDIR/etc/sensei/http-token                   a random HTTP bearer token (root only), if missing
-#   DESTDIR/usr/share/doc/sensei/                   operations.md, schema.md
+#   DESTDIR/usr/share/doc/sensei/                   operations.md, alerts.md, schema.md
+#   DESTDIR/usr/share/sensei/contrib/               the Grafana dashboard and the Prometheus rules
+#                                                   (contrib/grafana, contrib/prometheus)
 #   DESTDIR/usr/share/sensei/tools/distill/         the reference distiller the example config's
 #                                                   [redistill] command runs (its Python packages:
 #                                                   pip install -r …/requirements.txt)
@@ -71,8 +73,15 @@ for f in "$root"/tools/distill/sensei_distill/*.py; do
 done
 
 echo "== documentation"
-install -D -m 0644 "$root/docs/operations.md" "$dest/usr/share/doc/sensei/operations.md"
-install -D -m 0644 "$root/docs/schema.md" "$dest/usr/share/doc/sensei/schema.md"
+for f in operations.md alerts.md schema.md; do
+  install -D -m 0644 "$root/docs/$f" "$dest/usr/share/doc/sensei/$f"
+done
+
+echo "== Grafana dashboard and Prometheus rules"
+install -D -m 0644 "$root/contrib/grafana/sensei.json" "$dest/usr/share/sensei/contrib/grafana/sensei.json"
+for f in sensei-rules.yml sensei-rules.test.yml; do
+  install -D -m 0644 "$root/contrib/prometheus/$f" "$dest/usr/share/sensei/contrib/prometheus/$f"
+done
 
 if [ "$dest" = "" ] && [ -d /run/systemd/system ]; then
   echo "== user, directories, systemd"

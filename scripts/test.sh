@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh checkout: installs what the tests need (the pinned ONNX
-# Runtime library, the Python packages of the reference distiller and the pipeline peer, an
-# inference server in its own virtual environment), then
+# Runtime library, the Python packages of the reference distiller and the pipeline peer, two
+# inference servers, each in its own virtual environment), then
 # runs the Rust tests (unit and integration, against the real ONNX Runtime and real SQLite files)
 # and the Python tests of tools/distill and tools/peers.
 set -euo pipefail
@@ -31,12 +31,14 @@ if ! command -v prometheus-alertmanager >/dev/null && ! command -v alertmanager 
   apt-get update -qq && apt-get install -y -qq --no-install-recommends prometheus-alertmanager >/dev/null
 fi
 
-echo "== An inference server for the remote-teacher tests (KServe's model server, .venv/oip-kserve)"
-if [ ! -x .venv/oip-kserve/bin/python ]; then
-  python3 -m venv .venv/oip-kserve
-fi
-.venv/oip-kserve/bin/python -m pip install --quiet --disable-pip-version-check \
-  -r tests/servers/requirements-kserve.txt
+echo "== Inference servers for the remote-teacher tests (KServe's model server, Triton), each in .venv/oip-NAME"
+for server in kserve triton; do
+  if [ ! -x ".venv/oip-$server/bin/python" ]; then
+    python3 -m venv ".venv/oip-$server"
+  fi
+  ".venv/oip-$server/bin/python" -m pip install --quiet --disable-pip-version-check \
+    -r "tests/servers/requirements-$server.txt"
+done
 
 echo "== nginx, the TLS and token proxy in front of the inference server in the remote-teacher tests"
 if ! command -v nginx >/dev/null && [ ! -x /usr/sbin/nginx ]; then

@@ -25,6 +25,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
+use crate::record::segment_label;
 use crate::store::{CountedTable, Reader};
 
 type Labels = Vec<(String, String)>;
@@ -105,6 +106,10 @@ impl Metrics {
             ingest_lag.clone(),
         );
         let reloads = Family::<Labels, Counter>::default();
+        // Both results from the start, so that a rule on the first rejected reload sees it.
+        for result in ["applied", "rejected"] {
+            let _ = reloads.get_or_create(&labels(&[("result", result)]));
+        }
         registry.register(
             "config_reloads",
             "SIGHUP config reloads, by result (applied, rejected)",
@@ -252,10 +257,9 @@ impl FamilyOut {
         }
     }
 
+    /// A family without samples still says what it is (its HELP and TYPE), so that a scrape
+    /// names every family a dashboard or rule may select, before there is anything to count.
     fn encode(&self, encoder: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        if self.samples.is_empty() {
-            return Ok(());
-        }
         let help = format!("{}.", self.help);
         let mut metric = encoder.encode_descriptor(self.name, &help, None, self.kind)?;
         for (l, v) in &self.samples {
@@ -293,8 +297,9 @@ impl Collector for DatabaseCollector {
     }
 }
 
+/// The `segment` label: the all-segments aggregate is `segment="all"`.
 fn seg(segment: &str) -> Labels {
-    labels(&[("segment", segment)])
+    labels(&[("segment", segment_label(segment))])
 }
 
 fn database_families(path: &std::path::Path, window_ms: i64) -> anyhow::Result<Vec<FamilyOut>> {
@@ -401,7 +406,7 @@ fn database_families(path: &std::path::Path, window_ms: i64) -> anyhow::Result<V
 
     let mut records = FamilyOut::new(
         "records",
-        "Records the student answered, per segment ('*' is all segments)",
+        "Records the student answered, per segment ('all' is all segments)",
         MetricType::Counter,
     );
     let mut samples = FamilyOut::new(
@@ -493,7 +498,7 @@ fn database_families(path: &std::path::Path, window_ms: i64) -> anyhow::Result<V
     for d in reader.detectors().unwrap_or_default() {
         let mut l = signal_labels(&d.signal);
         l.extend(labels(&[
-            ("segment", &d.segment),
+            ("segment", segment_label(&d.segment)),
             ("detector", &d.detector),
         ]));
         stat.push(l.clone(), d.statistic);
@@ -515,7 +520,7 @@ fn database_families(path: &std::path::Path, window_ms: i64) -> anyhow::Result<V
     for d in reader.sightlines(window_ms).unwrap_or_default() {
         let l = labels(&[
             ("signal", &d.signal),
-            ("segment", &d.segment),
+            ("segment", segment_label(&d.segment)),
             ("detector", &d.detector),
         ]);
         let seconds = d.sightline.expected_delay_seconds.unwrap_or(
@@ -603,7 +608,7 @@ fn database_families(path: &std::path::Path, window_ms: i64) -> anyhow::Result<V
     );
     for e in reader.drift_event_counts()? {
         let mut l = signal_labels(&e.signal);
-        l.push(("segment".to_owned(), e.segment.clone()));
+        l.push(("segment".to_owned(), segment_label(&e.segment).to_owned()));
         events.push(l.clone(), e.total as f64);
         open.push(l, e.open as f64);
     }

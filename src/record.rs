@@ -13,6 +13,21 @@ use time::OffsetDateTime;
 /// segment (windows, detectors, drift events, alert rules).
 pub const ALL_SEGMENTS: &str = "*";
 
+/// The all-segments aggregate as a label value outside sensei (Prometheus metrics, Alertmanager
+/// alerts): `segment="all"`, which reads well in a selector and cannot be taken for a glob. No
+/// segment has this name: a segment is `key=value` pairs, or `""` for none.
+pub const ALL_SEGMENTS_LABEL: &str = "all";
+
+/// A stored segment name as a label value: the aggregate is [`ALL_SEGMENTS_LABEL`], every other
+/// segment its own name.
+pub fn segment_label(segment: &str) -> &str {
+    if segment == ALL_SEGMENTS {
+        ALL_SEGMENTS_LABEL
+    } else {
+        segment
+    }
+}
+
 /// Whether a character of a segment value is stored as `%XX` escapes of its UTF-8 bytes: the
 /// characters that separate the stored segment (`,` between keys, `=` after a key), the escape
 /// itself (`%`), control characters (newlines, escape sequences) and the invisible characters

@@ -8,6 +8,7 @@
 //! investment (student vs teacher latency, size and agreement). The page is one file with its
 //! script and styles inline and charts drawn by hand in SVG: no CDN, nothing to fetch.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 
 use anyhow::Context;
@@ -23,6 +24,9 @@ use crate::store::{AlertCounts, DetectorRow, DriftEventRow, ModelVersion, Reader
 /// The dashboard page; `/*SENSEI_DATA*/null` is replaced by the data when it is inlined.
 const PAGE: &str = include_str!("http/dashboard.html");
 const DATA_SLOT: &str = "/*SENSEI_DATA*/null";
+
+/// Drift events listed and marked on the charts (the latest ones).
+const RECENT_EVENTS: i64 = 100;
 
 /// Windows shown on the timeline (the latest ones).
 const TIMELINE_WINDOWS: i64 = 400;
@@ -46,12 +50,16 @@ pub struct DashboardData {
     /// `window_stats` of each segment, oldest first.
     pub segments: Vec<WindowRow>,
     pub baseline: Option<BaselineBand>,
-    /// Newest first.
-    pub events: Vec<DriftEventRow>,
+    /// The latest drift events, newest first.
+    pub events: Vec<DashboardEvent>,
+    /// The open drift episodes, the newest first.
+    pub incidents: Vec<Incident>,
     pub detectors: Vec<DetectorRow>,
     pub alert_counts: Option<AlertCounts>,
-    pub alerts: Vec<Value>,
-    pub jobs: Vec<Value>,
+    /// Each rule's alert, the latest updated first.
+    pub alerts: Vec<AlertLine>,
+    /// Re-distillation jobs and the requests of alert rules no job took up yet, newest first.
+    pub jobs: Vec<JobLine>,
     pub models: Vec<ModelVersion>,
     /// Report only: lab (active baseline) vs field per signal.
     pub gap: Vec<GapRow>,
@@ -59,6 +67,93 @@ pub struct DashboardData {
     pub roi: Option<Roi>,
     /// Report only: the shadow models against the serving student, and the verdict.
     pub challengers: Option<Challengers>,
+}
+
+/// A drift event as the dashboard shows it: when sensei saw it (`detected_at`, its clock) and
+/// the data time of its evidence (the records' own `ts`), which is what the charts' time axis
+/// is. A data time is missing once retention deleted its record.
+#[derive(Debug, Clone, Serialize)]
+pub struct DashboardEvent {
+    #[serde(flatten)]
+    pub event: DriftEventRow,
+    /// Data time of the record that completed the evidence (`detected_at_record`).
+    pub data_at: Option<i64>,
+    /// Data time of the estimated change point (`estimated_change_record`).
+    pub change_data_at: Option<i64>,
+}
+
+/// One open drift episode: the open drift events that tell of one change. Two open events are
+/// in the same episode when their evidence overlaps in record order, an event's evidence
+/// running from its estimated change point (or its first alarm) to its latest alarm.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Incident {
+    /// The signals of its events, sorted, each once.
+    pub signals: Vec<String>,
+    /// The segments of its events, sorted, each once (`*` is all segments together).
+    pub segments: Vec<String>,
+    /// Its open drift events (`drift_events.id`), oldest first.
+    pub event_ids: Vec<i64>,
+    /// Alarms counted on its events.
+    pub alarms: i64,
+    /// `records.seq` of its first alarm, and that record's data time.
+    pub start_record: i64,
+    pub start_data_at: Option<i64>,
+    /// The earliest estimated change point among its events (`records.seq`), and its data time.
+    pub change_record: Option<i64>,
+    pub change_data_at: Option<i64>,
+    /// `records.seq` of its latest alarm.
+    pub last_record: i64,
+    /// When sensei raised its first alarm (sensei's clock, unix ms).
+    pub seen_at: i64,
+}
+
+/// A drift member of an alert: which detector on which signal and segment.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AlertMember {
+    pub signal: String,
+    pub segment: String,
+    pub detector: String,
+}
+
+/// A rule's alert as the dashboard shows it (`alert_state`).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AlertLine {
+    pub rule: String,
+    /// inactive, pending, firing or resolved.
+    pub status: String,
+    pub pending_since: Option<i64>,
+    pub fired_at: Option<i64>,
+    pub resolved_at: Option<i64>,
+    pub last_sent_at: Option<i64>,
+    /// Notifications of its episode.
+    pub sent: i64,
+    /// The drifts as last announced.
+    pub members: Vec<AlertMember>,
+    pub updated_at: Option<i64>,
+}
+
+/// A re-distillation job (`redistill_jobs`) or an alert rule's request for one that no job took
+/// up (`alert_actions`).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct JobLine {
+    /// `job` or `request`.
+    pub kind: &'static str,
+    pub id: i64,
+    pub status: String,
+    /// A job's trigger (`manual`, `alert:<rule>`); a request's rule as `alert:<rule>`.
+    pub trigger: String,
+    /// Why: the operator's words or the drifts that fired.
+    pub reason: String,
+    /// The drifts of a request.
+    pub drifts: Vec<AlertMember>,
+    pub requested_at: Option<i64>,
+    pub started_at: Option<i64>,
+    pub finished_at: Option<i64>,
+    /// Records in the training dataset.
+    pub records: Option<i64>,
+    /// The gate's verdict: passed, rejected.
+    pub gate: Option<String>,
+    pub detail: Option<String>,
 }
 
 /// The challengers' table and verdict (`sensei report`).
@@ -175,22 +270,42 @@ pub fn dashboard_data(config: &Config, ready: bool, report: bool) -> anyhow::Res
     let mut segments = reader.windows(None, since, SEGMENT_WINDOWS)?;
     segments.retain(|w| w.segment != ALL_SEGMENTS);
     let baseline = baseline_band(&reader);
-    let events = reader.recent_events(100).unwrap_or_default();
+    let mut latest = reader.recent_events(RECENT_EVENTS).unwrap_or_default();
+    latest.reverse();
+    let open = reader.open_events().unwrap_or_default();
+    let times =
+        reader.record_times(latest.iter().chain(&open).flat_map(|e| {
+            std::iter::once(e.detected_at_record).chain(e.estimated_change_record)
+        }))?;
+    let incidents = incidents(&open, &times);
+    let events: Vec<DashboardEvent> = latest
+        .into_iter()
+        .map(|e| DashboardEvent {
+            data_at: times.get(&e.detected_at_record).copied(),
+            change_data_at: e
+                .estimated_change_record
+                .and_then(|r| times.get(&r).copied()),
+            event: e,
+        })
+        .collect();
     let detectors = reader.detectors().unwrap_or_default();
     let alert_counts = reader.alert_counts();
-    let alerts = reader.recent_rows("alert_state", "updated_at", 50);
-    // Re-distillation requests made by alert rules, and jobs once they are recorded.
-    let mut jobs = reader.recent_rows("redistill_jobs", "rowid", 20);
-    if jobs.is_empty() {
-        jobs = reader.recent_rows("alert_actions", "id", 20);
-    }
+    let alerts = reader
+        .recent_rows("alert_state", "updated_at", 50)
+        .iter()
+        .map(alert_line)
+        .collect();
+    let jobs = job_lines(
+        &reader.recent_rows("redistill_jobs", "id", 20),
+        &reader.recent_rows("alert_actions", "id", 20),
+    );
     let models = reader.model_versions()?;
     let all = summary.segments.iter().find(|s| s.segment == ALL_SEGMENTS);
 
     let health = health(
         ready || report,
         summary.records,
-        &events,
+        &incidents,
         alert_counts.as_ref(),
         &overall,
         baseline.as_ref(),
@@ -273,6 +388,7 @@ pub fn dashboard_data(config: &Config, ready: bool, report: bool) -> anyhow::Res
         segments,
         baseline,
         events,
+        incidents,
         detectors,
         alert_counts,
         alerts,
@@ -400,18 +516,25 @@ fn band_high(p0: f64, n: i64) -> f64 {
 fn health(
     running: bool,
     records: i64,
-    events: &[DriftEventRow],
+    incidents: &[Incident],
     alerts: Option<&AlertCounts>,
     overall: &[WindowRow],
     baseline: Option<&BaselineBand>,
     quarantined: i64,
 ) -> Health {
     let mut reasons = Vec::new();
-    let open: Vec<&DriftEventRow> = events.iter().filter(|e| e.resolved_at.is_none()).collect();
-    for e in &open {
+    // Every open event is in one incident.
+    let open: usize = incidents.iter().map(|i| i.event_ids.len()).sum();
+    for i in incidents {
         reasons.push(format!(
-            "drift on {} in segment {} ({})",
-            e.signal, e.segment, e.detector
+            "drift on {} in {} ({} open event(s))",
+            i.signals.join(", "),
+            i.segments
+                .iter()
+                .map(|s| segment_words(s))
+                .collect::<Vec<_>>()
+                .join(", "),
+            i.event_ids.len()
         ));
     }
     let firing = alerts.map_or(0, |a| a.firing);
@@ -449,12 +572,11 @@ fn health(
             "no-data",
             "No records yet: waiting for files in the inbox.".to_string(),
         )
-    } else if !open.is_empty() || firing > 0 {
+    } else if open > 0 || firing > 0 {
         (
             "drift",
             format!(
-                "Drift: {} open drift event(s){}.",
-                open.len(),
+                "Drift: {open} open drift event(s){}.",
                 if firing > 0 {
                     format!(", {firing} alert(s) firing")
                 } else {
@@ -480,6 +602,177 @@ fn health(
         summary,
         reasons,
     }
+}
+
+/// A segment in words: the aggregate is "all segments".
+fn segment_words(segment: &str) -> String {
+    if segment == ALL_SEGMENTS {
+        "all segments".to_owned()
+    } else if segment.is_empty() {
+        "(no segment)".to_owned()
+    } else {
+        format!("segment {segment}")
+    }
+}
+
+/// The open drift episodes among `open` (the open drift events), the newest first. `times`
+/// maps record numbers to their data time.
+fn incidents(open: &[DriftEventRow], times: &BTreeMap<i64, i64>) -> Vec<Incident> {
+    // Each event's evidence in record order: from its change point (or first alarm) to its
+    // latest alarm.
+    let mut spans: Vec<(i64, i64, &DriftEventRow)> = open
+        .iter()
+        .map(|e| {
+            let first = e.detected_at_record;
+            let start = e.estimated_change_record.map_or(first, |c| c.min(first));
+            let end = e.last_alarm_record.unwrap_or(first).max(first);
+            (start, end, e)
+        })
+        .collect();
+    spans.sort_by_key(|&(start, end, e)| (start, end, e.id));
+    let mut groups: Vec<(i64, Vec<&DriftEventRow>)> = Vec::new();
+    for (start, end, e) in spans {
+        match groups.last_mut() {
+            Some((reach, members)) if start <= *reach => {
+                *reach = (*reach).max(end);
+                members.push(e);
+            }
+            _ => groups.push((end, vec![e])),
+        }
+    }
+    let mut out: Vec<Incident> = groups
+        .into_iter()
+        .map(|(last, mut members)| {
+            members.sort_by_key(|e| e.id);
+            let set = |f: fn(&DriftEventRow) -> &str| {
+                let mut v: Vec<String> = members.iter().map(|e| f(e).to_owned()).collect();
+                v.sort();
+                v.dedup();
+                v
+            };
+            let start_record = members
+                .iter()
+                .map(|e| e.detected_at_record)
+                .min()
+                .unwrap_or(0);
+            let change_record = members
+                .iter()
+                .filter_map(|e| e.estimated_change_record)
+                .min();
+            Incident {
+                signals: set(|e| &e.signal),
+                segments: set(|e| &e.segment),
+                event_ids: members.iter().map(|e| e.id).collect(),
+                alarms: members.iter().map(|e| e.alarms).sum(),
+                start_record,
+                start_data_at: times.get(&start_record).copied(),
+                change_record,
+                change_data_at: change_record.and_then(|r| times.get(&r).copied()),
+                last_record: last,
+                seen_at: members.iter().map(|e| e.detected_at).min().unwrap_or(0),
+            }
+        })
+        .collect();
+    out.sort_by_key(|i| {
+        std::cmp::Reverse((i.change_record.unwrap_or(i.start_record), i.start_record))
+    });
+    out
+}
+
+fn text(v: &Value, key: &str) -> String {
+    v.get(key).and_then(Value::as_str).unwrap_or("").to_owned()
+}
+
+fn opt_text(v: &Value, key: &str) -> Option<String> {
+    v.get(key).and_then(Value::as_str).map(str::to_owned)
+}
+
+fn int(v: &Value, key: &str) -> Option<i64> {
+    v.get(key).and_then(Value::as_i64)
+}
+
+/// The drifts of an alert (`alert_state.members`, `alert_actions.drifts`: JSON arrays of the
+/// notification document's drifts), as signal, segment and detector.
+fn members(json: &Value) -> Vec<AlertMember> {
+    let parsed: Value = match json.as_str() {
+        Some(text) => serde_json::from_str(text).unwrap_or(Value::Null),
+        None => json.clone(),
+    };
+    parsed
+        .as_array()
+        .map(|drifts| {
+            drifts
+                .iter()
+                .map(|d| AlertMember {
+                    signal: text(d, "signal"),
+                    segment: text(d, "segment"),
+                    detector: text(d, "detector"),
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn alert_line(row: &Value) -> AlertLine {
+    AlertLine {
+        rule: text(row, "rule"),
+        status: text(row, "status"),
+        pending_since: int(row, "pending_since"),
+        fired_at: int(row, "fired_at"),
+        resolved_at: int(row, "resolved_at"),
+        last_sent_at: int(row, "last_sent_at"),
+        sent: int(row, "sent").unwrap_or(0),
+        members: members(row.get("members").unwrap_or(&Value::Null)),
+        updated_at: int(row, "updated_at"),
+    }
+}
+
+/// The jobs, and the requests (`alert_actions`) that no job took up, newest first.
+fn job_lines(jobs: &[Value], actions: &[Value]) -> Vec<JobLine> {
+    let taken: std::collections::BTreeSet<i64> =
+        jobs.iter().filter_map(|j| int(j, "action_id")).collect();
+    let mut out: Vec<JobLine> = jobs
+        .iter()
+        .map(|j| JobLine {
+            kind: "job",
+            id: int(j, "id").unwrap_or(0),
+            status: text(j, "status"),
+            trigger: text(j, "trigger"),
+            reason: text(j, "reason"),
+            drifts: Vec::new(),
+            requested_at: int(j, "requested_at"),
+            started_at: int(j, "started_at"),
+            finished_at: int(j, "finished_at"),
+            records: int(j, "records"),
+            gate: opt_text(j, "gate"),
+            detail: opt_text(j, "detail"),
+        })
+        .collect();
+    out.extend(
+        actions
+            .iter()
+            .filter(|a| int(a, "id").is_some_and(|id| !taken.contains(&id)))
+            .map(|a| JobLine {
+                kind: "request",
+                id: int(a, "id").unwrap_or(0),
+                status: text(a, "status"),
+                trigger: format!("alert:{}", text(a, "rule")),
+                reason: format!(
+                    "{} requested by alert {}",
+                    text(a, "action"),
+                    text(a, "alert_id")
+                ),
+                drifts: members(a.get("drifts").unwrap_or(&Value::Null)),
+                requested_at: int(a, "requested_at"),
+                started_at: None,
+                finished_at: None,
+                records: None,
+                gate: None,
+                detail: opt_text(a, "detail"),
+            }),
+    );
+    out.sort_by_key(|l| std::cmp::Reverse(l.requested_at.unwrap_or(0)));
+    out
 }
 
 /// The dashboard page, with `data` inlined (a report) or fetched from `/api/dashboard` (live).
@@ -535,6 +828,105 @@ mod tests {
         }
         let back: serde_json::Value = serde_json::from_str(&json).unwrap();
         assert_eq!(back, hostile);
+    }
+
+    fn open_event(
+        id: i64,
+        signal: &str,
+        segment: &str,
+        change: Option<i64>,
+        first: i64,
+        last: i64,
+    ) -> DriftEventRow {
+        DriftEventRow {
+            id,
+            signal: signal.into(),
+            segment: segment.into(),
+            detector: "cusum".into(),
+            detected_at: 1_000 + id,
+            detected_at_record: first,
+            estimated_change_record: change,
+            statistic: 5.0,
+            threshold: 4.0,
+            baseline_value: None,
+            current_value: None,
+            current_low: None,
+            current_high: None,
+            p_value: None,
+            effect_size: None,
+            resolved_at: None,
+            alarms: 2,
+            last_alarm_record: Some(last),
+        }
+    }
+
+    /// Open events whose evidence overlaps are one episode; a drift that begins after the
+    /// first one's evidence ended is another, listed first.
+    #[test]
+    fn open_events_group_into_episodes_the_newest_first() {
+        let open = vec![
+            open_event(1, "kl", "line=A", Some(200), 250, 300),
+            open_event(2, "disagreement", "*", Some(240), 280, 320),
+            // A windowed test: no change point, its evidence from its first alarm.
+            open_event(3, "input_psi[4]", "line=A", None, 310, 310),
+            open_event(4, "confidence", "line=B", Some(900), 950, 990),
+        ];
+        let times: BTreeMap<i64, i64> = [(200, 20_000), (250, 25_000), (900, 90_000)].into();
+        let episodes = incidents(&open, &times);
+        assert_eq!(episodes.len(), 2, "{episodes:#?}");
+        let (newest, oldest) = (&episodes[0], &episodes[1]);
+        assert_eq!(newest.event_ids, [4]);
+        assert_eq!(newest.segments, ["line=B"]);
+        assert_eq!(newest.change_record, Some(900));
+        assert_eq!(newest.change_data_at, Some(90_000));
+        assert_eq!(newest.start_data_at, None, "record 950 is not kept");
+        assert_eq!(oldest.event_ids, [1, 2, 3]);
+        assert_eq!(oldest.signals, ["disagreement", "input_psi[4]", "kl"]);
+        assert_eq!(oldest.segments, ["*", "line=A"]);
+        assert_eq!(oldest.start_record, 250);
+        assert_eq!(oldest.start_data_at, Some(25_000));
+        assert_eq!(oldest.change_record, Some(200));
+        assert_eq!(oldest.change_data_at, Some(20_000));
+        assert_eq!(oldest.last_record, 320);
+        assert_eq!(oldest.alarms, 6);
+        assert_eq!(oldest.seen_at, 1_001);
+        assert!(incidents(&[], &times).is_empty());
+    }
+
+    /// The alerts and jobs panels get the stored rows in words: members and drifts parsed out
+    /// of their JSON, requests a job took up left out.
+    #[test]
+    fn alert_and_job_rows_are_read_into_lines() {
+        let drifts = r#"[{"since":"2026-03-02T06:00:00Z","signal":"kl","segment":"*","detector":"cusum","event_id":3}]"#;
+        let alert = alert_line(&serde_json::json!({
+            "rule": "r", "status": "firing", "fired_at": 5, "sent": 2, "members": drifts,
+            "updated_at": 6,
+        }));
+        assert_eq!(alert.fired_at, Some(5));
+        assert_eq!(
+            alert.members,
+            [AlertMember {
+                signal: "kl".into(),
+                segment: "*".into(),
+                detector: "cusum".into()
+            }]
+        );
+        let jobs = [
+            serde_json::json!({"id": 4, "status": "failed", "trigger": "alert:r",
+            "reason": "alert r.5: kl", "action_id": 1, "requested_at": 10, "detail": "exit 3"}),
+        ];
+        let actions = [
+            serde_json::json!({"id": 1, "action": "redistill", "rule": "r", "alert_id": "r.5",
+                "requested_at": 9, "drifts": drifts, "status": "started"}),
+            serde_json::json!({"id": 2, "action": "redistill", "rule": "r", "alert_id": "r.7",
+                "requested_at": 12, "drifts": drifts, "status": "skipped", "detail": "rate-limited"}),
+        ];
+        let lines = job_lines(&jobs, &actions);
+        assert_eq!(lines.len(), 2, "{lines:#?}");
+        assert_eq!((lines[0].kind, lines[0].id), ("request", 2));
+        assert_eq!(lines[0].drifts.len(), 1);
+        assert_eq!(lines[0].detail.as_deref(), Some("rate-limited"));
+        assert_eq!((lines[1].kind, lines[1].id), ("job", 4));
     }
 
     #[test]

@@ -21,10 +21,13 @@ pub enum Family {
     InputPsi,
     StudentError,
     TeacherError,
+    /// The teacher's inference server out of reach (its circuit breaker open): no detector
+    /// statistic, an event that is open while the server is.
+    TeacherUnreachable,
 }
 
 impl Family {
-    pub const ALL: [Family; 8] = [
+    pub const ALL: [Family; 9] = [
         Family::Disagreement,
         Family::Kl,
         Family::AttentionKl,
@@ -33,6 +36,7 @@ impl Family {
         Family::InputPsi,
         Family::StudentError,
         Family::TeacherError,
+        Family::TeacherUnreachable,
     ];
 
     pub fn name(self) -> &'static str {
@@ -45,6 +49,7 @@ impl Family {
             Family::InputPsi => "input_psi",
             Family::StudentError => "student_error",
             Family::TeacherError => "teacher_error",
+            Family::TeacherUnreachable => "teacher_unreachable",
         }
     }
 
@@ -64,6 +69,7 @@ impl Family {
             Family::InputPsi => "input distribution (PSI)",
             Family::StudentError => "student error rate",
             Family::TeacherError => "teacher error rate",
+            Family::TeacherUnreachable => "teacher's inference server out of reach",
         }
     }
 

@@ -20,6 +20,7 @@ use tokio::io::AsyncWriteExt;
 use super::notification::{Notification, segment_text, signal_text};
 use super::rule::Kind;
 use crate::config::alerts::{EmailReceiver, Receiver, ReceiverKind, SmtpTls};
+use crate::record::segment_label;
 use crate::time::{now_ms, rfc3339};
 
 /// Why a delivery failed (it is retried).
@@ -89,8 +90,12 @@ impl Sender {
                 self.post(url, token.as_ref().map(|t| t.expose()), &n.dedup_key, &body)
                     .await
             }
-            ReceiverKind::Alertmanager { url, token } => {
-                let body = alertmanager_alerts(n, now_ms(), self.alert_lifetime);
+            ReceiverKind::Alertmanager {
+                url,
+                token,
+                runbook_url,
+            } => {
+                let body = alertmanager_alerts(n, now_ms(), self.alert_lifetime, runbook_url);
                 let endpoint = format!("{}/api/v2/alerts", url.trim_end_matches('/'));
                 self.post(
                     &endpoint,
@@ -221,10 +226,20 @@ pub fn email_message(e: &EmailReceiver, n: &Notification) -> Result<Message, Sen
 /// The Alertmanager `POST /api/v2/alerts` body: one alert per drift, labelled by rule, signal,
 /// segment and detector (Alertmanager groups them again by its own routes). A firing alert
 /// ends `lifetime` after it is posted unless posted again; a resolved one ends when it resolved.
-pub fn alertmanager_alerts(n: &Notification, now: i64, lifetime: Duration) -> Value {
+///
+/// Labels identify the alert, so they stay the same from one episode to the next: the
+/// episode's id (`sensei_alert_id`), the dedup key and everything that changes within an
+/// episode are annotations. The all-segments aggregate is `segment="all"`, as in `/metrics`.
+/// `runbook_url` becomes the `runbook_url` annotation, `{rule}` and `{signal}` filled in.
+pub fn alertmanager_alerts(
+    n: &Notification,
+    now: i64,
+    lifetime: Duration,
+    runbook_url: &str,
+) -> Value {
     let lifetime_ms = i64::try_from(lifetime.as_millis()).unwrap_or(i64::MAX / 2);
     if let Some(f) = &n.redistill {
-        return redistill_alert(n, f, now, lifetime_ms);
+        return redistill_alert(n, f, now, lifetime_ms, runbook_url);
     }
     let alerts: Vec<Value> = n
         .drifts
@@ -241,11 +256,10 @@ pub fn alertmanager_alerts(n: &Notification, now: i64, lifetime: Duration) -> Va
                     "alertname": n.rule,
                     "severity": n.severity.as_str(),
                     "signal": e.signal,
-                    "segment": e.segment,
+                    "segment": segment_label(&e.segment),
                     "detector": e.detector,
                     "instance": n.instance,
                     "source": "sensei",
-                    "sensei_alert_id": n.alert_id,
                 },
                 "annotations": {
                     "summary": format!("{} drift on {}", e.signal, segment_text(&e.segment)),
@@ -268,6 +282,8 @@ pub fn alertmanager_alerts(n: &Notification, now: i64, lifetime: Duration) -> Va
                         e.detector,
                     ),
                     "dedup_key": n.dedup_key,
+                    "sensei_alert_id": n.alert_id,
+                    "runbook_url": runbook(runbook_url, &n.rule, &e.signal),
                     "group_summary": n.summary,
                     "action": n.action.as_ref().map_or(String::new(), |a| format!("{} {} (#{})", a.action, a.status, a.id)),
                 },
@@ -286,14 +302,21 @@ pub fn alertmanager_alerts(n: &Notification, now: i64, lifetime: Duration) -> Va
     Value::Array(alerts)
 }
 
+/// The runbook link of one alert: `{rule}` and `{signal}` (the signal's family) filled in.
+fn runbook(template: &str, rule: &str, signal: &str) -> String {
+    let family = signal.split('[').next().unwrap_or(signal);
+    template.replace("{rule}", rule).replace("{signal}", family)
+}
+
 /// The one Alertmanager alert of a failing re-distillation: labelled by the rule
-/// (`redistill-failing`) and the streak's first job. A firing one is posted again while the
+/// (`redistill-failing`); the streak's first job is an annotation. A firing one is posted again while the
 /// streak lasts (as drift alerts are); a resolved one ends when it was resolved.
 fn redistill_alert(
     n: &Notification,
     f: &super::notification::RedistillFailure,
     now: i64,
     lifetime_ms: i64,
+    runbook_url: &str,
 ) -> Value {
     let ends_at = if n.firing() {
         now.saturating_add(lifetime_ms)
@@ -306,8 +329,6 @@ fn redistill_alert(
             "severity": n.severity.as_str(),
             "instance": n.instance,
             "source": "sensei",
-            "sensei_alert_id": n.alert_id,
-            "first_job": f.first_job.to_string(),
         },
         "annotations": {
             "summary": n.summary,
@@ -321,6 +342,9 @@ fn redistill_alert(
                 rfc3339(f.next_allowed_at)
             ),
             "dedup_key": n.dedup_key,
+            "sensei_alert_id": n.alert_id,
+            "first_job": f.first_job.to_string(),
+            "runbook_url": runbook(runbook_url, &n.rule, ""),
         },
         "startsAt": rfc3339(n.fired_at),
         "endsAt": rfc3339(ends_at),
@@ -477,15 +501,71 @@ mod tests {
                 last_alarm_record: None,
             },
         }];
-        let firing = alertmanager_alerts(&n, 10_000, Duration::from_secs(300));
+        let runbook = "https://wiki.example.com/sensei/{rule}/{signal}";
+        let firing = alertmanager_alerts(&n, 10_000, Duration::from_secs(300), runbook);
         assert_eq!(firing[0]["labels"]["segment"], "line=A");
+        assert_eq!(
+            firing[0]["annotations"]["runbook_url"],
+            format!("https://wiki.example.com/sensei/{}/kl", n.rule)
+        );
         assert_eq!(firing[0]["startsAt"], "1970-01-01T00:00:01Z");
         assert_eq!(firing[0]["endsAt"], "1970-01-01T00:05:10Z");
         n.status = "resolved".into();
         n.kind = Kind::Resolved;
         n.drifts[0].event.resolved_at = Some(9_000);
-        let resolved = alertmanager_alerts(&n, 10_000, Duration::from_secs(300));
+        let resolved = alertmanager_alerts(&n, 10_000, Duration::from_secs(300), runbook);
         assert_eq!(resolved[0]["endsAt"], "1970-01-01T00:00:09Z");
         assert_eq!(resolved[0]["labels"], firing[0]["labels"]);
+    }
+
+    /// The labels identify the alert across episodes: the episode's id is an annotation, and
+    /// the all-segments aggregate is `segment="all"`.
+    #[test]
+    fn alertmanager_labels_carry_no_episode_and_name_the_aggregate_all() {
+        let mut n = doc();
+        let mut event = crate::store::DriftEvent {
+            id: 1,
+            signal: "input_psi[4]".into(),
+            segment: crate::record::ALL_SEGMENTS.into(),
+            detector: "psi".into(),
+            detected_at: 2_000,
+            detected_at_record: 10,
+            estimated_change_record: None,
+            estimated_change_at: None,
+            statistic: 1.5,
+            threshold: 1.0,
+            baseline_value: None,
+            current_value: None,
+            current_low: None,
+            current_high: None,
+            p_value: Some(0.001),
+            effect_size: Some(0.3),
+            baseline_version: None,
+            resolved_at: None,
+            alarms: 1,
+            last_alarm_record: None,
+        };
+        n.drifts = vec![crate::alert::rule::Drift {
+            since: 1_000,
+            event: event.clone(),
+        }];
+        let default = crate::config::alerts::DEFAULT_RUNBOOK_URL;
+        let first = alertmanager_alerts(&n, 10_000, Duration::from_secs(300), default);
+        let labels = first[0]["labels"].as_object().unwrap();
+        assert_eq!(labels["segment"], "all");
+        assert!(!labels.contains_key("sensei_alert_id"), "{labels:?}");
+        assert_eq!(first[0]["annotations"]["sensei_alert_id"], n.alert_id);
+        assert_eq!(first[0]["annotations"]["runbook_url"], default);
+        // The next episode of the same drift is the same Alertmanager alert.
+        n.alert_id = format!("{}.99999", n.rule);
+        n.dedup_key = format!("{}.99999.1", n.rule);
+        event.id = 2;
+        n.drifts[0].event = event;
+        let second = alertmanager_alerts(&n, 20_000, Duration::from_secs(300), default);
+        assert_eq!(second[0]["labels"], first[0]["labels"]);
+        assert_ne!(
+            second[0]["annotations"]["sensei_alert_id"],
+            first[0]["annotations"]["sensei_alert_id"]
+        );
     }
 }

@@ -285,6 +285,8 @@ pub struct RemoteConfig {
     /// `breaker_open`, then one batch probes the server.
     pub breaker_after: u32,
     pub breaker_open: Duration,
+    /// How tensors travel in inference requests and answers.
+    pub tensors: TensorEncoding,
     /// PEM certificates trusted beside the system's roots (a private CA).
     pub ca_file: Option<PathBuf>,
     /// The client certificate and its key (PEM), for servers that ask for one (mutual TLS).
@@ -292,6 +294,18 @@ pub struct RemoteConfig {
     /// Sent as `Authorization: Bearer …`; read from `token_file` or the systemd credential
     /// `token_credential` when the config is loaded.
     pub token: Option<Secret>,
+}
+
+/// How a model on an inference server is sent its inputs and answers its outputs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TensorEncoding {
+    /// Binary when the server's metadata (`GET /v2`) lists the `binary_tensor_data`
+    /// extension (Triton), JSON otherwise.
+    Auto,
+    /// Triton's binary tensor extension: a JSON header, then the raw little-endian tensors.
+    Binary,
+    /// Numbers in the JSON body.
+    Json,
 }
 
 impl RemoteConfig {

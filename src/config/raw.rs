@@ -138,6 +138,7 @@ pub struct RawModel {
     pub in_flight: Option<RawInt>,
     pub breaker_after: Option<RawInt>,
     pub breaker_open: Option<RawDuration>,
+    pub tensors: Option<String>,
     pub ca_file: Option<String>,
     pub client_cert_file: Option<String>,
     pub client_key_file: Option<String>,

@@ -28,7 +28,7 @@ use crate::record::{ElemType, InputSpec, Record, TensorData};
 mod pair;
 mod remote;
 
-pub use remote::{RemoteModel, remote_sha256};
+pub use remote::{ReachChange, RemoteModel, remote_sha256};
 
 pub use pair::{
     Models, compatibility_notes, compatibility_problems, load_models, model_problems,
@@ -612,6 +612,16 @@ impl Teacher {
         match self {
             Teacher::Local(m) => batches.iter().map(|b| m.run(b)).collect(),
             Teacher::Remote(m) => m.run_many(batches),
+        }
+    }
+
+    /// For a model on a server: whether it went out of reach (the circuit breaker opened) or
+    /// answered again since the last call. The first answer after a start also counts, so that
+    /// an episode left open by a stop is closed.
+    pub fn take_reach_change(&mut self) -> Option<ReachChange> {
+        match self {
+            Teacher::Local(_) => None,
+            Teacher::Remote(m) => m.take_reach_change(),
         }
     }
 

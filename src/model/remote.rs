@@ -16,7 +16,7 @@ use serde::de::{DeserializeSeed, Deserializer, SeqAccess, Visitor};
 use sha2::{Digest, Sha256};
 
 use super::{BatchOutput, ModelError, OutputSpec, hex};
-use crate::config::{ModelConfig, RemoteConfig};
+use crate::config::{ModelConfig, RemoteConfig, TensorEncoding};
 use crate::record::{ElemType, InputSpec, Record, TensorData};
 
 /// Longest wait for the metadata when the model is loaded (the requests have their own
@@ -36,6 +36,11 @@ pub struct RemoteModel {
     pub attention: Option<OutputSpec>,
     /// What the server says it runs (`platform`, `versions`), for `sensei check`.
     pub served_by: String,
+    /// Whether requests use the binary tensor extension (`teacher.tensors`).
+    pub binary: bool,
+    /// The last reach announced (`None` before the first), and a change not yet taken.
+    announced: Option<bool>,
+    reach_change: Option<ReachChange>,
     config: RemoteConfig,
     breaker: Breaker,
     client: reqwest::Client,
@@ -50,6 +55,17 @@ impl Drop for RemoteModel {
             runtime.shutdown_background();
         }
     }
+}
+
+/// The teacher's server went out of reach or answered again (`Teacher::take_reach_change`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReachChange {
+    pub out_of_reach: bool,
+    /// Unix ms.
+    pub at_ms: i64,
+    /// Batches in a row that found the server out of reach, and how many open the breaker.
+    pub failures: u32,
+    pub breaker_after: u32,
 }
 
 /// A tensor's description in the model's metadata.
@@ -83,8 +99,28 @@ struct OutputTensor {
     name: String,
     shape: Vec<i64>,
     datatype: String,
+    /// Absent when the tensor's bytes follow the JSON header (`binary_data_size`).
+    #[serde(default)]
     data: FlatData,
+    #[serde(default)]
+    parameters: Option<TensorParameters>,
 }
+
+#[derive(Debug, Default, Deserialize)]
+struct TensorParameters {
+    #[serde(default)]
+    binary_data_size: Option<usize>,
+}
+
+/// The server's metadata (`GET /v2`): only whether it speaks the binary tensor extension.
+#[derive(Debug, Deserialize)]
+struct ServerMetadata {
+    #[serde(default)]
+    extensions: Option<Vec<String>>,
+}
+
+/// The header of the binary tensor extension: the length of the JSON that starts the body.
+const HEADER_LENGTH: &str = "Inference-Header-Content-Length";
 
 /// Tensor data as the protocol allows it: flat, or nested arrays in row-major order.
 #[derive(Debug, Default)]
@@ -229,13 +265,25 @@ impl RemoteModel {
             .map_err(fail)?
         };
         let (inputs, output, attention) = check_metadata(config, &metadata).map_err(fail)?;
+        let binary = match remote.tensors {
+            TensorEncoding::Binary => true,
+            TensorEncoding::Json => false,
+            TensorEncoding::Auto => {
+                let client = client.clone();
+                let url = format!("{}/v2", remote.url);
+                block_on(&runtime, async move {
+                    lists_binary_extension(&client, &url).await
+                })
+            }
+        };
         let served_by = format!(
-            "platform {}, versions [{}]",
+            "platform {}, versions [{}], {} tensors",
             match metadata.platform.as_deref() {
                 None | Some("") => "unknown",
                 Some(platform) => platform,
             },
-            metadata.versions.as_deref().unwrap_or_default().join(", ")
+            metadata.versions.as_deref().unwrap_or_default().join(", "),
+            if binary { "binary" } else { "JSON" }
         );
         Ok(RemoteModel {
             role: role.into(),
@@ -245,6 +293,9 @@ impl RemoteModel {
             output,
             attention,
             served_by,
+            binary,
+            announced: None,
+            reach_change: None,
             breaker: Breaker::new(remote.breaker_after, remote.breaker_open),
             config: remote,
             client,
@@ -255,6 +306,18 @@ impl RemoteModel {
     /// Requests this model keeps in flight at once.
     pub fn in_flight(&self) -> usize {
         self.config.in_flight.max(1)
+    }
+
+    /// The body that `run` posts for `batch` and, with binary tensors, the length of its JSON
+    /// header (`Inference-Header-Content-Length`): for the benchmark of JSON against binary
+    /// tensors, which sends the same bytes from a plain client loop.
+    pub fn encode_request(
+        &self,
+        batch: &[&Record],
+    ) -> Result<(Vec<u8>, Option<usize>), ModelError> {
+        self.request_body(batch)
+            .map(|r| (r.body, r.header_length))
+            .map_err(|m| self.failed(m))
     }
 
     /// Sends one batch and waits for the answer. All records must have equal input shapes and
@@ -321,9 +384,9 @@ impl RemoteModel {
         let mut unreachable = false;
         for (i, answer) in answers {
             let result = match answer {
-                Ok((body, elapsed)) => {
+                Ok(answer) => {
                     reached = true;
-                    self.read_answer(&body, batches[i].len(), elapsed)
+                    self.read_answer(&answer, batches[i].len())
                 }
                 Err(Failure::Answered(message)) => {
                     reached = true;
@@ -341,7 +404,9 @@ impl RemoteModel {
             if self.breaker.success() {
                 tracing::info!(url = %self.location, "The teacher's inference server answers again; sampled records go to it.");
             }
+            self.announce(false);
         } else if unreachable && self.breaker.failure(now) {
+            self.announce(true);
             tracing::warn!(
                 url = %self.location,
                 after = self.config.breaker_after,
@@ -363,6 +428,24 @@ impl RemoteModel {
             .collect()
     }
 
+    fn announce(&mut self, out_of_reach: bool) {
+        if self.announced == Some(out_of_reach) {
+            return;
+        }
+        self.announced = Some(out_of_reach);
+        self.reach_change = Some(ReachChange {
+            out_of_reach,
+            at_ms: crate::time::now_ms(),
+            failures: self.breaker.failures,
+            breaker_after: self.breaker.after,
+        });
+    }
+
+    /// See [`super::Teacher::take_reach_change`].
+    pub fn take_reach_change(&mut self) -> Option<ReachChange> {
+        self.reach_change.take()
+    }
+
     fn failed(&self, message: String) -> ModelError {
         ModelError::Run {
             role: self.role.clone(),
@@ -380,19 +463,44 @@ impl RemoteModel {
 
     /// An answer's body read and checked: the outputs sensei reads, of the batch's size and
     /// the metadata's shapes.
-    fn read_answer(
-        &self,
-        body: &[u8],
-        n: usize,
-        elapsed: Duration,
-    ) -> Result<BatchOutput, ModelError> {
-        let response: InferResponse = serde_json::from_slice(body).map_err(|e| {
+    fn read_answer(&self, answer: &Answer, n: usize) -> Result<BatchOutput, ModelError> {
+        let (json, mut binary) = match answer.header_length {
+            None => (&answer.body[..], &[][..]),
+            Some(length) if length <= answer.body.len() => answer.body.split_at(length),
+            Some(length) => {
+                return Err(self.failed(format!(
+                    "the answer's {HEADER_LENGTH} is {length}, the body has {} bytes",
+                    answer.body.len()
+                )));
+            }
+        };
+        let response: InferResponse = serde_json::from_slice(json).map_err(|e| {
             self.failed(format!(
                 "the answer is not Open Inference Protocol JSON ({e}): {}",
-                excerpt(&String::from_utf8_lossy(body))
+                excerpt(&String::from_utf8_lossy(json))
             ))
         })?;
         let mut outputs = response.outputs;
+        // Binary tensors follow the header in the order of the outputs that have them.
+        for tensor in &mut outputs {
+            let Some(size) = tensor.parameters.as_ref().and_then(|p| p.binary_data_size) else {
+                continue;
+            };
+            if size > binary.len() {
+                return Err(self.failed(format!(
+                    "output '{}' has binary_data_size {size}, {} bytes are left in the answer",
+                    tensor.name,
+                    binary.len()
+                )));
+            }
+            let (bytes, rest) = binary.split_at(size);
+            binary = rest;
+            tensor.data = FlatData(
+                decode_binary(&tensor.datatype, bytes)
+                    .map_err(|m| self.failed(format!("output '{}': {m}", tensor.name)))?,
+            );
+        }
+        let elapsed = answer.elapsed;
         let mut take = |spec: &OutputSpec| -> Result<(Vec<usize>, Vec<f32>), String> {
             let at = outputs
                 .iter()
@@ -415,12 +523,14 @@ impl RemoteModel {
         })
     }
 
-    /// The JSON of one inference request: every input stacked into `[n, …]`, and the outputs
-    /// sensei reads.
-    fn request_body(&self, batch: &[&Record]) -> Result<Vec<u8>, String> {
+    /// One inference request: every input stacked into `[n, …]`, and the outputs sensei
+    /// reads; the numbers in the JSON or, with the binary tensor extension, the raw
+    /// little-endian bytes after a JSON header.
+    fn request_body(&self, batch: &[&Record]) -> Result<Request, String> {
         use std::fmt::Write as _;
         let n = batch.len();
         let mut body = String::from("{\"inputs\":[");
+        let mut bytes: Vec<u8> = Vec::new();
         for (k, spec) in self.inputs.iter().enumerate() {
             let first = batch[0]
                 .inputs
@@ -428,19 +538,26 @@ impl RemoteModel {
                 .ok_or_else(|| format!("record lacks input '{}'", spec.name))?;
             let mut shape = vec![n];
             shape.extend(&first.shape);
-            let datatype = match spec.elem_type {
-                ElemType::F32 => "FP32",
-                ElemType::I64 => "INT64",
+            let (datatype, width) = match spec.elem_type {
+                ElemType::F32 => ("FP32", 4),
+                ElemType::I64 => ("INT64", 8),
             };
             if k > 0 {
                 body.push(',');
             }
             let _ = write!(
                 body,
-                "{{\"name\":{},\"shape\":{},\"datatype\":\"{datatype}\",\"data\":[",
+                "{{\"name\":{},\"shape\":{},\"datatype\":\"{datatype}\",",
                 serde_json::Value::from(spec.name.as_str()),
-                serde_json::Value::from(shape)
+                serde_json::Value::from(shape.clone())
             );
+            if self.binary {
+                let size = shape.iter().product::<usize>() * width;
+                let _ = write!(body, "\"parameters\":{{\"binary_data_size\":{size}}}}}");
+                bytes.reserve(size);
+            } else {
+                body.push_str("\"data\":[");
+            }
             let mut first_value = true;
             for record in batch {
                 let tensor = record
@@ -453,8 +570,14 @@ impl RemoteModel {
                         spec.name
                     ));
                 }
-                match &tensor.data {
-                    TensorData::F32(values) => {
+                match (&tensor.data, self.binary) {
+                    (TensorData::F32(values), true) => {
+                        values.iter().for_each(|v| bytes.extend(v.to_le_bytes()))
+                    }
+                    (TensorData::I64(values), true) => {
+                        values.iter().for_each(|v| bytes.extend(v.to_le_bytes()))
+                    }
+                    (TensorData::F32(values), false) => {
                         for v in values {
                             if !first_value {
                                 body.push(',');
@@ -465,7 +588,7 @@ impl RemoteModel {
                             let _ = write!(body, "{v}");
                         }
                     }
-                    TensorData::I64(values) => {
+                    (TensorData::I64(values), false) => {
                         for v in values {
                             if !first_value {
                                 body.push(',');
@@ -476,24 +599,64 @@ impl RemoteModel {
                     }
                 }
             }
-            body.push_str("]}");
+            if !self.binary {
+                body.push_str("]}");
+            }
         }
         body.push_str("],\"outputs\":[");
-        let _ = write!(
-            body,
-            "{{\"name\":{}}}",
-            serde_json::Value::from(self.output.name.as_str())
-        );
-        if let Some(att) = &self.attention {
+        let wanted = std::iter::once(&self.output).chain(self.attention.as_ref());
+        for (k, spec) in wanted.enumerate() {
+            if k > 0 {
+                body.push(',');
+            }
             let _ = write!(
                 body,
-                ",{{\"name\":{}}}",
-                serde_json::Value::from(att.name.as_str())
+                "{{\"name\":{}{}}}",
+                serde_json::Value::from(spec.name.as_str()),
+                if self.binary {
+                    ",\"parameters\":{\"binary_data\":true}"
+                } else {
+                    ""
+                }
             );
         }
-        body.push_str("]}");
-        Ok(body.into_bytes())
+        body.push(']');
+        if self.binary {
+            // Triton reads the flag on each output, KServe's model server the request's.
+            body.push_str(",\"parameters\":{\"binary_data_output\":true}");
+        }
+        body.push('}');
+        if !self.binary {
+            return Ok(Request {
+                body: body.into_bytes(),
+                header_length: None,
+            });
+        }
+        let header_length = body.len();
+        let mut all = body.into_bytes();
+        all.extend(bytes);
+        Ok(Request {
+            body: all,
+            header_length: Some(header_length),
+        })
     }
+}
+
+/// The body of one inference request and, with the binary tensor extension, the length of
+/// its JSON header.
+#[derive(Debug, Clone)]
+struct Request {
+    body: Vec<u8>,
+    header_length: Option<usize>,
+}
+
+/// The body of an answer and, when the server used the binary tensor extension, the length of
+/// its JSON header.
+#[derive(Debug)]
+struct Answer {
+    body: Vec<u8>,
+    header_length: Option<usize>,
+    elapsed: Duration,
 }
 
 /// Why a request has no answer to read.
@@ -521,20 +684,21 @@ impl Policy {
     async fn send(
         &self,
         client: &reqwest::Client,
-        body: Vec<u8>,
+        request: Request,
         salt: u64,
-    ) -> Result<(Vec<u8>, Duration), Failure> {
+    ) -> Result<Answer, Failure> {
         let mut jitter = Jitter::new(salt);
         let mut attempt = 0;
         loop {
             let started = Instant::now();
-            let sent = client
-                .post(&self.url)
-                .timeout(self.timeout)
-                .header(reqwest::header::CONTENT_TYPE, "application/json")
-                .body(body.clone())
-                .send()
-                .await;
+            let post = client.post(&self.url).timeout(self.timeout);
+            let post = match request.header_length {
+                None => post.header(reqwest::header::CONTENT_TYPE, "application/json"),
+                Some(length) => post
+                    .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
+                    .header(HEADER_LENGTH, length),
+            };
+            let sent = post.body(request.body.clone()).send().await;
             let transient = match sent {
                 Err(e) if e.is_timeout() => {
                     return Err(Failure::Unreachable(format!(
@@ -546,6 +710,11 @@ impl Policy {
                 Err(e) => return Err(Failure::Unreachable(chain(&e))),
                 Ok(response) => {
                     let status = response.status();
+                    let header_length = response
+                        .headers()
+                        .get(HEADER_LENGTH)
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(|v| v.trim().parse::<usize>().ok());
                     let answer = response.bytes().await.map(|b| b.to_vec());
                     let answer = match answer {
                         Err(e) if e.is_timeout() => {
@@ -564,7 +733,13 @@ impl Policy {
                     };
                     let text = || excerpt(&String::from_utf8_lossy(&answer));
                     match status.as_u16() {
-                        200..=299 => return Ok((answer, started.elapsed())),
+                        200..=299 => {
+                            return Ok(Answer {
+                                body: answer,
+                                header_length,
+                                elapsed: started.elapsed(),
+                            });
+                        }
                         429 | 502 | 503 | 504 => format!("HTTP {status}: {}", text()),
                         _ => return Err(Failure::Answered(format!("HTTP {status}: {}", text()))),
                     }
@@ -671,6 +846,24 @@ impl Breaker {
         self.failures = 0;
         self.open_until.take().is_some()
     }
+}
+
+/// Whether the server's metadata lists the binary tensor extension; a server that does not
+/// answer it, or not in JSON, gets JSON tensors.
+async fn lists_binary_extension(client: &reqwest::Client, url: &str) -> bool {
+    let Ok(response) = client.get(url).timeout(CONNECT_TIMEOUT).send().await else {
+        return false;
+    };
+    if !response.status().is_success() {
+        return false;
+    }
+    let Ok(body) = response.bytes().await else {
+        return false;
+    };
+    serde_json::from_slice::<ServerMetadata>(&body)
+        .ok()
+        .and_then(|m| m.extensions)
+        .is_some_and(|e| e.iter().any(|x| x == "binary_tensor_data"))
 }
 
 /// The HTTP client of one server: the system's roots and the configured CA, the client
@@ -847,6 +1040,30 @@ fn check_metadata(config: &ModelConfig, metadata: &ModelMetadata) -> Result<Spec
     }
 }
 
+/// A binary tensor's little-endian bytes as floats.
+fn decode_binary(datatype: &str, bytes: &[u8]) -> Result<Vec<f32>, String> {
+    let width = match datatype {
+        "FP32" => 4,
+        "FP64" => 8,
+        other => return Err(format!("binary data of type {other}, expected FP32")),
+    };
+    if !bytes.len().is_multiple_of(width) {
+        return Err(format!(
+            "{} bytes of binary data is no whole number of {datatype} values",
+            bytes.len()
+        ));
+    }
+    Ok(bytes
+        .chunks_exact(width)
+        .map(|c| match c.try_into() {
+            Ok(four) => f32::from_le_bytes(four),
+            Err(_) => c
+                .try_into()
+                .map_or(f32::NAN, |e| f64::from_le_bytes(e) as f32),
+        })
+        .collect())
+}
+
 /// One output of an answer, checked against its spec: float data, `n` records, the fixed dims
 /// of the metadata, as many values as the shape says.
 fn checked_output(
@@ -988,6 +1205,129 @@ mod tests {
         assert!(why("[2,3]", "[1,2,3,4,5,6]", 2).contains("the metadata says [2]"));
         assert!(why("[2,2]", "[1,2,3]", 2).contains("3 values"));
         assert!(why("[2,2]", "[1,2,3,1e300]", 2).contains("not finite"));
+    }
+
+    /// A model of `x` [2] in, `logits` [2] out, on a server that is never asked.
+    fn model(binary: bool) -> RemoteModel {
+        RemoteModel {
+            role: "teacher".into(),
+            location: "http://127.0.0.1:1/v2/models/t".into(),
+            sha256: String::new(),
+            inputs: vec![InputSpec {
+                name: "x".into(),
+                elem_type: ElemType::F32,
+                shape: vec![Some(2)],
+            }],
+            output: OutputSpec {
+                name: "logits".into(),
+                shape: vec![Some(2)],
+            },
+            attention: None,
+            served_by: String::new(),
+            binary,
+            announced: None,
+            reach_change: None,
+            config: RemoteConfig {
+                url: "http://127.0.0.1:1".into(),
+                model: "t".into(),
+                version: None,
+                timeout: Duration::from_secs(1),
+                retries: 0,
+                backoff: Duration::ZERO,
+                in_flight: 1,
+                breaker_after: 1,
+                breaker_open: Duration::from_secs(1),
+                tensors: TensorEncoding::Auto,
+                ca_file: None,
+                client_identity: None,
+                token: None,
+            },
+            breaker: Breaker::new(1, Duration::from_secs(1)),
+            client: reqwest::Client::new(),
+            runtime: None,
+        }
+    }
+
+    fn record(x: [f32; 2]) -> Record {
+        Record {
+            id: None,
+            ts: None,
+            segment: Default::default(),
+            inputs: [(
+                "x".to_string(),
+                crate::record::Tensor::f32(vec![2], x.to_vec()),
+            )]
+            .into(),
+            label: None,
+            origin: crate::record::Origin::Line(1),
+        }
+    }
+
+    #[test]
+    fn binary_requests_carry_a_json_header_and_the_raw_inputs() {
+        let (a, b) = (record([1.0, -2.5]), record([0.1, 3.0]));
+        let json = model(false).request_body(&[&a, &b]).unwrap();
+        assert_eq!(json.header_length, None);
+        let body: serde_json::Value = serde_json::from_slice(&json.body).unwrap();
+        let data: Vec<f32> = serde_json::from_value(body["inputs"][0]["data"].clone()).unwrap();
+        assert_eq!(data, vec![1.0, -2.5, 0.1, 3.0]);
+
+        let binary = model(true).request_body(&[&a, &b]).unwrap();
+        let length = binary.header_length.unwrap();
+        let (header, raw) = binary.body.split_at(length);
+        let header: serde_json::Value = serde_json::from_slice(header).unwrap();
+        assert_eq!(header["inputs"][0]["shape"], serde_json::json!([2, 2]));
+        assert_eq!(header["inputs"][0]["parameters"]["binary_data_size"], 16);
+        assert!(header["inputs"][0].get("data").is_none());
+        assert_eq!(header["outputs"][0]["parameters"]["binary_data"], true);
+        assert_eq!(header["parameters"]["binary_data_output"], true);
+        let values: Vec<f32> = raw
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+            .collect();
+        assert_eq!(values, vec![1.0, -2.5, 0.1, 3.0]);
+    }
+
+    #[test]
+    fn binary_answers_are_read_after_their_header_and_checked() {
+        let m = model(true);
+        let answer = |header: &str, raw: &[f32]| Answer {
+            body: header
+                .bytes()
+                .chain(raw.iter().flat_map(|v| v.to_le_bytes()))
+                .collect(),
+            header_length: Some(header.len()),
+            elapsed: Duration::ZERO,
+        };
+        let header = r#"{"outputs":[{"name":"logits","datatype":"FP32","shape":[1,2],"parameters":{"binary_data_size":8}}]}"#;
+        let out = m.read_answer(&answer(header, &[0.5, -1.0]), 1).unwrap();
+        assert_eq!((out.output_shape, out.output), (vec![2], vec![0.5, -1.0]));
+        // Fewer bytes than the header says; a header longer than the body.
+        let short = m.read_answer(&answer(header, &[0.5]), 1).unwrap_err();
+        assert!(
+            short
+                .to_string()
+                .contains("binary_data_size 8, 4 bytes are left"),
+            "{short}"
+        );
+        let mut long = answer(header, &[0.5, -1.0]);
+        long.header_length = Some(long.body.len() + 1);
+        assert!(m.read_answer(&long, 1).is_err());
+        // A server that answers JSON to a binary request is read as JSON.
+        let json = Answer {
+            body:
+                br#"{"outputs":[{"name":"logits","datatype":"FP32","shape":[1,2],"data":[1,2]}]}"#
+                    .to_vec(),
+            header_length: None,
+            elapsed: Duration::ZERO,
+        };
+        assert_eq!(m.read_answer(&json, 1).unwrap().output, vec![1.0, 2.0]);
+        assert_eq!(
+            decode_binary("FP64", &2.5f64.to_le_bytes()).unwrap(),
+            vec![2.5]
+        );
+        assert!(decode_binary("INT64", &[0; 8]).is_err());
+        assert!(decode_binary("FP32", &[0; 6]).is_err());
     }
 
     #[test]

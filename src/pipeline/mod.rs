@@ -145,6 +145,8 @@ pub enum WriterMsg {
         meta: Arc<FileMeta>,
         labels: Vec<(String, i64)>,
     },
+    /// The teacher's inference server went out of reach or answered again.
+    TeacherReach(crate::model::ReachChange),
     /// A file whose content the ledger already counted.
     AlreadyCounted { meta: Arc<FileMeta> },
     /// A file rejected before inference (its move to quarantine already happened).

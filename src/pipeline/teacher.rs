@@ -95,6 +95,11 @@ impl TeacherWorker {
             .collect();
         let started = Instant::now();
         let results = self.model.run_many(&batches);
+        if let Some(change) = self.model.take_reach_change() {
+            writer
+                .send(WriterMsg::TeacherReach(change))
+                .map_err(|_| ())?;
+        }
         let records = batches.iter().map(Vec::len).sum();
         self.metrics.batch("teacher", started.elapsed(), records);
         drop(batches);

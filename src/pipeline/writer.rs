@@ -181,6 +181,17 @@ impl Writer {
                     self.finish(&meta, outcome, &mut report);
                     continue;
                 }
+                WriterMsg::TeacherReach(change) => {
+                    if let Err(e) = self.store.teacher_reach(
+                        change.out_of_reach,
+                        change.failures,
+                        change.breaker_after,
+                        change.at_ms,
+                    ) {
+                        tracing::error!(error = %e, "Recording the teacher's reach failed.");
+                    }
+                    continue;
+                }
                 WriterMsg::AlreadyCounted { meta } if changed_since_read(&meta) => {
                     self.finish(&meta, FileOutcome::Changed, &mut report);
                     continue;

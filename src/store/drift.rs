@@ -7,6 +7,10 @@ use serde::Serialize;
 
 use super::{Reader, Result, Store, finite, write_transaction};
 
+/// The drift event of a teacher whose inference server is out of reach.
+pub const TEACHER_UNREACHABLE_SIGNAL: &str = "teacher_unreachable";
+pub const TEACHER_UNREACHABLE_DETECTOR: &str = "circuit_breaker";
+
 /// Writes a drift monitor's changes: new events, resolutions, detector states.
 pub(super) fn write_delta(
     tx: &Transaction<'_>,
@@ -286,6 +290,50 @@ impl Store {
         let version = tx.last_insert_rowid();
         tx.commit()?;
         Ok(version)
+    }
+
+    /// The teacher's inference server went out of reach (`out_of_reach`, its circuit breaker
+    /// opened after `failures` batches in a row) or answered again: opens, or resolves, the
+    /// drift event `teacher_unreachable` on all segments (`*`), detector `circuit_breaker`, that
+    /// alert rules select like any other. At most one is open; opening it again while open
+    /// changes nothing, so `for` counts from the first time.
+    pub fn teacher_reach(
+        &mut self,
+        out_of_reach: bool,
+        failures: u32,
+        breaker_after: u32,
+        at_ms: i64,
+    ) -> Result<()> {
+        let tx = write_transaction(&mut self.conn)?;
+        if out_of_reach {
+            tx.execute(
+                "INSERT INTO drift_events (signal, segment, detector, detected_at, detected_at_record,
+                    statistic, threshold, alarms, last_alarm_at, last_alarm_record)
+                 SELECT ?1, '*', ?2, ?3, r.seq, ?4, ?5, 1, ?3, r.seq
+                 FROM (SELECT COALESCE(MAX(seq), 0) AS seq FROM records) r
+                 WHERE NOT EXISTS (SELECT 1 FROM drift_events
+                     WHERE signal = ?1 AND segment = '*' AND detector = ?2 AND resolved_at IS NULL)",
+                params![
+                    TEACHER_UNREACHABLE_SIGNAL,
+                    TEACHER_UNREACHABLE_DETECTOR,
+                    at_ms,
+                    f64::from(failures),
+                    f64::from(breaker_after)
+                ],
+            )?;
+        } else {
+            tx.execute(
+                "UPDATE drift_events SET resolved_at = ?3
+                 WHERE signal = ?1 AND segment = '*' AND detector = ?2 AND resolved_at IS NULL",
+                params![
+                    TEACHER_UNREACHABLE_SIGNAL,
+                    TEACHER_UNREACHABLE_DETECTOR,
+                    at_ms
+                ],
+            )?;
+        }
+        tx.commit()?;
+        Ok(())
     }
 
     pub fn active_baseline(&self) -> Result<Option<BaselineRow>> {

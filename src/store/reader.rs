@@ -4,7 +4,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use rusqlite::{Connection, OpenFlags};
+use rusqlite::{Connection, OpenFlags, OptionalExtension};
 use serde::Serialize;
 
 use super::{Result, Store, StoreError};
@@ -259,6 +259,27 @@ impl Reader {
             Ok(rows) => rows.filter_map(|r| r.ok()).collect(),
             Err(_) => Vec::new(),
         }
+    }
+
+    /// The data time (`records.ts`, the producer's own time) of each record in `seqs` that is
+    /// still kept: drift events name records by `records.seq`, readers want their time.
+    pub fn record_times(
+        &self,
+        seqs: impl IntoIterator<Item = i64>,
+    ) -> Result<std::collections::BTreeMap<i64, i64>> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT ts FROM records WHERE seq = ?1")?;
+        let mut out = std::collections::BTreeMap::new();
+        for seq in seqs {
+            if out.contains_key(&seq) {
+                continue;
+            }
+            if let Some(ts) = stmt.query_row([seq], |r| r.get::<_, i64>(0)).optional()? {
+                out.insert(seq, ts);
+            }
+        }
+        Ok(out)
     }
 
     /// The model pairs that answered teacher samples, with their time span (newest first).

@@ -449,6 +449,6 @@ pub fn which(program: &str) -> Option<PathBuf> {
 
 pub mod alerting;
 
-// --- A teacher on an inference server: KServe's model server over the Open Inference Protocol. ---
+// --- A teacher on an inference server: KServe and Triton over the Open Inference Protocol. ---
 
 pub mod oip;

@@ -1,42 +1,67 @@
-//! Real Open Inference Protocol servers for the remote-teacher tests: KServe's Python model
-//! server (`tests/servers/kserve_teacher.py`, installed by `scripts/test.sh` into
-//! `.venv/oip-kserve`) serving ONNX models with ONNX Runtime, on loopback, stopped by its pid.
+//! Real Open Inference Protocol servers for the remote-teacher tests, serving ONNX models with
+//! ONNX Runtime on loopback, stopped by their pid: KServe's Python model server
+//! (`tests/servers/kserve_teacher.py`, in `.venv/oip-kserve`) and NVIDIA Triton Inference
+//! Server with its Python backend (`tests/servers/triton_teacher.py`, the `tritonserver` of
+//! PyPI's `nvidia-pytriton`, in `.venv/oip-triton`). `scripts/test.sh` installs both.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use super::{free_port, http_get, repo, wait_until};
 
-/// The Python of the servers' virtual environment (`SENSEI_OIP_PYTHON` overrides it).
-pub fn python() -> PathBuf {
-    if let Some(p) = std::env::var_os("SENSEI_OIP_PYTHON") {
-        return PathBuf::from(p);
-    }
-    let p = repo().join(".venv/oip-kserve/bin/python");
-    assert!(
-        p.is_file(),
-        "KServe's model server is not installed: run scripts/test.sh (or python3 -m venv \
-         .venv/oip-kserve && .venv/oip-kserve/bin/pip install -r tests/servers/requirements-kserve.txt); \
-         {} missing",
-        p.display()
-    );
-    p
+/// Which inference server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    KServe,
+    Triton,
 }
 
-/// A KServe model server on a free loopback port.
-pub struct KServe {
+impl Kind {
+    fn name(self) -> &'static str {
+        match self {
+            Kind::KServe => "kserve",
+            Kind::Triton => "triton",
+        }
+    }
+
+    /// The Python of the server's virtual environment (`SENSEI_OIP_KSERVE_PYTHON`,
+    /// `SENSEI_OIP_TRITON_PYTHON` override it).
+    pub fn python(self) -> PathBuf {
+        let name = self.name();
+        if let Some(p) = std::env::var_os(format!("SENSEI_OIP_{}_PYTHON", name.to_uppercase())) {
+            return PathBuf::from(p);
+        }
+        let p = repo().join(format!(".venv/oip-{name}/bin/python"));
+        assert!(
+            p.is_file(),
+            "the {name} inference server is not installed: run scripts/test.sh (or python3 -m \
+             venv .venv/oip-{name} && .venv/oip-{name}/bin/pip install -r \
+             tests/servers/requirements-{name}.txt); {} missing",
+            p.display()
+        );
+        p
+    }
+}
+
+/// An inference server on a free loopback port.
+pub struct Server {
+    pub kind: Kind,
     pub port: u16,
     child: Option<Child>,
     models: Vec<(String, PathBuf)>,
     flags: Vec<String>,
+    /// Triton's model repository and backends.
+    workdir: PathBuf,
     pub log: PathBuf,
 }
 
-impl KServe {
-    /// Serves each `(name, .onnx file)`, with extra flags of the script (`--delay`, `--fail-every`).
-    pub fn start(models: &[(&str, PathBuf)], flags: &[&str], log_dir: &std::path::Path) -> KServe {
-        let mut server = KServe {
+impl Server {
+    /// Serves each `(name, .onnx file)`, with extra flags of the script (`--delay`,
+    /// `--fail-every`); its log and files in `dir`.
+    pub fn start(kind: Kind, models: &[(&str, PathBuf)], flags: &[&str], dir: &Path) -> Server {
+        let mut server = Server {
+            kind,
             port: free_port(),
             child: None,
             models: models
@@ -44,7 +69,8 @@ impl KServe {
                 .map(|(n, p)| (n.to_string(), p.clone()))
                 .collect(),
             flags: flags.iter().map(|f| f.to_string()).collect(),
-            log: log_dir.join("kserve.log"),
+            workdir: dir.join(format!("{}-server", kind.name())),
+            log: dir.join(format!("{}.log", kind.name())),
         };
         server.restart();
         server
@@ -62,14 +88,19 @@ impl KServe {
             .append(true)
             .open(&self.log)
             .expect("server log");
-        let mut command = Command::new(python());
+        let name = self.kind.name();
+        let mut command = Command::new(self.kind.python());
         command
-            .arg(repo().join("tests/servers/kserve_teacher.py"))
+            .arg(repo().join(format!("tests/servers/{name}_teacher.py")))
             .args(["--http_port", &self.port.to_string()]);
-        for (name, path) in &self.models {
+        if self.kind == Kind::Triton {
+            std::fs::create_dir_all(&self.workdir).expect("server dir");
+            command.arg("--workdir").arg(&self.workdir);
+        }
+        for (model, path) in &self.models {
             command
                 .arg("--model")
-                .arg(format!("{name}={}", path.display()));
+                .arg(format!("{model}={}", path.display()));
         }
         let child = command
             .args(&self.flags)
@@ -78,24 +109,29 @@ impl KServe {
             .stdout(log.try_clone().expect("log"))
             .stderr(log)
             .spawn()
-            .expect("start the KServe model server");
+            .unwrap_or_else(|e| panic!("start the {name} server: {e}"));
         self.child = Some(child);
         let addr = format!("127.0.0.1:{}", self.port);
         let log = self.log.clone();
         let child = self.child.as_mut().expect("started");
-        wait_until(Duration::from_secs(60), "the KServe server ready", || {
-            if let Ok(Some(status)) = child.try_wait() {
-                panic!(
-                    "the KServe server exited ({status}):\n{}",
-                    std::fs::read_to_string(&log).unwrap_or_default()
-                );
-            }
-            std::net::TcpStream::connect(&addr).is_ok()
-                && http_get(&addr, "/v2/health/ready", &[]).0 == 200
-        });
+        wait_until(
+            Duration::from_secs(90),
+            &format!("the {name} server ready"),
+            || {
+                if let Ok(Some(status)) = child.try_wait() {
+                    panic!(
+                        "the {name} server exited ({status}):\n{}",
+                        std::fs::read_to_string(&log).unwrap_or_default()
+                    );
+                }
+                std::net::TcpStream::connect(&addr).is_ok()
+                    && http_get(&addr, "/v2/health/ready", &[]).0 == 200
+            },
+        );
     }
 
-    /// Kills the server (SIGKILL, by its pid) and waits for it.
+    /// Kills the server (SIGKILL, by its pid) and waits for it. Triton's backend stubs exit
+    /// when their server is gone.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
@@ -104,7 +140,7 @@ impl KServe {
     }
 }
 
-impl Drop for KServe {
+impl Drop for Server {
     fn drop(&mut self) {
         self.kill();
     }

@@ -34,8 +34,11 @@ fn a_drift_in_two_segments_is_one_mail_and_alertmanager_sees_it_fire_and_resolve
     let site = Site::new();
     site.write_config(&format!(
         "{}{}[receivers.am]\ntype = \"alertmanager\"\nurl = \"{}\"\ntimeout = \"2s\"\n\
+         runbook_url = \"https://wiki.example.com/sensei/{{rule}}/{{signal}}\"\n\
          [[rules]]\nname = \"student-disagrees\"\nsignal = \"disagreement\"\nsegment = \"line=*\"\n\
-         severity = \"critical\"\nrepeat_interval = \"1h\"\nreceivers = [\"mail\", \"am\"]\naction = \"redistill\"\n",
+         severity = \"critical\"\nrepeat_interval = \"1h\"\nreceivers = [\"mail\", \"am\"]\naction = \"redistill\"\n\
+         [[rules]]\nname = \"fleet-disagrees\"\nsignal = \"disagreement\"\nsegment = \"*\"\n\
+         repeat_interval = \"1h\"\nreceivers = [\"am\"]\n",
         alerts_section(""),
         email_receiver("mail", smtp.port),
         am.url()
@@ -131,6 +134,52 @@ fn a_drift_in_two_segments_is_one_mail_and_alertmanager_sees_it_fire_and_resolve
     assert_eq!(alert["labels"]["severity"], "critical");
     assert_eq!(alert["labels"]["signal"], "disagreement");
     assert_eq!(alert["annotations"]["dedup_key"], key.as_str());
+    // Labels say what drifts; the episode is an annotation, beside the runbook.
+    let alert_id: String = db
+        .query_row(
+            "SELECT alert_id FROM alert_outbox WHERE dedup_key = ?1",
+            [&key],
+            |r| r.get(0),
+        )
+        .unwrap();
+    let mut labels: Vec<&str> = alert["labels"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    labels.sort();
+    assert_eq!(
+        labels,
+        [
+            "alertname",
+            "detector",
+            "instance",
+            "segment",
+            "severity",
+            "signal",
+            "source"
+        ]
+    );
+    assert_eq!(alert["annotations"]["sensei_alert_id"], alert_id.as_str());
+    assert_eq!(
+        alert["annotations"]["runbook_url"],
+        "https://wiki.example.com/sensei/student-disagrees/disagreement"
+    );
+    // The all-segments aggregate is segment="all".
+    wait_until(WAIT, "the aggregate's alert in Alertmanager", || {
+        am.alerts()
+            .iter()
+            .any(|a| a["labels"]["alertname"] == "fleet-disagrees")
+    });
+    let fleet: Vec<serde_json::Value> = am
+        .alerts()
+        .into_iter()
+        .filter(|a| a["labels"]["alertname"] == "fleet-disagrees")
+        .collect();
+    assert_eq!(fleet.len(), 1, "{fleet:?}");
+    assert_eq!(fleet[0]["labels"]["segment"], "all");
+    assert_eq!(fleet[0]["labels"]["severity"], "warning");
 
     // Back in control: a resolution mail, and Alertmanager no longer has them active.
     resolve_all(&db, now_ms());
@@ -178,8 +227,10 @@ fn a_drift_in_two_segments_is_one_mail_and_alertmanager_sees_it_fire_and_resolve
             .iter()
             .all(|a| a["status"]["state"] != "active")
     });
-    assert_eq!(outbox(&site, "COUNT(*)"), 4);
-    assert_eq!(outbox(&site, "SUM(status = 'sent')"), 4);
+    wait_until(WAIT, "the aggregate's resolution delivered", || {
+        outbox(&site, "SUM(status = 'sent')") == 6
+    });
+    assert_eq!(outbox(&site, "COUNT(*)"), 6);
     drop(daemon);
 }
 

@@ -220,7 +220,7 @@ fn a_starved_teacher_makes_a_blind_detector_that_is_reported() {
     assert_eq!(c["blind"], false, "{c}");
     let metrics = sensei::metrics::Metrics::new(site.db_path()).encode();
     assert!(
-        metrics.contains(r#"sensei_detector_blind{signal="disagreement",segment="*",detector="bernoulli_cusum"} 1"#),
+        metrics.contains(r#"sensei_detector_blind{signal="disagreement",segment="all",detector="bernoulli_cusum"} 1"#),
         "{metrics}"
     );
 }

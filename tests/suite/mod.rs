@@ -5,6 +5,7 @@ mod crash;
 mod daemon;
 mod drift;
 mod faults;
+mod fleet;
 mod identity;
 mod layers;
 mod ops;

@@ -205,13 +205,13 @@ fn metrics_pass_promtool_and_a_real_prometheus_scrapes_them() {
     let (code, text) = http_get(&addr, "/metrics", &[]);
     assert_eq!(code, 200);
     for needle in [
-        "sensei_records_total{segment=\"*\"} 200",
+        "sensei_records_total{segment=\"all\"} 200",
         "sensei_records_total{segment=\"line=A\"} 100",
         "sensei_inference_batch_seconds_count{model=\"student\"}",
         "sensei_inference_batch_seconds_count{model=\"teacher\"}",
         "sensei_files_total{status=\"done\"} 1",
-        "sensei_disagreement_rate{segment=\"*\"}",
-        "sensei_attention_kl_mean{segment=\"*\"}",
+        "sensei_disagreement_rate{segment=\"all\"}",
+        "sensei_attention_kl_mean{segment=\"all\"}",
         "sensei_ingest_lag_seconds_count 1",
         "sensei_ready 1",
         "sensei_alerts_firing 0",
@@ -326,7 +326,7 @@ fn metrics_pass_promtool_and_a_real_prometheus_scrapes_them() {
     wait_until(
         Duration::from_secs(60),
         "Prometheus has sensei's records",
-        || query("sensei_records_total{segment=\"*\"}") == Some(200.0),
+        || query("sensei_records_total{segment=\"all\"}") == Some(200.0),
     );
     assert!(query("sensei_ready").is_some_and(|v| v == 1.0));
     let _ = server.0.kill();
@@ -621,6 +621,26 @@ fn the_install_holds_the_redistill_script_the_example_config_names() {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
+    // The runbook Alertmanager alerts link to by default is installed, with its section.
+    let default = sensei::config::alerts::DEFAULT_RUNBOOK_URL;
+    let (file, anchor) = default
+        .strip_prefix("file:///")
+        .and_then(|p| p.split_once('#'))
+        .expect("a file URL with an anchor");
+    let runbook = std::fs::read_to_string(dest.path().join(file))
+        .unwrap_or_else(|e| panic!("{default}: {e}"));
+    assert!(
+        runbook
+            .lines()
+            .any(|l| l.starts_with("## ") && l[3..].to_lowercase().replace(' ', "-") == anchor),
+        "no section #{anchor} in {file}"
+    );
+    for f in [
+        "usr/share/sensei/contrib/grafana/sensei.json",
+        "usr/share/sensei/contrib/prometheus/sensei-rules.yml",
+    ] {
+        assert!(dest.path().join(f).is_file(), "{f} is not installed");
+    }
     let config: toml::Table = std::fs::read_to_string(dest.path().join("etc/sensei/sensei.toml"))
         .unwrap()
         .parse()
@@ -669,4 +689,201 @@ fn the_install_holds_the_redistill_script_the_example_config_names() {
         ),
         "{text}"
     );
+}
+
+/// The text of the element with `id` in a dumped DOM, up to the end of its section.
+fn section<'a>(dom: &'a str, id: &str) -> &'a str {
+    let from = dom
+        .find(&format!("id=\"{id}\""))
+        .unwrap_or_else(|| panic!("no #{id} in:\n{dom}"));
+    let rest = &dom[from..];
+    &rest[..rest.find("</section>").unwrap_or(rest.len())]
+}
+
+/// The table rows of the open drift incidents in a dumped DOM, in page order.
+fn incident_rows(dom: &str) -> Vec<&str> {
+    section(dom, "incidents")
+        .split("<tr data-role=\"incident\">")
+        .skip(1)
+        .map(|r| &r[..r.find("</tr>").unwrap_or(r.len())])
+        .collect()
+}
+
+/// A site whose field data drifted (the demo's offset drift, whose records carry their own
+/// times, months before today), as an operator opens its dashboard in a browser: each open
+/// drift episode is one incident line with its segments, signals, data-time start and change
+/// point, the newest first; the drift events are red lines on the charts at their data time;
+/// the event list starts with the newest; the alerts and the re-distillation requests read as
+/// words, not as stored columns and JSON.
+#[test]
+fn a_drifted_site_s_dashboard_shows_its_incidents_and_marks_them_on_the_charts() {
+    use super::drift::demo;
+    let site = Site::with_models(demo("student.onnx"), demo("teacher.onnx"));
+    site.write_config(&format!(
+        "{HTTP_ANY_PORT}[store]\nwindow = \"20s\"\n\
+         [sampling]\nrate = 0.5\nseed = 7\nmax_per_minute = 1000000\nqueue = 100000\n\
+         [alerts]\nevaluation_interval = \"200ms\"\n\
+         [receivers.log]\ntype = \"command\"\ncommand = [\"true\"]\n\
+         [[rules]]\nname = \"any-drift\"\nreceivers = [\"log\"]\naction = \"redistill\"\n"
+    ));
+    let out = site.sensei(&["baseline", demo("lab.jsonl").to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let daemon = site.start();
+    let addr = daemon.http_addr();
+    site.deliver(
+        "offset_drift.jsonl",
+        &std::fs::read(demo("streams/offset_drift.jsonl")).unwrap(),
+    );
+    wait_until(WAIT, "records committed", || site.records() == 450);
+    // The rule fired and its re-distillation request was settled (skipped: no [redistill]).
+    wait_until(WAIT, "the rule's request settled", || {
+        site.query_i64("SELECT COUNT(*) FROM alert_actions WHERE status != 'requested'") > 0
+    });
+
+    let (code, api) = http_get(&addr, "/api/dashboard", &[]);
+    assert_eq!(code, 200);
+    let api: serde_json::Value = serde_json::from_str(&api).unwrap();
+    // The newest events first.
+    let ids: Vec<i64> = api["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["id"].as_i64().unwrap())
+        .collect();
+    assert!(ids.len() > 1, "{api}");
+    assert!(
+        ids.windows(2).all(|w| w[0] > w[1]),
+        "not newest first: {ids:?}"
+    );
+    let newest = site.query_i64("SELECT MAX(id) FROM drift_events");
+    assert_eq!(ids[0], newest);
+    // Every open event is in one incident, which names its signal and segment.
+    let open: Vec<(i64, String, String)> = {
+        let db = site.db();
+        let mut stmt = db
+            .prepare("SELECT id, signal, segment FROM drift_events WHERE resolved_at IS NULL")
+            .unwrap();
+        stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect()
+    };
+    assert!(!open.is_empty(), "the offset drift left no open event");
+    let incidents = api["incidents"].as_array().unwrap();
+    for (id, signal, segment) in &open {
+        let holding: Vec<&serde_json::Value> = incidents
+            .iter()
+            .filter(|i| i["event_ids"].as_array().unwrap().contains(&(*id).into()))
+            .collect();
+        assert_eq!(holding.len(), 1, "event {id} in {holding:?}");
+        let i = holding[0];
+        assert!(
+            i["signals"]
+                .as_array()
+                .unwrap()
+                .contains(&signal.as_str().into())
+        );
+        assert!(
+            i["segments"]
+                .as_array()
+                .unwrap()
+                .contains(&segment.as_str().into())
+        );
+    }
+    // The newest first: by estimated change point (or first alarm).
+    let starts: Vec<i64> = incidents
+        .iter()
+        .map(|i| {
+            i["change_record"]
+                .as_i64()
+                .or(i["start_record"].as_i64())
+                .unwrap()
+        })
+        .collect();
+    assert!(starts.windows(2).all(|w| w[0] >= w[1]), "{starts:?}");
+    // Data time is the records' own: the stream's day, not today.
+    let first = &incidents[0];
+    let day = |ms: i64| sensei::time::rfc3339(ms)[..10].to_owned();
+    assert_eq!(day(first["start_data_at"].as_i64().unwrap()), "2026-03-04");
+    assert_ne!(day(first["seen_at"].as_i64().unwrap()), "2026-03-04");
+
+    let shots = screenshot_dir();
+    let profile = tempfile::tempdir().unwrap();
+    let Some((dom, console)) = chromium(
+        &format!("http://{addr}/"),
+        &shots.join("dashboard-drift.png"),
+        profile.path(),
+    ) else {
+        assert!(daemon.stop().success());
+        return;
+    };
+    assert_rendered(&dom, &console);
+    // One incident line per open episode, in the API's order (the newest first), each with
+    // its segments, signals, data-time start and change point.
+    let rows = incident_rows(&dom);
+    assert_eq!(
+        rows.len(),
+        incidents.len(),
+        "{}",
+        section(&dom, "incidents")
+    );
+    for (row, incident) in rows.iter().zip(incidents) {
+        let since = incident["start_data_at"].as_i64().unwrap();
+        let when = sensei::time::rfc3339(since).replace('T', " ")[..16].to_owned() + "Z";
+        assert!(row.contains(&when), "{when} not in {row}");
+        for s in incident["signals"].as_array().unwrap() {
+            assert!(row.contains(s.as_str().unwrap()), "{s} not in {row}");
+        }
+        for s in incident["segments"].as_array().unwrap() {
+            let s = s.as_str().unwrap();
+            let shown = if s == "*" { "all segments" } else { s };
+            assert!(row.contains(shown), "{shown} not in {row}");
+        }
+        if let Some(change) = incident["change_record"].as_i64() {
+            assert!(row.contains(&format!("(record {change})")), "{row}");
+        }
+    }
+    let with_line = rows.iter().filter(|r| r.contains("line=")).count();
+    assert!(with_line > 0, "no incident names a line: {rows:?}");
+    // Drift events are marked on the charts, at their data time.
+    let marks: usize = dom
+        .split("data-marks=\"")
+        .skip(1)
+        .filter_map(|s| s.split('"').next()?.parse::<usize>().ok())
+        .sum();
+    assert!(marks > 0, "no drift marker drawn");
+    assert!(dom.contains("data-role=\"event\""));
+    // The event list starts with the newest event, both times shown.
+    let events = section(&dom, "events");
+    assert!(
+        events.contains("data time") && events.contains("seen"),
+        "{events}"
+    );
+    let newest_row = events.split("<tr>").nth(2).unwrap_or("");
+    let newest_at = api["events"][0]["data_at"].as_i64().unwrap();
+    let newest_when = sensei::time::rfc3339(newest_at).replace('T', " ")[..16].to_owned() + "Z";
+    assert!(newest_row.contains(&newest_when), "{newest_row}");
+    // Alerts and re-distillation in words: no stored JSON, no column names.
+    let alerts = section(&dom, "alerts");
+    let jobs = section(&dom, "jobs");
+    for (name, panel) in [("alerts", alerts), ("jobs", jobs)] {
+        for raw in ["{\"", "[{", "_at<", "alert_id<"] {
+            assert!(!panel.contains(raw), "{name} shows raw {raw}: {panel}");
+        }
+    }
+    assert!(
+        alerts.contains("any-drift") && alerts.contains("firing"),
+        "{alerts}"
+    );
+    assert!(
+        jobs.contains("request")
+            && jobs.contains("skipped")
+            && jobs.contains("[redistill] command is not set"),
+        "{jobs}"
+    );
+    assert!(daemon.stop().success());
 }

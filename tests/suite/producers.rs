@@ -223,7 +223,7 @@ fn a_record_dated_far_ahead_is_reported_and_never_becomes_the_latest_window() {
     let daemon = site.start();
     site.deliver("today.jsonl", &jsonl("today", 20));
     wait_until(WAIT, "the first file counted", || site.records() == 20);
-    let gauge = "sensei_window_confidence_mean{segment=\"*\"}";
+    let gauge = "sensei_window_confidence_mean{segment=\"all\"}";
     let before = daemon.metric(gauge).expect("the window gauge");
     let latest = "SELECT MAX(start) FROM windows";
     let latest_before = site.query_i64(latest);

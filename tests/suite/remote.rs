@@ -1,11 +1,12 @@
 //! A teacher on an inference server (`[teacher] url`): `sensei check` reads and checks the
 //! remote model's metadata, and a replay graded by the remote teacher stores the same per-record
-//! metrics as one graded by the same model run locally. The server is KServe's Python model
-//! server serving the ONNX models with ONNX Runtime (`tests/common/oip.rs`).
+//! metrics as one graded by the same model run locally. Each test runs against every real
+//! server of `tests/common/oip.rs` (KServe's Python model server and NVIDIA Triton, both
+//! serving the ONNX models with ONNX Runtime): the `kserve::` and `triton::` modules at the end.
 
 use std::collections::BTreeMap;
 
-use crate::common::oip::KServe;
+use crate::common::oip::{Kind, Server};
 use crate::common::{Site, fixture_model, repo};
 
 fn output(o: &std::process::Output) -> String {
@@ -16,10 +17,10 @@ fn remote_teacher(url: &str, model: &str) -> String {
     format!("[teacher]\nurl = \"{url}\"\nmodel = \"{model}\"\nattention = \"attention\"\n")
 }
 
-#[test]
-fn check_reads_the_remote_models_metadata_and_names_the_url_of_every_problem() {
+fn check_reads_the_remote_models_metadata_and_names_the_url_of_every_problem(kind: Kind) {
     let site = Site::new();
-    let server = KServe::start(
+    let server = Server::start(
+        kind,
         &[
             ("teacher", fixture_model("teacher.onnx")),
             ("five", fixture_model("five_classes.onnx")),
@@ -41,6 +42,12 @@ fn check_reads_the_remote_models_metadata_and_names_the_url_of_every_problem() {
         ),
         "{text}"
     );
+    // Triton lists the binary tensor extension in its metadata; KServe's server does not.
+    let tensors = match kind {
+        Kind::Triton => "binary tensors)",
+        Kind::KServe => "JSON tensors)",
+    };
+    assert!(text.contains(tensors), "{text}");
 
     // A model the server does not have; an output the student cannot be compared with.
     for (model, expected) in [
@@ -103,8 +110,11 @@ fn graded(site: &Site) -> Graded {
     .collect()
 }
 
-#[test]
-fn a_remote_teacher_grades_a_demo_stream_as_the_local_teacher_does() {
+/// `tensors`: the `[teacher] tensors` key, when set.
+fn a_remote_teacher_grades_a_demo_stream_as_the_local_teacher_does(
+    kind: Kind,
+    tensors: Option<&str>,
+) {
     let demo = repo().join("models/demo");
     let stream = demo.join("streams/line_b_drift.jsonl");
     let sampling = "[sampling]\nrate = 0.5\nseed = 11\nmax_per_minute = 1000000\nqueue = 100000\n";
@@ -115,14 +125,16 @@ fn a_remote_teacher_grades_a_demo_stream_as_the_local_teacher_does() {
     assert!(out.status.success(), "{}", output(&out));
 
     let remote = Site::with_models(demo.join("student.onnx"), demo.join("teacher.onnx"));
-    let server = KServe::start(
+    let server = Server::start(
+        kind,
         &[("teacher", demo.join("teacher.onnx"))],
         &[],
         remote.root(),
     );
     remote.write_config(&format!(
-        "{sampling}{}max_batch = 8\n",
-        remote_teacher(&server.url(), "teacher")
+        "{sampling}{}max_batch = 8\n{}",
+        remote_teacher(&server.url(), "teacher"),
+        tensors.map_or(String::new(), |t| format!("tensors = \"{t}\"\n"))
     ));
     let out = remote.sensei(&["replay", stream.to_str().unwrap()]);
     assert!(out.status.success(), "{}", output(&out));
@@ -192,14 +204,14 @@ fn sampled_codes(site: &Site) -> BTreeMap<i64, i64> {
         .collect()
 }
 
-#[test]
-fn transient_server_errors_are_retried_and_what_stays_unanswered_is_skipped() {
+fn transient_server_errors_are_retried_and_what_stays_unanswered_is_skipped(kind: Kind) {
     let data = repo().join("models/demo/streams/clean.jsonl");
     let student = repo().join("models/demo/student.onnx");
     let teacher = repo().join("models/demo/teacher.onnx");
     let dir = tempfile::tempdir().unwrap();
     // Every second inference request is refused with HTTP 503.
-    let server = KServe::start(
+    let server = Server::start(
+        kind,
         &[("teacher", teacher.clone())],
         &["--fail-every", "2"],
         dir.path(),
@@ -237,15 +249,40 @@ fn transient_server_errors_are_retried_and_what_stays_unanswered_is_skipped() {
     assert_eq!(sampled_codes(&with), BTreeMap::from([(1, 450)]));
 }
 
-#[test]
-fn a_server_killed_mid_run_costs_no_record_and_is_probed_until_it_answers() {
+fn a_server_killed_mid_run_costs_no_record_and_is_probed_until_it_answers(kind: Kind) {
     let demo = repo().join("models/demo");
     let site = Site::with_models(demo.join("student.onnx"), demo.join("teacher.onnx"));
-    let mut server = KServe::start(&[("teacher", demo.join("teacher.onnx"))], &[], site.root());
+    let mut server = Server::start(
+        kind,
+        &[("teacher", demo.join("teacher.onnx"))],
+        &[],
+        site.root(),
+    );
+    // An alert when the teacher has been out of reach for a while (here 300 ms), by a command
+    // that appends each notification to a file.
+    let notifications = site.root().join("notifications.jsonl");
     site.write_config(&format!(
-        "[http]\nlisten = \"127.0.0.1:0\"\n[sampling]\nrate = 1.0\nmax_per_minute = 1000000\nqueue = 100000\n{}timeout = \"2s\"\nretries = 1\nbackoff = \"10ms\"\nbreaker_after = 2\nbreaker_open = \"300ms\"\n",
-        remote_teacher(&server.url(), "teacher")
+        "[http]\nlisten = \"127.0.0.1:0\"\n[sampling]\nrate = 1.0\nmax_per_minute = 1000000\nqueue = 100000\n{}timeout = \"2s\"\nretries = 1\nbackoff = \"10ms\"\nbreaker_after = 2\nbreaker_open = \"300ms\"\n{}\
+         [receivers.script]\ntype = \"command\"\ncommand = [\"sh\", \"-c\", \"cat >> \\\"$0\\\"; echo >> \\\"$0\\\"\", {:?}]\n\
+         [[rules]]\nname = \"teacher-gone\"\nsignal = \"teacher_unreachable\"\nfor = \"300ms\"\nreceivers = [\"script\"]\n",
+        remote_teacher(&server.url(), "teacher"),
+        crate::common::alerting::alerts_section(""),
+        notifications.display().to_string()
     ));
+    let notified = || -> Vec<serde_json::Value> {
+        std::fs::read_to_string(&notifications)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(|l| serde_json::from_str(l).expect("a JSON notification"))
+            .collect()
+    };
+    let unreachable_events = |open: &str| {
+        site.query_i64(&format!(
+            "SELECT count(*) FROM drift_events WHERE signal = 'teacher_unreachable' \
+             AND segment = '*' AND detector = 'circuit_breaker' AND resolved_at IS {open}"
+        ))
+    };
     let daemon = site.start();
     site.deliver("a.jsonl", &crate::common::jsonl("a", 40));
     wait_until_records(&site, 40);
@@ -269,6 +306,33 @@ fn a_server_killed_mid_run_costs_no_record_and_is_probed_until_it_answers() {
         Some(120.0)
     );
     assert_eq!(status_json(&site)["skipped_unreachable"], 120);
+    let (code, dashboard) = crate::common::http_get(&daemon.http_addr(), "/api/dashboard", &[]);
+    assert_eq!(code, 200, "{dashboard}");
+    let dashboard: serde_json::Value = serde_json::from_str(&dashboard).unwrap();
+    assert_eq!(
+        dashboard["status"]["skipped_unreachable"], 120,
+        "{dashboard}"
+    );
+    // Out of reach is a drift event of its own, open while the server is gone; a rule on it
+    // fires once it has been open for its `for`.
+    assert_eq!(
+        (unreachable_events("NULL"), unreachable_events("NOT NULL")),
+        (1, 0)
+    );
+    crate::common::wait_until(WAIT, "the teacher-gone alert", || !notified().is_empty());
+    let firing = &notified()[0];
+    assert_eq!(
+        (&firing["status"], &firing["rule"]),
+        (
+            &serde_json::json!("firing"),
+            &serde_json::json!("teacher-gone")
+        ),
+        "{firing}"
+    );
+    assert_eq!(
+        firing["drifts"][0]["signal"], "teacher_unreachable",
+        "{firing}"
+    );
 
     // It comes back on the same port: a probe finds it and the samples go to it again.
     server.restart();
@@ -287,6 +351,14 @@ fn a_server_killed_mid_run_costs_no_record_and_is_probed_until_it_answers() {
         "{}",
         daemon.log_text()
     );
+    // The event is resolved, and so is the alert.
+    assert_eq!(
+        (unreachable_events("NULL"), unreachable_events("NOT NULL")),
+        (0, 1)
+    );
+    crate::common::wait_until(WAIT, "the teacher-gone alert resolved", || {
+        notified().last().is_some_and(|n| n["status"] == "resolved")
+    });
     // Every record counted once, every file done.
     assert_eq!(
         site.query_i64("SELECT count(DISTINCT record_id) FROM records"),
@@ -306,7 +378,12 @@ fn wait_until_records(site: &Site, n: usize) {
 fn a_teacher_behind_tls_with_a_client_certificate_and_a_token() {
     let demo = repo().join("models/demo");
     let site = Site::with_models(demo.join("student.onnx"), demo.join("teacher.onnx"));
-    let server = KServe::start(&[("teacher", demo.join("teacher.onnx"))], &[], site.root());
+    let server = Server::start(
+        Kind::KServe,
+        &[("teacher", demo.join("teacher.onnx"))],
+        &[],
+        site.root(),
+    );
     let pki = crate::common::oip::Pki::make(&site.root().join("pki"));
     let token = "s3cret-teacher-token-7f2c";
     let nginx =
@@ -372,4 +449,48 @@ fn a_teacher_behind_tls_with_a_client_certificate_and_a_token() {
     assert!(out.status.success(), "{text}");
     assert!(!text.contains(token), "the token was logged: {text}");
     assert_eq!(sampled_codes(&site), BTreeMap::from([(1, 30)]));
+}
+
+/// Every test above, against one server.
+macro_rules! against {
+    ($server:ident, $kind:expr) => {
+        mod $server {
+            use crate::common::oip::Kind;
+
+            #[test]
+            fn check_reads_the_remote_models_metadata_and_names_the_url_of_every_problem() {
+                super::check_reads_the_remote_models_metadata_and_names_the_url_of_every_problem(
+                    $kind,
+                );
+            }
+
+            #[test]
+            fn a_remote_teacher_grades_a_demo_stream_as_the_local_teacher_does() {
+                super::a_remote_teacher_grades_a_demo_stream_as_the_local_teacher_does($kind, None);
+            }
+
+            #[test]
+            fn transient_server_errors_are_retried_and_what_stays_unanswered_is_skipped() {
+                super::transient_server_errors_are_retried_and_what_stays_unanswered_is_skipped(
+                    $kind,
+                );
+            }
+
+            #[test]
+            fn a_server_killed_mid_run_costs_no_record_and_is_probed_until_it_answers() {
+                super::a_server_killed_mid_run_costs_no_record_and_is_probed_until_it_answers(
+                    $kind,
+                );
+            }
+        }
+    };
+}
+
+against!(kserve, Kind::KServe);
+against!(triton, Kind::Triton);
+
+/// KServe's server takes the binary tensor extension without listing it: forced by the config.
+#[test]
+fn binary_tensors_forced_on_a_server_that_does_not_list_them() {
+    a_remote_teacher_grades_a_demo_stream_as_the_local_teacher_does(Kind::KServe, Some("binary"));
 }

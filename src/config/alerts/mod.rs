@@ -16,7 +16,14 @@ use super::{ConfigProblem, Secret, parse_duration};
 use crate::signal::SignalName;
 
 /// Detectors a drift event can come from (`drift_events.detector`).
-pub const DETECTORS: &[&str] = &["bernoulli_cusum", "cusum", "ks", "chi_square", "psi"];
+pub const DETECTORS: &[&str] = &[
+    "bernoulli_cusum",
+    "cusum",
+    "ks",
+    "chi_square",
+    "psi",
+    "circuit_breaker",
+];
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -28,6 +35,10 @@ pub struct RawAlerts {
     pub retry_max: Option<String>,
     pub instance: Option<String>,
 }
+
+/// The runbook an Alertmanager alert links to unless `runbook_url` says otherwise: the
+/// section of the installed alerting guide (docs/alerts.md) on what to do about a drift.
+pub const DEFAULT_RUNBOOK_URL: &str = "file:///usr/share/doc/sensei/alerts.md#runbook";
 
 /// One `[receivers.NAME]` table; which keys apply depends on `type`.
 #[derive(Debug, Default, Deserialize)]
@@ -49,6 +60,8 @@ pub struct RawReceiver {
     pub url: Option<String>,
     pub token_file: Option<String>,
     pub token_credential: Option<String>,
+    // alertmanager
+    pub runbook_url: Option<String>,
     // command
     pub command: Option<Vec<String>>,
 }
@@ -122,6 +135,9 @@ pub enum ReceiverKind {
         /// Base URL; alerts go to `<url>/api/v2/alerts`.
         url: String,
         token: Option<Secret>,
+        /// The `runbook_url` annotation of every alert; `{rule}` and `{signal}` are replaced by
+        /// the alert's rule and signal family.
+        runbook_url: String,
     },
     Command {
         argv: Vec<String>,
@@ -404,6 +420,28 @@ impl Validator<'_> {
     }
 
     /// An absolute http(s) URL.
+    /// A runbook link: any absolute URL (a wiki page, or the installed docs as `file://`), with
+    /// `{rule}` and `{signal}` standing for the alert's rule and signal.
+    fn runbook_url(&mut self, key: &str, text: &str) -> Option<String> {
+        let filled = text.replace("{rule}", "rule").replace("{signal}", "signal");
+        match reqwest::Url::parse(&filled) {
+            Ok(_) if !text.chars().any(char::is_whitespace) => Some(text.to_owned()),
+            Ok(_) => {
+                self.problem(key, format!("\"{text}\" contains white space"));
+                None
+            }
+            Err(e) => {
+                self.problem(
+                    key,
+                    format!(
+                        "cannot parse URL \"{text}\": {e} (expected e.g. \"https://wiki.example.com/sensei/{{rule}}\")"
+                    ),
+                );
+                None
+            }
+        }
+    }
+
     fn url(&mut self, key: &str, text: &str) -> Option<String> {
         match reqwest::Url::parse(text) {
             Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => {
@@ -514,7 +552,8 @@ impl Validator<'_> {
                 "from",
                 "to",
             ],
-            Some("webhook") | Some("alertmanager") => &["url", "token_file", "token_credential"],
+            Some("webhook") => &["url", "token_file", "token_credential"],
+            Some("alertmanager") => &["url", "token_file", "token_credential", "runbook_url"],
             Some("command") => &["command"],
             Some(other) => {
                 self.problem(
@@ -534,7 +573,7 @@ impl Validator<'_> {
             }
         };
         let kind_text = kind_text.unwrap_or_default();
-        let present: [(&str, bool); 13] = [
+        let present: [(&str, bool); 14] = [
             ("smtp_host", raw.smtp_host.is_some()),
             ("smtp_port", raw.smtp_port.is_some()),
             ("tls", raw.tls.is_some()),
@@ -546,6 +585,7 @@ impl Validator<'_> {
             ("url", raw.url.is_some()),
             ("token_file", raw.token_file.is_some()),
             ("token_credential", raw.token_credential.is_some()),
+            ("runbook_url", raw.runbook_url.is_some()),
             ("command", raw.command.is_some()),
             ("type", true),
         ];
@@ -574,11 +614,19 @@ impl Validator<'_> {
                     &key("token_credential"),
                     raw.token_credential,
                 );
-                url.map(|url| {
+                let runbook_url = match raw.runbook_url {
+                    Some(text) => self.runbook_url(&key("runbook_url"), &text),
+                    None => Some(DEFAULT_RUNBOOK_URL.to_owned()),
+                };
+                url.zip(runbook_url).map(|(url, runbook_url)| {
                     if kind_text == "webhook" {
                         ReceiverKind::Webhook { url, token }
                     } else {
-                        ReceiverKind::Alertmanager { url, token }
+                        ReceiverKind::Alertmanager {
+                            url,
+                            token,
+                            runbook_url,
+                        }
                     }
                 })
             }

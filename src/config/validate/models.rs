@@ -7,7 +7,7 @@ use std::time::Duration;
 use super::super::raw::{self, RawModel};
 use super::super::{
     CompareConfig, ModelConfig, NonFinitePolicy, OnnxRuntimeConfig, OutputKind, Pooling,
-    RemoteConfig, Secret, Task, read_secret,
+    RemoteConfig, Secret, Task, TensorEncoding, read_secret,
 };
 use super::Check;
 
@@ -19,7 +19,7 @@ const DEFAULT_OUTPUT: &str = "logits";
 const DEFAULT_REMOTE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The keys of a model on an inference server, `url` first, and whether each is set.
-fn remote_keys(raw: &RawModel) -> [(&'static str, bool); 14] {
+fn remote_keys(raw: &RawModel) -> [(&'static str, bool); 15] {
     [
         ("url", raw.url.is_some()),
         ("model", raw.model.is_some()),
@@ -30,6 +30,7 @@ fn remote_keys(raw: &RawModel) -> [(&'static str, bool); 14] {
         ("in_flight", raw.in_flight.is_some()),
         ("breaker_after", raw.breaker_after.is_some()),
         ("breaker_open", raw.breaker_open.is_some()),
+        ("tensors", raw.tensors.is_some()),
         ("ca_file", raw.ca_file.is_some()),
         ("client_cert_file", raw.client_cert_file.is_some()),
         ("client_key_file", raw.client_key_file.is_some()),
@@ -202,6 +203,16 @@ impl Check<'_> {
             Duration::from_secs(30),
             Duration::from_millis(1),
         );
+        let tensors = self.choice(
+            &key("tensors"),
+            raw.tensors.clone(),
+            TensorEncoding::Auto,
+            &[
+                ("auto", TensorEncoding::Auto),
+                ("binary", TensorEncoding::Binary),
+                ("json", TensorEncoding::Json),
+            ],
+        );
         let ca_file = raw.ca_file.clone().map(|p| self.path(&key("ca_file"), p));
         let client_identity = match (&raw.client_cert_file, &raw.client_key_file) {
             (Some(cert), Some(k)) => Some((
@@ -235,6 +246,7 @@ impl Check<'_> {
             in_flight,
             breaker_after,
             breaker_open,
+            tensors,
             ca_file,
             client_identity,
             token,

@@ -574,8 +574,16 @@ fn a_teacher_on_an_inference_server_is_read() {
         (remote.breaker_after, remote.breaker_open),
         (3, Duration::from_secs(30))
     );
+    assert_eq!(remote.tensors, crate::config::TensorEncoding::Auto);
+    let text = format!("{text}tensors = \"binary\"\n");
+    let config =
+        from_toml(&text, Path::new("/etc/sensei/sensei.toml")).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        config.teacher.remote.expect("a remote teacher").tensors,
+        crate::config::TensorEncoding::Binary
+    );
     let text = format!(
-        "{STUDENT_ONLY}[teacher]\nurl = \"http://h\"\nmodel = \"t\"\nretries = 11\nin_flight = 0\nbreaker_after = 0\nbreaker_open = \"0s\"\nbackoff = \"soon\"\n"
+        "{STUDENT_ONLY}[teacher]\nurl = \"http://h\"\nmodel = \"t\"\nretries = 11\nin_flight = 0\nbreaker_after = 0\nbreaker_open = \"0s\"\nbackoff = \"soon\"\ntensors = \"protobuf\"\n"
     );
     assert_eq!(
         paths(&problems(&text)),
@@ -584,7 +592,8 @@ fn a_teacher_on_an_inference_server_is_read() {
             "teacher.backoff",
             "teacher.in_flight",
             "teacher.breaker_after",
-            "teacher.breaker_open"
+            "teacher.breaker_open",
+            "teacher.tensors"
         ]
     );
 }

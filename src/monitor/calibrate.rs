@@ -355,13 +355,9 @@ pub fn calibrate_cusum(
     calibrate_cusum_with(values, k, arl0, seed, &CalibrationOptions::default())
 }
 
-pub fn calibrate_cusum_with(
-    values: &[f64],
-    k: f64,
-    arl0: f64,
-    seed: u64,
-    options: &CalibrationOptions,
-) -> Result<Calibration, BaselineError> {
+/// The standard deviation of `values` and the increments `v - mean - k` a real-valued CUSUM
+/// adds on them; an error when `k` is not usable or no increment is positive.
+fn cusum_increments(values: &[f64], k: f64) -> Result<(f64, Vec<f64>), BaselineError> {
     let (mean, sd) = super::mean_sd(values, "CUSUM baseline values")?;
     if !(k.is_finite() && k >= 0.0) {
         return Err(BaselineError::invalid("k", k, "must be finite and >= 0"));
@@ -374,6 +370,17 @@ pub fn calibrate_cusum_with(
             "exceeds every baseline value minus the mean: the detector could never move",
         ));
     }
+    Ok((sd, increments))
+}
+
+pub fn calibrate_cusum_with(
+    values: &[f64],
+    k: f64,
+    arl0: f64,
+    seed: u64,
+    options: &CalibrationOptions,
+) -> Result<Calibration, BaselineError> {
+    let (sd, increments) = cusum_increments(values, k)?;
     let cap = check_target(arl0, options)?;
     let mut set = PathSet::new(options.replications, cap, seed, || BootstrapCusumPath {
         increments: &increments,
@@ -435,18 +442,7 @@ pub fn cusum_curve(
     k: f64,
     seed: u64,
 ) -> Result<(ThresholdCurve, Vec<Calibration>), BaselineError> {
-    let (mean, sd) = super::mean_sd(values, "CUSUM baseline values")?;
-    if !(k.is_finite() && k >= 0.0) {
-        return Err(BaselineError::invalid("k", k, "must be finite and >= 0"));
-    }
-    let increments: Vec<f64> = values.iter().map(|v| v - mean - k).collect();
-    if increments.iter().all(|&inc| inc <= 0.0) {
-        return Err(BaselineError::invalid(
-            "k",
-            k,
-            "exceeds every baseline value minus the mean: the detector could never move",
-        ));
-    }
+    let (sd, increments) = cusum_increments(values, k)?;
     let options = CalibrationOptions::default();
     let top = SIMULATED_TARGETS[SIMULATED_TARGETS.len() - 1];
     let cap = check_target(top, &options)?;

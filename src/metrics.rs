@@ -518,11 +518,11 @@ fn database_families(path: &std::path::Path, window_ms: i64) -> anyhow::Result<V
         MetricType::Gauge,
     );
     for d in reader.sightlines(window_ms).unwrap_or_default() {
-        let l = labels(&[
-            ("signal", &d.signal),
+        let mut l = signal_labels(&d.signal);
+        l.extend(labels(&[
             ("segment", segment_label(&d.segment)),
             ("detector", &d.detector),
-        ]);
+        ]));
         let seconds = d.sightline.expected_delay_seconds.unwrap_or(
             if d.sightline.expected_delay_records.is_infinite() {
                 f64::INFINITY

@@ -413,17 +413,34 @@ pub fn bernoulli_curve(
     seed: u64,
 ) -> Result<(ThresholdCurve, Vec<Calibration>), BaselineError> {
     let (up, down) = bernoulli_increments(p0, p1)?;
+    let exponent = cusum_exponent(&[(up, p0), (down, 1.0 - p0)])?;
+    simulated_curve(
+        || BernoulliPath {
+            p: p0,
+            up,
+            down,
+            s: 0.0,
+        },
+        up,
+        exponent,
+        seed,
+    )
+}
+
+/// Simulates the paths `make` builds at [`SIMULATED_TARGETS`] (the search starting at
+/// `h_start`) and extends the points beyond with Siegmund's approximation, `exponent` being
+/// (θ, drift) of the increments; the curve anchored at the largest simulated target.
+fn simulated_curve<P: StatisticPath>(
+    make: impl FnMut() -> P,
+    h_start: f64,
+    (theta, drift): (f64, f64),
+    seed: u64,
+) -> Result<(ThresholdCurve, Vec<Calibration>), BaselineError> {
     let options = CalibrationOptions::default();
     let top = SIMULATED_TARGETS[SIMULATED_TARGETS.len() - 1];
     let cap = check_target(top, &options)?;
-    let mut set = PathSet::new(options.replications, cap, seed, || BernoulliPath {
-        p: p0,
-        up,
-        down,
-        s: 0.0,
-    });
-    let cals = solve_targets(&mut set, &SIMULATED_TARGETS, up, seed)?;
-    let (theta, drift) = cusum_exponent(&[(up, p0), (down, 1.0 - p0)])?;
+    let mut set = PathSet::new(options.replications, cap, seed, make);
+    let cals = solve_targets(&mut set, &SIMULATED_TARGETS, h_start, seed)?;
     let anchor = cals.last().map_or(0.0, |c| c.arl0);
     let curve = ThresholdCurve::new(
         cals.iter().map(|c| (c.target_arl0, c.threshold)).collect(),
@@ -443,24 +460,17 @@ pub fn cusum_curve(
     seed: u64,
 ) -> Result<(ThresholdCurve, Vec<Calibration>), BaselineError> {
     let (sd, increments) = cusum_increments(values, k)?;
-    let options = CalibrationOptions::default();
-    let top = SIMULATED_TARGETS[SIMULATED_TARGETS.len() - 1];
-    let cap = check_target(top, &options)?;
-    let mut set = PathSet::new(options.replications, cap, seed, || BootstrapCusumPath {
-        increments: &increments,
-        s: 0.0,
-    });
-    let cals = solve_targets(&mut set, &SIMULATED_TARGETS, 0.5 * sd, seed)?;
     let weighted: Vec<(f64, f64)> = increments.iter().map(|&v| (v, 1.0)).collect();
-    let (theta, drift) = cusum_exponent(&weighted)?;
-    let anchor = cals.last().map_or(0.0, |c| c.arl0);
-    let curve = ThresholdCurve::new(
-        cals.iter().map(|c| (c.target_arl0, c.threshold)).collect(),
-        anchor,
-        theta,
-        drift,
-    )?;
-    Ok((curve, cals))
+    let exponent = cusum_exponent(&weighted)?;
+    simulated_curve(
+        || BootstrapCusumPath {
+            increments: &increments,
+            s: 0.0,
+        },
+        0.5 * sd,
+        exponent,
+        seed,
+    )
 }
 
 /// Measures the average run length of a CUSUM (μ0, k, h) on bootstrap resamples of `values`:

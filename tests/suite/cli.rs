@@ -228,9 +228,10 @@ fn the_config_comes_from_c_or_sensei_config() {
 fn verbosity_and_log_format_apply_to_a_command() {
     let site = Site::new();
     site.write_config("");
-    let replay = |extra: &[&str], name: &str| {
+    // Replays file `name` holding `n` records with ids from `ids`.
+    let replay_records = |extra: &[&str], name: &str, ids: &str, n: usize| {
         let file = site.root().join(name);
-        std::fs::write(&file, jsonl(name, 5)).unwrap();
+        std::fs::write(&file, jsonl(ids, n)).unwrap();
         Command::new(sensei_bin())
             .arg("--config")
             .arg(site.config_path())
@@ -241,6 +242,7 @@ fn verbosity_and_log_format_apply_to_a_command() {
             .output()
             .unwrap()
     };
+    let replay = |extra: &[&str], name: &str| replay_records(extra, name, name, 5);
     let plain = replay(&[], "a.jsonl");
     assert!(plain.status.success(), "{}", text(&plain));
     assert!(
@@ -265,19 +267,7 @@ fn verbosity_and_log_format_apply_to_a_command() {
     assert!(stderr.contains("File committed."), "{stderr}");
     assert!(!stderr.trim_start().starts_with('{'), "{stderr}");
     // A file whose records were counted before, but one, makes a warning; -q leaves it out.
-    let again = |extra: &[&str], name: &str, n: usize| {
-        let file = site.root().join(name);
-        std::fs::write(&file, jsonl("a.jsonl", n)).unwrap();
-        Command::new(sensei_bin())
-            .arg("--config")
-            .arg(site.config_path())
-            .args(extra)
-            .arg("replay")
-            .arg(&file)
-            .env_remove("SENSEI_LOG")
-            .output()
-            .unwrap()
-    };
+    let again = |extra: &[&str], name: &str, n: usize| replay_records(extra, name, "a.jsonl", n);
     let warned = again(&[], "d.jsonl", 6);
     assert!(
         String::from_utf8_lossy(&warned.stderr).contains("WARN"),

@@ -149,6 +149,8 @@ pub struct DetectConfig {
     /// Expert override of the budget: expected samples between false alarms of one detector
     /// (in-control average run length), for every sequential family or by family.
     pub arl0: Arl0Override,
+    /// The detector on the Bernoulli signals (disagreement, student and teacher error).
+    pub rate_detector: RateDetector,
     /// Bernoulli CUSUM on disagreement: p1 = p0 + this.
     pub min_shift_disagreement: f64,
     /// Bernoulli CUSUM on student/teacher error rates: p1 = p0 + this.
@@ -326,6 +328,16 @@ impl ModelConfig {
             None => self.path.display().to_string(),
         }
     }
+}
+
+/// `[detect] detector`: what watches the Bernoulli signals (docs/detection.md, "Bank of
+/// CUSUMs").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RateDetector {
+    /// Bernoulli CUSUMs at several p1 (`monitor::bank`), calibrated jointly to the ARL0.
+    Bank,
+    /// One Bernoulli CUSUM at p1 = p0 + the minimum shift.
+    Cusum,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -157,6 +157,7 @@ pub struct RawModel {
 pub struct RawDetect {
     pub false_alarms: Option<String>,
     pub arl0: Option<RawArl0>,
+    pub detector: Option<String>,
     pub min_shift_disagreement: Option<f64>,
     pub min_shift_error: Option<f64>,
     pub min_shift_sd: Option<f64>,

@@ -7,10 +7,11 @@
 //! records — so a restart neither resets a detector nor re-fires an event.
 //!
 //! Sequential detectors (one observation at a time):
-//! - `disagreement`: Bernoulli CUSUM on teacher-sampled records, p0 from the lab set;
+//! - `disagreement`: Bernoulli CUSUM on teacher-sampled records, p0 from the lab set — by
+//!   default a bank of them at several p1 (`[detect] detector`, [`crate::monitor::bank`]);
 //! - `kl`, `attention_kl`: CUSUM on the per-sample divergences;
 //! - `confidence`: CUSUM on 1 − confidence of every record (a rise in student uncertainty);
-//! - `student_error`, `teacher_error`: Bernoulli CUSUM on labelled records.
+//! - `student_error`, `teacher_error`: Bernoulli CUSUM (or bank) on labelled records.
 //!
 //! Windowed tests, in rounds of `[detect] window_records` records: KS on confidence (the signal
 //! `confidence`, detector `ks`), chi-square on the class mix, PSI on each input feature
@@ -23,11 +24,11 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use self::budget::{Allocation, BudgetInput, FamilyInput, allocate};
-use crate::config::Config;
+use crate::config::{Config, RateDetector};
 use crate::monitor::window::{
     RoundTest, WindowTest, class_mix_test, evaluate_round, ks_test, psi_test,
 };
-use crate::monitor::{Alarm, BaselineError, BernoulliCusum, Cusum};
+use crate::monitor::{Alarm, BaselineError, BernoulliBank, BernoulliCusum, Cusum};
 use crate::record::ALL_SEGMENTS;
 use crate::signal::{Family, SignalName};
 use crate::stats::clopper_pearson;
@@ -45,6 +46,28 @@ pub use reference::{
 enum Sequential {
     Rate(BernoulliCusum),
     Value(Cusum),
+    /// Added after `Rate` and `Value`: stored states of those still load as they were.
+    Bank(BernoulliBank),
+}
+
+impl Sequential {
+    /// The name in `detector_state` and `drift_events`. A bank is a set of Bernoulli CUSUMs and
+    /// keeps their name, so status, metrics and stored rows read the same under either
+    /// `[detect] detector`.
+    fn name(&self) -> &'static str {
+        match self {
+            Sequential::Rate(_) | Sequential::Bank(_) => "bernoulli_cusum",
+            Sequential::Value(_) => "cusum",
+        }
+    }
+
+    fn kind(&self) -> &'static str {
+        match self {
+            Sequential::Rate(_) => "cusum",
+            Sequential::Bank(_) => "bank",
+            Sequential::Value(_) => "value cusum",
+        }
+    }
 }
 
 /// One sequential detector and its episode bookkeeping. An alarm opens a drift event unless one
@@ -87,12 +110,15 @@ impl Watch {
             (Sequential::Value(d), Value::Real(x)) => {
                 (d.increment(x), d.update(x, seq as u64), d.threshold())
             }
+            (Sequential::Bank(d), Value::Flag(x)) => {
+                // "Back in control" weighs p0 against the member of the last alarm (unchanged
+                // by a step without alarm).
+                let alarm = d.update(x, seq as u64);
+                (d.recovery_increment(x), alarm, d.recovery_threshold())
+            }
             _ => return,
         };
-        let detector_name = match self.detector {
-            Sequential::Rate(_) => "bernoulli_cusum",
-            Sequential::Value(_) => "cusum",
-        };
+        let detector_name = self.detector.name();
         match alarm {
             Some(a) => {
                 self.since_alarm = 0;
@@ -103,7 +129,7 @@ impl Watch {
                     detector_name,
                     &a,
                     now_ms,
-                    matches!(self.detector, Sequential::Rate(_)),
+                    matches!(self.detector, Sequential::Rate(_) | Sequential::Bank(_)),
                 );
                 out.changes.push(if self.open {
                     EventChange::Repeat(event)
@@ -136,6 +162,13 @@ impl Watch {
     /// Arms the detector at the threshold for `arl0` on its curve (profiles stored before
     /// curves existed keep their calibrated threshold).
     fn set_arl0(&mut self, r: &Reference, signal: Signal, arl0: f64) {
+        if let Sequential::Bank(d) = &mut self.detector {
+            if let Some(bank) = rate_reference_of(r, signal).and_then(|x| x.bank.as_ref()) {
+                d.set_level(bank.curve.threshold(arl0));
+                self.dirty = true;
+            }
+            return;
+        }
         let Some(curve) = curve_of(r, signal) else {
             return;
         };
@@ -143,8 +176,19 @@ impl Watch {
         match &mut self.detector {
             Sequential::Rate(d) => d.set_threshold(h),
             Sequential::Value(d) => d.set_threshold(h),
+            Sequential::Bank(_) => {}
         }
         self.dirty = true;
+    }
+}
+
+/// The rate reference of a Bernoulli signal.
+fn rate_reference_of(r: &Reference, signal: Signal) -> Option<&RateReference> {
+    match signal {
+        Signal::Disagreement => r.disagreement.as_ref(),
+        Signal::StudentError => r.student_error.as_ref(),
+        Signal::TeacherError => r.teacher_error.as_ref(),
+        Signal::Kl | Signal::AttentionKl | Signal::Confidence => None,
     }
 }
 
@@ -202,11 +246,11 @@ const MIN_RATE_SPAN_MS: i64 = 600_000;
 pub const ASSUMED_RECORDS_PER_SECOND: f64 = 1.0;
 
 /// A new detector for `signal`, or `None` when the baseline has no reference for it.
-fn new_watch(r: &Reference, signal: Signal) -> Option<Watch> {
+fn new_watch(r: &Reference, signal: Signal, kind: RateDetector) -> Option<Watch> {
     let detector = match signal {
-        Signal::Disagreement => rate_detector(r.disagreement.as_ref())?,
-        Signal::StudentError => rate_detector(r.student_error.as_ref())?,
-        Signal::TeacherError => rate_detector(r.teacher_error.as_ref())?,
+        Signal::Disagreement => rate_detector(r.disagreement.as_ref(), kind)?,
+        Signal::StudentError => rate_detector(r.student_error.as_ref(), kind)?,
+        Signal::TeacherError => rate_detector(r.teacher_error.as_ref(), kind)?,
         Signal::Kl => value_detector(r.kl.as_ref())?,
         Signal::AttentionKl => value_detector(r.attention_kl.as_ref())?,
         Signal::Confidence => value_detector(r.uncertainty.as_ref())?,
@@ -243,6 +287,8 @@ pub struct DriftMonitor {
     min_ks: f64,
     min_class_shift: f64,
     min_psi: f64,
+    /// `[detect] detector`: what watches the Bernoulli signals.
+    rate_kind: RateDetector,
     /// segment → its sequential detectors, one slot per [`Signal`] (a lookup by `&str`
     /// allocates nothing, and a record's signals share one lookup of its segment).
     watches: BTreeMap<String, [Option<Watch>; Signal::ALL.len()]>,
@@ -333,6 +379,7 @@ impl DriftMonitor {
             min_ks: d.min_ks,
             min_class_shift: d.min_class_shift,
             min_psi: d.min_psi,
+            rate_kind: d.rate_detector,
             watches: BTreeMap::new(),
             windows: BTreeMap::new(),
             open_windowed: BTreeMap::new(),
@@ -343,6 +390,21 @@ impl DriftMonitor {
             teacher_rate: config.sampling.rate,
             budget: BudgetState::default(),
         };
+        if m.rate_kind == RateDetector::Bank {
+            for s in [
+                Signal::Disagreement,
+                Signal::StudentError,
+                Signal::TeacherError,
+            ] {
+                if rate_reference_of(&m.reference, s).is_some_and(|r| r.bank.is_none()) {
+                    tracing::warn!(
+                        signal = s.name(),
+                        baseline = baseline_version,
+                        "The baseline profile has no bank of CUSUMs for this signal (stored before the bank existed, or p0 too close to 1); it is watched by the single Bernoulli CUSUM. Run `sensei baseline` again to get the bank."
+                    );
+                }
+            }
+        }
         m.reallocate();
         m
     }
@@ -471,14 +533,39 @@ impl DriftMonitor {
                 }
             } else if detector.starts_with("windowed:") {
                 self.open_windowed.insert((signal, segment), json == "open");
-            } else if let (Some(signal), Ok(w)) = (
+            } else if let (Some(signal), Ok(mut w)) = (
                 Signal::from_name(&signal),
                 serde_json::from_str::<Watch>(&json),
             ) {
+                self.rearm_if_reconfigured(&mut w, signal, &segment);
                 self.watches.entry(segment).or_default()[signal as usize] = Some(w);
             }
         }
         self.reallocate();
+    }
+
+    /// A stored Bernoulli detector of the other kind than `[detect] detector` asks for (a state
+    /// from before the bank, or a changed setting) is replaced by a fresh one of the configured
+    /// kind, with a log line; whether an event is open carries over, the statistic starts at 0.
+    fn rearm_if_reconfigured(&self, w: &mut Watch, signal: Signal, segment: &str) {
+        let Some(fresh) = new_watch(&self.reference, signal, self.rate_kind) else {
+            return;
+        };
+        let stored = w.detector.kind();
+        let wanted = fresh.detector.kind();
+        if stored == wanted || matches!(w.detector, Sequential::Value(_)) {
+            return;
+        }
+        tracing::info!(
+            signal = signal.name(),
+            segment,
+            stored,
+            configured = wanted,
+            "Re-armed a stored Bernoulli detector as the configured kind ([detect] detector); its statistic starts at zero, an open event stays open."
+        );
+        w.detector = fresh.detector;
+        w.recovery = 0.0;
+        w.dirty = true;
     }
 
     /// Feeds a record's `values` (one per signal, `None` where the record has none) to the
@@ -505,7 +592,7 @@ impl DriftMonitor {
                     .is_some_and(|slots| slots[signal as usize].is_none())
             {
                 let arl0 = self.arl0_of_new(segment, signal);
-                let mut w = new_watch(&self.reference, signal);
+                let mut w = new_watch(&self.reference, signal, self.rate_kind);
                 if let (Some(w), Some(arl0)) = (w.as_mut(), arl0) {
                     w.set_arl0(&self.reference, signal, arl0);
                 }
@@ -766,14 +853,12 @@ impl DriftMonitor {
                     continue;
                 };
                 w.dirty = false;
-                let (detector, samples, statistic, threshold) = match &w.detector {
-                    Sequential::Rate(d) => (
-                        "bernoulli_cusum",
-                        d.observed(),
-                        d.statistic(),
-                        d.threshold(),
-                    ),
-                    Sequential::Value(d) => ("cusum", d.observed(), d.statistic(), d.threshold()),
+                let detector = w.detector.name();
+                let (samples, statistic, threshold) = match &w.detector {
+                    Sequential::Rate(d) => (d.observed(), d.statistic(), d.threshold()),
+                    Sequential::Value(d) => (d.observed(), d.statistic(), d.threshold()),
+                    // The member nearest to its threshold.
+                    Sequential::Bank(d) => (d.observed(), d.statistic(), d.threshold()),
                 };
                 out.states.insert(
                     (
@@ -831,8 +916,20 @@ enum Value {
     Real(f64),
 }
 
-fn rate_detector(r: Option<&RateReference>) -> Option<Sequential> {
+/// The configured kind of detector for a rate, armed at the profile's reference ARL0 until the
+/// budget moves it; the single CUSUM where the profile has no bank.
+fn rate_detector(r: Option<&RateReference>, kind: RateDetector) -> Option<Sequential> {
     let r = r?;
+    if kind == RateDetector::Bank
+        && let Some(bank) = &r.bank
+        && let Ok(d) = BernoulliBank::new(
+            r.p0,
+            &bank.members,
+            bank.curve.threshold(bank.curve.simulated_up_to()),
+        )
+    {
+        return Some(Sequential::Bank(d));
+    }
     BernoulliCusum::new(r.p0, r.p1, r.threshold)
         .ok()
         .map(Sequential::Rate)

@@ -10,7 +10,8 @@ use crate::monitor::curve::SIMULATED_TARGETS;
 use crate::monitor::lab::LabRun;
 use crate::monitor::sampling::{rate_under_policy, resample_under_policy};
 use crate::monitor::window::FeatureBins;
-use crate::monitor::{CusumParams, ThresholdCurve, bernoulli_delay, cusum_delay};
+use crate::monitor::bank::{bank_curve, bank_members};
+use crate::monitor::{BankReference, CusumParams, ThresholdCurve, bernoulli_delay, cusum_delay};
 
 /// Values kept from the lab set for bootstrap calibration and KS tests.
 pub const MAX_REFERENCE_VALUES: usize = 5000;
@@ -41,6 +42,11 @@ pub struct RateReference {
     /// `None` in profiles stored before it was measured (those detectors keep `threshold`).
     #[serde(default)]
     pub curve: Option<ThresholdCurve>,
+    /// The bank of CUSUMs at several p1 (`monitor::bank`, `[detect] detector = "bank"`) and the
+    /// curve of its level. `None` in profiles stored before the bank existed, or when p0 leaves
+    /// no room for its members (those signals get the single CUSUM).
+    #[serde(default)]
+    pub bank: Option<BankReference>,
 }
 
 /// A real-valued signal's reference.
@@ -158,6 +164,10 @@ fn rate_reference(
         .ok_or_else(|| format!("{what}: no calibration"))?;
     let cap = (10.0 * arl0) as u64;
     let expected_delay = bernoulli_delay(p0, p1, cal.threshold, cap, seed ^ 0xde1a).ok();
+    let bank = bank_members(p0, shift).ok().and_then(|members| {
+        let (curve, _) = bank_curve(p0, &members, seed ^ 0xba4c).ok()?;
+        Some(BankReference { members, curve })
+    });
     Ok(RateReference {
         rate,
         events: k,
@@ -168,6 +178,7 @@ fn rate_reference(
         simulated_arl0: cal.arl0,
         expected_delay,
         curve: Some(curve),
+        bank,
     })
 }
 

@@ -22,6 +22,7 @@ fn disagreement_only() -> Reference {
             simulated_arl0: 1000.0,
             expected_delay: None,
             curve: None,
+            bank: None,
         }),
         kl: None,
         attention_kl: None,
@@ -121,4 +122,119 @@ fn back_in_control_evidence_is_persisted() {
     let mut after = MonitorDelta::default();
     feed(&mut restored, &mut seq, 45, false, &mut after);
     assert_eq!(kinds(&after), [("resolve", 0)]);
+}
+
+/// [`disagreement_only`] with the bank of CUSUMs calibrated for p0 = 0.03, shift 0.05.
+fn with_bank() -> Reference {
+    let mut r = disagreement_only();
+    let members = crate::monitor::bank::bank_members(0.03, 0.05).expect("members");
+    let (curve, _) = crate::monitor::bank::bank_curve(0.03, &members, 5).expect("curve");
+    if let Some(d) = r.disagreement.as_mut() {
+        d.bank = Some(crate::monitor::BankReference { members, curve });
+    }
+    r
+}
+
+fn monitor_with(reference: Reference, detect: &str) -> DriftMonitor {
+    let config = Config::from_toml(
+        &format!(
+            "state_dir = \"/tmp/s\"\n[student]\npath = \"s.onnx\"\n[teacher]\npath = \"t.onnx\"\n[detect]\n{detect}\n"
+        ),
+        Path::new("/etc/sensei/sensei.toml"),
+    )
+    .expect("config");
+    DriftMonitor::new(1, reference, &config)
+}
+
+fn stored_rows(m: &mut DriftMonitor) -> Vec<(String, String, String, String)> {
+    let mut out = MonitorDelta::default();
+    m.collect_states(&mut out);
+    out.states
+        .iter()
+        .map(|((a, b, c), r)| (a.clone(), b.clone(), c.clone(), r.json.clone()))
+        .collect()
+}
+
+fn disagreement_watch(m: &DriftMonitor) -> &Watch {
+    m.watches.get(ALL_SEGMENTS).expect("segment")[Signal::Disagreement as usize]
+        .as_ref()
+        .expect("watch")
+}
+
+/// By default the disagreement detector is the bank, armed at the budget's ARL0 on its own
+/// curve; it opens an event with a change-point estimate, resolves it back in control, and its
+/// state survives a restart under the same name as the single CUSUM's.
+#[test]
+fn the_bank_is_the_default_and_keeps_events_and_state() {
+    let mut m = monitor_with(with_bank(), "");
+    let mut out = MonitorDelta::default();
+    let mut seq = 0;
+    feed(&mut m, &mut seq, 300, false, &mut out);
+    let Sequential::Bank(bank) = &disagreement_watch(&m).detector else {
+        panic!("not a bank: {:?}", disagreement_watch(&m).detector);
+    };
+    let arl0 = m
+        .budget()
+        .allocation
+        .as_ref()
+        .and_then(|a| a.arl0("disagreement", 1.0))
+        .expect("allocated");
+    let curve = &with_bank().disagreement.unwrap().bank.unwrap().curve;
+    assert!((bank.level() - curve.threshold(arl0)).abs() < 1e-9);
+    feed(&mut m, &mut seq, 40, true, &mut out);
+    let opened: Vec<_> = out.opened().collect();
+    assert_eq!(opened.len(), 1, "{:?}", kinds(&out));
+    assert_eq!(opened[0].detector, "bernoulli_cusum");
+    assert_eq!(opened[0].estimated_change_record, Some(301));
+    let rows = stored_rows(&mut m);
+    assert!(
+        rows.iter()
+            .any(|(s, _, d, j)| s == "disagreement" && d == "bernoulli_cusum" && j.contains("\"Bank\"")),
+        "{rows:?}"
+    );
+    let mut restored = monitor_with(with_bank(), "");
+    restored.restore(rows);
+    let (Sequential::Bank(a), Sequential::Bank(b)) = (
+        &disagreement_watch(&m).detector,
+        &disagreement_watch(&restored).detector,
+    ) else {
+        panic!("the restored detector is not a bank");
+    };
+    assert_eq!(a, b);
+    // Agreements until back in control: the event resolves.
+    let mut after = MonitorDelta::default();
+    feed(&mut restored, &mut seq, 3000, false, &mut after);
+    assert_eq!(kinds(&after), [("resolve", 0)]);
+}
+
+/// A state stored by the single CUSUM (the previous version, or `detector = "cusum"`) loads
+/// under the bank: the detector is re-armed as a bank and the open event stays open.
+#[test]
+fn a_stored_single_cusum_is_rearmed_as_the_configured_bank() {
+    let mut old = monitor_with(with_bank(), "detector = \"cusum\"");
+    let mut out = MonitorDelta::default();
+    let mut seq = 0;
+    feed(&mut old, &mut seq, 30, true, &mut out);
+    assert_eq!(out.opened().count(), 1);
+    assert!(matches!(disagreement_watch(&old).detector, Sequential::Rate(_)));
+    let rows = stored_rows(&mut old);
+    let mut m = monitor_with(with_bank(), "detector = \"bank\"");
+    m.restore(rows.clone());
+    let w = disagreement_watch(&m);
+    assert!(matches!(w.detector, Sequential::Bank(_)), "{:?}", w.detector);
+    assert!(w.open);
+    // And back: a bank state under `detector = "cusum"` is re-armed as the single CUSUM.
+    let bank_rows = stored_rows(&mut m);
+    let mut single = monitor_with(with_bank(), "detector = \"cusum\"");
+    single.restore(bank_rows);
+    assert!(matches!(disagreement_watch(&single).detector, Sequential::Rate(_)));
+    // A profile without a bank keeps the single CUSUM whatever the setting.
+    let mut plain = monitor_with(disagreement_only(), "");
+    plain.restore(rows);
+    assert!(matches!(disagreement_watch(&plain).detector, Sequential::Rate(_)));
+    assert!(Config::from_toml(
+        "state_dir = \"/tmp/s\"\n[student]\npath = \"s.onnx\"\n[teacher]\npath = \"t.onnx\"\n[detect]\ndetector = \"glr\"\n",
+        Path::new("/etc/sensei/sensei.toml"),
+    )
+    .is_err());
 }

@@ -77,7 +77,7 @@ pub struct ArlEstimate {
 }
 
 /// Something that produces the detector statistic one observation at a time.
-trait StatisticPath {
+pub(crate) trait StatisticPath {
     fn step(&mut self, rng: &mut SplitMix64) -> f64;
 }
 
@@ -171,13 +171,13 @@ impl<P: StatisticPath> Path<P> {
     }
 }
 
-struct PathSet<P> {
+pub(crate) struct PathSet<P> {
     paths: Vec<Path<P>>,
     cap: u64,
 }
 
 impl<P: StatisticPath> PathSet<P> {
-    fn new(replications: usize, cap: u64, seed: u64, mut make: impl FnMut() -> P) -> Self {
+    pub(crate) fn new(replications: usize, cap: u64, seed: u64, mut make: impl FnMut() -> P) -> Self {
         let paths = (0..replications)
             .map(|i| Path {
                 statistic: make(),
@@ -190,7 +190,7 @@ impl<P: StatisticPath> PathSet<P> {
         PathSet { paths, cap }
     }
 
-    fn estimate(&mut self, h: f64) -> ArlEstimate {
+    pub(crate) fn estimate(&mut self, h: f64) -> ArlEstimate {
         let mut total = 0.0;
         let mut sum_sq = 0.0;
         let mut alarms = 0usize;
@@ -430,7 +430,7 @@ pub fn bernoulli_curve(
 /// Simulates the paths `make` builds at [`SIMULATED_TARGETS`] (the search starting at
 /// `h_start`) and extends the points beyond with Siegmund's approximation, `exponent` being
 /// (θ, drift) of the increments; the curve anchored at the largest simulated target.
-fn simulated_curve<P: StatisticPath>(
+pub(crate) fn simulated_curve<P: StatisticPath>(
     make: impl FnMut() -> P,
     h_start: f64,
     (theta, drift): (f64, f64),

@@ -11,6 +11,8 @@
 //! - [`cusum`]: sequential detectors on per-sample streams — [`BernoulliCusum`] (disagreement,
 //!   error rates), [`Cusum`] (KL, attention KL, 1 − confidence, entropy), [`PageHinkley`] — and
 //!   the [`Alarm`] they raise.
+//! - [`bank`]: [`BernoulliBank`], Bernoulli CUSUMs at several alert rates calibrated jointly
+//!   to one ARL0, for shifts of unknown size.
 //! - [`calibrate`]: thresholds from a target in-control average run length (ARL0), by
 //!   simulation (Bernoulli) or bootstrap from the baseline (real-valued); false-alarm
 //!   verification.
@@ -31,6 +33,7 @@
 //! support a statistic (too few records, a rate of 0 or 1, zero variance) is a
 //! [`BaselineError`], not a silently passing test.
 
+pub mod bank;
 pub mod calibrate;
 pub mod curve;
 pub mod cusum;
@@ -40,6 +43,7 @@ pub mod rng;
 pub mod sampling;
 pub mod window;
 
+pub use bank::{BankMember, BankReference, BernoulliBank};
 pub use calibrate::{Calibration, CalibrationOptions, calibrate_bernoulli, calibrate_cusum};
 pub use curve::ThresholdCurve;
 pub use cusum::{Alarm, BernoulliCusum, Cusum, CusumParams, PageHinkley};

@@ -6,9 +6,12 @@ teacher on every record (sampling rate 1.0): `sensei baseline` on models/demo/la
 disagreement (teacher_samples.disagreement ordered by seq) and sensei's own drift events
 (drift_events.detected_at_record) back from that database, and runs the River peers of
 tools/peers/detectors.py on the same 0/1 sequence. Each peer is calibrated as in detectors.py, but
-to the baseline's own in-control rate p0 and ARL0, the ones sensei's disagreement detector uses.
+to the baseline's own in-control rate p0 and to the ARL0 the false-alarm budget gives sensei's
+all-segments disagreement detector on that replay (read from the stored allocation, with the
+threshold it armed), capped at --peer-arl0 (default 50,000): a River calibration at the budget's
+millions of records would take hours.
 
-    python tools/peers/demo_streams.py [target/release/sensei] [models/demo] [workdir]
+    python tools/peers/demo_streams.py [target/release/sensei] [models/demo] [workdir] [--peer-arl0 N]
 
 Record numbers count from 0 within the stream; delay = first alarm at or after the documented
 drift start (models/demo/metrics.json) - start + 1; alarms before the start are false alarms.
@@ -78,7 +81,13 @@ def run_stream(sensei, models, work, name):
     events = db.execute(
         "SELECT signal, segment, detected_at_record - 1 FROM drift_events ORDER BY detected_at_record"
     ).fetchall()
-    return reference, flags, events
+    budget = json.loads(db.execute(
+        "SELECT state FROM detector_state WHERE signal = 'budget' AND detector = 'budget'").fetchone()[0])
+    family = next(f for f in budget["allocation"]["families"] if f["family"] == "disagreement")
+    armed = db.execute(
+        "SELECT threshold, state FROM detector_state WHERE signal = 'disagreement' AND segment = '*'"
+    ).fetchone()
+    return reference, flags, events, (family["arl0"], armed)
 
 
 def first_alarm(make, param, flags, start):
@@ -104,9 +113,11 @@ def describe(at, start, false_alarms):
 
 
 def main():
-    sensei = sys.argv[1] if len(sys.argv) > 1 else "target/release/sensei"
-    models = os.path.abspath(sys.argv[2] if len(sys.argv) > 2 else "models/demo")
-    work = sys.argv[3] if len(sys.argv) > 3 else tempfile.mkdtemp(prefix="sensei-demo-peers-")
+    args = sys.argv[1:]
+    peer_cap = detectors.option(args, "--peer-arl0", 50_000.0, float)
+    sensei = args[0] if len(args) > 0 else "target/release/sensei"
+    models = os.path.abspath(args[1] if len(args) > 1 else "models/demo")
+    work = args[2] if len(args) > 2 else tempfile.mkdtemp(prefix="sensei-demo-peers-")
     os.makedirs(work, exist_ok=True)
     starts = {k: v["drift_start"] for k, v in json.load(open(os.path.join(models, "metrics.json")))["streams"].items()}
     names = sorted(n[:-6] for n in os.listdir(os.path.join(models, "streams"))
@@ -116,29 +127,38 @@ def main():
     streams = {name: run_stream(sensei, models, work, name) for name in names}
     reference = streams[names[0]][0]
     p0 = reference["disagreement"]["p0"]
-    arl0 = float(reference["arl0"])
     d = reference["disagreement"]
-    print(f"baseline: p0 = {p0:.4f}, p1 = {d['p1']:.4f}, h = {d['threshold']:.3f}, ARL0 = {arl0:.0f}")
+    budget_arl0, (armed_threshold, armed_state) = streams[names[0]][3]
+    kind = "bank" if '"Bank"' in armed_state else "single CUSUM"
+    print(f"baseline: p0 = {p0:.4f}, p1 = {d['p1']:.4f}; the budget's ARL0 for the all-segments "
+          f"disagreement detector: {budget_arl0:.0f} teacher observations, armed as a {kind} "
+          f"(threshold of its member nearest to alarm {armed_threshold:.3f} at the end of {names[0]})")
+    arl0 = min(float(budget_arl0), peer_cap)
+    print(f"peers calibrated to ARL0 {arl0:.0f}" + (f" (the budget's, capped at --peer-arl0 {peer_cap:.0f})"
+                                                    if arl0 < budget_arl0 else " (the budget's)"))
 
+    # About 20 alarms per bisection step: 300,000 records at ARL0 10,000, 1,000,000 at 50,000.
+    records = max(detectors.CALIBRATION_RECORDS, int(20 * arl0))
     rng = np.random.default_rng(20240601)
-    in_control = (rng.random(detectors.CALIBRATION_RECORDS) < p0).astype(np.uint8)
-    verify = (rng.random(detectors.CALIBRATION_RECORDS) < p0).astype(np.uint8)
+    in_control = (rng.random(records) < p0).astype(np.uint8)
+    verify = (rng.random(records) < p0).astype(np.uint8)
     peers = []
     for name, make, bracket, stricter in detectors.PEERS:
         t = time.time()
-        param = detectors.calibrate(make, bracket, stricter, in_control, arl0)
+        param = detectors.calibrate(make, bracket, stricter, in_control, arl0,
+                                    detectors.BISECTION_STEPS.get(name, 9))
         measured, alarms = detectors.false_alarm_arl(make, param, verify)
         print(f"{name}: parameter {param:.4g}, verified ARL0 {measured:.0f} ({alarms} alarms in "
-              f"{detectors.CALIBRATION_RECORDS} fresh in-control records), {time.time() - t:.0f} s")
+              f"{records} fresh in-control records), {time.time() - t:.0f} s")
         peers.append((name.split(" (")[0], make, param))
     print()
 
     header = ["stream", "drift from", "disagreements before / from the start",
-              "sensei disagreement CUSUM", "sensei, first event on any signal"] + [p[0] for p in peers]
+              "sensei disagreement detector", "sensei, first event on any signal"] + [p[0] for p in peers]
     print("| " + " | ".join(header) + " |")
     print("|" + "---|" * len(header))
     for name in names:
-        _, flags, events = streams[name]
+        _, flags, events, _ = streams[name]
         start = starts.get(name)
         before = int(flags[:start].sum()) if start is not None else int(flags.sum())
         after = f"{int(flags[start:].sum())}/{len(flags) - start}" if start is not None else "—"

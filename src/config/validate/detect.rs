@@ -1,7 +1,7 @@
 //! `[detect]`: the drift detectors' false-alarm rate, smallest shifts worth an alert and the windowed tests.
 
 use super::super::raw::{self, RawArl0};
-use super::super::{Arl0Override, DetectConfig, FalseAlarmBudget};
+use super::super::{Arl0Override, DetectConfig, FalseAlarmBudget, RateDetector};
 use super::Check;
 use super::values::parse_duration;
 
@@ -43,6 +43,12 @@ impl Check<'_> {
         DetectConfig {
             false_alarms: self.false_alarms(raw.false_alarms),
             arl0: self.arl0(raw.arl0),
+            rate_detector: self.choice(
+                "detect.detector",
+                raw.detector,
+                RateDetector::Bank,
+                &[("bank", RateDetector::Bank), ("cusum", RateDetector::Cusum)],
+            ),
             min_shift_disagreement: self.fraction(
                 "detect.min_shift_disagreement",
                 raw.min_shift_disagreement,

@@ -164,7 +164,7 @@ impl Watch {
     fn set_arl0(&mut self, r: &Reference, signal: Signal, arl0: f64) {
         if let Sequential::Bank(d) = &mut self.detector {
             if let Some(bank) = rate_reference_of(r, signal).and_then(|x| x.bank.as_ref()) {
-                d.set_level(bank.curve.threshold(arl0));
+                d.set_level(bank.level(arl0));
                 self.dirty = true;
             }
             return;

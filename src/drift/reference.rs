@@ -10,7 +10,6 @@ use crate::monitor::curve::SIMULATED_TARGETS;
 use crate::monitor::lab::LabRun;
 use crate::monitor::sampling::{rate_under_policy, resample_under_policy};
 use crate::monitor::window::FeatureBins;
-use crate::monitor::bank::{bank_curve, bank_members};
 use crate::monitor::{BankReference, CusumParams, ThresholdCurve, bernoulli_delay, cusum_delay};
 
 /// Values kept from the lab set for bootstrap calibration and KS tests.
@@ -164,10 +163,7 @@ fn rate_reference(
         .ok_or_else(|| format!("{what}: no calibration"))?;
     let cap = (10.0 * arl0) as u64;
     let expected_delay = bernoulli_delay(p0, p1, cal.threshold, cap, seed ^ 0xde1a).ok();
-    let bank = bank_members(p0, shift).ok().and_then(|members| {
-        let (curve, _) = bank_curve(p0, &members, seed ^ 0xba4c).ok()?;
-        Some(BankReference { members, curve })
-    });
+    let bank = BankReference::calibrate(p0, shift, seed ^ 0xba4c).ok();
     Ok(RateReference {
         rate,
         events: k,

@@ -124,13 +124,18 @@ fn back_in_control_evidence_is_persisted() {
     assert_eq!(kinds(&after), [("resolve", 0)]);
 }
 
-/// [`disagreement_only`] with the bank of CUSUMs calibrated for p0 = 0.03, shift 0.05.
+/// [`disagreement_only`] with the bank of CUSUMs calibrated for p0 = 0.03, shift 0.05
+/// (calibrated once for all tests).
 fn with_bank() -> Reference {
+    static BANK: std::sync::OnceLock<crate::monitor::BankReference> = std::sync::OnceLock::new();
     let mut r = disagreement_only();
-    let members = crate::monitor::bank::bank_members(0.03, 0.05).expect("members");
-    let (curve, _) = crate::monitor::bank::bank_curve(0.03, &members, 5).expect("curve");
     if let Some(d) = r.disagreement.as_mut() {
-        d.bank = Some(crate::monitor::BankReference { members, curve });
+        d.bank = Some(
+            BANK.get_or_init(|| {
+                crate::monitor::BankReference::calibrate(0.03, 0.05, 5).expect("bank")
+            })
+            .clone(),
+        );
     }
     r
 }
@@ -179,8 +184,9 @@ fn the_bank_is_the_default_and_keeps_events_and_state() {
         .as_ref()
         .and_then(|a| a.arl0("disagreement", 1.0))
         .expect("allocated");
-    let curve = &with_bank().disagreement.unwrap().bank.unwrap().curve;
-    assert!((bank.level() - curve.threshold(arl0)).abs() < 1e-9);
+    let reference = with_bank().disagreement.unwrap().bank.unwrap();
+    assert!(arl0 > reference.curve.simulated_up_to());
+    assert!((bank.level() - reference.level(arl0)).abs() < 1e-9);
     feed(&mut m, &mut seq, 40, true, &mut out);
     let opened: Vec<_> = out.opened().collect();
     assert_eq!(opened.len(), 1, "{:?}", kinds(&out));
@@ -188,8 +194,9 @@ fn the_bank_is_the_default_and_keeps_events_and_state() {
     assert_eq!(opened[0].estimated_change_record, Some(301));
     let rows = stored_rows(&mut m);
     assert!(
-        rows.iter()
-            .any(|(s, _, d, j)| s == "disagreement" && d == "bernoulli_cusum" && j.contains("\"Bank\"")),
+        rows.iter().any(|(s, _, d, j)| s == "disagreement"
+            && d == "bernoulli_cusum"
+            && j.contains("\"Bank\"")),
         "{rows:?}"
     );
     let mut restored = monitor_with(with_bank(), "");
@@ -216,22 +223,35 @@ fn a_stored_single_cusum_is_rearmed_as_the_configured_bank() {
     let mut seq = 0;
     feed(&mut old, &mut seq, 30, true, &mut out);
     assert_eq!(out.opened().count(), 1);
-    assert!(matches!(disagreement_watch(&old).detector, Sequential::Rate(_)));
+    assert!(matches!(
+        disagreement_watch(&old).detector,
+        Sequential::Rate(_)
+    ));
     let rows = stored_rows(&mut old);
     let mut m = monitor_with(with_bank(), "detector = \"bank\"");
     m.restore(rows.clone());
     let w = disagreement_watch(&m);
-    assert!(matches!(w.detector, Sequential::Bank(_)), "{:?}", w.detector);
+    assert!(
+        matches!(w.detector, Sequential::Bank(_)),
+        "{:?}",
+        w.detector
+    );
     assert!(w.open);
     // And back: a bank state under `detector = "cusum"` is re-armed as the single CUSUM.
     let bank_rows = stored_rows(&mut m);
     let mut single = monitor_with(with_bank(), "detector = \"cusum\"");
     single.restore(bank_rows);
-    assert!(matches!(disagreement_watch(&single).detector, Sequential::Rate(_)));
+    assert!(matches!(
+        disagreement_watch(&single).detector,
+        Sequential::Rate(_)
+    ));
     // A profile without a bank keeps the single CUSUM whatever the setting.
     let mut plain = monitor_with(disagreement_only(), "");
     plain.restore(rows);
-    assert!(matches!(disagreement_watch(&plain).detector, Sequential::Rate(_)));
+    assert!(matches!(
+        disagreement_watch(&plain).detector,
+        Sequential::Rate(_)
+    ));
     assert!(Config::from_toml(
         "state_dir = \"/tmp/s\"\n[student]\npath = \"s.onnx\"\n[teacher]\npath = \"t.onnx\"\n[detect]\ndetector = \"glr\"\n",
         Path::new("/etc/sensei/sensei.toml"),

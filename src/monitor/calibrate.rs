@@ -177,7 +177,12 @@ pub(crate) struct PathSet<P> {
 }
 
 impl<P: StatisticPath> PathSet<P> {
-    pub(crate) fn new(replications: usize, cap: u64, seed: u64, mut make: impl FnMut() -> P) -> Self {
+    pub(crate) fn new(
+        replications: usize,
+        cap: u64,
+        seed: u64,
+        mut make: impl FnMut() -> P,
+    ) -> Self {
         let paths = (0..replications)
             .map(|i| Path {
                 statistic: make(),

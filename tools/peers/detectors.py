@@ -111,12 +111,23 @@ def bank_run_lengths(p0, members, ts, paths, max_len, seed, chunk=4000, shrink=T
 
 def bank_threshold(p0, members, arl0, paths=1000, seed=11):
     """The common offset t with simulated in-control bank ARL0 = arl0 (log-linear interpolation on
-    a grid of t), and the simulated ARL0 there."""
+    a grid of t)."""
     ts = np.linspace(0.5, math.log(arl0) + 1.0, 60)
     arl = bank_run_lengths(p0, members, ts, paths, int(10 * arl0), seed).mean(axis=0)
     j = min(max(int(np.searchsorted(arl, arl0)), 1), len(ts) - 1)
     f = (math.log(arl0) - math.log(arl[j - 1])) / (math.log(arl[j]) - math.log(arl[j - 1]))
     return float(ts[j - 1] + f * (ts[j] - ts[j - 1]))
+
+
+# Beyond its simulated range the bank's level grows by this much per unit of ln ARL0
+# (`SLOPE_BEYOND` in src/monitor/bank.rs; measured from 10^4 to 10^6: 1.06-1.07).
+BANK_SLOPE_BEYOND = 1.1
+
+
+def bank_extrapolated(level, arl0, target):
+    """The bank's level beyond its simulated range, as `BankReference::level` in
+    src/monitor/bank.rs (without its Bonferroni cap, which does not bind below ~10^9)."""
+    return level + BANK_SLOPE_BEYOND * math.log(target / arl0)
 
 
 def bank_first_alarm(stream, members, t, p0=P0):
@@ -354,6 +365,9 @@ def main():
             for target in targets:
                 if target == arl0:
                     h, how = level, "simulated"
+                elif len(members) > 1:
+                    h = bank_extrapolated(level, arl0, target)
+                    how = f"simulated at {arl0:.0f}, + {BANK_SLOPE_BEYOND} x ln(ARL0 / {arl0:.0f})"
                 else:
                     # The LLR CUSUM's ARL0, and the bank's, grow as e^h (Siegmund, theta = 1):
                     # extrapolated from the level simulated at --arl0, as src/monitor/curve.rs does

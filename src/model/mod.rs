@@ -28,7 +28,7 @@ use crate::record::{ElemType, InputSpec, Record, TensorData};
 mod pair;
 mod remote;
 
-pub use remote::{ReachChange, RemoteModel, remote_sha256};
+pub use remote::{ConnectFailure, ReachChange, RemoteModel, remote_sha256};
 
 pub use pair::{
     Models, compatibility_notes, compatibility_problems, load_models, model_problems,

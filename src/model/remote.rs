@@ -244,16 +244,20 @@ impl RemoteModel {
             },
             answered: true,
         };
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(|e| fail(format!("cannot start the HTTP client: {e}")))?;
+        // A failure below drops the runtime on the way out, perhaps on a thread of the daemon's
+        // runtime, where a plain drop would panic.
+        let runtime = OwnedRuntime(Some(
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| fail(format!("cannot start the HTTP client: {e}")))?,
+        ));
         let client = http_client(&remote).map_err(fail)?;
         let metadata = {
             let client = client.clone();
             let url = location.clone();
             let timeout = remote.timeout.max(CONNECT_TIMEOUT);
-            block_on(&runtime, async move {
+            block_on(runtime.get(), async move {
                 // (message, whether the server answered)
                 let response = client.get(&url).timeout(timeout).send().await.map_err(|e| {
                     (format!("the server does not answer: {}", chain(&e)), false)
@@ -303,7 +307,7 @@ impl RemoteModel {
             TensorEncoding::Auto => {
                 let client = client.clone();
                 let url = format!("{}/v2", remote.url);
-                block_on(&runtime, async move {
+                block_on(runtime.get(), async move {
                     lists_binary_extension(&client, &url).await
                 })
             }
@@ -331,7 +335,7 @@ impl RemoteModel {
             breaker: Breaker::new(remote.breaker_after, remote.breaker_open),
             config: remote,
             client,
-            runtime: Some(runtime),
+            runtime: runtime.take(),
         })
     }
 
@@ -975,6 +979,28 @@ pub fn remote_sha256(remote: &RemoteConfig) -> String {
     hex(&Sha256::digest(
         format!("oip {}", remote.model_url()).as_bytes(),
     ))
+}
+
+/// A runtime that is shut down in the background when dropped: dropping a runtime blocks, which
+/// a thread of another runtime may not do.
+struct OwnedRuntime(Option<tokio::runtime::Runtime>);
+
+impl OwnedRuntime {
+    fn get(&self) -> &tokio::runtime::Runtime {
+        self.0.as_ref().expect("taken only when the model is built")
+    }
+
+    fn take(mut self) -> Option<tokio::runtime::Runtime> {
+        self.0.take()
+    }
+}
+
+impl Drop for OwnedRuntime {
+    fn drop(&mut self) {
+        if let Some(runtime) = self.0.take() {
+            runtime.shutdown_background();
+        }
+    }
 }
 
 /// Runs `future` to completion on `runtime`, from a plain thread when called on a thread of

@@ -259,9 +259,12 @@ impl RemoteModel {
             let timeout = remote.timeout.max(CONNECT_TIMEOUT);
             block_on(runtime.get(), async move {
                 // (message, whether the server answered)
-                let response = client.get(&url).timeout(timeout).send().await.map_err(|e| {
-                    (format!("the server does not answer: {}", chain(&e)), false)
-                })?;
+                let response = client
+                    .get(&url)
+                    .timeout(timeout)
+                    .send()
+                    .await
+                    .map_err(|e| (format!("the server does not answer: {}", chain(&e)), false))?;
                 let status = response.status();
                 let body = response
                     .text()

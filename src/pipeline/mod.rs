@@ -39,8 +39,8 @@ use crate::store::{RecordRow, TeacherRow};
 
 pub use dispatch::Dispatcher;
 pub use disposal::{FileStamp, PathNow};
-pub use student::{Scored, StudentWorker};
 pub use shadow::{RemoteShadowWorker, ShadowJob};
+pub use student::{Scored, StudentWorker};
 pub use teacher::{RemoteShadowQueue, TeacherJob, TeacherWorker};
 pub use writer::{FileCallback, FileOutcome, Writer, observe_records};
 

@@ -50,6 +50,26 @@ pub struct RemoteShadowQueue {
     pub busy: Vec<ShadowRow>,
 }
 
+impl RemoteShadowQueue {
+    /// Offers a batch the teacher answered to the remote shadow worker without waiting.
+    /// `None`: the worker has it. Otherwise the batch is handed back, every challenger on a
+    /// server skipped as `busy` on each record, for the writer.
+    pub fn hand_off(&self, job: ShadowJob) -> Option<ShadowJob> {
+        let mut job = match self.queue.try_send(job) {
+            Ok(()) => return None,
+            Err(TrySendError::Full(job) | TrySendError::Disconnected(job)) => job,
+        };
+        tracing::debug!(
+            samples = job.rows.len(),
+            "The challengers on inference servers are busy; their comparisons of these samples are skipped."
+        );
+        for (_, _, row) in &mut job.rows {
+            row.shadow.extend(self.busy.iter().cloned());
+        }
+        Some(job)
+    }
+}
+
 impl TeacherWorker {
     pub fn spawn(
         mut self,
@@ -197,15 +217,10 @@ impl TeacherWorker {
                 .into_iter()
                 .filter_map(|(meta, index, row)| row.ok().map(|row| (meta, index, row)))
                 .collect();
-            let mut job = match remote.queue.try_send(ShadowJob { rows: answered }) {
-                Ok(()) => return Ok(()),
-                Err(TrySendError::Full(job) | TrySendError::Disconnected(job)) => job,
+            return match remote.hand_off(ShadowJob { rows: answered }) {
+                None => Ok(()),
+                Some(job) => super::shadow::send(job, writer),
             };
-            tracing::debug!(samples = job.rows.len(), "The challengers on inference servers are busy; their comparisons of these samples are skipped.");
-            for (_, _, row) in &mut job.rows {
-                row.shadow.extend(remote.busy.iter().cloned());
-            }
-            return super::shadow::send(job, writer);
         }
         let mut by_file = ByFile::new();
         for (meta, index, row) in rows {
@@ -217,5 +232,79 @@ impl TeacherWorker {
                 .map_err(|_| ())?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{ShadowKind, ShadowResult, ShadowSkip};
+
+    fn row() -> TeacherRow {
+        TeacherRow {
+            weight: 1.0,
+            teacher_prediction: Some(1),
+            teacher_confidence: Some(0.9),
+            comparison: Default::default(),
+            latency_us: 5,
+            output_shape: vec![2],
+            teacher_output: vec![0.0, 1.0],
+            student_output: vec![0.0, 1.0],
+            teacher_attention: None,
+            inputs: Vec::new(),
+            shadow: Vec::new(),
+        }
+    }
+
+    fn meta() -> Arc<FileMeta> {
+        Arc::new(FileMeta {
+            key: 1,
+            path: "/inbox/a.jsonl".into(),
+            name: "a.jsonl".into(),
+            sha256: String::new(),
+            size: 0,
+            kind: "jsonl",
+            records: 2,
+            on_done: super::super::Disposition::Keep,
+            quarantine_dir: None,
+            in_flight: Default::default(),
+            retry: None,
+            origin: Default::default(),
+            stamp: None,
+            segment_values_cut: 0,
+        })
+    }
+
+    #[test]
+    fn a_full_remote_shadow_queue_hands_the_batch_back_with_the_challengers_skipped_as_busy() {
+        let (queue, worker) = std::sync::mpsc::sync_channel(1);
+        let busy = ShadowRow {
+            model: "far".into(),
+            sha256: "beef".into(),
+            kind: ShadowKind::Challenger,
+            result: ShadowResult::Skipped(ShadowSkip::Busy),
+        };
+        let remote = RemoteShadowQueue {
+            queue,
+            busy: vec![busy.clone()],
+        };
+        let job = || ShadowJob {
+            rows: vec![(meta(), 0, row()), (meta(), 1, row())],
+        };
+        // The worker takes the first batch; the second finds no room and comes straight back,
+        // without waiting for the worker.
+        assert!(remote.hand_off(job()).is_none());
+        let back = remote.hand_off(job()).expect("handed back");
+        assert_eq!(back.rows.len(), 2);
+        assert!(
+            back.rows
+                .iter()
+                .all(|(_, _, r)| r.shadow == vec![busy.clone()])
+        );
+        let queued = worker.try_recv().expect("the first batch is queued");
+        assert!(queued.rows.iter().all(|(_, _, r)| r.shadow.is_empty()));
+        // A worker that is gone hands every batch back too.
+        drop(worker);
+        assert!(remote.hand_off(job()).is_some());
     }
 }

@@ -643,9 +643,7 @@ impl RemoteShadow {
                     );
                 }
                 self.erring = reason == ShadowSkip::Error;
-                return (0..n)
-                    .map(|_| row(ShadowResult::Skipped(reason)))
-                    .collect();
+                return (0..n).map(|_| row(ShadowResult::Skipped(reason))).collect();
             }
         };
         self.erring = false;

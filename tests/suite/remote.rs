@@ -482,7 +482,10 @@ fn a_remote_challenger_gives_the_shadow_figures_of_the_same_model_from_a_file(ki
     let out = remote.sensei(&["replay", stream.to_str().unwrap()]);
     assert!(out.status.success(), "{}", output(&out));
 
-    let (expected, got) = (shadowed(&local, "distilled"), shadowed(&remote, "distilled"));
+    let (expected, got) = (
+        shadowed(&local, "distilled"),
+        shadowed(&remote, "distilled"),
+    );
     assert!(expected.len() > 150, "{} shadow samples", expected.len());
     assert!(
         expected.values().any(|e| e.0 == Some(1)),
@@ -496,7 +499,12 @@ fn a_remote_challenger_gives_the_shadow_figures_of_the_same_model_from_a_file(ki
     for (id, e) in &expected {
         let g = &got[id];
         assert_eq!(e.0, g.0, "{id}: disagreement");
-        assert!(close(e.1, g.1), "{id}: kl {:?} locally, {:?} remotely", e.1, g.1);
+        assert!(
+            close(e.1, g.1),
+            "{id}: kl {:?} locally, {:?} remotely",
+            e.1,
+            g.1
+        );
         assert!(
             close(e.2, g.2),
             "{id}: attention kl {:?} locally, {:?} remotely",
@@ -567,7 +575,8 @@ fn a_challengers_server_killed_mid_run_costs_comparisons_counted_and_nothing_els
             "timeout = \"2s\"\nretries = 1\nbackoff = \"10ms\"\nbreaker_after = 2\nbreaker_open = \"300ms\"\n"
         )
     ));
-    let answered = || site.query_i64("SELECT count(*) FROM shadow_samples WHERE model = 'distilled'");
+    let answered =
+        || site.query_i64("SELECT count(*) FROM shadow_samples WHERE model = 'distilled'");
     let skipped = |reason: &str| {
         site.query_i64(&format!(
             "SELECT coalesce(sum(records), 0) FROM shadow_skips
@@ -585,11 +594,17 @@ fn a_challengers_server_killed_mid_run_costs_comparisons_counted_and_nothing_els
     site.deliver("b.jsonl", &crate::common::jsonl("b", 60));
     site.deliver("c.jsonl", &crate::common::jsonl("c", 60));
     wait_until_records(&site, 160);
-    assert_eq!(site.query_i64("SELECT count(DISTINCT record_id) FROM records"), 160);
+    assert_eq!(
+        site.query_i64("SELECT count(DISTINCT record_id) FROM records"),
+        160
+    );
     assert_eq!(site.ledger_count("done"), 3);
     assert_eq!(sampled_codes(&site), BTreeMap::from([(1, 160)]));
     assert_eq!((answered(), skipped("unreachable")), (40, 120));
-    assert_eq!(site.query_i64("SELECT count(*) FROM shadow_skips WHERE reason != 'unreachable'"), 0);
+    assert_eq!(
+        site.query_i64("SELECT count(*) FROM shadow_skips WHERE reason != 'unreachable'"),
+        0
+    );
     // Its figures are those of the records it answered.
     assert_eq!(
         site.query_i64("SELECT samples FROM shadow_totals WHERE model = 'distilled'"),
@@ -618,7 +633,11 @@ fn a_challengers_server_killed_mid_run_costs_comparisons_counted_and_nothing_els
         .unwrap_or_default();
     assert_eq!(
         (&entry["status"], &entry["samples"], &entry["skipped"]),
-        (&serde_json::json!("running"), &serde_json::json!(40), &serde_json::json!(120)),
+        (
+            &serde_json::json!("running"),
+            &serde_json::json!(40),
+            &serde_json::json!(120)
+        ),
         "{status}"
     );
     assert_eq!(entry["skipped_by_reason"]["unreachable"], 120, "{status}");
@@ -797,7 +816,9 @@ fn a_challenger_whose_server_is_down_at_the_start_joins_when_it_answers() {
         30
     );
     assert_eq!(
-        site.query_i64("SELECT count(*) FROM shadow_models WHERE name = 'distilled' AND status = 'running'"),
+        site.query_i64(
+            "SELECT count(*) FROM shadow_models WHERE name = 'distilled' AND status = 'running'"
+        ),
         1
     );
     assert!(
@@ -823,7 +844,11 @@ fn a_challenger_whose_server_is_down_at_the_start_joins_when_it_answers() {
         site.query_i64("SELECT count(*) FROM shadow_samples WHERE model = 'distilled'") + skipped,
         records
     );
-    assert!(daemon.log_text().contains("The inference server of a shadow model answers"));
+    assert!(
+        daemon
+            .log_text()
+            .contains("The inference server of a shadow model answers")
+    );
     daemon.stop();
 }
 

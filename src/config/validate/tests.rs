@@ -674,7 +674,10 @@ fn a_challenger_on_an_inference_server_is_checked_as_the_teacher_is_and_named() 
     let remote = big.remote.as_ref().expect("a challenger on a server");
     assert_eq!(
         (remote.section.as_str(), remote.model_url().as_str()),
-        ("challengers[1]", "http://127.0.0.1:8000/v2/models/big/versions/2")
+        (
+            "challengers[1]",
+            "http://127.0.0.1:8000/v2/models/big/versions/2"
+        )
     );
     assert_eq!(
         (remote.timeout, remote.breaker_after, remote.tensors),
@@ -723,13 +726,21 @@ fn a_challenger_on_an_inference_server_is_checked_as_the_teacher_is_and_named() 
         "challenger \"neither\": required: the challenger's .onnx file, or challengers[1].url and \
          challengers[1].model for a challenger on an inference server"
     );
-    assert!(said(2).contains("must be http or https, not ftp"), "{}", said(2));
+    assert!(
+        said(2).contains("must be http or https, not ftp"),
+        "{}",
+        said(2)
+    );
     assert!(
         said(3).starts_with("challenger \"nameless-server\": required with challengers[2].url"),
         "{}",
         said(3)
     );
-    assert!(said(4).contains("only applies to a challenger run here"), "{}", said(4));
+    assert!(
+        said(4).contains("only applies to a challenger run here"),
+        "{}",
+        said(4)
+    );
     assert!(
         said(5).contains("only applies with challengers[3].url"),
         "{}",

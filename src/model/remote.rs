@@ -1,12 +1,14 @@
 //! A model on an inference server, over the Open Inference Protocol (the KServe v2 REST
 //! protocol that NVIDIA Triton, KServe and Seldon MLServer all speak): the model's metadata
 //! (`GET /v2/models/NAME[/versions/V]`) read and checked as a local file's inputs and outputs
-//! are, and batches sent to `POST …/infer` with JSON tensors.
+//! are, and batches sent to `POST …/infer` with JSON or binary tensors. The teacher and the
+//! challengers on servers (`[[challengers]] url`) are such models.
 //!
-//! The teacher's thread is a plain thread that waits for each answer, as it waits for ONNX
-//! Runtime with a local teacher; the HTTP client needs an async runtime, so the model owns a
-//! small one of its own. Loading may happen on a thread of the daemon's runtime, where blocking
-//! on another runtime is refused: there the request runs on a scoped plain thread.
+//! The teacher's thread (and the remote shadow worker's, for challengers) is a plain thread that
+//! waits for each answer, as it waits for ONNX Runtime with a local model; the HTTP client needs
+//! an async runtime, so the model owns a small one of its own. Loading may happen on a thread of
+//! the daemon's runtime, where blocking on another runtime is refused: there the request runs on
+//! a scoped plain thread, and a runtime dropped there is shut down in the background.
 
 use std::future::Future;
 use std::time::{Duration, Instant};

@@ -100,7 +100,8 @@ fn every_alarm_is_counted_in_the_database() {
         .prepare(
             "SELECT d.signal, d.segment, d.detector,
                     COALESCE(json_extract(d.state, '$.detector.Rate.core.alarms'),
-                             json_extract(d.state, '$.detector.Value.core.alarms')),
+                             json_extract(d.state, '$.detector.Value.core.alarms'),
+                             json_extract(d.state, '$.detector.Bank.alarms')),
                     (SELECT COALESCE(SUM(e.alarms), 0) FROM drift_events e
                       WHERE e.signal = d.signal AND e.segment = d.segment AND e.detector = d.detector),
                     (SELECT COUNT(*) FROM drift_alarms a JOIN drift_events e ON e.id = a.event_id
@@ -545,20 +546,22 @@ fn status_says_what_it_lists_and_reads_windowed_events_and_firing_alerts() {
 #[test]
 fn the_false_alarm_budget_arms_the_thresholds_and_status_shows_its_allocation() {
     let site = site_with_baseline();
+    // The disagreement detector is the bank (the default): its level moves with the budget.
     let armed = |site: &Site| -> f64 {
         site.db()
             .query_row(
-                "SELECT threshold FROM detector_state
+                "SELECT json_extract(state, '$.detector.Bank.level') FROM detector_state
                  WHERE signal = 'disagreement' AND segment = '*' AND detector = 'bernoulli_cusum'",
                 [],
                 |r| r.get(0),
             )
-            .expect("the disagreement detector")
+            .expect("the disagreement detector is a bank")
     };
     let simulated: f64 = site
         .db()
         .query_row(
-            "SELECT json_extract(profile, '$.disagreement.threshold') FROM baselines WHERE active = 1",
+            "SELECT json_extract(profile, '$.disagreement.bank.curve.points[#-1][1]')
+             FROM baselines WHERE active = 1",
             [],
             |r| r.get(0),
         )
@@ -589,7 +592,7 @@ fn the_false_alarm_budget_arms_the_thresholds_and_status_shows_its_allocation() 
     assert!(text.contains("false-alarm budget: 1 per 90d"), "{text}");
 
     // A tighter budget arms lower thresholds; an explicit ARL0 of the simulated target arms
-    // exactly the simulated threshold.
+    // exactly the simulated level.
     site.write_config(
         "[sampling]\nrate = 0.5\nseed = 7\nmax_per_minute = 1000000\nqueue = 100000\n\
          [detect]\nfalse_alarms = \"1 per 1h\"\n",

@@ -2,14 +2,15 @@
 (KServe v2 REST, with Triton's binary tensor extension), for sensei's remote-teacher tests.
 
     python triton_teacher.py --model teacher=PATH [--model NAME=PATH ...] --http_port PORT \
-        --workdir DIR
+        --workdir DIR [--grpc_port PORT]
 
 The `tritonserver` binary and its Python backend come from PyPI's `nvidia-pytriton` (installed by
 scripts/test.sh into .venv/oip-triton). This script writes a model repository in DIR: one Python
 backend model per `--model`, which runs the ONNX file with ONNX Runtime on the whole batch; the
 repository's config declares the inputs and outputs as ONNX Runtime reads them, with Triton's
 batch axis. Then it becomes `tritonserver` (exec: the pid is the server's), HTTP only, on
-127.0.0.1.
+127.0.0.1; with `--grpc_port`, Triton's gRPC endpoint too (for benches/grpc_http.py, which
+compares the two; sensei speaks HTTP only).
 
 Faults for the tests, each set by a flag:
   --delay SECONDS   wait this long before each answer (a slow server);
@@ -109,6 +110,7 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--model", action="append", required=True, help="NAME=PATH")
     parser.add_argument("--http_port", type=int, required=True)
+    parser.add_argument("--grpc_port", type=int, default=None)
     parser.add_argument("--workdir", required=True)
     parser.add_argument("--delay", type=float, default=0.0)
     parser.add_argument("--fail-every", type=int, default=0)
@@ -162,7 +164,15 @@ def main():
             f"--cache-directory={dist / 'caches'}",
             "--http-address=127.0.0.1",
             f"--http-port={args.http_port}",
-            "--allow-grpc=false",
+            *(
+                ["--allow-grpc=false"]
+                if args.grpc_port is None
+                else [
+                    "--allow-grpc=true",
+                    "--grpc-address=127.0.0.1",
+                    f"--grpc-port={args.grpc_port}",
+                ]
+            ),
             "--allow-metrics=false",
             "--allow-gpu-metrics=false",
             "--exit-on-error=true",

@@ -15,7 +15,8 @@ Faults for the tests, each set by a flag:
   --answer FAULT     answer every inference request wrongly: `wrong-shape` (the output cut to
                      its first half of classes), `wrong-dtype` (the output as INT64),
                      `missing-output` (only the attention output), `garbage` (HTTP 200 with a
-                     body that is not JSON);
+                     body that is not JSON), `too-long` (HTTP 200 with a body of 100 MiB, sent
+                     without its length);
   --count-file PATH  append a line to PATH for each inference request, as it arrives (before
                      any delay or fault), so a test can count what reached the server;
   --hold-file PATH   while PATH exists, hold each inference request unanswered (a hung server
@@ -32,7 +33,7 @@ import onnxruntime as ort
 from kserve import InferOutput, InferRequest, InferResponse, Model, ModelServer
 from kserve import model_server
 from kserve.model_server import app
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, Response, StreamingResponse
 
 DATATYPES = {"tensor(float)": "FP32", "tensor(int64)": "INT64"}
 
@@ -109,7 +110,14 @@ if __name__ == "__main__":
     parser.add_argument("--fail-status", type=int, default=503)
     parser.add_argument(
         "--answer",
-        choices=["right", "wrong-shape", "wrong-dtype", "missing-output", "garbage"],
+        choices=[
+            "right",
+            "wrong-shape",
+            "wrong-dtype",
+            "missing-output",
+            "garbage",
+            "too-long",
+        ],
         default="right",
     )
     parser.add_argument("--count-file")
@@ -143,6 +151,16 @@ if __name__ == "__main__":
                 status_code=200,
                 media_type="text/html",
             )
+        if args.answer == "too-long":
+            await request.body()
+
+            async def long_body():
+                chunk = b'{"outputs": [' + b" " * (1 << 20)
+                for _ in range(100):
+                    yield chunk
+                    await asyncio.sleep(0)
+
+            return StreamingResponse(long_body(), media_type="application/json")
         return await call_next(request)
 
     models = [

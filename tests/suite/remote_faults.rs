@@ -206,26 +206,35 @@ fn a_hung_server_is_left_alone_by_the_breaker_and_probed_after_it_wakes(kind: Ki
 const ONE_PER_REQUEST: &str = "max_batch = 1\ntimeout = \"10s\"\nretries = 3\nbackoff = \"5ms\"\n\
                                in_flight = 1\nbreaker_after = 1\nbreaker_open = \"1h\"\n";
 
-/// What sensei says of each wrong answer of `kserve_teacher.py --answer`.
-const WRONG_ANSWERS: [(&str, &str); 4] = [
+/// What sensei says of each wrong answer of `kserve_teacher.py --answer`, and the records
+/// replayed against it (an answer too long is read up to its limit, 64 MiB, for each).
+const WRONG_ANSWERS: [(&str, &str, usize); 5] = [
     (
         "wrong-shape",
         "output 'logits' came back shaped [1, 5], the metadata says [10]",
+        20,
     ),
     (
         "wrong-dtype",
         "output 'logits' came back as INT64, expected FP32",
+        20,
     ),
-    ("missing-output", "the answer has no output 'logits'"),
+    ("missing-output", "the answer has no output 'logits'", 20),
     (
         "garbage",
         "the answer is not Open Inference Protocol JSON (expected value",
+        20,
+    ),
+    (
+        "too-long",
+        "HTTP 200 OK: the answer is longer than 67108864 bytes, the most read for this batch",
+        3,
     ),
 ];
 
 #[test]
 fn answers_of_the_wrong_shape_datatype_or_format_are_refused_and_never_compared() {
-    for (fault, why) in WRONG_ANSWERS {
+    for (fault, why, n) in WRONG_ANSWERS {
         let dir = tempfile::tempdir().unwrap();
         let counted = dir.path().join("requests");
         let server = Server::start(
@@ -235,12 +244,12 @@ fn answers_of_the_wrong_shape_datatype_or_format_are_refused_and_never_compared(
             dir.path(),
         );
         let site = site_on(&server, ONE_PER_REQUEST, "");
-        let text = replay(&site, fault, 20);
+        let text = replay(&site, fault, n);
 
-        assert_every_record_counted_once(&site, 20);
+        assert_every_record_counted_once(&site, n as i64);
         assert_eq!(
             sampled_codes(&site),
-            BTreeMap::from([(4, 20)]),
+            BTreeMap::from([(4, n as i64)]),
             "{fault}: {text}"
         );
         assert_eq!(
@@ -256,7 +265,7 @@ fn answers_of_the_wrong_shape_datatype_or_format_are_refused_and_never_compared(
                 &status["teacher_samples"]
             ),
             (
-                &serde_json::json!(20),
+                &serde_json::json!(n),
                 &serde_json::json!(0),
                 &serde_json::json!(0)
             ),
@@ -264,9 +273,9 @@ fn answers_of_the_wrong_shape_datatype_or_format_are_refused_and_never_compared(
         );
         // Each refusal logged with the model's address and what was wrong.
         let line = format!("{}/v2/models/teacher: {why}", server.url());
-        assert_eq!(text.matches(&line).count(), 20, "{fault}: {line}\n{text}");
+        assert_eq!(text.matches(&line).count(), n, "{fault}: {line}\n{text}");
         // Not retried, and the server that answered is not taken for out of reach.
-        assert_eq!(requests(&counted), 20, "{fault}");
+        assert_eq!(requests(&counted), n, "{fault}");
         assert!(!text.contains("out of reach"), "{fault}: {text}");
     }
 }

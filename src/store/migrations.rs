@@ -61,8 +61,12 @@ pub(super) const MIGRATIONS: &[(&str, &str)] = &[
         include_str!("../../migrations/0013_files_segment_values_cut.sql"),
     ),
     (
-        "0014_windows_skipped_failed",
-        include_str!("../../migrations/0014_windows_skipped_failed.sql"),
+        "0014_shadow_skips",
+        include_str!("../../migrations/0014_shadow_skips.sql"),
+    ),
+    (
+        "0015_windows_skipped_failed",
+        include_str!("../../migrations/0015_windows_skipped_failed.sql"),
     ),
 ];
 

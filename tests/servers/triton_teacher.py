@@ -14,7 +14,9 @@ compares the two; sensei speaks HTTP only).
 
 Faults for the tests, each set by a flag:
   --delay SECONDS   wait this long before each answer (a slow server);
-  --fail-every N    answer every N-th inference request with UNAVAILABLE (HTTP 503).
+  --fail-every N    answer every N-th inference request with UNAVAILABLE (HTTP 503);
+  --count-file PATH append a line to PATH for each inference request the model gets, before
+                    any delay or fault, so a test can count what reached the server.
 """
 
 import argparse
@@ -54,11 +56,15 @@ class TritonPythonModel:
         self.delay = float(parameters.get("delay", "0"))
         self.fail_every = int(parameters.get("fail_every", "0"))
         self.count = 0
+        self.count_file = parameters.get("count_file", "")
 
     def execute(self, requests):
         answers = []
         for request in requests:
             self.count += 1
+            if self.count_file:
+                with open(self.count_file, "a") as f:
+                    f.write(f"{self.count}\\n")
             if self.fail_every and self.count % self.fail_every == 0:
                 answers.append(pb_utils.InferenceResponse(
                     error=pb_utils.TritonError(
@@ -93,7 +99,7 @@ def tensors(kind, items):
     return f"{kind} [\n" + ",\n".join(entries) + "\n]\n"
 
 
-def model_config(name, path, delay, fail_every):
+def model_config(name, path, delay, fail_every, count_file):
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     return (
         f'name: "{name}"\nbackend: "python"\nmax_batch_size: {MAX_BATCH}\n'
@@ -103,6 +109,7 @@ def model_config(name, path, delay, fail_every):
         + f'parameters: {{ key: "onnx" value: {{ string_value: "{path}" }} }}\n'
         + f'parameters: {{ key: "delay" value: {{ string_value: "{delay}" }} }}\n'
         + f'parameters: {{ key: "fail_every" value: {{ string_value: "{fail_every}" }} }}\n'
+        + f'parameters: {{ key: "count_file" value: {{ string_value: "{count_file}" }} }}\n'
     )
 
 
@@ -114,6 +121,7 @@ def main():
     parser.add_argument("--workdir", required=True)
     parser.add_argument("--delay", type=float, default=0.0)
     parser.add_argument("--fail-every", type=int, default=0)
+    parser.add_argument("--count-file", default="")
     args = parser.parse_args()
 
     work = pathlib.Path(args.workdir)
@@ -126,7 +134,7 @@ def main():
         (repository / name / "1").mkdir(parents=True)
         (repository / name / "1" / "model.py").write_text(MODEL_PY)
         (repository / name / "config.pbtxt").write_text(
-            model_config(name, path, args.delay, args.fail_every)
+            model_config(name, path, args.delay, args.fail_every, args.count_file)
         )
 
     # Triton's Python backend runs each model in a stub process; the wheel ships one stub per

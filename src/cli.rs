@@ -132,7 +132,7 @@ pub enum Command {
         /// Only records whose time is at or after this (RFC 3339, e.g. 2026-03-03T06:00:00Z).
         #[arg(long, value_name = "RFC3339")]
         since: Option<String>,
-        /// Only records of segments with this key and value, e.g. line=B.
+        /// Only records of segments with this key and value, e.g. line=B (the value as sent or as stored).
         #[arg(long, value_name = "K=V")]
         segment: Option<String>,
         /// Why the dataset is exported (the manifest's `trigger.reason`).

@@ -169,6 +169,7 @@ pub struct WriterReport {
     pub records_committed: u64,
     /// Records left out because their id was counted before.
     pub records_duplicate: u64,
+    /// Labels counted: those of label files and those the committed records carried.
     pub labels_committed: u64,
     /// Files that changed after they were read (still being written): not counted, taken again
     /// once they are quiet.

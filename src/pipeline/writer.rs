@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use super::disposal::{PathNow, dispose, path_now, quarantine};
 use super::{FileMeta, Retake, WriterMsg, WriterReport};
 use crate::drift::{DriftMonitor, Observation};
+use crate::record::segment_label;
 use crate::stats::four_digits;
 use crate::store::{
     CommitOutcome, EventChange, FileCommit, LabelJoin, LabelsOutcome, MonitorDelta, RecordRow,
@@ -58,6 +59,8 @@ pub enum FileOutcome {
         records: usize,
         /// Records left out: their id was counted before.
         duplicates: usize,
+        /// Labels the file's own records carried (`label` in the record).
+        labels: usize,
     },
     Labels {
         labels: usize,
@@ -278,9 +281,9 @@ impl Writer {
             tracing::warn!(
                 detectors = now_blind.len(),
                 signals = %few(now_blind.iter().map(|d| d.signal.as_str())),
-                segments = %few(now_blind.iter().map(|d| d.segment.as_str())),
+                segments = %few(now_blind.iter().map(|d| segment_label(&d.segment))),
                 signal = %first.signal,
-                segment = %first.segment,
+                segment = segment_label(&first.segment),
                 expected_delay_samples = four_digits(s.expected_delay_samples),
                 samples_per_record = four_digits(s.samples_per_record),
                 expected_delay_records = four_digits(s.expected_delay_records),
@@ -292,7 +295,7 @@ impl Writer {
             tracing::info!(
                 detectors = seeing.len(),
                 signals = %few(seeing.iter().map(|(signal, _)| signal.as_str())),
-                segments = %few(seeing.iter().map(|(_, segment)| segment.as_str())),
+                segments = %few(seeing.iter().map(|(_, segment)| segment_label(segment))),
                 "Drift detectors see again: their expected delay at the minimum shift is within a day."
             );
         }
@@ -354,6 +357,7 @@ impl Writer {
             let mut keep = counted.iter();
             records.retain(|_| !keep.next().copied().unwrap_or(false));
         }
+        let inline_labels = records.iter().filter(|r| r.label.is_some()).count();
         let (labels_taken, conflicts) = match self.take_waiting_labels(&meta, &mut records) {
             Ok(taken) => taken,
             Err(e) => {
@@ -412,6 +416,7 @@ impl Writer {
                 FileOutcome::Committed {
                     records,
                     duplicates,
+                    labels: inline_labels,
                 }
             }
             Ok(CommitOutcome::Duplicate { .. }) => {
@@ -497,11 +502,13 @@ impl Writer {
             FileOutcome::Committed {
                 records,
                 duplicates,
+                labels,
             } => {
                 report.files_committed += 1;
                 report.records_committed += *records as u64;
                 report.records_duplicate += *duplicates as u64;
-                tracing::info!(file = %meta.name, records, duplicates, "File committed.");
+                report.labels_committed += *labels as u64;
+                tracing::info!(file = %meta.name, records, duplicates, labels, "File committed.");
                 other = dispose(meta);
             }
             FileOutcome::Labels {
@@ -661,9 +668,9 @@ fn log_drift(delta: &MonitorDelta, file: &str, record_id: impl Fn(i64) -> Option
             alarms_again = again,
             resolved = resolved.len(),
             signals = %few(opened.iter().map(|e| e.signal.as_str())),
-            segments = %few(opened.iter().map(|e| e.segment.as_str())),
+            segments = %few(opened.iter().map(|e| segment_label(&e.segment))),
             signal = %first.signal,
-            segment = %first.segment,
+            segment = segment_label(&first.segment),
             detector = first.detector,
             record = record_id(first.detected_at_record).as_deref().unwrap_or("-"),
             seq = first.detected_at_record,
@@ -678,7 +685,7 @@ fn log_drift(delta: &MonitorDelta, file: &str, record_id: impl Fn(i64) -> Option
             alarms_again = again,
             resolved = resolved.len(),
             resolved_signals = %few(resolved.iter().map(|(signal, _)| *signal)),
-            resolved_segments = %few(resolved.iter().map(|(_, segment)| *segment)),
+            resolved_segments = %few(resolved.iter().map(|(_, segment)| segment_label(segment))),
             "Drift events updated: alarms again on open events are counted on them; resolved ones are back in control."
         );
     }

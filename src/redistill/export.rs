@@ -428,14 +428,40 @@ impl ExportSummary {
     }
 }
 
-/// Parses `--segment K=V`.
+/// Parses `--segment K=V` into the segment's stored form. The value may be typed as the
+/// producer sent it (`line=a=b`, escaped here as it was at ingest: `line=a%3Db`) or as `status`
+/// shows it (`line=a%3Db`, taken as it is): a value whose every `%` starts an escape (`%XX`, or
+/// the cut mark `%~`) and that holds nothing else ingest escapes is already in stored form.
 pub fn parse_segment(text: &str) -> anyhow::Result<String> {
     match text.split_once('=') {
         Some((k, v)) if !k.is_empty() && !v.is_empty() && !text.contains(',') => {
-            Ok(text.to_string())
+            if stored_form(v) {
+                Ok(text.to_string())
+            } else {
+                // Escaped only: a value typed on the command line is not cut.
+                let value = crate::record::segment_value(v, 1 << 20);
+                Ok(format!("{k}={}", value.text))
+            }
         }
         _ => bail!("--segment takes KEY=VALUE (for example line=B), got {text:?}"),
     }
+}
+
+/// Whether a typed segment value is already escaped as sensei stores it.
+fn stored_form(value: &str) -> bool {
+    let bytes = value.as_bytes();
+    let escape_at = |i: usize| {
+        bytes.get(i + 1) == Some(&b'~')
+            || (bytes.get(i + 1).is_some_and(u8::is_ascii_hexdigit)
+                && bytes.get(i + 2).is_some_and(u8::is_ascii_hexdigit))
+    };
+    value.char_indices().all(|(i, c)| {
+        if c == '%' {
+            escape_at(i)
+        } else {
+            !crate::record::escaped_in_segment(c)
+        }
+    })
 }
 
 #[cfg(test)]
@@ -457,5 +483,11 @@ mod tests {
         assert!(parse_segment("line").is_err());
         assert!(parse_segment("=B").is_err());
         assert!(parse_segment("line=B,shift=2").is_err());
+        // A value typed as the producer sent it is escaped as ingest stores it; one typed as
+        // `status` shows it is taken as it is.
+        assert_eq!(parse_segment("line=a=b").unwrap(), "line=a%3Db");
+        assert_eq!(parse_segment("line=a%3Db").unwrap(), "line=a%3Db");
+        assert_eq!(parse_segment("load=50%").unwrap(), "load=50%25");
+        assert_eq!(parse_segment("tag=x\ty").unwrap(), "tag=x%09y");
     }
 }

@@ -660,6 +660,12 @@ fn a_file_that_opens_many_drift_events_logs_one_line() {
         })
         .unwrap();
     assert_eq!(f["record"].as_str(), Some(id.as_str()), "{f}");
+    // The all-segments aggregate is named `all` in the log, as in /metrics and Alertmanager.
+    let segments = f["segments"].as_str().unwrap();
+    assert!(!segments.contains('*'), "{f}");
+    let first = &events(&site)[0].1;
+    let label = if first == "*" { "all" } else { first.as_str() };
+    assert_eq!(f["segment"].as_str(), Some(label), "{f}");
     for key in ["baseline", "current"] {
         if let Some(x) = f[key].as_f64() {
             let digits = format!("{x}")

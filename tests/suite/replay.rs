@@ -115,6 +115,9 @@ fn npz_records_carry_ids_segments_and_labels() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert_eq!(site.records(), 6);
+    // The summary counts the labels the records carried, not only those of label files.
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("(6 records, 6 labels)"), "{text}");
     assert_eq!(
         site.query_i64(
             "SELECT COUNT(*) FROM records WHERE record_id LIKE 'npz-%' AND label IS NOT NULL"

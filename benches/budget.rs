@@ -1,5 +1,7 @@
 //! The false-alarm budget, measured: per-signal ARL0 on in-control streams at simulated and
-//! extrapolated targets (`monitor::curve`), the windowed rounds' false-alarm rate per round,
+//! extrapolated targets (`monitor::curve`), the clip of the real-valued CUSUMs' increments
+//! against other lab quantiles and none (ARL0 on the true distribution, detection delay, and
+//! five more lab sets), the windowed rounds' false-alarm rate per round,
 //! and in-control soaks of the whole drift monitor (`drift::DriftMonitor`, 20 segments, every
 //! signal) counting false drift events against the budget's expectation.
 //!

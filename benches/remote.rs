@@ -101,6 +101,7 @@ fn teacher(port: u16, tensors: TensorEncoding) -> RemoteModel {
     let config = ModelConfig {
         path: Default::default(),
         remote: Some(RemoteConfig {
+            section: "teacher".into(),
             url: format!("http://127.0.0.1:{port}"),
             model: "teacher".into(),
             version: None,

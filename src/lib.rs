@@ -40,13 +40,14 @@
 //! - [`metrics`]: in-process Prometheus metrics, the database collector, the pipeline heartbeat.
 //! - [`drift`]: which detector watches which signal, drift events, the reference profile.
 //! - [`baseline`]: the lab stage (`sensei baseline`).
-//! - [`shadow`]: challengers and a pending candidate run beside the teacher; their verdict.
+//! - [`shadow`]: challengers (from files or on inference servers) and a pending candidate run
+//!   beside the teacher; their verdict.
 //! - [`alert`]: rules over drift events, the durable outbox, email/webhook/Alertmanager/command
 //!   receivers.
 //! - [`redistill`]: the distillation buffer's retention, `sensei export`, re-distillation jobs,
 //!   the gate, promotion.
-//! - [`pipeline`]: the student, dispatcher, teacher and writer threads, and where a finished file
-//!   goes.
+//! - [`pipeline`]: the student, dispatcher, teacher, remote shadow and writer threads, and where a
+//!   finished file goes.
 //! - [`ingest`]: the inbox watcher and the ledger check; files into the pipeline.
 //! - [`commands`]: `check`, `status` and `replay`'s summary, each returning what it prints.
 //! - [`report`]: the dashboard's data and page; `sensei report`.

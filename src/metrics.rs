@@ -715,6 +715,11 @@ fn shadow_families(reader: &Reader) -> anyhow::Result<Vec<FamilyOut>> {
         "Size of each shadow model's ONNX file",
         MetricType::Gauge,
     );
+    let mut skipped = FamilyOut::new(
+        "shadow_skipped",
+        "Teacher-sampled records a shadow model on an inference server did not answer, by reason (unreachable, error, busy): left out of its figures",
+        MetricType::Counter,
+    );
     let mut failed = FamilyOut::new(
         "shadow_model_failed",
         "1 when a shadow model failed to load or at inference and is skipped (see sensei report)",
@@ -730,10 +735,16 @@ fn shadow_families(reader: &Reader) -> anyhow::Result<Vec<FamilyOut>> {
             size.push(l.clone(), bytes as f64);
         }
         failed.push(l, f64::from(u8::from(m.status == "failed")));
-        if let Some(sha) = &m.sha256
-            && let Some(t) = reader.shadow_totals(&m.name, sha)?
-        {
-            measured.push((m.name.clone(), t));
+        if let Some(sha) = &m.sha256 {
+            if let Some(t) = reader.shadow_totals(&m.name, sha)? {
+                measured.push((m.name.clone(), t));
+            }
+            for (reason, records) in reader.shadow_skips(&m.name, sha)? {
+                skipped.push(
+                    labels(&[("model", &m.name), ("reason", reason.as_str())]),
+                    records as f64,
+                );
+            }
         }
     }
     for (model, t) in measured {
@@ -761,6 +772,7 @@ fn shadow_families(reader: &Reader) -> anyhow::Result<Vec<FamilyOut>> {
         att,
         latency,
         size,
+        skipped,
         failed,
     ])
 }

@@ -168,39 +168,49 @@ fn attention_display(attention: Option<&OutputSpec>) -> String {
     })
 }
 
-/// Loads every challenger and checks it can be compared with the teacher. A challenger that
-/// cannot is a warning, not a problem: the daemon runs without it (and `check` guards its start).
+/// Loads every challenger (a local file, or the metadata of a model on an inference server)
+/// and checks it can be compared with the teacher. A challenger that cannot is a warning, not a
+/// problem: the daemon runs without it (and `check` guards its start).
 fn check_challengers(config: &Config, models: &crate::model::Models, r: &mut CheckReport) {
     for c in &config.challengers {
         let role = format!("challenger '{}'", c.name);
-        let loaded =
-            crate::model::Model::load(models.runtime, &role, &c.model_config(&config.teacher))
-                .map_err(|e| e.to_string())
-                .and_then(|m| {
-                    let problems = crate::model::model_problems(config, &role, &m, &models.teacher);
-                    if problems.is_empty() {
-                        Ok(m)
-                    } else {
-                        Err(format!(
-                            "{role} cannot be compared with the teacher: {}",
-                            problems.join("; ")
-                        ))
-                    }
-                });
-        match loaded {
-            Ok(m) => {
-                r.lines.push(format!(
-                    "{role}: {} (sha256 {}, {} bytes); output: {} {}; attention: {}",
+        let model_config = c.model_config(&config.teacher);
+        let loaded: Result<(String, Box<dyn Interface>), String> = match &model_config.remote {
+            None => crate::model::Model::load(models.runtime, &role, &model_config).map(|m| {
+                let what = format!(
+                    "{} (sha256 {}, {} bytes)",
                     m.path.display(),
                     &m.sha256[..12],
-                    m.size_bytes,
-                    m.output.name,
-                    crate::model::shape_display(&m.output.shape),
-                    m.attention.as_ref().map_or(String::from("none"), |a| {
-                        format!("{} {}", a.name, crate::model::shape_display(&a.shape))
-                    })
+                    m.size_bytes
+                );
+                (what, Box::new(m) as Box<dyn Interface>)
+            }),
+            Some(_) => crate::model::RemoteModel::connect(&role, &model_config).map(|m| {
+                let what = format!("{} on an inference server ({})", m.location, m.served_by);
+                (what, Box::new(m) as Box<dyn Interface>)
+            }),
+        }
+        .map_err(|e| e.to_string())
+        .and_then(|(what, m)| {
+            let problems = crate::model::model_problems(config, &role, m.as_ref(), &models.teacher);
+            if problems.is_empty() {
+                Ok((what, m))
+            } else {
+                Err(format!(
+                    "{role} cannot be compared with the teacher: {}",
+                    problems.join("; ")
+                ))
+            }
+        });
+        match loaded {
+            Ok((what, m)) => {
+                r.lines.push(format!(
+                    "{role}: {what}; output: {} {}; attention: {}",
+                    m.output().name,
+                    crate::model::shape_display(&m.output().shape),
+                    attention_display(m.attention())
                 ));
-                if let (Some(a), Some(t)) = (&m.attention, models.teacher.attention())
+                if let (Some(a), Some(t)) = (m.attention(), models.teacher.attention())
                     && a.shape != t.shape
                 {
                     r.lines.push(format!(

@@ -103,6 +103,10 @@ pub struct ShadowStatus {
     pub model: crate::store::ShadowModelStatus,
     /// Teacher-sampled records this version of it answered.
     pub samples: i64,
+    /// Teacher-sampled records this version of it did not answer (a model on an inference
+    /// server), and why: left out of its figures.
+    pub skipped: i64,
+    pub skipped_by_reason: std::collections::BTreeMap<crate::store::ShadowSkip, i64>,
 }
 
 /// One signal of one segment, as `status` shows it.
@@ -187,7 +191,16 @@ pub fn status(config: &Config) -> anyhow::Result<StatusReport> {
                 .map_or(0, |t| t.samples),
             None => 0,
         };
-        report.shadow_models.push(ShadowStatus { model, samples });
+        let skipped_by_reason = match &model.sha256 {
+            Some(sha) => reader.shadow_skips(&model.name, sha)?,
+            None => Default::default(),
+        };
+        report.shadow_models.push(ShadowStatus {
+            model,
+            samples,
+            skipped: skipped_by_reason.values().sum(),
+            skipped_by_reason,
+        });
     }
     let reference: Option<crate::drift::Reference> = report
         .baseline
@@ -559,6 +572,16 @@ impl StatusReport {
             for m in &self.shadow_models {
                 let what = match (m.model.status.as_str(), &m.model.detail) {
                     ("failed", Some(detail)) => format!("FAILED: {detail}"),
+                    (status, _) if m.skipped > 0 => format!(
+                        "{status}, {} samples, {} skipped ({})",
+                        m.samples,
+                        m.skipped,
+                        m.skipped_by_reason
+                            .iter()
+                            .map(|(reason, n)| format!("{} {n}", reason.as_str()))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
                     (status, _) => format!("{status}, {} samples", m.samples),
                 };
                 let _ = writeln!(

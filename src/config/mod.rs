@@ -63,12 +63,16 @@ pub const STUDENT: &str = "student";
 /// may start with it).
 pub const CANDIDATE_PREFIX: &str = "candidate-";
 
-/// One challenger (`[[challengers]]`): a model run in shadow beside the teacher.
+/// One challenger (`[[challengers]]`): a model run in shadow beside the teacher, from a local
+/// file or on an inference server.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ChallengerConfig {
     /// Its name in the database, `sensei status` and `sensei report`.
     pub name: String,
+    /// The `.onnx` file; empty when the challenger is on an inference server (`remote`).
     pub path: PathBuf,
+    /// The challenger on an inference server (`url`, `model`, `version`, …), instead of a file.
+    pub remote: Option<RemoteConfig>,
     /// The output compared with the teacher's (default `logits`).
     pub output: String,
     /// The optional attention output, compared with the teacher's attention.
@@ -82,7 +86,7 @@ impl ChallengerConfig {
     pub fn model_config(&self, teacher: &ModelConfig) -> ModelConfig {
         ModelConfig {
             path: self.path.clone(),
-            remote: None,
+            remote: self.remote.clone(),
             threads: self.threads,
             max_batch: teacher.max_batch,
             max_wait: teacher.max_wait,
@@ -245,8 +249,9 @@ pub struct OnnxRuntimeConfig {
 pub struct ModelConfig {
     /// The `.onnx` file; empty when the model is served by an inference server (`remote`).
     pub path: PathBuf,
-    /// The teacher on an inference server (`[teacher] url`, `model`, `version`), instead of a
-    /// local file. Always `None` for the student, which runs on this machine.
+    /// The model on an inference server (`[teacher] url`, `model`, `version`, or a
+    /// challenger's), instead of a local file. Always `None` for the student, which runs on
+    /// this machine.
     pub remote: Option<RemoteConfig>,
     /// Intra-op threads of this model's ONNX Runtime session.
     pub threads: usize,
@@ -267,6 +272,8 @@ pub struct ModelConfig {
 /// Triton, KServe, MLServer).
 #[derive(Debug, Clone, PartialEq)]
 pub struct RemoteConfig {
+    /// The config section it was read from (`teacher`, `challengers[2]`), for messages.
+    pub section: String,
     /// The server's base URL (`http://` or `https://`), without a trailing slash.
     pub url: String,
     /// The model's name on the server.

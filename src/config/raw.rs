@@ -70,15 +70,90 @@ pub struct RawShadow {
     pub candidate: Option<bool>,
 }
 
-/// One `[[challengers]]` entry.
+/// One `[[challengers]]` entry: a local file (`path`) or a model on an inference server (`url`
+/// and the other keys of [`RawRemote`], as for `[teacher]`).
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawChallenger {
     pub name: Option<String>,
     pub path: Option<String>,
+    pub url: Option<String>,
+    pub model: Option<String>,
+    pub version: Option<String>,
+    pub timeout: Option<RawDuration>,
+    pub retries: Option<RawInt>,
+    pub backoff: Option<RawDuration>,
+    pub in_flight: Option<RawInt>,
+    pub breaker_after: Option<RawInt>,
+    pub breaker_open: Option<RawDuration>,
+    pub tensors: Option<String>,
+    pub ca_file: Option<String>,
+    pub client_cert_file: Option<String>,
+    pub client_key_file: Option<String>,
+    pub token_file: Option<String>,
+    pub token_credential: Option<String>,
     pub output: Option<String>,
     pub attention: Option<String>,
     pub threads: Option<RawInt>,
+}
+
+/// The keys of a model on an inference server, shared by `[teacher]` and `[[challengers]]`
+/// (serde's `flatten` cannot be combined with `deny_unknown_fields`, so each section lists
+/// them and hands them to validation in this form).
+#[derive(Debug, Default, Clone)]
+pub struct RawRemote {
+    pub url: Option<String>,
+    pub model: Option<String>,
+    pub version: Option<String>,
+    pub timeout: Option<RawDuration>,
+    pub retries: Option<RawInt>,
+    pub backoff: Option<RawDuration>,
+    pub in_flight: Option<RawInt>,
+    pub breaker_after: Option<RawInt>,
+    pub breaker_open: Option<RawDuration>,
+    pub tensors: Option<String>,
+    pub ca_file: Option<String>,
+    pub client_cert_file: Option<String>,
+    pub client_key_file: Option<String>,
+    pub token_file: Option<String>,
+    pub token_credential: Option<String>,
+}
+
+/// Moves the inference-server keys of a section into a [`RawRemote`].
+macro_rules! take_remote {
+    ($raw:expr) => {
+        RawRemote {
+            url: $raw.url.take(),
+            model: $raw.model.take(),
+            version: $raw.version.take(),
+            timeout: $raw.timeout.take(),
+            retries: $raw.retries.take(),
+            backoff: $raw.backoff.take(),
+            in_flight: $raw.in_flight.take(),
+            breaker_after: $raw.breaker_after.take(),
+            breaker_open: $raw.breaker_open.take(),
+            tensors: $raw.tensors.take(),
+            ca_file: $raw.ca_file.take(),
+            client_cert_file: $raw.client_cert_file.take(),
+            client_key_file: $raw.client_key_file.take(),
+            token_file: $raw.token_file.take(),
+            token_credential: $raw.token_credential.take(),
+        }
+    };
+}
+
+impl RawModel {
+    /// Takes the inference-server keys out of the section.
+    pub fn take_remote(&mut self) -> RawRemote {
+        take_remote!(self)
+    }
+}
+
+impl RawChallenger {
+    /// Takes the inference-server keys out of the entry.
+    pub fn take_remote(&mut self) -> RawRemote {
+        take_remote!(self)
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -16,11 +16,11 @@ use crate::metrics::Metrics;
 use crate::model::Models;
 use crate::monitor::UncertaintyPolicy;
 use crate::pipeline::{
-    Channels, Dispatcher, Disposition, FileCallback, InFlightPaths, StudentWorker, TeacherWorker,
-    Writer, WriterReport,
+    Channels, Dispatcher, Disposition, FileCallback, InFlightPaths, RemoteShadowQueue,
+    RemoteShadowWorker, StudentWorker, TeacherWorker, Writer, WriterReport,
 };
 use crate::sampler::Sampler;
-use crate::shadow::ShadowSet;
+use crate::shadow::{RemoteShadows, ShadowSet};
 use crate::store::{Reader, Store};
 
 /// The running threads of one pipeline.
@@ -28,6 +28,8 @@ pub(super) struct Threads {
     student: JoinHandle<crate::pipeline::StudentTime>,
     dispatcher: JoinHandle<()>,
     teacher: JoinHandle<()>,
+    /// The remote shadow worker, when challengers on inference servers run.
+    remote_shadow: Option<JoinHandle<()>>,
     writer: JoinHandle<WriterReport>,
 }
 
@@ -43,6 +45,11 @@ impl Threads {
         self.teacher
             .join()
             .map_err(|_| anyhow!("teacher worker panicked"))?;
+        if let Some(remote_shadow) = self.remote_shadow {
+            remote_shadow
+                .join()
+                .map_err(|_| anyhow!("remote shadow worker panicked"))?;
+        }
         let mut report = self.writer.join().map_err(|_| anyhow!("writer panicked"))?;
         report.student = student;
         Ok(report)
@@ -140,7 +147,7 @@ pub(super) fn start(
         teacher: (teacher_tx, teacher_rx),
         writer: (writer_tx, writer_rx),
     } = Channels::new(config.sampling.queue);
-    let shadow = shadow_set(config, &models, &mut store);
+    let (shadow, remote_shadows) = shadow_set(config, &models, &mut store);
     let known_segments = store.known_segments().unwrap_or_default();
     let specs = models.student.inputs.clone();
     let classes = match config.compare.task {
@@ -171,6 +178,24 @@ pub(super) fn start(
     }
     .spawn(writer_rx)
     .context("starting the writer thread")?;
+    let (remote_shadow, remote_shadow_thread) = if remote_shadows.is_empty() {
+        (None, None)
+    } else {
+        // As many samples wait for the challengers on servers as for the teacher.
+        let capacity = config
+            .sampling
+            .queue
+            .div_ceil(config.teacher.max_batch.max(1))
+            .max(2 * remote_shadows.in_flight());
+        let (queue, jobs) = mpsc::sync_channel(capacity);
+        let busy = remote_shadows.skipped(crate::store::ShadowSkip::Busy);
+        let thread = RemoteShadowWorker {
+            shadows: remote_shadows,
+        }
+        .spawn(jobs, writer_tx.clone())
+        .context("starting the remote shadow thread")?;
+        (Some(RemoteShadowQueue { queue, busy }), Some(thread))
+    };
     let teacher = TeacherWorker {
         model: models.teacher,
         comparer: comparer.clone(),
@@ -178,6 +203,7 @@ pub(super) fn start(
         mask_input: config.compare.mask_input.clone(),
         metrics: metrics.clone(),
         shadow,
+        remote_shadow,
     }
     .spawn(teacher_rx, writer_tx.clone())
     .context("starting the teacher thread")?;
@@ -212,6 +238,7 @@ pub(super) fn start(
             student,
             dispatcher,
             teacher,
+            remote_shadow: remote_shadow_thread,
             writer,
         },
     ))
@@ -219,7 +246,7 @@ pub(super) fn start(
 
 /// Loads the shadow models (challengers and the candidate awaiting a decision) and records
 /// which run. Nothing here can stop the pipeline: a problem leaves a model out.
-fn shadow_set(config: &Config, models: &Models, store: &mut Store) -> ShadowSet {
+fn shadow_set(config: &Config, models: &Models, store: &mut Store) -> (ShadowSet, RemoteShadows) {
     let candidate = if config.shadow.candidate {
         match store.pending_candidate() {
             Ok(Some((job, output))) => {
@@ -240,7 +267,7 @@ fn shadow_set(config: &Config, models: &Models, store: &mut Store) -> ShadowSet 
     } else {
         None
     };
-    let (set, rows) = ShadowSet::load(
+    let (set, remote, rows) = ShadowSet::load(
         config,
         models.runtime,
         &models.teacher,
@@ -250,7 +277,7 @@ fn shadow_set(config: &Config, models: &Models, store: &mut Store) -> ShadowSet 
     if let Err(e) = store.register_shadow_models(&rows, crate::time::now_ms()) {
         tracing::error!(error = %e, "Recording the shadow models failed; they run all the same.");
     }
-    set
+    (set, remote)
 }
 
 fn prepare_dirs(config: &Config) -> anyhow::Result<()> {

@@ -8,7 +8,8 @@
 //! loads, the error names every place searched and why each failed.
 //!
 //! `pair`: the student and the teacher loaded together and checked for comparability.
-//! `remote`: a teacher on an inference server (Open Inference Protocol); [`Teacher`] is either.
+//! `remote`: a teacher or a challenger on an inference server (Open Inference Protocol);
+//! [`Teacher`] is a local or a remote teacher.
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -28,7 +29,7 @@ use crate::record::{ElemType, InputSpec, Record, TensorData};
 mod pair;
 mod remote;
 
-pub use remote::{ReachChange, RemoteModel, remote_sha256};
+pub use remote::{ConnectFailure, ReachChange, RemoteModel, remote_sha256};
 
 pub use pair::{
     Models, compatibility_notes, compatibility_problems, load_models, model_problems,

@@ -62,12 +62,12 @@ pub fn compatibility_problems(
 pub fn model_problems(
     config: &Config,
     role: &str,
-    student: &Model,
+    student: &dyn Interface,
     teacher: &dyn Interface,
 ) -> Vec<String> {
     let mut problems = Vec::new();
     for t in teacher.inputs() {
-        match student.inputs.iter().find(|s| s.name == t.name) {
+        match student.inputs().iter().find(|s| s.name == t.name) {
             None => problems.push(format!(
                 "teacher input '{}' is not a {role} input: both models must take the same inputs",
                 t.name
@@ -85,7 +85,7 @@ pub fn model_problems(
             Some(_) => {}
         }
     }
-    for s in &student.inputs {
+    for s in student.inputs() {
         if !teacher.inputs().iter().any(|t| t.name == s.name) {
             problems.push(format!(
                 "{role} input '{}' is not a teacher input: both models must take the same inputs",
@@ -93,13 +93,13 @@ pub fn model_problems(
             ));
         }
     }
-    let (so, to) = (&student.output.shape, &teacher.output().shape);
+    let (so, to) = (&student.output().shape, &teacher.output().shape);
     match config.compare.task {
         Task::Classification | Task::Regression => {
             if so.len() != to.len() || !shapes_compatible(so, to) {
                 problems.push(format!(
                     "outputs are not comparable: {role} '{}' is {}, teacher '{}' is {}",
-                    student.output.name,
+                    student.output().name,
                     shape_display(so),
                     teacher.output().name,
                     shape_display(to)
@@ -121,7 +121,7 @@ pub fn model_problems(
         }
     }
     if let Some(mask) = &config.compare.mask_input
-        && !student.inputs.iter().any(|i| &i.name == mask)
+        && !student.inputs().iter().any(|i| &i.name == mask)
     {
         problems.push(format!(
             "compare.mask_input '{mask}' is not an input of the models"

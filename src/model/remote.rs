@@ -1,12 +1,14 @@
 //! A model on an inference server, over the Open Inference Protocol (the KServe v2 REST
 //! protocol that NVIDIA Triton, KServe and Seldon MLServer all speak): the model's metadata
 //! (`GET /v2/models/NAME[/versions/V]`) read and checked as a local file's inputs and outputs
-//! are, and batches sent to `POST …/infer` with JSON tensors.
+//! are, and batches sent to `POST …/infer` with JSON or binary tensors. The teacher and the
+//! challengers on servers (`[[challengers]] url`) are such models.
 //!
-//! The teacher's thread is a plain thread that waits for each answer, as it waits for ONNX
-//! Runtime with a local teacher; the HTTP client needs an async runtime, so the model owns a
-//! small one of its own. Loading may happen on a thread of the daemon's runtime, where blocking
-//! on another runtime is refused: there the request runs on a scoped plain thread.
+//! The teacher's thread (and the remote shadow worker's, for challengers) is a plain thread that
+//! waits for each answer, as it waits for ONNX Runtime with a local model; the HTTP client needs
+//! an async runtime, so the model owns a small one of its own. Loading may happen on a thread of
+//! the daemon's runtime, where blocking on another runtime is refused: there the request runs on
+//! a scoped plain thread, and a runtime dropped there is shut down in the background.
 
 use std::future::Future;
 use std::time::{Duration, Instant};
@@ -55,6 +57,15 @@ impl Drop for RemoteModel {
             runtime.shutdown_background();
         }
     }
+}
+
+/// Why [`RemoteModel::try_connect`] found no usable model.
+#[derive(Debug)]
+pub struct ConnectFailure {
+    pub error: ModelError,
+    /// False when the server did not answer (it may later); true when it answered and the
+    /// model cannot be used as configured.
+    pub answered: bool,
 }
 
 /// The teacher's server went out of reach or answered again (`Teacher::take_reach_change`).
@@ -209,60 +220,90 @@ impl RemoteModel {
     /// server that does not answer, a model it does not have and every mismatch are errors that
     /// name the model's URL.
     pub fn connect(role: &str, config: &ModelConfig) -> Result<RemoteModel, ModelError> {
+        Self::try_connect(role, config).map_err(|f| f.error)
+    }
+
+    /// [`RemoteModel::connect`], saying on failure whether the server answered at all: one
+    /// that did not (down, still starting, a proxy without its upstream: no connection, a
+    /// timeout, HTTP 502, 503 or 504) may answer a later try.
+    pub fn try_connect(role: &str, config: &ModelConfig) -> Result<RemoteModel, ConnectFailure> {
         let Some(remote) = config.remote.clone() else {
-            return Err(ModelError::Remote {
-                role: role.into(),
-                url: String::new(),
-                message: "no server configured".into(),
+            return Err(ConnectFailure {
+                error: ModelError::Remote {
+                    role: role.into(),
+                    url: String::new(),
+                    message: "no server configured".into(),
+                },
+                answered: true,
             });
         };
         let location = remote.model_url();
-        let fail = |message: String| ModelError::Remote {
-            role: role.into(),
-            url: location.clone(),
-            message,
+        let fail = |message: String| ConnectFailure {
+            error: ModelError::Remote {
+                role: role.into(),
+                url: location.clone(),
+                message,
+            },
+            answered: true,
         };
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(|e| fail(format!("cannot start the HTTP client: {e}")))?;
+        // A failure below drops the runtime on the way out, perhaps on a thread of the daemon's
+        // runtime, where a plain drop would panic.
+        let runtime = OwnedRuntime(Some(
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| fail(format!("cannot start the HTTP client: {e}")))?,
+        ));
         let client = http_client(&remote).map_err(fail)?;
         let metadata = {
             let client = client.clone();
             let url = location.clone();
             let timeout = remote.timeout.max(CONNECT_TIMEOUT);
-            block_on(&runtime, async move {
+            block_on(runtime.get(), async move {
+                // (message, whether the server answered)
                 let response = client
                     .get(&url)
                     .timeout(timeout)
                     .send()
                     .await
-                    .map_err(|e| format!("the server does not answer: {}", chain(&e)))?;
+                    .map_err(|e| (format!("the server does not answer: {}", chain(&e)), false))?;
                 let status = response.status();
                 let body = response
                     .text()
                     .await
-                    .map_err(|e| format!("reading the metadata: {}", chain(&e)))?;
+                    .map_err(|e| (format!("reading the metadata: {}", chain(&e)), false))?;
                 if status == reqwest::StatusCode::NOT_FOUND {
-                    return Err(format!(
-                        "the server has no such model (HTTP 404: {})",
-                        excerpt(&body)
+                    return Err((
+                        format!(
+                            "the server has no such model (HTTP 404: {})",
+                            excerpt(&body)
+                        ),
+                        true,
                     ));
                 }
                 if !status.is_success() {
-                    return Err(format!(
-                        "the server refused the metadata request (HTTP {status}: {})",
-                        excerpt(&body)
+                    return Err((
+                        format!(
+                            "the server refused the metadata request (HTTP {status}: {})",
+                            excerpt(&body)
+                        ),
+                        !matches!(status.as_u16(), 502..=504),
                     ));
                 }
                 serde_json::from_str::<ModelMetadata>(&body).map_err(|e| {
-                    format!(
-                        "the model's metadata is not Open Inference Protocol JSON ({e}): {}",
-                        excerpt(&body)
+                    (
+                        format!(
+                            "the model's metadata is not Open Inference Protocol JSON ({e}): {}",
+                            excerpt(&body)
+                        ),
+                        true,
                     )
                 })
             })
-            .map_err(fail)?
+            .map_err(|(message, answered)| ConnectFailure {
+                answered,
+                ..fail(message)
+            })?
         };
         let (inputs, output, attention) = check_metadata(config, &metadata).map_err(fail)?;
         let binary = match remote.tensors {
@@ -271,7 +312,7 @@ impl RemoteModel {
             TensorEncoding::Auto => {
                 let client = client.clone();
                 let url = format!("{}/v2", remote.url);
-                block_on(&runtime, async move {
+                block_on(runtime.get(), async move {
                     lists_binary_extension(&client, &url).await
                 })
             }
@@ -299,7 +340,7 @@ impl RemoteModel {
             breaker: Breaker::new(remote.breaker_after, remote.breaker_open),
             config: remote,
             client,
-            runtime: Some(runtime),
+            runtime: runtime.take(),
         })
     }
 
@@ -400,19 +441,34 @@ impl RemoteModel {
             results[i] = Some(result);
         }
         let now = Instant::now();
+        let teacher = self.role == "teacher";
         if reached {
             if self.breaker.success() {
-                tracing::info!(url = %self.location, "The teacher's inference server answers again; sampled records go to it.");
+                if teacher {
+                    tracing::info!(url = %self.location, "The teacher's inference server answers again; sampled records go to it.");
+                } else {
+                    tracing::info!(model = %self.role, url = %self.location, "The inference server of a shadow model answers again; it runs on the sampled records again.");
+                }
             }
             self.announce(false);
         } else if unreachable && self.breaker.failure(now) {
             self.announce(true);
-            tracing::warn!(
-                url = %self.location,
-                after = self.config.breaker_after,
-                probe_every = ?self.config.breaker_open,
-                "The teacher's inference server is out of reach; sampled records are skipped (records.sampled = 5) until a probe finds it again."
-            );
+            if teacher {
+                tracing::warn!(
+                    url = %self.location,
+                    after = self.config.breaker_after,
+                    probe_every = ?self.config.breaker_open,
+                    "The teacher's inference server is out of reach; sampled records are skipped (records.sampled = 5) until a probe finds it again."
+                );
+            } else {
+                tracing::warn!(
+                    model = %self.role,
+                    url = %self.location,
+                    after = self.config.breaker_after,
+                    probe_every = ?self.config.breaker_open,
+                    "The inference server of a shadow model is out of reach; its comparisons are skipped (counted in shadow_skips) until a probe finds it again. The student and the teacher are unaffected."
+                );
+            }
         }
         let open = match self.breaker.gate(now) {
             Gate::Open(left) => format!(
@@ -869,8 +925,9 @@ async fn lists_binary_extension(client: &reqwest::Client, url: &str) -> bool {
 /// The HTTP client of one server: the system's roots and the configured CA, the client
 /// certificate, the bearer token on every request (marked sensitive: never in debug output).
 fn http_client(remote: &RemoteConfig) -> Result<reqwest::Client, String> {
+    let section = &remote.section;
     let read = |what: &str, path: &std::path::Path| {
-        std::fs::read(path).map_err(|e| format!("teacher.{what} {}: {e}", path.display()))
+        std::fs::read(path).map_err(|e| format!("{section}.{what} {}: {e}", path.display()))
     };
     let mut builder = reqwest::Client::builder()
         .connect_timeout(CONNECT_TIMEOUT)
@@ -879,13 +936,13 @@ fn http_client(remote: &RemoteConfig) -> Result<reqwest::Client, String> {
         let certificates =
             reqwest::Certificate::from_pem_bundle(&read("ca_file", path)?).map_err(|e| {
                 format!(
-                    "teacher.ca_file {}: not PEM certificates: {e}",
+                    "{section}.ca_file {}: not PEM certificates: {e}",
                     path.display()
                 )
             })?;
         if certificates.is_empty() {
             return Err(format!(
-                "teacher.ca_file {}: holds no certificate",
+                "{section}.ca_file {}: holds no certificate",
                 path.display()
             ));
         }
@@ -899,7 +956,7 @@ fn http_client(remote: &RemoteConfig) -> Result<reqwest::Client, String> {
         pem.extend(read("client_key_file", key)?);
         let identity = reqwest::Identity::from_pem(&pem).map_err(|e| {
             format!(
-                "teacher.client_cert_file {} and client_key_file {}: not a PEM certificate and key: {e}",
+                "{section}.client_cert_file {} and client_key_file {}: not a PEM certificate and key: {e}",
                 cert.display(),
                 key.display()
             )
@@ -909,7 +966,7 @@ fn http_client(remote: &RemoteConfig) -> Result<reqwest::Client, String> {
     if let Some(token) = &remote.token {
         let mut value =
             reqwest::header::HeaderValue::from_str(&format!("Bearer {}", token.expose())).map_err(
-                |_| "teacher.token_file: the token is not a valid HTTP header value".to_string(),
+                |_| format!("{section}.token_file: the token is not a valid HTTP header value"),
             )?;
         value.set_sensitive(true);
         let mut headers = reqwest::header::HeaderMap::new();
@@ -927,6 +984,28 @@ pub fn remote_sha256(remote: &RemoteConfig) -> String {
     hex(&Sha256::digest(
         format!("oip {}", remote.model_url()).as_bytes(),
     ))
+}
+
+/// A runtime that is shut down in the background when dropped: dropping a runtime blocks, which
+/// a thread of another runtime may not do.
+struct OwnedRuntime(Option<tokio::runtime::Runtime>);
+
+impl OwnedRuntime {
+    fn get(&self) -> &tokio::runtime::Runtime {
+        self.0.as_ref().expect("taken only when the model is built")
+    }
+
+    fn take(mut self) -> Option<tokio::runtime::Runtime> {
+        self.0.take()
+    }
+}
+
+impl Drop for OwnedRuntime {
+    fn drop(&mut self) {
+        if let Some(runtime) = self.0.take() {
+            runtime.shutdown_background();
+        }
+    }
 }
 
 /// Runs `future` to completion on `runtime`, from a plain thread when called on a thread of
@@ -1228,6 +1307,7 @@ mod tests {
             announced: None,
             reach_change: None,
             config: RemoteConfig {
+                section: "teacher".into(),
                 url: "http://127.0.0.1:1".into(),
                 model: "t".into(),
                 version: None,

@@ -4,21 +4,26 @@
 //! ```text
 //! ingest ──files──▶ student ──rows──────────────────▶ writer ──▶ SQLite, then done/ or quarantine/
 //!                      └──sampled (try_send)──▶ teacher ──rows──▶ ┘
+//!                                                  └─(try_send)─▶ remote shadow ──rows──▶ writer
 //! ```
 //!
 //! Channels are bounded, so a slow writer or student pushes back on ingest. The teacher's queue is
 //! the exception: the student never waits for it; a sample it cannot take is counted as skipped.
+//! So is the remote shadow worker's queue: the teacher never waits for it; a batch it cannot
+//! take goes to the writer with the remote challengers' comparisons skipped (counted).
 //! A file commits only when every one of its records has its student row and every queued teacher
 //! sample has come back, in one transaction with its ledger row: a crash at any point before that
 //! commit leaves the file in the inbox to be processed again, whole.
 //!
 //! One file per stage: [`student`] (batching and the model), [`dispatch`] (per-record
 //! statistics, the sampling decision, the hand-off to the teacher), [`teacher`] (the sampled
-//! records and the shadow models), [`writer`] (commits, detectors, retention), and [`disposal`]
+//! records and the shadow models run here), [`shadow`] (challengers on inference servers),
+//! [`writer`] (commits, detectors, retention), and [`disposal`]
 //! (where a finished file goes: done/, quarantine/ with its note, or nowhere).
 
 pub mod dispatch;
 pub mod disposal;
+pub mod shadow;
 pub mod student;
 pub mod teacher;
 pub mod writer;
@@ -34,8 +39,9 @@ use crate::store::{RecordRow, TeacherRow};
 
 pub use dispatch::Dispatcher;
 pub use disposal::{FileStamp, PathNow};
+pub use shadow::{RemoteShadowWorker, ShadowJob};
 pub use student::{Scored, StudentWorker};
-pub use teacher::{TeacherJob, TeacherWorker};
+pub use teacher::{RemoteShadowQueue, TeacherJob, TeacherWorker};
 pub use writer::{FileCallback, FileOutcome, Writer, observe_records};
 
 /// What happens to a file in the inbox once sensei is done with it.

@@ -1,20 +1,22 @@
 //! The teacher worker: runs the teacher on the sampled records (what is queued, up to a batch;
 //! never waiting for more), compares it with the student, runs the shadow models on the same
-//! batch, and sends the rows to the writer. A teacher on an inference server takes up to its
-//! `in_flight` batches at once; a sample it could not answer is sent as skipped (its
-//! `records.sampled` code), never dropped.
+//! batch, and sends the rows to the writer — through the remote shadow worker ([`super::shadow`])
+//! when challengers on inference servers are to see them too. A teacher on an inference server
+//! takes up to its `in_flight` batches at once; a sample it could not answer is sent as skipped
+//! (its `records.sampled` code), never dropped.
 
 use std::sync::Arc;
-use std::sync::mpsc::{Receiver, SyncSender};
+use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
 use std::thread::JoinHandle;
 use std::time::Instant;
 
+use super::shadow::ShadowJob;
 use super::{ByFile, FileMeta, WriterMsg, attention_of};
 use crate::compare::{Comparer, attention_kl};
 use crate::model::{BatchOutput, ModelError, Teacher};
 use crate::record::Record;
 use crate::sampler::{TEACHER_FAILED, TEACHER_UNREACHABLE};
-use crate::store::TeacherRow;
+use crate::store::{ShadowRow, TeacherRow};
 
 /// A sampled record on its way to the teacher.
 pub struct TeacherJob {
@@ -36,6 +38,36 @@ pub struct TeacherWorker {
     pub metrics: Arc<crate::metrics::Metrics>,
     /// Challengers and a pending candidate, run on the teacher's batches after the teacher.
     pub shadow: crate::shadow::ShadowSet,
+    /// Challengers on inference servers: the remote shadow worker's queue, and each one's row
+    /// for a batch that finds the queue full.
+    pub remote_shadow: Option<RemoteShadowQueue>,
+}
+
+/// The way to the remote shadow worker ([`super::shadow`]).
+pub struct RemoteShadowQueue {
+    pub queue: SyncSender<ShadowJob>,
+    /// Each challenger on a server skipped as `busy`.
+    pub busy: Vec<ShadowRow>,
+}
+
+impl RemoteShadowQueue {
+    /// Offers a batch the teacher answered to the remote shadow worker without waiting.
+    /// `None`: the worker has it. Otherwise the batch is handed back, every challenger on a
+    /// server skipped as `busy` on each record, for the writer.
+    pub fn hand_off(&self, job: ShadowJob) -> Option<ShadowJob> {
+        let mut job = match self.queue.try_send(job) {
+            Ok(()) => return None,
+            Err(TrySendError::Full(job) | TrySendError::Disconnected(job)) => job,
+        };
+        tracing::debug!(
+            samples = job.rows.len(),
+            "The challengers on inference servers are busy; their comparisons of these samples are skipped."
+        );
+        for (_, _, row) in &mut job.rows {
+            row.shadow.extend(self.busy.iter().cloned());
+        }
+        Some(job)
+    }
 }
 
 impl TeacherWorker {
@@ -122,7 +154,6 @@ impl TeacherWorker {
             }
             Err(_) => Vec::new(),
         };
-        let mut by_file = ByFile::new();
         let (out, skipped) = match result {
             Ok(out) => (Some(out), TEACHER_FAILED),
             Err(e) if e.is_unreachable() => {
@@ -139,6 +170,7 @@ impl TeacherWorker {
         let per_record_us = out
             .as_ref()
             .map_or(0, |o| o.elapsed.as_micros() as i64 / o.batch.max(1) as i64);
+        let mut rows = Vec::with_capacity(group.len());
         for (i, job) in group.into_iter().enumerate() {
             let row = out.as_ref().ok_or(skipped).map(|out| {
                 let teacher_output = out.output_of(i);
@@ -175,7 +207,24 @@ impl TeacherWorker {
                     shadow: shadow.get_mut(i).map(std::mem::take).unwrap_or_default(),
                 }
             });
-            by_file.push(&job.meta, job.index, row);
+            rows.push((job.meta, job.index, row));
+        }
+        // A batch the teacher answered goes on to the challengers on servers, when there is room.
+        if let Some(remote) = &self.remote_shadow
+            && out.is_some()
+        {
+            let answered = rows
+                .into_iter()
+                .filter_map(|(meta, index, row)| row.ok().map(|row| (meta, index, row)))
+                .collect();
+            return match remote.hand_off(ShadowJob { rows: answered }) {
+                None => Ok(()),
+                Some(job) => super::shadow::send(job, writer),
+            };
+        }
+        let mut by_file = ByFile::new();
+        for (meta, index, row) in rows {
+            by_file.push(&meta, index, row);
         }
         for (meta, rows) in by_file.0 {
             writer
@@ -183,5 +232,79 @@ impl TeacherWorker {
                 .map_err(|_| ())?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{ShadowKind, ShadowResult, ShadowSkip};
+
+    fn row() -> TeacherRow {
+        TeacherRow {
+            weight: 1.0,
+            teacher_prediction: Some(1),
+            teacher_confidence: Some(0.9),
+            comparison: Default::default(),
+            latency_us: 5,
+            output_shape: vec![2],
+            teacher_output: vec![0.0, 1.0],
+            student_output: vec![0.0, 1.0],
+            teacher_attention: None,
+            inputs: Vec::new(),
+            shadow: Vec::new(),
+        }
+    }
+
+    fn meta() -> Arc<FileMeta> {
+        Arc::new(FileMeta {
+            key: 1,
+            path: "/inbox/a.jsonl".into(),
+            name: "a.jsonl".into(),
+            sha256: String::new(),
+            size: 0,
+            kind: "jsonl",
+            records: 2,
+            on_done: super::super::Disposition::Keep,
+            quarantine_dir: None,
+            in_flight: Default::default(),
+            retry: None,
+            origin: Default::default(),
+            stamp: None,
+            segment_values_cut: 0,
+        })
+    }
+
+    #[test]
+    fn a_full_remote_shadow_queue_hands_the_batch_back_with_the_challengers_skipped_as_busy() {
+        let (queue, worker) = std::sync::mpsc::sync_channel(1);
+        let busy = ShadowRow {
+            model: "far".into(),
+            sha256: "beef".into(),
+            kind: ShadowKind::Challenger,
+            result: ShadowResult::Skipped(ShadowSkip::Busy),
+        };
+        let remote = RemoteShadowQueue {
+            queue,
+            busy: vec![busy.clone()],
+        };
+        let job = || ShadowJob {
+            rows: vec![(meta(), 0, row()), (meta(), 1, row())],
+        };
+        // The worker takes the first batch; the second finds no room and comes straight back,
+        // without waiting for the worker.
+        assert!(remote.hand_off(job()).is_none());
+        let back = remote.hand_off(job()).expect("handed back");
+        assert_eq!(back.rows.len(), 2);
+        assert!(
+            back.rows
+                .iter()
+                .all(|(_, _, r)| r.shadow == vec![busy.clone()])
+        );
+        let queued = worker.try_recv().expect("the first batch is queued");
+        assert!(queued.rows.iter().all(|(_, _, r)| r.shadow.is_empty()));
+        // A worker that is gone hands every batch back too.
+        drop(worker);
+        assert!(remote.hand_off(job()).is_some());
     }
 }

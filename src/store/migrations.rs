@@ -60,6 +60,10 @@ pub(super) const MIGRATIONS: &[(&str, &str)] = &[
         "0013_files_segment_values_cut",
         include_str!("../../migrations/0013_files_segment_values_cut.sql"),
     ),
+    (
+        "0014_shadow_skips",
+        include_str!("../../migrations/0014_shadow_skips.sql"),
+    ),
 ];
 
 /// What a migration needs beyond its SQL, run after it in the same transaction: by name.

@@ -17,8 +17,46 @@ pub struct ShadowRow {
     /// The model file's sha256 (first 12 hex digits).
     pub sha256: String,
     pub kind: ShadowKind,
-    /// The comparison with the teacher, or why the model could not answer.
-    pub result: std::result::Result<ShadowMeasure, String>,
+    /// The comparison with the teacher, or why the model did not answer.
+    pub result: ShadowResult,
+}
+
+/// What became of one shadow model on one record.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ShadowResult {
+    /// It answered: its comparison with the teacher (`shadow_samples`, `shadow_totals`).
+    Answered(ShadowMeasure),
+    /// It failed, for this reason: it is marked failed in `shadow_models` and not run again.
+    Failed(String),
+    /// A model on an inference server gave no answer for this record; the record is counted
+    /// in `shadow_skips` and left out of its figures.
+    Skipped(ShadowSkip),
+}
+
+/// Why a shadow model on an inference server has no answer for a record (`shadow_skips.reason`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ShadowSkip {
+    /// No connection, no answer within its timeout, transient errors past its retries, or its
+    /// circuit breaker open.
+    Unreachable,
+    /// The server answered, but not with a usable result (HTTP 4xx or 500, an answer of the
+    /// wrong shape).
+    Error,
+    /// The queue in front of it was full: it was still busy with earlier records.
+    Busy,
+}
+
+impl ShadowSkip {
+    pub const ALL: [ShadowSkip; 3] = [ShadowSkip::Unreachable, ShadowSkip::Error, ShadowSkip::Busy];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ShadowSkip::Unreachable => "unreachable",
+            ShadowSkip::Error => "error",
+            ShadowSkip::Busy => "busy",
+        }
+    }
 }
 
 /// What a shadow model is.
@@ -79,6 +117,8 @@ pub(super) struct ShadowBatch {
     totals: BTreeMap<(String, String), (ShadowKind, crate::store::Totals)>,
     /// Models that failed on a record of this file, with the reason.
     failures: BTreeMap<String, String>,
+    /// Per (model, sha256, reason): records it skipped, and their first and last seq.
+    skips: BTreeMap<(String, String, ShadowSkip), (i64, i64, i64)>,
 }
 
 impl ShadowBatch {
@@ -92,7 +132,7 @@ impl ShadowBatch {
             .add(seq, t.weight, &t.comparison, r.latency_us, t.latency_us);
         for s in &t.shadow {
             match &s.result {
-                Ok(m) => {
+                ShadowResult::Answered(m) => {
                     self.total(&s.model, &s.sha256, s.kind).add(
                         seq,
                         t.weight,
@@ -102,8 +142,17 @@ impl ShadowBatch {
                     );
                     self.samples.push((seq, s.clone(), t.weight));
                 }
-                Err(reason) => {
+                ShadowResult::Failed(reason) => {
                     self.failures.insert(s.model.clone(), reason.clone());
+                }
+                ShadowResult::Skipped(reason) => {
+                    let entry = self
+                        .skips
+                        .entry((s.model.clone(), s.sha256.clone(), *reason))
+                        .or_insert((0, seq, seq));
+                    entry.0 += 1;
+                    entry.1 = entry.1.min(seq);
+                    entry.2 = entry.2.max(seq);
                 }
             }
         }
@@ -121,7 +170,7 @@ impl ShadowBatch {
 }
 
 pub(super) fn write_shadow(tx: &Transaction<'_>, batch: &ShadowBatch, now_ms: i64) -> Result<()> {
-    if batch.totals.is_empty() && batch.failures.is_empty() {
+    if batch.totals.is_empty() && batch.failures.is_empty() && batch.skips.is_empty() {
         return Ok(());
     }
     let mut ins = tx.prepare_cached(
@@ -130,7 +179,9 @@ pub(super) fn write_shadow(tx: &Transaction<'_>, batch: &ShadowBatch, now_ms: i6
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
     )?;
     for (seq, row, weight) in &batch.samples {
-        let Ok(m) = &row.result else { continue };
+        let ShadowResult::Answered(m) = &row.result else {
+            continue;
+        };
         let c = &m.comparison;
         ins.execute(params![
             seq,
@@ -194,6 +245,26 @@ pub(super) fn write_shadow(tx: &Transaction<'_>, batch: &ShadowBatch, now_ms: i6
     )?;
     for (model, reason) in &batch.failures {
         failed.execute(params![model, reason, now_ms])?;
+    }
+    let mut skipped = tx.prepare_cached(
+        "INSERT INTO shadow_skips (model, sha256, reason, records, first_seq, last_seq, updated_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+         ON CONFLICT (model, sha256, reason) DO UPDATE SET
+             records = records + excluded.records,
+             first_seq = MIN(first_seq, excluded.first_seq),
+             last_seq = MAX(last_seq, excluded.last_seq),
+             updated_at = excluded.updated_at",
+    )?;
+    for ((model, sha, reason), (records, first, last)) in &batch.skips {
+        skipped.execute(params![
+            model,
+            sha,
+            reason.as_str(),
+            records,
+            first,
+            last,
+            now_ms
+        ])?;
     }
     Ok(())
 }
@@ -319,6 +390,28 @@ impl Reader {
             })
         })?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// The records one model version skipped, by reason (`shadow_skips`; empty before
+    /// schema 14).
+    pub fn shadow_skips(&self, model: &str, sha256: &str) -> Result<BTreeMap<ShadowSkip, i64>> {
+        if !self.table_exists("shadow_skips")? {
+            return Ok(BTreeMap::new());
+        }
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT reason, records FROM shadow_skips WHERE model = ?1 AND sha256 = ?2",
+        )?;
+        let rows = stmt.query_map([model, sha256], |r| {
+            Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?))
+        })?;
+        let mut skips = BTreeMap::new();
+        for row in rows {
+            let (reason, records) = row?;
+            if let Some(reason) = ShadowSkip::ALL.into_iter().find(|s| s.as_str() == reason) {
+                skips.insert(reason, records);
+            }
+        }
+        Ok(skips)
     }
 
     /// The shadow sums of one model version.

@@ -632,7 +632,7 @@ fn shadow_row(model: &str, agrees: bool) -> ShadowRow {
         model: model.into(),
         sha256: "c0ffee".into(),
         kind: ShadowKind::Challenger,
-        result: Ok(ShadowMeasure {
+        result: ShadowResult::Answered(ShadowMeasure {
             comparison: Comparison {
                 disagreement: Some(!agrees),
                 kl: Some(0.25),
@@ -668,14 +668,24 @@ fn shadow_rows_commit_with_their_file_once_and_leave_with_its_records() {
     };
     let mut failing = sample(false, 2.0);
     failing.shadow = vec![ShadowRow {
-        result: Err("inference failed".into()),
+        result: ShadowResult::Failed("inference failed".into()),
         ..shadow_row("lite", true)
     }];
+    // A challenger on a server that did not answer r4: counted as skipped, not measured.
+    let mut far = with_shadow("r4", true);
+    if let Some(t) = far.teacher.as_mut() {
+        t.shadow.push(ShadowRow {
+            model: "far".into(),
+            sha256: "beef".into(),
+            kind: ShadowKind::Challenger,
+            result: ShadowResult::Skipped(ShadowSkip::Unreachable),
+        });
+    }
     let records = vec![
         with_shadow("r1", true),
         with_shadow("r2", false),
         record("r3", "", 0, None),
-        with_shadow("r4", true),
+        far,
     ];
     commit(&mut store, file("a.jsonl", "a", records), 60_000, 1_000).unwrap();
     // The same content again is a duplicate: nothing is counted twice.
@@ -705,6 +715,22 @@ fn shadow_rows_commit_with_their_file_once_and_leave_with_its_records() {
         3
     );
     assert_eq!(count(&store, "SELECT COUNT(*) FROM shadow_models"), 1);
+    // The skip is counted once (the duplicate file counted nothing) and measured nowhere.
+    let skips = store_reader(&store).shadow_skips("far", "beef").unwrap();
+    assert_eq!(
+        skips.into_iter().collect::<Vec<_>>(),
+        [(ShadowSkip::Unreachable, 1)]
+    );
+    assert_eq!(
+        count(
+            &store,
+            "SELECT COUNT(*) FROM shadow_samples WHERE model = 'far'"
+        ) + count(
+            &store,
+            "SELECT COUNT(*) FROM shadow_totals WHERE model = 'far'"
+        ),
+        0
+    );
 
     // A failure on a later file marks the model failed, in the same commit.
     let later = vec![record("r5", "", 0, Some(failing))];

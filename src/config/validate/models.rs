@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use super::super::raw::{self, RawModel};
+use super::super::raw::{self, RawModel, RawRemote};
 use super::super::{
     CompareConfig, ModelConfig, NonFinitePolicy, OnnxRuntimeConfig, OutputKind, Pooling,
     RemoteConfig, Secret, Task, TensorEncoding, read_secret,
@@ -19,7 +19,7 @@ const DEFAULT_OUTPUT: &str = "logits";
 const DEFAULT_REMOTE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The keys of a model on an inference server, `url` first, and whether each is set.
-fn remote_keys(raw: &RawModel) -> [(&'static str, bool); 15] {
+pub(super) fn remote_keys(raw: &RawRemote) -> [(&'static str, bool); 15] {
     [
         ("url", raw.url.is_some()),
         ("model", raw.model.is_some()),
@@ -75,11 +75,12 @@ impl Check<'_> {
         }
     }
 
-    pub(super) fn model(&mut self, section: &str, raw: RawModel) -> ModelConfig {
+    pub(super) fn model(&mut self, section: &str, mut raw: RawModel) -> ModelConfig {
         let key = |name: &str| format!("{section}.{name}");
-        let remote_keys = remote_keys(&raw);
+        let raw_remote = raw.take_remote();
+        let remote_keys = remote_keys(&raw_remote);
         let remote = if section == "teacher" {
-            self.remote(section, &raw)
+            self.remote(section, &raw_remote)
         } else {
             for (name, _) in remote_keys.iter().filter(|(_, set)| *set) {
                 self.problem(
@@ -104,7 +105,7 @@ impl Check<'_> {
             (Some(path), None) => self.path(&key("path"), path),
             (None, Some(_)) => PathBuf::new(),
             // The server's address is wrong: that is the problem to fix, not a missing file.
-            (None, None) if raw.url.is_some() && section == "teacher" => PathBuf::new(),
+            (None, None) if raw_remote.url.is_some() && section == "teacher" => PathBuf::new(),
             (None, None) => {
                 let alternative = if section == "teacher" {
                     ", or teacher.url and teacher.model for a teacher on an inference server"
@@ -146,9 +147,10 @@ impl Check<'_> {
         }
     }
 
-    /// `[teacher] url`, `model`, `version` and `timeout`: the teacher on an inference server.
-    /// `None` when `url` is absent (the other keys then need it) or invalid.
-    fn remote(&mut self, section: &str, raw: &RawModel) -> Option<RemoteConfig> {
+    /// `url`, `model`, `version` and the keys of how requests are sent, under `section`
+    /// (`teacher`, or `challengers[N]`): a model on an inference server. `None` when `url` is
+    /// absent (the other keys then need it) or when a key is invalid.
+    pub(super) fn remote(&mut self, section: &str, raw: &RawRemote) -> Option<RemoteConfig> {
         let key = |name: &str| format!("{section}.{name}");
         let Some(url) = &raw.url else {
             for (name, set) in remote_keys(raw).into_iter().skip(1) {
@@ -237,6 +239,7 @@ impl Check<'_> {
         };
         let token = self.remote_token(section, raw);
         Some(RemoteConfig {
+            section: section.to_owned(),
             url: url?,
             model: model?,
             version: version?,
@@ -255,7 +258,7 @@ impl Check<'_> {
 
     /// The bearer token, from `token_file` or the systemd credential `token_credential`
     /// (`$CREDENTIALS_DIRECTORY/NAME`): read now, so a missing file is a config problem.
-    fn remote_token(&mut self, section: &str, raw: &RawModel) -> Option<Secret> {
+    fn remote_token(&mut self, section: &str, raw: &RawRemote) -> Option<Secret> {
         let key = |name: &str| format!("{section}.{name}");
         let (key, path) = match (&raw.token_file, &raw.token_credential) {
             (None, None) => return None,

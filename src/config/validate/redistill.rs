@@ -1,7 +1,7 @@
 //! `[redistill]` (the distillation buffer and re-distillation jobs), `[shadow]` and
 //! `[[challengers]]` (the models run in shadow beside the teacher).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use super::super::alerts::AlertConfig;
@@ -180,9 +180,28 @@ impl Check<'_> {
         challengers
     }
 
-    /// One `[[challengers]]` entry; `None` when it lacks what it cannot do without.
+    /// One `[[challengers]]` entry; `None` when it lacks what it cannot do without. Every
+    /// problem of the entry names the challenger (when it has a name) beside its key path.
     fn challenger(&mut self, index: usize, raw: raw::RawChallenger) -> Option<ChallengerConfig> {
-        let key = |name: &str| format!("challengers[{index}].{name}");
+        let before = self.problems.len();
+        let name = raw.name.clone();
+        let challenger = self.challenger_entry(index, raw);
+        if let Some(name) = name {
+            for problem in &mut self.problems[before..] {
+                problem.message = format!("challenger \"{name}\": {}", problem.message);
+            }
+        }
+        challenger
+    }
+
+    fn challenger_entry(
+        &mut self,
+        index: usize,
+        mut raw: raw::RawChallenger,
+    ) -> Option<ChallengerConfig> {
+        let section = format!("challengers[{index}]");
+        let key = |name: &str| format!("{section}.{name}");
+        let raw_remote = raw.take_remote();
         let name = match raw.name {
             None => {
                 self.problem(&key("name"), "required: how reports name this challenger");
@@ -215,19 +234,44 @@ impl Check<'_> {
                 }
             }
         };
-        let path = match raw.path {
-            Some(path) => Some(self.path(&key("path"), path)),
-            None => {
-                self.problem(&key("path"), "required: the challenger's .onnx file");
+        // A local file or a model on an inference server, validated as the teacher's is.
+        let has_url = raw_remote.url.is_some();
+        let remote = self.remote(&section, &raw_remote);
+        let path = match (raw.path, has_url) {
+            (Some(_), true) => {
+                self.problem(
+                    &key("url"),
+                    format!(
+                        "{section}.path and {section}.url exclude each other: give the local .onnx file or the inference server, not both"
+                    ),
+                );
+                None
+            }
+            (Some(path), false) => Some(self.path(&key("path"), path)),
+            // The server's keys were checked above; a bad one is the problem to fix.
+            (None, true) => remote.as_ref().map(|_| PathBuf::new()),
+            (None, false) => {
+                self.problem(
+                    &key("path"),
+                    format!(
+                        "required: the challenger's .onnx file, or {section}.url and {section}.model for a challenger on an inference server"
+                    ),
+                );
                 None
             }
         };
+        if has_url && raw.threads.is_some() {
+            self.problem(
+                &key("threads"),
+                "only applies to a challenger run here (path): the server runs the model",
+            );
+        }
         let threads = self.integer(&key("threads"), raw.threads, 1, 1, 1024);
-        let (output, attention) =
-            self.outputs(&format!("challengers[{index}]"), raw.output, raw.attention);
+        let (output, attention) = self.outputs(&section, raw.output, raw.attention);
         Some(ChallengerConfig {
             name: name?,
             path: path?,
+            remote,
             output,
             attention,
             threads,

@@ -657,6 +657,98 @@ fn a_remote_teacher_is_checked_key_by_key() {
 }
 
 #[test]
+fn a_challenger_on_an_inference_server_is_checked_as_the_teacher_is_and_named() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("token"), "tok-c4a1\n").unwrap();
+    let source = dir.path().join("sensei.toml");
+    let good = format!(
+        "{MINIMAL}[[challengers]]\nname = \"int8\"\npath = \"int8.onnx\"\n\
+         [[challengers]]\nname = \"big\"\nurl = \"http://127.0.0.1:8000/\"\nmodel = \"big\"\n\
+         version = \"2\"\ntimeout = \"500ms\"\nbreaker_after = 5\ntensors = \"json\"\n\
+         token_file = \"token\"\nattention = \"attention\"\n"
+    );
+    let config = from_toml(&good, &source).unwrap_or_else(|e| panic!("{e}"));
+    assert!(config.challengers[0].remote.is_none());
+    let big = &config.challengers[1];
+    assert_eq!(big.path, PathBuf::new());
+    let remote = big.remote.as_ref().expect("a challenger on a server");
+    assert_eq!(
+        (remote.section.as_str(), remote.model_url().as_str()),
+        (
+            "challengers[1]",
+            "http://127.0.0.1:8000/v2/models/big/versions/2"
+        )
+    );
+    assert_eq!(
+        (remote.timeout, remote.breaker_after, remote.tensors),
+        (
+            Duration::from_millis(500),
+            5,
+            crate::config::TensorEncoding::Json
+        )
+    );
+    assert_eq!(remote.token.as_ref().map(|t| t.expose()), Some("tok-c4a1"));
+    assert!(!format!("{config:?}").contains("tok-c4a1"));
+    // The teacher's defaults, and the teacher's batches.
+    let model = big.model_config(&config.teacher);
+    assert_eq!(model.remote.as_ref().map(|r| r.retries), Some(2));
+    assert_eq!(model.max_batch, config.teacher.max_batch);
+    assert_eq!(model.location(), remote.model_url());
+
+    let bad = format!(
+        "{MINIMAL}[[challengers]]\nname = \"both\"\npath = \"a.onnx\"\nurl = \"http://h\"\nmodel = \"a\"\n\
+         [[challengers]]\nname = \"neither\"\n\
+         [[challengers]]\nname = \"nameless-server\"\nurl = \"ftp://h\"\nthreads = 2\n\
+         [[challengers]]\nname = \"orphans\"\npath = \"o.onnx\"\ntimeout = \"1s\"\ntoken_file = \"missing\"\n"
+    );
+    let found = from_toml(&bad, &source).unwrap_err().problems;
+    assert_eq!(
+        paths(&found),
+        [
+            "challengers[0].url",
+            "challengers[1].path",
+            "challengers[2].url",
+            "challengers[2].model",
+            "challengers[2].threads",
+            "challengers[3].timeout",
+            "challengers[3].token_file",
+        ],
+        "{found:#?}"
+    );
+    let said = |i: usize| found[i].message.as_str();
+    assert!(
+        said(0).starts_with("challenger \"both\": ") && said(0).contains("exclude each other"),
+        "{}",
+        said(0)
+    );
+    assert_eq!(
+        said(1),
+        "challenger \"neither\": required: the challenger's .onnx file, or challengers[1].url and \
+         challengers[1].model for a challenger on an inference server"
+    );
+    assert!(
+        said(2).contains("must be http or https, not ftp"),
+        "{}",
+        said(2)
+    );
+    assert!(
+        said(3).starts_with("challenger \"nameless-server\": required with challengers[2].url"),
+        "{}",
+        said(3)
+    );
+    assert!(
+        said(4).contains("only applies to a challenger run here"),
+        "{}",
+        said(4)
+    );
+    assert!(
+        said(5).contains("only applies with challengers[3].url"),
+        "{}",
+        said(5)
+    );
+}
+
+#[test]
 fn a_remote_teachers_token_is_read_at_load_and_never_shown() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("token"), "tok-51e7\n").unwrap();

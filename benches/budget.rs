@@ -1,5 +1,7 @@
 //! The false-alarm budget, measured: per-signal ARL0 on in-control streams at simulated and
-//! extrapolated targets (`monitor::curve`), the windowed rounds' false-alarm rate per round,
+//! extrapolated targets (`monitor::curve`), the clip of the real-valued CUSUMs' increments
+//! against other lab quantiles and none (ARL0 on the true distribution, detection delay, and
+//! five more lab sets), the windowed rounds' false-alarm rate per round,
 //! and in-control soaks of the whole drift monitor (`drift::DriftMonitor`, 20 segments, every
 //! signal) counting false drift events against the budget's expectation.
 //!
@@ -12,8 +14,12 @@ use std::path::Path;
 use std::time::Instant;
 
 use sensei::config::Config;
+use sensei::drift::{CLIP_QUANTILE, ValueReference};
 use sensei::drift::{DriftMonitor, Observation, build_reference};
-use sensei::monitor::calibrate::{measure_arl_bernoulli, measure_arl_bootstrap, measure_arl_cusum};
+use sensei::monitor::Cusum;
+use sensei::monitor::calibrate::{
+    cusum_curve, measure_arl_bernoulli, measure_arl_bootstrap, measure_arl_cusum, tail_clip,
+};
 use sensei::monitor::lab::LabRun;
 use sensei::monitor::rng::SplitMix64;
 use sensei::monitor::window::{
@@ -149,6 +155,7 @@ fn main() {
         .unwrap_or(10_000_000);
     if std::env::var("SENSEI_SOAK_ONLY").is_err() {
         per_signal();
+        tails();
         windowed();
     }
     for budget in ["1 per 10m", "1 per 1h", "1 per 90d"] {
@@ -226,8 +233,10 @@ fn per_signal() {
         for (i, &(target, reps)) in targets.iter().enumerate() {
             let h = curve.threshold(target);
             let cap = (10.0 * target) as u64;
-            let m = measure_arl_bootstrap(&r.values, r.mean, r.k, h, cap, reps, 3000 + i as u64);
-            let t = measure_arl_cusum(true_draw, r.mean, r.k, h, cap, reps, 4000 + i as u64);
+            let mut d = r.detector().expect("detector");
+            d.set_threshold(h);
+            let m = measure_arl_bootstrap(&r.values, &d, cap, reps, 3000 + i as u64);
+            let t = measure_arl_cusum(true_draw, &d, cap, reps, 4000 + i as u64);
             println!(
                 "| {name} | {target:.0e} | {h:.3} | {} | {:.0} ± {:.0} | {} | {:.0} ± {:.0} | {} |",
                 if target <= curve.simulated_up_to() {
@@ -242,6 +251,110 @@ fn per_signal() {
                 t.standard_error,
                 pct(t.mean, target)
             );
+        }
+    }
+    println!();
+}
+
+/// The clip of the real-valued CUSUMs, measured: for each heavy- or light-tailed signal, the
+/// ARL0 on the true distribution with the increments unclipped (the bootstrap alone) and clipped
+/// at lab quantiles, each on its own curve; and the zero-state detection delay on the true
+/// distribution shifted up by `min_shift_sd` (δ = 2k), at the thresholds of ARL0 10⁴ and 10⁶.
+fn tails() {
+    let run = lab_run(7);
+    let reference = build_reference(&run, &config("1 per 90d")).expect("reference");
+    println!(
+        "## Clipped increments (lab set of {LAB_RECORDS} records; the detectors use the {CLIP_QUANTILE} quantile)"
+    );
+    println!(
+        "| signal | clip | ARL0 on the true distribution at 10⁴ / 10⁵ / 10⁶ / 10⁷ (error) | delay at δ = 2k, h for 10⁴ | h for 10⁶ |"
+    );
+    println!("|---|---|---|---|---|");
+    let targets: [(f64, usize); 4] = [(1e4, 2000), (1e5, 500), (1e6, 150), (1e7, 40)];
+    let draws: [(&str, Sampler, Option<&ValueReference>); 3] = [
+        ("kl", kl_draw, reference.kl.as_ref()),
+        (
+            "attention_kl",
+            attention_draw,
+            reference.attention_kl.as_ref(),
+        ),
+        (
+            "confidence",
+            uncertainty_draw,
+            reference.uncertainty.as_ref(),
+        ),
+    ];
+    for (name, true_draw, r) in draws {
+        let r = r.expect("value reference");
+        for quantile in [None, Some(0.99), Some(0.995), Some(0.999)] {
+            let clip = quantile.and_then(|q| tail_clip(&r.values, q, r.k));
+            let (curve, _) = cusum_curve(&r.values, r.k, clip, 41).expect("curve");
+            let detector = |target: f64| {
+                let mut d = r.detector().expect("detector");
+                d.set_clip(clip).expect("clip");
+                d.set_threshold(curve.threshold(target));
+                d
+            };
+            let mut cells = Vec::new();
+            for (i, &(target, reps)) in targets.iter().enumerate() {
+                let cap = (10.0 * target) as u64;
+                let t = measure_arl_cusum(true_draw, &detector(target), cap, reps, 5000 + i as u64);
+                cells.push(format!(
+                    "{:.3e} ({:+.1} %)",
+                    t.mean,
+                    100.0 * (t.mean - target) / target
+                ));
+            }
+            let shift = 2.0 * r.k;
+            let shifted = move |rng: &mut SplitMix64| true_draw(rng) + shift;
+            let delay = |target: f64| {
+                let m = measure_arl_cusum(shifted, &detector(target), 1_000_000, 2000, 6000);
+                format!("{:.1} ± {:.1}", m.mean, m.standard_error)
+            };
+            println!(
+                "| {name} | {} | {} | {} | {} |",
+                match (quantile, clip) {
+                    (None, _) => "none".to_string(),
+                    (Some(q), Some(c)) => format!("q{q} = {c:.4}"),
+                    (Some(q), None) => format!("q{q}: none possible"),
+                },
+                cells.join(" / "),
+                delay(1e4),
+                delay(1e6)
+            );
+        }
+    }
+    println!();
+    // One lab set is one draw of the lab's error; five show the spread and whether a bias is
+    // left (the lab values alone, k = sd/2, the seed of each lab set its own).
+    println!(
+        "## Five lab sets of {LAB_RECORDS} values per signal: ARL0 error on the true distribution, unclipped → clipped at the {CLIP_QUANTILE} quantile"
+    );
+    println!("| signal | target | lab set 1 | 2 | 3 | 4 | 5 |");
+    println!("|---|---|---|---|---|---|---|");
+    for (name, true_draw, _) in draws {
+        for (target, reps) in [(1e4, 2000), (1e6, 150)] {
+            let mut cells = Vec::new();
+            for lab in 1..=5u64 {
+                let mut rng = SplitMix64::new(0x1ab0 + lab);
+                let values: Vec<f64> = (0..LAB_RECORDS).map(|_| true_draw(&mut rng)).collect();
+                let (mean, sd) = sensei::monitor::mean_sd_of(&values).expect("values");
+                let k = 0.5 * sd;
+                let errors: Vec<String> = [None, tail_clip(&values, CLIP_QUANTILE, k)]
+                    .into_iter()
+                    .map(|clip| {
+                        let (curve, _) = cusum_curve(&values, k, clip, 43).expect("curve");
+                        let d = Cusum::new(mean, k, curve.threshold(target))
+                            .and_then(|d| d.with_clip(clip))
+                            .expect("detector");
+                        let cap = (10.0 * target) as u64;
+                        let t = measure_arl_cusum(true_draw, &d, cap, reps, 7000 + lab);
+                        format!("{:+.0} %", 100.0 * (t.mean - target) / target)
+                    })
+                    .collect();
+                cells.push(errors.join(" → "));
+            }
+            println!("| {name} | {target:.0e} | {} |", cells.join(" | "));
         }
     }
     println!();

@@ -13,7 +13,7 @@ use sensei::monitor::calibrate::{
 };
 use sensei::monitor::rng::SplitMix64;
 use sensei::monitor::sampling::{UncertaintyPolicy, rate_under_policy};
-use sensei::monitor::{BernoulliCusum, mean_sd_of};
+use sensei::monitor::{BernoulliCusum, Cusum, mean_sd_of};
 
 /// Shared with tools/peers/detectors.py.
 const P0: f64 = 0.03;
@@ -163,19 +163,12 @@ fn bootstrap_verification() {
                 let c = calibrate_cusum(&baseline, k, target, 1).expect("valid");
                 elapsed += t.elapsed().as_secs_f64() / 5.0;
                 let cap = (10.0 * target) as u64;
-                let m = measure_arl_cusum(draw, mean, k, c.threshold, cap, 1000, 98 + b);
+                let detector = Cusum::new(mean, k, c.threshold).expect("valid");
+                let m = measure_arl_cusum(draw, &detector, cap, 1000, 98 + b);
                 on_truth.push(m.mean / target - 1.0);
                 if b == 0 {
                     let resample = |rng: &mut SplitMix64| baseline[rng.index(baseline.len())];
-                    on_baseline = Some(measure_arl_cusum(
-                        resample,
-                        mean,
-                        k,
-                        c.threshold,
-                        cap,
-                        2000,
-                        97,
-                    ));
+                    on_baseline = Some(measure_arl_cusum(resample, &detector, cap, 2000, 97));
                 }
             }
             let own = on_baseline.expect("first baseline measured");

@@ -236,8 +236,13 @@ impl BaselineReport {
             if let Some(x) = x {
                 let _ = writeln!(
                     s,
-                    "  {name:<14} CUSUM  mean {:.4} sd {:.4} k {:.4}  h {:.3}  (simulated ARL0 {:.0})",
-                    x.mean, x.sd, x.k, x.threshold, x.simulated_arl0
+                    "  {name:<14} CUSUM  mean {:.4} sd {:.4} k {:.4} clip {}  h {:.3}  (simulated ARL0 {:.0})",
+                    x.mean,
+                    x.sd,
+                    x.k,
+                    x.clip.map_or("none".to_string(), |c| format!("{c:.4}")),
+                    x.threshold,
+                    x.simulated_arl0
                 );
             }
         };

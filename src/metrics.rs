@@ -333,7 +333,7 @@ fn database_families(path: &std::path::Path, window_ms: i64) -> anyhow::Result<V
 
     let mut skipped = FamilyOut::new(
         "teacher_samples_skipped",
-        "Records sampled for the teacher but not run, by reason (budget, queue, unreachable: the teacher on an inference server could not answer)",
+        "Records sampled for the teacher but not compared, by reason (budget, queue, unreachable: the teacher on an inference server could not answer; failed: the teacher failed, or its server answered with an error or an answer of the wrong shape, datatype or format)",
         MetricType::Counter,
     );
     skipped.push(
@@ -344,6 +344,10 @@ fn database_families(path: &std::path::Path, window_ms: i64) -> anyhow::Result<V
     skipped.push(
         labels(&[("reason", "unreachable")]),
         summary.skipped_unreachable as f64,
+    );
+    skipped.push(
+        labels(&[("reason", "failed")]),
+        summary.skipped_failed as f64,
     );
     out.push(skipped);
 

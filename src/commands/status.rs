@@ -55,6 +55,9 @@ pub struct StatusReport {
     pub skipped_queue: i64,
     /// Sampled records the teacher on an inference server could not answer.
     pub skipped_unreachable: i64,
+    /// Sampled records the teacher failed on: a local run's error, or an inference server's
+    /// error answer or one sensei refused.
+    pub skipped_failed: i64,
     /// Records left out because their id was counted before.
     pub records_duplicate: i64,
     /// Late labels that changed nothing, and those that replaced a different label.
@@ -302,6 +305,7 @@ fn status_of(db: &Path, s: &Summary) -> StatusReport {
         skipped_budget: s.skipped_budget,
         skipped_queue: s.skipped_queue,
         skipped_unreachable: s.skipped_unreachable,
+        skipped_failed: s.skipped_failed,
         records_duplicate: s.records_duplicate,
         labels_unchanged: s.labels_unchanged,
         labels_corrected: s.labels_corrected,
@@ -387,6 +391,13 @@ impl StatusReport {
                 s,
                 "skipped, teacher out of reach (inference server down, timed out or refusing): {}",
                 self.skipped_unreachable
+            );
+        }
+        if self.skipped_failed > 0 {
+            let _ = writeln!(
+                s,
+                "skipped, the teacher failed (an error, or an answer of the wrong shape, datatype or format): {}",
+                self.skipped_failed
             );
         }
         if self.records_duplicate > 0 || self.labels_unchanged > 0 || self.labels_corrected > 0 {

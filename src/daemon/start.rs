@@ -84,13 +84,21 @@ pub fn drift_monitor(config: &Config, store: &Store) -> Option<DriftMonitor> {
             return None;
         }
     };
-    let reference: Reference = match serde_json::from_str(&baseline.profile) {
+    let mut reference: Reference = match serde_json::from_str(&baseline.profile) {
         Ok(r) => r,
         Err(e) => {
             tracing::error!(version = baseline.version, error = %e, "The active baseline's profile is unreadable: drift detection is off.");
             return None;
         }
     };
+    let recalibrated = reference.clip_tails(config);
+    if !recalibrated.is_empty() {
+        tracing::info!(
+            version = baseline.version,
+            signals = ?recalibrated,
+            "The active baseline's profile predates clipped CUSUM increments: recalibrated these signals from its lab values (repeated at every start until `sensei baseline` stores a new profile)."
+        );
+    }
     let mut monitor = DriftMonitor::new(baseline.version, reference, config);
     match store.detector_states(baseline.version) {
         Ok(rows) => monitor.restore(rows),

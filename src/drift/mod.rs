@@ -38,8 +38,8 @@ pub mod budget;
 mod reference;
 
 pub use reference::{
-    MAX_REFERENCE_VALUES, MIN_LAB_RECORDS, MIN_WINDOW_RECORDS, PSI_BINS, RateReference, Reference,
-    ValueReference, build_reference,
+    CLIP_QUANTILE, MAX_REFERENCE_VALUES, MIN_LAB_RECORDS, MIN_WINDOW_RECORDS, PSI_BINS,
+    RateReference, Reference, ValueReference, build_reference,
 };
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -201,6 +201,16 @@ fn curve_of(r: &Reference, signal: Signal) -> Option<&crate::monitor::ThresholdC
         Signal::Kl => r.kl.as_ref()?.curve.as_ref(),
         Signal::AttentionKl => r.attention_kl.as_ref()?.curve.as_ref(),
         Signal::Confidence => r.uncertainty.as_ref()?.curve.as_ref(),
+    }
+}
+
+/// The reference of a real-valued signal; `None` for a rate.
+fn value_reference_of(r: &Reference, signal: Signal) -> Option<&ValueReference> {
+    match signal {
+        Signal::Kl => r.kl.as_ref(),
+        Signal::AttentionKl => r.attention_kl.as_ref(),
+        Signal::Confidence => r.uncertainty.as_ref(),
+        Signal::Disagreement | Signal::StudentError | Signal::TeacherError => None,
     }
 }
 
@@ -538,6 +548,16 @@ impl DriftMonitor {
                 serde_json::from_str::<Watch>(&json),
             ) {
                 self.rearm_if_reconfigured(&mut w, signal, &segment);
+                // A detector stored before its increments were clipped takes the reference's
+                // clip, keeping its statistic: the threshold it is armed at is calibrated on
+                // the clipped increments.
+                if let (Sequential::Value(d), Some(r)) =
+                    (&mut w.detector, value_reference_of(&self.reference, signal))
+                    && d.clip() != r.clip
+                    && d.set_clip(r.clip).is_ok()
+                {
+                    w.dirty = true;
+                }
                 self.watches.entry(segment).or_default()[signal as usize] = Some(w);
             }
         }
@@ -936,10 +956,7 @@ fn rate_detector(r: Option<&RateReference>, kind: RateDetector) -> Option<Sequen
 }
 
 fn value_detector(r: Option<&ValueReference>) -> Option<Sequential> {
-    let r = r?;
-    Cusum::new(r.mean, r.k, r.threshold)
-        .ok()
-        .map(Sequential::Value)
+    r?.detector().map(Sequential::Value)
 }
 
 fn event_from_alarm(

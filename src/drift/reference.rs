@@ -5,12 +5,14 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::{Config, SamplingPolicy};
 use crate::monitor::UncertaintyPolicy;
-use crate::monitor::calibrate::{bernoulli_curve, cusum_curve};
+use crate::monitor::calibrate::{bernoulli_curve, cusum_curve, tail_clip};
 use crate::monitor::curve::SIMULATED_TARGETS;
 use crate::monitor::lab::LabRun;
 use crate::monitor::sampling::{rate_under_policy, resample_under_policy};
 use crate::monitor::window::FeatureBins;
-use crate::monitor::{BankReference, CusumParams, ThresholdCurve, bernoulli_delay, cusum_delay};
+use crate::monitor::{
+    BankReference, Cusum, CusumParams, ThresholdCurve, bernoulli_delay, cusum_delay,
+};
 
 /// Values kept from the lab set for bootstrap calibration and KS tests.
 pub const MAX_REFERENCE_VALUES: usize = 5000;
@@ -20,6 +22,12 @@ pub const MIN_LAB_RECORDS: usize = 100;
 pub const PSI_BINS: usize = 10;
 /// A segment's window enters a round only with at least this many records.
 pub const MIN_WINDOW_RECORDS: usize = 30;
+/// The lab quantile at which a real-valued CUSUM's increments are clipped (`monitor::Cusum`):
+/// 1 % of the lab values lie above it, so a 5000-value lab set estimates that mass from 50
+/// values. A higher quantile estimates the mass above it from fewer values, and on a heavy tail
+/// that mass is what the false-alarm rate hangs on (measured against 0.995 and 0.999 in
+/// docs/detection.md).
+pub const CLIP_QUANTILE: f64 = 0.99;
 
 /// A Bernoulli signal's reference: the rate and what it was measured on.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -63,8 +71,23 @@ pub struct ValueReference {
     /// h for any ARL0 (`monitor::curve`), as for a rate.
     #[serde(default)]
     pub curve: Option<ThresholdCurve>,
+    /// The clip of the detector's increments, the lab values' [`CLIP_QUANTILE`]; the curve is
+    /// calibrated on the clipped increments. `None` in profiles stored before clipping (the
+    /// daemon recalibrates those at start, [`Reference::clip_tails`]) or when the lab values
+    /// leave no room for one.
+    #[serde(default)]
+    pub clip: Option<f64>,
     /// Up to [`MAX_REFERENCE_VALUES`] lab values (evenly thinned).
     pub values: Vec<f64>,
+}
+
+impl ValueReference {
+    /// The detector this reference arms (at its stored threshold; the budget moves it).
+    pub fn detector(&self) -> Option<Cusum> {
+        Cusum::new(self.mean, self.k, self.threshold)
+            .and_then(|d| d.with_clip(self.clip))
+            .ok()
+    }
 }
 
 /// The reference profile of one baseline version (stored as `baselines.profile`).
@@ -193,22 +216,30 @@ fn value_reference(
     }
     let params =
         CusumParams::from_baseline(values, shift_sd).map_err(|e| format!("{what}: {e}"))?;
-    let kept = thin(values);
-    let (curve, cals) = cusum_curve(&kept, params.k, seed).map_err(|e| format!("{what}: {e}"))?;
+    calibrate_values(what, thin(values), params, arl0, seed)
+}
+
+/// The clip, threshold curve and expected delay of a real-valued signal with parameters
+/// `params` on the (thinned) lab values `kept`.
+fn calibrate_values(
+    what: &str,
+    kept: Vec<f64>,
+    params: CusumParams,
+    arl0: f64,
+    seed: u64,
+) -> Result<ValueReference, String> {
+    let clip = tail_clip(&kept, CLIP_QUANTILE, params.k).filter(|&c| c > params.mean + params.k);
+    let (curve, cals) =
+        cusum_curve(&kept, params.k, clip, seed).map_err(|e| format!("{what}: {e}"))?;
     let cal = cals
         .last()
         .cloned()
         .ok_or_else(|| format!("{what}: no calibration"))?;
+    let detector = Cusum::new(params.mean, params.k, cal.threshold)
+        .and_then(|d| d.with_clip(clip))
+        .map_err(|e| format!("{what}: {e}"))?;
     let cap = (10.0 * arl0) as u64;
-    let expected_delay = cusum_delay(
-        &kept,
-        params.mean,
-        params.k,
-        cal.threshold,
-        cap,
-        seed ^ 0xde1a,
-    )
-    .ok();
+    let expected_delay = cusum_delay(&kept, &detector, cap, seed ^ 0xde1a).ok();
     Ok(ValueReference {
         mean: params.mean,
         sd: params.sd,
@@ -217,8 +248,44 @@ fn value_reference(
         simulated_arl0: cal.arl0,
         expected_delay,
         curve: Some(curve),
+        clip,
         values: kept,
     })
+}
+
+impl Reference {
+    /// Recalibrates the real-valued signals of a profile stored before their increments were
+    /// clipped (`clip` absent): the clip, curve, threshold and expected delay are computed anew
+    /// from the stored lab values, mean and k, with the seeds [`build_reference`] uses, so the
+    /// result is what a new `sensei baseline` on the same lab set stores. Returns the signals
+    /// recalibrated; a signal whose recalibration fails keeps its unclipped calibration.
+    pub fn clip_tails(&mut self, config: &Config) -> Vec<&'static str> {
+        let seed = config.detect.seed;
+        let arl0 = self.arl0;
+        let mut done = Vec::new();
+        for (name, slot, signal_seed) in [
+            ("kl", &mut self.kl, seed ^ 1),
+            ("attention_kl", &mut self.attention_kl, seed ^ 2),
+            ("confidence", &mut self.uncertainty, seed ^ 3),
+        ] {
+            let Some(r) = slot.as_mut() else { continue };
+            if r.clip.is_some() || r.values.len() < MIN_LAB_RECORDS {
+                continue;
+            }
+            let params = CusumParams {
+                mean: r.mean,
+                sd: r.sd,
+                k: r.k,
+            };
+            if let Ok(fresh) = calibrate_values(name, r.values.clone(), params, arl0, signal_seed)
+                && fresh.clip.is_some()
+            {
+                *r = fresh;
+                done.push(name);
+            }
+        }
+        done
+    }
 }
 
 /// Builds and calibrates the reference from a lab run. Signals the lab set cannot support get

@@ -258,3 +258,96 @@ fn a_stored_single_cusum_is_rearmed_as_the_configured_bank() {
     )
     .is_err());
 }
+
+fn config() -> Config {
+    Config::from_toml(
+        "state_dir = \"/tmp/s\"\n[student]\npath = \"s.onnx\"\n[teacher]\npath = \"t.onnx\"\n",
+        Path::new("/etc/sensei/sensei.toml"),
+    )
+    .expect("config")
+}
+
+/// A KL reference as a profile stored before clipped increments: no `clip`, a threshold
+/// calibrated unclipped, no curve. Lab values are exponential (mean 0.2).
+fn unclipped_kl_reference() -> Reference {
+    let mut rng = crate::monitor::rng::SplitMix64::new(31);
+    let values: Vec<f64> = (0..400)
+        .map(|_| -0.2 * (1.0 - rng.next_f64()).ln())
+        .collect();
+    let params = crate::monitor::CusumParams::from_baseline(&values, 1.0).unwrap();
+    let mut r = disagreement_only();
+    r.kl = Some(ValueReference {
+        mean: params.mean,
+        sd: params.sd,
+        k: params.k,
+        threshold: 2.0,
+        simulated_arl0: 1000.0,
+        expected_delay: None,
+        curve: None,
+        clip: None,
+        values,
+    });
+    r
+}
+
+/// A profile written before clipping loads (no `clip` field), and the daemon's start-up
+/// recalibration gives its real-valued signals a clip and a curve from the stored lab values —
+/// the same as a new reference from those values; a detector state stored before clipping is
+/// restored with the reference's clip and its statistic.
+#[test]
+fn old_profiles_and_detector_states_take_the_clip() {
+    let mut json = serde_json::to_value(unclipped_kl_reference()).unwrap();
+    let kl = json["kl"].as_object_mut().unwrap();
+    assert!(kl.remove("clip").is_some());
+    let mut reference: Reference = serde_json::from_value(json).unwrap();
+    assert_eq!(reference, unclipped_kl_reference());
+    let config = config();
+    assert_eq!(reference.clip_tails(&config), ["kl"]);
+    let kl = reference.kl.clone().unwrap();
+    let clip = kl.clip.expect("clipped");
+    let mut sorted = kl.values.clone();
+    sorted.sort_unstable_by(f64::total_cmp);
+    assert_eq!(clip, sorted[395], "the 99th percentile of 400 values");
+    assert!(kl.curve.is_some() && kl.threshold != 2.0, "{kl:?}");
+    let before = unclipped_kl_reference().kl.unwrap();
+    assert_eq!((kl.mean, kl.sd, kl.k), (before.mean, before.sd, before.k));
+    // Idempotent: a clipped profile is left alone.
+    assert!(reference.clip_tails(&config).is_empty());
+
+    // The old detector state: unclipped, mid-excursion.
+    let mut old = Cusum::new(kl.mean, kl.k, 2.0).unwrap();
+    old.update(kl.mean + kl.k + 0.25, 1);
+    let watch = Watch {
+        detector: Sequential::Value(old),
+        open: false,
+        since_alarm: 1,
+        recovery: 0.0,
+        dirty: false,
+    };
+    let mut state = serde_json::to_value(&watch).unwrap();
+    assert!(
+        state["detector"]["Value"]
+            .as_object_mut()
+            .unwrap()
+            .remove("clip")
+            .is_some()
+    );
+    let mut m = DriftMonitor::new(1, reference, &config);
+    m.restore(vec![(
+        "kl".into(),
+        ALL_SEGMENTS.into(),
+        "cusum".into(),
+        state.to_string(),
+    )]);
+    let restored = m.watches[ALL_SEGMENTS][Signal::Kl as usize]
+        .as_ref()
+        .expect("restored");
+    let Sequential::Value(d) = &restored.detector else {
+        panic!("a KL detector is a real-valued CUSUM");
+    };
+    assert_eq!(d.clip(), Some(clip));
+    assert!((d.statistic() - 0.25).abs() < 1e-12);
+    // A value far above the clip adds only what the clip adds.
+    assert_eq!(d.increment(1e6), d.increment(clip));
+    assert!(d.increment(1e6) < 1.0, "{d:?}");
+}

@@ -25,6 +25,9 @@ use crate::record::{ElemType, InputSpec, Record, TensorData};
 /// `timeout`).
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// The least an answer may be before it is refused as too long (see [`RemoteModel::answer_limit`]).
+const MIN_ANSWER_LIMIT: usize = 64 << 20;
+
 /// A model served by an inference server. `run` needs `&mut self`, as a local model's does.
 pub struct RemoteModel {
     pub role: String,
@@ -391,7 +394,7 @@ impl RemoteModel {
         let mut requests = Vec::new();
         for (i, batch) in batches.iter().enumerate().take(send) {
             match self.request_body(batch) {
-                Ok(body) => requests.push((i, body)),
+                Ok(body) => requests.push((i, body, self.answer_limit(batch.len()))),
                 Err(message) => results[i] = Some(Err(self.failed(message))),
             }
         }
@@ -406,9 +409,11 @@ impl RemoteModel {
                 let client = self.client.clone();
                 block_on(runtime, async move {
                     let mut set = tokio::task::JoinSet::new();
-                    for (i, body) in requests {
+                    for (i, body, limit) in requests {
                         let (client, policy) = (client.clone(), policy.clone());
-                        set.spawn(async move { (i, policy.send(&client, body, i as u64).await) });
+                        set.spawn(
+                            async move { (i, policy.send(&client, body, limit, i as u64).await) },
+                        );
                     }
                     let mut answers = Vec::new();
                     while let Some(answer) = set.join_next().await {
@@ -482,6 +487,23 @@ impl RemoteModel {
             .into_iter()
             .map(|r| r.unwrap_or_else(|| Err(self.unreachable(open.clone()))))
             .collect()
+    }
+
+    /// The longest answer read for a batch of `n`: twice the outputs' values at 32 bytes each
+    /// (a dynamic dimension counted as 1), and never less than 64 MiB. A longer answer, or one
+    /// that does not end, is refused before it fills the memory.
+    fn answer_limit(&self, n: usize) -> usize {
+        let values = |spec: &OutputSpec| -> usize {
+            spec.shape
+                .iter()
+                .map(|d| d.unwrap_or(1))
+                .fold(1usize, usize::saturating_mul)
+        };
+        let per_record =
+            values(&self.output).saturating_add(self.attention.as_ref().map_or(0, values));
+        n.saturating_mul(per_record)
+            .saturating_mul(64)
+            .max(MIN_ANSWER_LIMIT)
     }
 
     fn announce(&mut self, out_of_reach: bool) {
@@ -741,6 +763,7 @@ impl Policy {
         &self,
         client: &reqwest::Client,
         request: Request,
+        limit: usize,
         salt: u64,
     ) -> Result<Answer, Failure> {
         let mut jitter = Jitter::new(salt);
@@ -771,15 +794,19 @@ impl Policy {
                         .get(HEADER_LENGTH)
                         .and_then(|v| v.to_str().ok())
                         .and_then(|v| v.trim().parse::<usize>().ok());
-                    let answer = response.bytes().await.map(|b| b.to_vec());
-                    let answer = match answer {
-                        Err(e) if e.is_timeout() => {
+                    let answer = match read_bounded(response, limit).await {
+                        Err(Read::TooLong) => {
+                            return Err(Failure::Answered(format!(
+                                "HTTP {status}: the answer is longer than {limit} bytes, the most read for this batch"
+                            )));
+                        }
+                        Err(Read::Failed(e)) if e.is_timeout() => {
                             return Err(Failure::Unreachable(format!(
                                 "no whole answer within {:?} (timeout)",
                                 self.timeout
                             )));
                         }
-                        Err(e) => {
+                        Err(Read::Failed(e)) => {
                             return Err(Failure::Unreachable(format!(
                                 "reading the answer: {}",
                                 chain(&e)
@@ -813,6 +840,31 @@ impl Policy {
             attempt += 1;
         }
     }
+}
+
+/// Why an answer's body was not read.
+enum Read {
+    /// Longer than the limit: said by its `Content-Length`, or found while reading.
+    TooLong,
+    Failed(reqwest::Error),
+}
+
+/// An answer's body, chunk by chunk, refused once it is longer than `limit` bytes.
+async fn read_bounded(mut response: reqwest::Response, limit: usize) -> Result<Vec<u8>, Read> {
+    if response
+        .content_length()
+        .is_some_and(|length| length > limit as u64)
+    {
+        return Err(Read::TooLong);
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await.map_err(Read::Failed)? {
+        if body.len() + chunk.len() > limit {
+            return Err(Read::TooLong);
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
 }
 
 /// The wait before retry `attempt` (0 for the first): `base` doubled per attempt, up to a
@@ -1341,6 +1393,20 @@ mod tests {
             label: None,
             origin: crate::record::Origin::Line(1),
         }
+    }
+
+    #[test]
+    fn the_longest_answer_read_grows_with_the_batch_from_a_floor() {
+        let mut m = model(false);
+        assert_eq!(m.answer_limit(1), MIN_ANSWER_LIMIT);
+        // 2 values a record, 64 bytes each.
+        assert_eq!(m.answer_limit(1 << 20), 128 << 20);
+        m.attention = Some(OutputSpec {
+            name: "attention".into(),
+            shape: vec![Some(4), None, Some(8)],
+        });
+        assert_eq!(m.answer_limit(1 << 20), ((2 + 32) * 64) << 20);
+        assert_eq!(m.answer_limit(usize::MAX), usize::MAX);
     }
 
     #[test]

@@ -28,7 +28,7 @@ use serde::{Deserialize, Serialize};
 
 use super::BaselineError;
 use super::curve::{SIMULATED_TARGETS, ThresholdCurve, cusum_exponent};
-use super::cusum::{PageHinkley, bernoulli_increments};
+use super::cusum::{Cusum, PageHinkley, bernoulli_increments, clipped_increment};
 use super::rng::SplitMix64;
 
 /// Monte Carlo settings of a calibration or verification.
@@ -119,13 +119,14 @@ struct DrawCusumPath<F> {
     draw: F,
     mean: f64,
     k: f64,
+    clip: Option<f64>,
     s: f64,
 }
 
 impl<F: FnMut(&mut SplitMix64) -> f64> StatisticPath for DrawCusumPath<F> {
     fn step(&mut self, rng: &mut SplitMix64) -> f64 {
         let x = (self.draw)(rng);
-        self.s = (self.s + x - self.mean - self.k).max(0.0);
+        self.s = (self.s + clipped_increment(x, self.mean, self.k, self.clip)).max(0.0);
         self.s
     }
 }
@@ -348,8 +349,8 @@ pub fn calibrate_bernoulli_with(
     solve(&mut set, arl0, up, seed)
 }
 
-/// Threshold of a [`super::Cusum`] with reference value `k` for in-control run length `arl0`,
-/// by bootstrap from the baseline values; μ0 is their mean (as in
+/// Threshold of an unclipped [`super::Cusum`] with reference value `k` for in-control run
+/// length `arl0`, by bootstrap from the baseline values; μ0 is their mean (as in
 /// [`super::CusumParams::from_baseline`]).
 pub fn calibrate_cusum(
     values: &[f64],
@@ -357,17 +358,41 @@ pub fn calibrate_cusum(
     arl0: f64,
     seed: u64,
 ) -> Result<Calibration, BaselineError> {
-    calibrate_cusum_with(values, k, arl0, seed, &CalibrationOptions::default())
+    calibrate_cusum_with(values, k, None, arl0, seed, &CalibrationOptions::default())
 }
 
-/// The standard deviation of `values` and the increments `v - mean - k` a real-valued CUSUM
-/// adds on them; an error when `k` is not usable or no increment is positive.
-fn cusum_increments(values: &[f64], k: f64) -> Result<(f64, Vec<f64>), BaselineError> {
+/// The clip of a real-valued CUSUM's increments (see [`super::Cusum`]): the `quantile` of the
+/// lab values (the smallest value with at least that share of the values at or below it).
+/// `None` when the values are empty or not finite, or when the clip would leave no positive
+/// increment (c ≤ mean + k, a lab set that is constant up to that quantile): such a detector
+/// stays unclipped.
+pub fn tail_clip(values: &[f64], quantile: f64, k: f64) -> Option<f64> {
+    let (mean, _) = super::mean_sd(values, "CUSUM baseline values").ok()?;
+    if !(quantile > 0.0 && quantile <= 1.0) {
+        return None;
+    }
+    let mut sorted = values.to_vec();
+    sorted.sort_unstable_by(f64::total_cmp);
+    let i = ((quantile * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len()) - 1;
+    let c = sorted[i];
+    (c.is_finite() && c > mean + k).then_some(c)
+}
+
+/// The standard deviation of `values` and the increments `min(v, clip) - mean - k` a
+/// real-valued CUSUM adds on them; an error when `k` is not usable or no increment is positive.
+fn cusum_increments(
+    values: &[f64],
+    k: f64,
+    clip: Option<f64>,
+) -> Result<(f64, Vec<f64>), BaselineError> {
     let (mean, sd) = super::mean_sd(values, "CUSUM baseline values")?;
     if !(k.is_finite() && k >= 0.0) {
         return Err(BaselineError::invalid("k", k, "must be finite and >= 0"));
     }
-    let increments: Vec<f64> = values.iter().map(|v| v - mean - k).collect();
+    let increments: Vec<f64> = values
+        .iter()
+        .map(|&v| clipped_increment(v, mean, k, clip))
+        .collect();
     if increments.iter().all(|&inc| inc <= 0.0) {
         return Err(BaselineError::invalid(
             "k",
@@ -381,11 +406,12 @@ fn cusum_increments(values: &[f64], k: f64) -> Result<(f64, Vec<f64>), BaselineE
 pub fn calibrate_cusum_with(
     values: &[f64],
     k: f64,
+    clip: Option<f64>,
     arl0: f64,
     seed: u64,
     options: &CalibrationOptions,
 ) -> Result<Calibration, BaselineError> {
-    let (sd, increments) = cusum_increments(values, k)?;
+    let (sd, increments) = cusum_increments(values, k, clip)?;
     let cap = check_target(arl0, options)?;
     let mut set = PathSet::new(options.replications, cap, seed, || BootstrapCusumPath {
         increments: &increments,
@@ -456,15 +482,17 @@ pub(crate) fn simulated_curve<P: StatisticPath>(
     Ok((curve, cals))
 }
 
-/// The [`ThresholdCurve`] of a real-valued CUSUM with reference value `k` on bootstrap
-/// resamples of `values` (μ0 their mean): simulated at [`SIMULATED_TARGETS`], Siegmund beyond
-/// with θ the root of the values' empirical moment generating function.
+/// The [`ThresholdCurve`] of a real-valued CUSUM with reference value `k` and increments
+/// clipped at `clip` on bootstrap resamples of `values` (μ0 their mean): simulated at
+/// [`SIMULATED_TARGETS`], Siegmund beyond with θ the root of the clipped increments' empirical
+/// moment generating function.
 pub fn cusum_curve(
     values: &[f64],
     k: f64,
+    clip: Option<f64>,
     seed: u64,
 ) -> Result<(ThresholdCurve, Vec<Calibration>), BaselineError> {
-    let (sd, increments) = cusum_increments(values, k)?;
+    let (sd, increments) = cusum_increments(values, k, clip)?;
     let weighted: Vec<(f64, f64)> = increments.iter().map(|&v| (v, 1.0)).collect();
     let exponent = cusum_exponent(&weighted)?;
     simulated_curve(
@@ -478,25 +506,23 @@ pub fn cusum_curve(
     )
 }
 
-/// Measures the average run length of a CUSUM (μ0, k, h) on bootstrap resamples of `values`:
-/// the in-control ARL0 the bootstrap calibration aims at.
+/// Measures the average run length of `detector` (its μ0, k, clip and threshold; zero state)
+/// on bootstrap resamples of `values`: the in-control ARL0 the bootstrap calibration aims at.
 pub fn measure_arl_bootstrap(
     values: &[f64],
-    mean: f64,
-    k: f64,
-    h: f64,
+    detector: &Cusum,
     max_observations: u64,
     replications: usize,
     seed: u64,
 ) -> ArlEstimate {
-    let increments: Vec<f64> = values.iter().map(|v| v - mean - k).collect();
+    let increments: Vec<f64> = values.iter().map(|&v| detector.increment(v)).collect();
     let mut set = PathSet::new(replications, max_observations, seed, || {
         BootstrapCusumPath {
             increments: &increments,
             s: 0.0,
         }
     });
-    set.estimate(h)
+    set.estimate(detector.threshold())
 }
 
 /// Threshold λ of a [`PageHinkley`] detector for in-control run length `arl0`, by bootstrap.
@@ -547,25 +573,25 @@ pub fn measure_arl_bernoulli(
     Ok(set.estimate(h))
 }
 
-/// Measures the average run length of a CUSUM (μ0, k, h) on streams drawn by `draw` — e.g. from
-/// the true distribution behind a baseline, to see what the bootstrap calibration is worth.
-/// Paths are truncated at `max_observations`.
+/// Measures the average run length of `detector` (its μ0, k, clip and threshold; zero state)
+/// on streams drawn by `draw` — e.g. from the true distribution behind a baseline, to see what
+/// the bootstrap calibration is worth, or from a shifted one for the detection delay. Paths are
+/// truncated at `max_observations`.
 pub fn measure_arl_cusum<F: FnMut(&mut SplitMix64) -> f64 + Clone>(
     draw: F,
-    mean: f64,
-    k: f64,
-    h: f64,
+    detector: &Cusum,
     max_observations: u64,
     replications: usize,
     seed: u64,
 ) -> ArlEstimate {
     let mut set = PathSet::new(replications, max_observations, seed, || DrawCusumPath {
         draw: draw.clone(),
-        mean,
-        k,
+        mean: detector.mean(),
+        k: detector.k(),
+        clip: detector.clip(),
         s: 0.0,
     });
-    set.estimate(h)
+    set.estimate(detector.threshold())
 }
 
 #[cfg(test)]
@@ -622,13 +648,14 @@ mod tests {
             .collect();
         let (mean, sd) = crate::monitor::mean_sd(&values, "test").unwrap();
         let k = 0.5 * sd;
-        let (curve, _) = cusum_curve(&values, k, 14).unwrap();
-        let h = curve.threshold(target);
-        let m = measure_arl_bootstrap(&values, mean, k, h, 1_000_000, 300, 15);
+        let (curve, _) = cusum_curve(&values, k, None, 14).unwrap();
+        let d = Cusum::new(mean, k, curve.threshold(target)).unwrap();
+        let m = measure_arl_bootstrap(&values, &d, 1_000_000, 300, 15);
         let err = (m.mean - target).abs();
         assert!(
             err < 4.0 * m.standard_error && err < 0.2 * target,
-            "h {h}: {m:?}"
+            "h {}: {m:?}",
+            d.threshold()
         );
     }
 
@@ -649,9 +676,63 @@ mod tests {
         let k = 0.5 * sd; // δ = 1 sd
         let target = 500.0;
         let c = calibrate_cusum(&baseline, k, target, 1).unwrap();
-        let measured = measure_arl_cusum(exp, mean, k, c.threshold, 5000, 2000, 77);
+        let d = Cusum::new(mean, k, c.threshold).unwrap();
+        let measured = measure_arl_cusum(exp, &d, 5000, 2000, 77);
         let rel = (measured.mean - target).abs() / target;
         assert!(rel < TOLERANCE, "measured {measured:?}, calibration {c:?}");
+    }
+
+    /// A heavy right tail (lognormal, σ = 1, 5000 lab values). Unclipped, the calibration hangs
+    /// on the few largest lab values (the bootstrap cannot draw beyond them, and they inflate
+    /// the sd behind k): on this lab set the ARL0 on the true distribution is nearly three times
+    /// the target. With the increments clipped at the lab's 99th percentile, at calibration and
+    /// at run time alike, it is within ±25 % (over 18 lab sets of 5000 and 20,000 values and
+    /// σ = 0.5–1, the clipped error ranged from −24 % to +8 %).
+    #[test]
+    fn clipped_calibration_holds_on_a_heavy_tailed_distribution() {
+        let lognormal = |rng: &mut SplitMix64| {
+            let (u1, u2) = (1.0 - rng.next_f64(), rng.next_f64());
+            ((-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()).exp()
+        };
+        let mut rng = SplitMix64::new(22);
+        let baseline: Vec<f64> = (0..5000).map(|_| lognormal(&mut rng)).collect();
+        let (mean, sd) = crate::monitor::mean_sd(&baseline, "test").unwrap();
+        let k = 0.5 * sd;
+        let target = 2000.0;
+        let options = CalibrationOptions::default();
+        let clip = tail_clip(&baseline, 0.99, k);
+        assert!(clip.is_some_and(|c| c > mean + k), "{clip:?}");
+        let measure = |clip: Option<f64>| {
+            let c = calibrate_cusum_with(&baseline, k, clip, target, 22, &options).unwrap();
+            let d = Cusum::new(mean, k, c.threshold)
+                .unwrap()
+                .with_clip(clip)
+                .unwrap();
+            let m = measure_arl_cusum(lognormal, &d, 20_000, 1000, 23);
+            ((m.mean - target) / target, m, c)
+        };
+        let (rel, m, c) = measure(clip);
+        assert!(
+            rel.abs() < 0.25,
+            "clipped: measured {m:?}, calibration {c:?}"
+        );
+        let (rel, m, c) = measure(None);
+        assert!(
+            rel.abs() > 0.25,
+            "unclipped: measured {m:?}, calibration {c:?}"
+        );
+    }
+
+    #[test]
+    fn tail_clip_is_the_lab_quantile() {
+        let values: Vec<f64> = (1..=1000).map(f64::from).collect();
+        assert_eq!(tail_clip(&values, 0.995, 0.0), Some(995.0));
+        assert_eq!(tail_clip(&values, 1.0, 0.0), Some(1000.0));
+        // A quantile at or below mean + k leaves no positive increment: no clip.
+        assert_eq!(tail_clip(&values, 0.5, 0.0), None);
+        assert_eq!(tail_clip(&values, 0.995, 600.0), None);
+        assert_eq!(tail_clip(&values, f64::NAN, 0.0), None);
+        assert_eq!(tail_clip(&[], 0.995, 0.0), None);
     }
 
     #[test]

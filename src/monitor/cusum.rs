@@ -243,12 +243,32 @@ impl CusumParams {
     }
 }
 
+/// What one observation adds to a real-valued CUSUM before the clamp at zero:
+/// min(x, clip) − μ0 − k. Shared by the running detector and every simulation of it
+/// (`monitor::calibrate`, `monitor::delay`), so the calibrated and the armed increments cannot
+/// differ.
+pub fn clipped_increment(x: f64, mean: f64, k: f64, clip: Option<f64>) -> f64 {
+    match clip {
+        Some(c) => x.min(c) - mean - k,
+        None => x - mean - k,
+    }
+}
+
 /// One-sided CUSUM for an upward shift in the mean of a real-valued stream:
-/// S = max(0, S + x − μ0 − k), alarm at S ≥ h.
+/// S = max(0, S + min(x, c) − μ0 − k), alarm at S ≥ h.
+///
+/// The clip c (a high quantile of the lab values, see `drift::reference`) bounds what one
+/// observation can add. The threshold is calibrated on the same clipped increments, so the only
+/// part of the in-control tail that matters is the mass above c — which a lab set estimates
+/// well — and not the shape of the tail beyond the largest lab value, which a bootstrap cannot
+/// draw from. Without a clip (`None`, detectors stored before it existed) the increment is
+/// x − μ0 − k.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Cusum {
     mean: f64,
     k: f64,
+    #[serde(default)]
+    clip: Option<f64>,
     /// Non-finite observations are skipped (a NaN would freeze S for good) and counted here.
     skipped_non_finite: u64,
     core: CusumCore,
@@ -265,27 +285,53 @@ impl Cusum {
         Ok(Cusum {
             mean,
             k,
+            clip: None,
             skipped_non_finite: 0,
             core: CusumCore::new(h)?,
         })
     }
 
-    /// What one observation adds to S before the clamp at zero, x − μ0 − k (0 for a non-finite
-    /// value, which is skipped).
+    /// The same detector with its increments clipped at `clip` (`None`: unclipped). A clip that
+    /// is not finite, or that leaves no positive increment (c ≤ μ0 + k), is refused.
+    pub fn with_clip(mut self, clip: Option<f64>) -> Result<Cusum, BaselineError> {
+        self.set_clip(clip)?;
+        Ok(self)
+    }
+
+    /// Sets the clip, keeping the statistic (see [`Cusum::with_clip`]).
+    pub fn set_clip(&mut self, clip: Option<f64>) -> Result<(), BaselineError> {
+        if let Some(c) = clip
+            && !(c.is_finite() && c > self.mean + self.k)
+        {
+            return Err(BaselineError::invalid(
+                "clip",
+                c,
+                "must be finite and above the mean plus k, or the detector could never move",
+            ));
+        }
+        self.clip = clip;
+        Ok(())
+    }
+
+    /// What one observation adds to S before the clamp at zero, min(x, c) − μ0 − k (0 for a
+    /// non-finite value, which is skipped).
     pub fn increment(&self, x: f64) -> f64 {
         if x.is_finite() {
-            x - self.mean - self.k
+            clipped_increment(x, self.mean, self.k, self.clip)
         } else {
             0.0
         }
     }
 
+    /// Feeds one observation. The alarm's `current_value` is the mean of the observations
+    /// themselves, unclipped.
     pub fn update(&mut self, x: f64, seq: u64) -> Option<Alarm> {
         if !x.is_finite() {
             self.skipped_non_finite += 1;
             return None;
         }
-        self.core.step(x - self.mean - self.k, x, seq, self.mean)
+        let increment = clipped_increment(x, self.mean, self.k, self.clip);
+        self.core.step(increment, x, seq, self.mean)
     }
 
     pub fn reset(&mut self) {
@@ -306,6 +352,9 @@ impl Cusum {
     }
     pub fn k(&self) -> f64 {
         self.k
+    }
+    pub fn clip(&self) -> Option<f64> {
+        self.clip
     }
     pub fn observed(&self) -> u64 {
         self.core.observed
@@ -535,6 +584,54 @@ mod tests {
         assert!(close(alarm.current_value, 2.5));
         assert_eq!(alarm.baseline_value, 1.0);
         assert_eq!(d.statistic(), 0.0);
+    }
+
+    #[test]
+    fn clipped_cusum_on_a_hand_computed_sequence() {
+        // μ0 = 1, k = 0.5, c = 2.5, h = 2: increments min(x, 2.5) − 1.5.
+        let mut d = Cusum::new(1.0, 0.5, 2.0)
+            .unwrap()
+            .with_clip(Some(2.5))
+            .unwrap();
+        assert!(close(d.increment(100.0), 1.0));
+        assert!(close(d.increment(2.0), 0.5));
+        assert!(d.update(100.0, 1).is_none()); // 1.0, not 98.5
+        assert!(close(d.statistic(), 1.0));
+        let alarm = d.update(2.5, 2).expect("1.0 + 1.0 = 2.0 ≥ 2");
+        assert!(close(alarm.statistic, 2.0));
+        // The alarm reports the observations themselves, unclipped.
+        assert!(close(alarm.current_value, 51.25));
+        // Unclipped, the first value alone would have crossed.
+        let mut raw = Cusum::new(1.0, 0.5, 2.0).unwrap();
+        assert!(raw.update(100.0, 1).is_some());
+        // A clip that leaves no positive increment is refused.
+        assert!(
+            Cusum::new(1.0, 0.5, 2.0)
+                .unwrap()
+                .with_clip(Some(1.5))
+                .is_err()
+        );
+        assert!(
+            Cusum::new(1.0, 0.5, 2.0)
+                .unwrap()
+                .with_clip(Some(f64::INFINITY))
+                .is_err()
+        );
+    }
+
+    /// A detector stored before increments were clipped (no `clip` in its JSON) loads unclipped
+    /// and continues as it did.
+    #[test]
+    fn a_detector_stored_without_a_clip_loads_unclipped() {
+        let mut d = Cusum::new(0.5, 0.1, 3.0).unwrap();
+        d.update(1.7, 1);
+        let mut json = serde_json::to_value(&d).unwrap();
+        assert!(json.as_object_mut().unwrap().remove("clip").is_some());
+        let mut old: Cusum = serde_json::from_value(json).unwrap();
+        assert_eq!(old, d);
+        assert_eq!(old.clip(), None);
+        assert!(close(old.statistic(), 1.1));
+        old.update(5.0, 2).expect("unclipped: 1.1 + 4.4 ≥ 3");
     }
 
     #[test]

@@ -35,20 +35,20 @@ pub fn bernoulli_delay(
     }))
 }
 
-/// Mean zero-state delay of a CUSUM (μ0, k, h) on bootstrap resamples of `values` shifted up
-/// by 2k, in observations; runs are cut at `cap` observations.
+/// Mean zero-state delay of a copy of `detector` (μ0, k, clip, h) on bootstrap resamples of
+/// `values` shifted up by 2k, in observations; runs are cut at `cap` observations.
 pub fn cusum_delay(
     values: &[f64],
-    mean: f64,
-    k: f64,
-    h: f64,
+    detector: &Cusum,
     cap: u64,
     seed: u64,
 ) -> Result<f64, BaselineError> {
     if values.is_empty() {
         return Err(BaselineError::invalid("values", 0.0, "no lab values"));
     }
-    let template = Cusum::new(mean, k, h)?;
+    let mut template = detector.clone();
+    template.reset();
+    let k = template.k();
     Ok(mean_delay(&template, cap, seed, |d, rng, n| {
         let i = (rng.next_u64() % values.len() as u64) as usize;
         d.update(values[i] + 2.0 * k, n).is_some()
@@ -144,8 +144,9 @@ mod tests {
     #[test]
     fn a_larger_shift_is_seen_sooner() {
         let values: Vec<f64> = (0..1000).map(|i| (i % 10) as f64 / 10.0).collect();
-        let slow = cusum_delay(&values, 0.45, 0.05, 5.0, 1_000_000, 1).unwrap();
-        let fast = cusum_delay(&values, 0.45, 0.2, 5.0, 1_000_000, 1).unwrap();
+        let detector = |k: f64| Cusum::new(0.45, k, 5.0).unwrap();
+        let slow = cusum_delay(&values, &detector(0.05), 1_000_000, 1).unwrap();
+        let fast = cusum_delay(&values, &detector(0.2), 1_000_000, 1).unwrap();
         assert!(fast < slow, "{fast} vs {slow}");
     }
 

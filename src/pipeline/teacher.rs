@@ -163,7 +163,7 @@ impl TeacherWorker {
                 (None, TEACHER_UNREACHABLE)
             }
             Err(e) => {
-                tracing::error!(error = %e, samples = group.len(), "Teacher inference failed; these samples are recorded as teacher errors.");
+                tracing::error!(error = %e, samples = group.len(), "Teacher inference failed; these samples are skipped as failed (records.sampled = 4), never compared.");
                 (None, TEACHER_FAILED)
             }
         };

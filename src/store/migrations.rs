@@ -64,6 +64,10 @@ pub(super) const MIGRATIONS: &[(&str, &str)] = &[
         "0014_shadow_skips",
         include_str!("../../migrations/0014_shadow_skips.sql"),
     ),
+    (
+        "0015_windows_skipped_failed",
+        include_str!("../../migrations/0015_windows_skipped_failed.sql"),
+    ),
 ];
 
 /// What a migration needs beyond its SQL, run after it in the same transaction: by name.

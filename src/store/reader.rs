@@ -47,6 +47,9 @@ pub struct Summary {
     /// Sampled records the teacher on an inference server could not answer
     /// (`records.sampled` = 5).
     pub skipped_unreachable: i64,
+    /// Sampled records the teacher failed on (`records.sampled` = 4): a local run's error, or
+    /// an inference server's error answer or one sensei refused.
+    pub skipped_failed: i64,
     /// Records left out because their id was counted before (`files.duplicates` of record
     /// files).
     pub records_duplicate: i64,
@@ -113,20 +116,30 @@ fn summary(conn: &Connection) -> Result<Summary> {
         )
         .unwrap_or(0);
     // Totals come from the window sums, which retention never deletes.
-    let (records, samples, budget, queue, unreachable): (i64, i64, i64, i64, i64) = conn
-        .query_row(
+    let (records, samples, budget, queue, unreachable, failed): (i64, i64, i64, i64, i64, i64) =
+        conn.query_row(
             "SELECT COALESCE(SUM(records), 0), COALESCE(SUM(teacher_samples), 0),
                 COALESCE(SUM(skipped_budget), 0), COALESCE(SUM(skipped_queue), 0),
-                COALESCE(SUM(skipped_unreachable), 0)
+                COALESCE(SUM(skipped_unreachable), 0), COALESCE(SUM(skipped_failed), 0)
          FROM windows WHERE segment = ?1",
             [ALL_SEGMENTS],
-            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
+            |r| {
+                Ok((
+                    r.get(0)?,
+                    r.get(1)?,
+                    r.get(2)?,
+                    r.get(3)?,
+                    r.get(4)?,
+                    r.get(5)?,
+                ))
+            },
         )?;
     s.records = records;
     s.teacher_samples = samples;
     s.skipped_budget = budget;
     s.skipped_queue = queue;
     s.skipped_unreachable = unreachable;
+    s.skipped_failed = failed;
     let mut stmt = conn.prepare(
         "SELECT w.segment, SUM(w.records), SUM(w.teacher_samples), SUM(w.weight_sum),
                 SUM(w.disagreement_wsum) / NULLIF(SUM(w.weight_sum), 0),

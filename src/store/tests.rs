@@ -396,6 +396,47 @@ fn a_newer_schema_is_refused() {
 }
 
 #[test]
+fn every_skip_reason_is_counted_in_its_own_column_and_in_the_summary() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = Store::open(&dir.path().join("s.db")).unwrap();
+    let skipped = |id: &str, code: i64| RecordRow {
+        sampled: code,
+        ..record(id, "line=A", 1_000, None)
+    };
+    let records = vec![
+        record("r1", "line=A", 1_000, Some(sample(false, 1.0))),
+        skipped("r2", 2),
+        skipped("r3", 3),
+        skipped("r4", 3),
+        skipped("r5", 4),
+        skipped("r6", 4),
+        skipped("r7", 4),
+        skipped("r8", 5),
+    ];
+    commit(&mut store, file("a.jsonl", "abc", records), 60_000, 0).unwrap();
+    let s = store.summary().unwrap();
+    assert_eq!(
+        (
+            s.teacher_samples,
+            s.skipped_budget,
+            s.skipped_queue,
+            s.skipped_failed,
+            s.skipped_unreachable
+        ),
+        (1, 1, 2, 3, 1)
+    );
+    let failed: i64 = store
+        .conn
+        .query_row(
+            "SELECT skipped_failed FROM window_stats WHERE segment = 'line=A'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(failed, 3);
+}
+
+#[test]
 fn same_content_counts_once_and_windows_sum_per_segment() {
     let dir = tempfile::tempdir().unwrap();
     let mut store = Store::open(&dir.path().join("s.db")).unwrap();

@@ -19,6 +19,7 @@ pub(super) struct WindowSums {
     skipped_budget: i64,
     skipped_queue: i64,
     skipped_unreachable: i64,
+    skipped_failed: i64,
     weight: f64,
     weight_sq: f64,
     disagreement: f64,
@@ -40,6 +41,7 @@ impl WindowSums {
         match r.sampled {
             2 => self.skipped_budget += 1,
             3 => self.skipped_queue += 1,
+            4 => self.skipped_failed += 1,
             5 => self.skipped_unreachable += 1,
             _ => {}
         }
@@ -99,9 +101,10 @@ pub(super) fn upsert_windows(
         "INSERT INTO windows (start, segment, records, confidence_sum, entropy_sum, latency_us_sum,
             teacher_samples, skipped_budget, skipped_queue, weight_sum, disagreement_wsum, kl_wsum,
             total_variation_wsum, attention_kl_wsum, attention_kl_weight, cosine_distance_wsum,
-            abs_error_wsum, teacher_latency_us_sum, weight_sq_sum, skipped_unreachable)
+            abs_error_wsum, teacher_latency_us_sum, weight_sq_sum, skipped_unreachable,
+            skipped_failed)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19,
-                 ?20)
+                 ?20, ?21)
          ON CONFLICT (start, segment) DO UPDATE SET
             records = records + excluded.records,
             confidence_sum = confidence_sum + excluded.confidence_sum,
@@ -120,7 +123,8 @@ pub(super) fn upsert_windows(
             abs_error_wsum = abs_error_wsum + excluded.abs_error_wsum,
             teacher_latency_us_sum = teacher_latency_us_sum + excluded.teacher_latency_us_sum,
             weight_sq_sum = weight_sq_sum + excluded.weight_sq_sum,
-            skipped_unreachable = skipped_unreachable + excluded.skipped_unreachable",
+            skipped_unreachable = skipped_unreachable + excluded.skipped_unreachable,
+            skipped_failed = skipped_failed + excluded.skipped_failed",
     )?;
     for ((start, segment), w) in windows {
         stmt.execute(params![
@@ -144,6 +148,7 @@ pub(super) fn upsert_windows(
             w.teacher_latency_us,
             w.weight_sq,
             w.skipped_unreachable,
+            w.skipped_failed,
         ])?;
     }
     Ok(())

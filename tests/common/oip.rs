@@ -130,6 +130,26 @@ impl Server {
         );
     }
 
+    /// Stops the server's process where it is (SIGSTOP, by its pid): it keeps its port, the
+    /// kernel still accepts connections for it, and nothing answers.
+    pub fn pause(&self) {
+        self.signal("STOP");
+    }
+
+    /// Lets a paused server go on (SIGCONT, by its pid).
+    pub fn resume(&self) {
+        self.signal("CONT");
+    }
+
+    fn signal(&self, name: &str) {
+        let child = self.child.as_ref().expect("the server is running");
+        let status = Command::new("kill")
+            .args([format!("-{name}"), child.id().to_string()])
+            .status()
+            .expect("kill");
+        assert!(status.success(), "kill -{name} {}", child.id());
+    }
+
     /// Kills the server (SIGKILL, by its pid) and waits for it. Triton's backend stubs exit
     /// when their server is gone.
     pub fn kill(&mut self) {

@@ -8,19 +8,32 @@ The metadata lists the model's inputs and outputs as ONNX Runtime reads them (dy
 for, in JSON or, when asked, the binary tensor extension.
 
 Faults for the tests, each set by a flag:
-  --delay SECONDS   wait this long before each answer (a slow server);
-  --fail-every N    answer every N-th inference request with HTTP 503 (a transient error).
+  --delay SECONDS    wait this long before each answer (a slow server);
+  --fail-every N     answer every N-th inference request with an HTTP error, 503 (a transient
+                     error) unless --fail-status says which;
+  --fail-status CODE the HTTP status of those errors (400, 404, 500: not transient);
+  --answer FAULT     answer every inference request wrongly: `wrong-shape` (the output cut to
+                     its first half of classes), `wrong-dtype` (the output as INT64),
+                     `missing-output` (only the attention output), `garbage` (HTTP 200 with a
+                     body that is not JSON), `too-long` (HTTP 200 with a body of 100 MiB, sent
+                     without its length);
+  --count-file PATH  append a line to PATH for each inference request, as it arrives (before
+                     any delay or fault), so a test can count what reached the server;
+  --hold-file PATH   while PATH exists, hold each inference request unanswered (a hung server
+                     that still accepts and counts requests); once it is removed, answer.
 """
 
 import argparse
 import asyncio
 import itertools
+import os
 
 import numpy as np
 import onnxruntime as ort
 from kserve import InferOutput, InferRequest, InferResponse, Model, ModelServer
 from kserve import model_server
-from kserve.errors import ServerNotReady
+from kserve.model_server import app
+from starlette.responses import JSONResponse, Response, StreamingResponse
 
 DATATYPES = {"tensor(float)": "FP32", "tensor(int64)": "INT64"}
 
@@ -37,7 +50,7 @@ def describe(tensors):
 
 
 class OnnxTeacher(Model):
-    def __init__(self, name, path, delay, fail_every):
+    def __init__(self, name, path, delay, answer):
         super().__init__(name)
         options = ort.SessionOptions()
         options.intra_op_num_threads = 1
@@ -46,8 +59,9 @@ class OnnxTeacher(Model):
             path, options, providers=["CPUExecutionProvider"]
         )
         self.delay = delay
-        self.fail_every = fail_every
-        self.requests = itertools.count(1)
+        self.answer = answer
+        # The output sensei compares: the model's first.
+        self.main = self.session.get_outputs()[0].name
         self.ready = True
 
     def get_input_types(self):
@@ -57,9 +71,6 @@ class OnnxTeacher(Model):
         return describe(self.session.get_outputs())
 
     async def predict(self, request: InferRequest, headers=None):
-        n = next(self.requests)
-        if self.fail_every and n % self.fail_every == 0:
-            raise ServerNotReady(f"request {n} refused on purpose (--fail-every)")
         if self.delay:
             await asyncio.sleep(self.delay)
         feeds = {i.name: i.as_numpy() for i in request.inputs}
@@ -70,8 +81,15 @@ class OnnxTeacher(Model):
         binary = request.use_binary_outputs
         outputs = []
         for name, value in zip(wanted, results):
+            datatype = "FP32"
             value = np.ascontiguousarray(value, dtype=np.float32)
-            out = InferOutput(name=name, shape=list(value.shape), datatype="FP32")
+            if name == self.main and self.answer == "missing-output":
+                continue
+            if name == self.main and self.answer == "wrong-shape":
+                value = np.ascontiguousarray(value[:, : max(1, value.shape[1] // 2)])
+            if name == self.main and self.answer == "wrong-dtype":
+                datatype, value = "INT64", np.rint(value * 1000).astype(np.int64)
+            out = InferOutput(name=name, shape=list(value.shape), datatype=datatype)
             out.set_data_from_numpy(value, binary_data=binary)
             outputs.append(out)
         return InferResponse(
@@ -89,9 +107,64 @@ if __name__ == "__main__":
     )
     parser.add_argument("--delay", type=float, default=0.0)
     parser.add_argument("--fail-every", type=int, default=0)
+    parser.add_argument("--fail-status", type=int, default=503)
+    parser.add_argument(
+        "--answer",
+        choices=[
+            "right",
+            "wrong-shape",
+            "wrong-dtype",
+            "missing-output",
+            "garbage",
+            "too-long",
+        ],
+        default="right",
+    )
+    parser.add_argument("--count-file")
+    parser.add_argument("--hold-file")
     args, _ = parser.parse_known_args()
+    requests = itertools.count(1)
+
+    # Counting and the faults that are not the model's answer, before KServe's routes: every
+    # inference request, whatever its model.
+    @app.middleware("http")
+    async def faults(request, call_next):
+        if not request.url.path.endswith("/infer"):
+            return await call_next(request)
+        n = next(requests)
+        if args.count_file:
+            with open(args.count_file, "a") as f:
+                f.write(f"{n}\n")
+                f.flush()
+                os.fsync(f.fileno())
+        while args.hold_file and os.path.exists(args.hold_file):
+            await asyncio.sleep(0.02)
+        if args.fail_every and n % args.fail_every == 0:
+            return JSONResponse(
+                {"error": f"request {n} refused on purpose (--fail-every)"},
+                status_code=args.fail_status,
+            )
+        if args.answer == "garbage":
+            await request.body()
+            return Response(
+                b"<html><body>502 upstream \x00\xff not json</body></html>",
+                status_code=200,
+                media_type="text/html",
+            )
+        if args.answer == "too-long":
+            await request.body()
+
+            async def long_body():
+                chunk = b'{"outputs": [' + b" " * (1 << 20)
+                for _ in range(100):
+                    yield chunk
+                    await asyncio.sleep(0)
+
+            return StreamingResponse(long_body(), media_type="application/json")
+        return await call_next(request)
+
     models = [
-        OnnxTeacher(name, path, args.delay, args.fail_every)
+        OnnxTeacher(name, path, args.delay, args.answer)
         for name, path in (m.split("=", 1) for m in args.model)
     ]
     ModelServer(http_port=args.http_port, enable_grpc=False, workers=1).start(models)

@@ -2,18 +2,21 @@
 (KServe v2 REST, with Triton's binary tensor extension), for sensei's remote-teacher tests.
 
     python triton_teacher.py --model teacher=PATH [--model NAME=PATH ...] --http_port PORT \
-        --workdir DIR
+        --workdir DIR [--grpc_port PORT]
 
 The `tritonserver` binary and its Python backend come from PyPI's `nvidia-pytriton` (installed by
 scripts/test.sh into .venv/oip-triton). This script writes a model repository in DIR: one Python
 backend model per `--model`, which runs the ONNX file with ONNX Runtime on the whole batch; the
 repository's config declares the inputs and outputs as ONNX Runtime reads them, with Triton's
 batch axis. Then it becomes `tritonserver` (exec: the pid is the server's), HTTP only, on
-127.0.0.1.
+127.0.0.1; with `--grpc_port`, Triton's gRPC endpoint too (for benches/grpc_http.py, which
+compares the two; sensei speaks HTTP only).
 
 Faults for the tests, each set by a flag:
   --delay SECONDS   wait this long before each answer (a slow server);
-  --fail-every N    answer every N-th inference request with UNAVAILABLE (HTTP 503).
+  --fail-every N    answer every N-th inference request with UNAVAILABLE (HTTP 503);
+  --count-file PATH append a line to PATH for each inference request the model gets, before
+                    any delay or fault, so a test can count what reached the server.
 """
 
 import argparse
@@ -53,11 +56,15 @@ class TritonPythonModel:
         self.delay = float(parameters.get("delay", "0"))
         self.fail_every = int(parameters.get("fail_every", "0"))
         self.count = 0
+        self.count_file = parameters.get("count_file", "")
 
     def execute(self, requests):
         answers = []
         for request in requests:
             self.count += 1
+            if self.count_file:
+                with open(self.count_file, "a") as f:
+                    f.write(f"{self.count}\\n")
             if self.fail_every and self.count % self.fail_every == 0:
                 answers.append(pb_utils.InferenceResponse(
                     error=pb_utils.TritonError(
@@ -92,7 +99,7 @@ def tensors(kind, items):
     return f"{kind} [\n" + ",\n".join(entries) + "\n]\n"
 
 
-def model_config(name, path, delay, fail_every):
+def model_config(name, path, delay, fail_every, count_file):
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     return (
         f'name: "{name}"\nbackend: "python"\nmax_batch_size: {MAX_BATCH}\n'
@@ -102,6 +109,7 @@ def model_config(name, path, delay, fail_every):
         + f'parameters: {{ key: "onnx" value: {{ string_value: "{path}" }} }}\n'
         + f'parameters: {{ key: "delay" value: {{ string_value: "{delay}" }} }}\n'
         + f'parameters: {{ key: "fail_every" value: {{ string_value: "{fail_every}" }} }}\n'
+        + f'parameters: {{ key: "count_file" value: {{ string_value: "{count_file}" }} }}\n'
     )
 
 
@@ -109,9 +117,11 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--model", action="append", required=True, help="NAME=PATH")
     parser.add_argument("--http_port", type=int, required=True)
+    parser.add_argument("--grpc_port", type=int, default=None)
     parser.add_argument("--workdir", required=True)
     parser.add_argument("--delay", type=float, default=0.0)
     parser.add_argument("--fail-every", type=int, default=0)
+    parser.add_argument("--count-file", default="")
     args = parser.parse_args()
 
     work = pathlib.Path(args.workdir)
@@ -124,7 +134,7 @@ def main():
         (repository / name / "1").mkdir(parents=True)
         (repository / name / "1" / "model.py").write_text(MODEL_PY)
         (repository / name / "config.pbtxt").write_text(
-            model_config(name, path, args.delay, args.fail_every)
+            model_config(name, path, args.delay, args.fail_every, args.count_file)
         )
 
     # Triton's Python backend runs each model in a stub process; the wheel ships one stub per
@@ -162,7 +172,15 @@ def main():
             f"--cache-directory={dist / 'caches'}",
             "--http-address=127.0.0.1",
             f"--http-port={args.http_port}",
-            "--allow-grpc=false",
+            *(
+                ["--allow-grpc=false"]
+                if args.grpc_port is None
+                else [
+                    "--allow-grpc=true",
+                    "--grpc-address=127.0.0.1",
+                    f"--grpc-port={args.grpc_port}",
+                ]
+            ),
             "--allow-metrics=false",
             "--allow-gpu-metrics=false",
             "--exit-on-error=true",

@@ -12,5 +12,6 @@ mod ops;
 mod producers;
 mod redistill;
 mod remote;
+mod remote_faults;
 mod replay;
 mod shadow;

@@ -12,11 +12,11 @@ use std::collections::BTreeMap;
 use crate::common::oip::{Kind, Server};
 use crate::common::{Site, fixture_model, repo};
 
-fn output(o: &std::process::Output) -> String {
+pub(crate) fn output(o: &std::process::Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned() + &String::from_utf8_lossy(&o.stderr)
 }
 
-fn remote_teacher(url: &str, model: &str) -> String {
+pub(crate) fn remote_teacher(url: &str, model: &str) -> String {
     format!("[teacher]\nurl = \"{url}\"\nmodel = \"{model}\"\nattention = \"attention\"\n")
 }
 
@@ -187,16 +187,16 @@ fn a_remote_teacher_grades_a_demo_stream_as_the_local_teacher_does(
     assert_ne!(local_teacher, remote_teacher);
 }
 
-const WAIT: std::time::Duration = std::time::Duration::from_secs(60);
+pub(crate) const WAIT: std::time::Duration = std::time::Duration::from_secs(60);
 
-fn status_json(site: &Site) -> serde_json::Value {
+pub(crate) fn status_json(site: &Site) -> serde_json::Value {
     let out = site.sensei(&["status", "--json"]);
     assert!(out.status.success(), "{}", output(&out));
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
 /// `records.sampled` code → records.
-fn sampled_codes(site: &Site) -> BTreeMap<i64, i64> {
+pub(crate) fn sampled_codes(site: &Site) -> BTreeMap<i64, i64> {
     let db = site.db();
     let mut stmt = db
         .prepare("SELECT sampled, count(*) FROM records GROUP BY sampled")
@@ -371,7 +371,7 @@ fn a_server_killed_mid_run_costs_no_record_and_is_probed_until_it_answers(kind: 
     daemon.stop();
 }
 
-fn wait_until_records(site: &Site, n: usize) {
+pub(crate) fn wait_until_records(site: &Site, n: usize) {
     crate::common::wait_until(WAIT, &format!("{n} records committed"), || {
         site.db_path().exists() && site.records() == n as i64
     });

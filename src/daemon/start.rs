@@ -204,6 +204,7 @@ pub(super) fn start(
         metrics: metrics.clone(),
         shadow,
         remote_shadow,
+        failures: Default::default(),
     }
     .spawn(teacher_rx, writer_tx.clone())
     .context("starting the teacher thread")?;

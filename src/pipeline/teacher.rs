@@ -41,6 +41,41 @@ pub struct TeacherWorker {
     /// Challengers on inference servers: the remote shadow worker's queue, and each one's row
     /// for a batch that finds the queue full.
     pub remote_shadow: Option<RemoteShadowQueue>,
+    /// Failed teacher batches since the last line that said so.
+    pub failures: FailureLog,
+}
+
+/// How often a teacher that keeps failing (wrong answers, HTTP 4xx/500, a model that errs) is
+/// logged: the first failure at once, then one line per interval with what the interval held,
+/// so a server that refuses every request cannot flood the journal at the sampling rate.
+pub const FAILURE_LOG_INTERVAL: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Teacher failures not yet logged (see [`FAILURE_LOG_INTERVAL`]).
+#[derive(Debug, Default)]
+pub struct FailureLog {
+    logged_at: Option<Instant>,
+    batches: u64,
+    samples: u64,
+}
+
+impl FailureLog {
+    /// Counts a failed batch; says whether to log it now, with the batches and samples that
+    /// failed since the last line (this one included).
+    pub fn failed(&mut self, samples: usize, now: Instant) -> Option<(u64, u64)> {
+        self.batches += 1;
+        self.samples += samples as u64;
+        let due = self
+            .logged_at
+            .is_none_or(|at| now.duration_since(at) >= FAILURE_LOG_INTERVAL);
+        if !due {
+            return None;
+        }
+        self.logged_at = Some(now);
+        let counts = (self.batches, self.samples);
+        self.batches = 0;
+        self.samples = 0;
+        Some(counts)
+    }
 }
 
 /// The way to the remote shadow worker ([`super::shadow`]).
@@ -163,7 +198,10 @@ impl TeacherWorker {
                 (None, TEACHER_UNREACHABLE)
             }
             Err(e) => {
-                tracing::error!(error = %e, samples = group.len(), "Teacher inference failed; these samples are skipped as failed (records.sampled = 4), never compared.");
+                if let Some((batches, samples)) = self.failures.failed(group.len(), Instant::now())
+                {
+                    tracing::error!(error = %e, batches, samples, "Teacher inference failed; these samples are skipped as failed (records.sampled = 4), never compared. Further failures are logged at most once a minute, with their counts.");
+                }
                 (None, TEACHER_FAILED)
             }
         };
@@ -239,6 +277,23 @@ impl TeacherWorker {
 mod tests {
     use super::*;
     use crate::store::{ShadowKind, ShadowResult, ShadowSkip};
+
+    #[test]
+    fn a_teacher_that_keeps_failing_is_logged_once_a_minute_with_counts() {
+        let mut log = FailureLog::default();
+        let t0 = Instant::now();
+        assert_eq!(log.failed(3, t0), Some((1, 3)));
+        let second = std::time::Duration::from_secs(1);
+        for i in 1..60 {
+            assert_eq!(log.failed(2, t0 + second * i), None, "{i}");
+        }
+        // The line after the interval counts what the interval held, itself included.
+        assert_eq!(
+            log.failed(4, t0 + FAILURE_LOG_INTERVAL),
+            Some((60, 59 * 2 + 4))
+        );
+        assert_eq!(log.failed(1, t0 + FAILURE_LOG_INTERVAL + second), None);
+    }
 
     fn row() -> TeacherRow {
         TeacherRow {

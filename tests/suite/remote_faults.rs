@@ -271,9 +271,15 @@ fn answers_of_the_wrong_shape_datatype_or_format_are_refused_and_never_compared(
             ),
             "{fault}: {status}"
         );
-        // Each refusal logged with the model's address and what was wrong.
+        // The refusal logged with the model's address and what was wrong: the first at once,
+        // the rest at most once a minute with their counts, not once per record.
         let line = format!("{}/v2/models/teacher: {why}", server.url());
-        assert_eq!(text.matches(&line).count(), n, "{fault}: {line}\n{text}");
+        let lines = text.matches(&line).count();
+        assert!(lines >= 1, "{fault}: {line}\n{text}");
+        assert!(
+            lines < n.max(2),
+            "{fault}: {lines} lines for {n} records\n{text}"
+        );
         // Not retried, and the server that answered is not taken for out of reach.
         assert_eq!(requests(&counted), n, "{fault}");
         assert!(!text.contains("out of reach"), "{fault}: {text}");
@@ -303,14 +309,15 @@ fn errors_that_are_not_transient_are_not_retried_and_transient_ones_are() {
         assert_every_record_counted_once(&site, 20);
         assert_eq!(sampled_codes(&site), BTreeMap::from([(4, 20)]), "{text}");
         assert_eq!(status_json(&site)["skipped_failed"], 20);
-        assert_eq!(
-            text.matches(&format!(
+        let lines = text
+            .matches(&format!(
                 "{}/v2/models/teacher: HTTP {status} ",
                 server.url()
             ))
-            .count(),
-            20,
-            "{text}"
+            .count();
+        assert!(
+            (1..20).contains(&lines),
+            "{lines} lines for 20 records\n{text}"
         );
         // One request per record: none sent again.
         assert_eq!(requests(&counted), 20, "HTTP {status}");

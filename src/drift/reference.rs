@@ -73,8 +73,8 @@ pub struct ValueReference {
     pub curve: Option<ThresholdCurve>,
     /// The clip of the detector's increments, the lab values' [`CLIP_QUANTILE`]; the curve is
     /// calibrated on the clipped increments. `None` in profiles stored before clipping (the
-    /// daemon recalibrates those at start, [`Reference::clip_tails`]) or when the lab values
-    /// leave no room for one.
+    /// daemon recalibrates those at start, [`Reference::clip_tails`]), for confidence (bounded,
+    /// never clipped), or when the lab values leave no room for one.
     #[serde(default)]
     pub clip: Option<f64>,
     /// Up to [`MAX_REFERENCE_VALUES`] lab values (evenly thinned).
@@ -204,6 +204,7 @@ fn rate_reference(
 fn value_reference(
     what: &str,
     values: &[f64],
+    tail: Tail,
     shift_sd: f64,
     arl0: f64,
     seed: u64,
@@ -216,7 +217,19 @@ fn value_reference(
     }
     let params =
         CusumParams::from_baseline(values, shift_sd).map_err(|e| format!("{what}: {e}"))?;
-    calibrate_values(what, thin(values), params, arl0, seed)
+    calibrate_values(what, thin(values), tail, params, arl0, seed)
+}
+
+/// Whether a real-valued signal's increments are clipped at the lab's [`CLIP_QUANTILE`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Tail {
+    /// KL and attention KL: unbounded above, often heavy-tailed; the bootstrap cannot draw
+    /// beyond the lab maximum, so unclipped thresholds come out too low.
+    Clipped,
+    /// 1 − confidence: bounded (below 1 − 1/classes), so its lab set holds its tail and the
+    /// clip would buy no calibration, only delay: a shift pushes many values past the clip
+    /// (measured in docs/detection.md).
+    Bounded,
 }
 
 /// The clip, threshold curve and expected delay of a real-valued signal with parameters
@@ -224,11 +237,17 @@ fn value_reference(
 fn calibrate_values(
     what: &str,
     kept: Vec<f64>,
+    tail: Tail,
     params: CusumParams,
     arl0: f64,
     seed: u64,
 ) -> Result<ValueReference, String> {
-    let clip = tail_clip(&kept, CLIP_QUANTILE, params.k).filter(|&c| c > params.mean + params.k);
+    let clip = match tail {
+        Tail::Clipped => {
+            tail_clip(&kept, CLIP_QUANTILE, params.k).filter(|&c| c > params.mean + params.k)
+        }
+        Tail::Bounded => None,
+    };
     let (curve, cals) =
         cusum_curve(&kept, params.k, clip, seed).map_err(|e| format!("{what}: {e}"))?;
     let cal = cals
@@ -263,10 +282,10 @@ impl Reference {
         let seed = config.detect.seed;
         let arl0 = self.arl0;
         let mut done = Vec::new();
+        // Confidence is never clipped (`Tail::Bounded`).
         for (name, slot, signal_seed) in [
             ("kl", &mut self.kl, seed ^ 1),
             ("attention_kl", &mut self.attention_kl, seed ^ 2),
-            ("confidence", &mut self.uncertainty, seed ^ 3),
         ] {
             let Some(r) = slot.as_mut() else { continue };
             if r.clip.is_some() || r.values.len() < MIN_LAB_RECORDS {
@@ -277,8 +296,14 @@ impl Reference {
                 sd: r.sd,
                 k: r.k,
             };
-            if let Ok(fresh) = calibrate_values(name, r.values.clone(), params, arl0, signal_seed)
-                && fresh.clip.is_some()
+            if let Ok(fresh) = calibrate_values(
+                name,
+                r.values.clone(),
+                Tail::Clipped,
+                params,
+                arl0,
+                signal_seed,
+            ) && fresh.clip.is_some()
             {
                 *r = fresh;
                 done.push(name);
@@ -354,6 +379,7 @@ pub fn build_reference(run: &LabRun, config: &Config) -> Result<Reference, Strin
         value_reference(
             "kl",
             &under_policy(&run.kl, d.seed ^ 11),
+            Tail::Clipped,
             d.min_shift_sd,
             arl0,
             d.seed ^ 1,
@@ -370,6 +396,7 @@ pub fn build_reference(run: &LabRun, config: &Config) -> Result<Reference, Strin
             value_reference(
                 "attention_kl",
                 &under_policy(&run.attention_kl, d.seed ^ 12),
+                Tail::Clipped,
                 d.min_shift_sd,
                 arl0,
                 d.seed ^ 2,
@@ -381,6 +408,7 @@ pub fn build_reference(run: &LabRun, config: &Config) -> Result<Reference, Strin
         value_reference(
             "confidence",
             &uncertainty_values,
+            Tail::Bounded,
             d.min_shift_sd,
             arl0,
             d.seed ^ 3,

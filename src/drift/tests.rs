@@ -351,3 +351,37 @@ fn old_profiles_and_detector_states_take_the_clip() {
     assert_eq!(d.increment(1e6), d.increment(clip));
     assert!(d.increment(1e6) < 1.0, "{d:?}");
 }
+
+/// A new profile clips KL's increments at the lab's 99th percentile, and never confidence's:
+/// 1 − confidence is bounded, so its lab set holds its tail and a clip would only add delay.
+#[test]
+fn kl_is_clipped_and_confidence_is_not() {
+    let mut rng = crate::monitor::rng::SplitMix64::new(7);
+    let mut run = crate::monitor::lab::LabRun {
+        classes: 10,
+        ..Default::default()
+    };
+    for i in 0..400 {
+        let u = rng.next_f64();
+        run.confidence.push(1.0 - 0.3 * u * u);
+        run.entropy.push(0.5);
+        run.prediction.push(i % 10);
+        run.teacher_prediction.push(i % 10);
+        run.teacher_confidence.push(0.9);
+        run.disagreement.push(rng.next_f64() < 0.05);
+        run.kl.push(-0.2 * (1.0 - rng.next_f64()).ln());
+        run.features.push(vec![rng.next_f64()]);
+        run.labels.push(None);
+    }
+    let reference = build_reference(&run, &config()).unwrap();
+    let kl = reference.kl.expect("a KL detector");
+    let mut sorted = kl.values.clone();
+    sorted.sort_by(f64::total_cmp);
+    assert!(
+        kl.clip.is_some_and(|c| c < sorted[sorted.len() - 1]),
+        "{:?}",
+        kl.clip
+    );
+    let confidence = reference.uncertainty.expect("a confidence detector");
+    assert_eq!(confidence.clip, None);
+}

@@ -37,7 +37,6 @@ mod support;
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use sensei::config::{Config, ModelConfig, RemoteConfig, TensorEncoding};
@@ -366,31 +365,7 @@ fn replay(state: &Path, toml: &str, data: &Path, records: usize) -> Replayed {
     std::fs::remove_dir_all(state).ok();
     let config =
         Config::from_toml(toml, &state.with_extension("toml")).unwrap_or_else(|e| panic!("{e}"));
-    let commits: Arc<Mutex<Vec<(Instant, usize)>>> = Arc::default();
-    let seen = commits.clone();
-    let on_file: sensei::pipeline::FileCallback = Box::new(move |_, outcome| {
-        if let sensei::pipeline::FileOutcome::Committed { records, .. } = outcome
-            && let Ok(mut v) = seen.lock()
-        {
-            v.push((Instant::now(), *records));
-        }
-    });
-    let start = Instant::now();
-    let report =
-        sensei::daemon::replay(&config, &[data.to_path_buf()], Some(on_file)).expect("replay");
-    let seconds = start.elapsed().as_secs_f64();
-    assert_eq!(
-        report.records_committed as usize, records,
-        "every record committed"
-    );
-    let commits = commits.lock().expect("commits");
-    let steady = match (commits.first(), commits.last()) {
-        (Some(first), Some(last)) if last.0 > first.0 => {
-            let after_first: usize = commits.iter().skip(1).map(|c| c.1).sum();
-            after_first as f64 / (last.0 - first.0).as_secs_f64()
-        }
-        _ => records as f64 / seconds,
-    };
+    let (report, seconds, steady) = timed_replay(&config, data, records);
     let student = &report.student;
     let status = sensei::commands::status::status(&config).expect("status");
     assert_eq!(status.records as usize, records, "records in the database");

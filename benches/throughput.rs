@@ -21,7 +21,7 @@
 mod support;
 
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Instant;
 
 use ort::session::Session;
@@ -174,31 +174,9 @@ fn replay(
     std::fs::remove_dir_all(&state).ok();
     let config =
         Config::from_toml(&config_toml(&state, rate, ""), &tmp.join("bench.toml")).expect("config");
-    let commits: Arc<Mutex<Vec<(Instant, usize)>>> = Arc::default();
-    let seen = commits.clone();
-    let on_file: sensei::pipeline::FileCallback = Box::new(move |_, outcome| {
-        if let sensei::pipeline::FileOutcome::Committed { records, .. } = outcome
-            && let Ok(mut v) = seen.lock()
-        {
-            v.push((Instant::now(), *records));
-        }
-    });
-    let start = Instant::now();
-    let report =
-        sensei::daemon::replay(&config, &[data.to_path_buf()], Some(on_file)).expect("replay");
-    let wall = start.elapsed().as_secs_f64() / records as f64;
-    assert_eq!(
-        report.records_committed as usize, records,
-        "every record committed"
-    );
-    let commits = commits.lock().expect("commits");
-    let steady = match (commits.first(), commits.last()) {
-        (Some(first), Some(last)) if last.0 > first.0 => {
-            let after_first: usize = commits.iter().skip(1).map(|c| c.1).sum();
-            (last.0 - first.0).as_secs_f64() / after_first as f64
-        }
-        _ => wall,
-    };
+    let (report, seconds, steady) = timed_replay(&config, data, records);
+    let wall = seconds / records as f64;
+    let steady = 1.0 / steady;
     (wall, steady, report.student.clone())
 }
 

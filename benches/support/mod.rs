@@ -212,3 +212,42 @@ pub fn start_daemon(config: &Path) -> std::process::Child {
         .spawn()
         .expect("start sensei run")
 }
+
+/// `sensei replay` of `data` (into the config's state), timed: the pipeline's report, the
+/// seconds it took, and its steady rate in records per second — the records after the first
+/// committed file over the time from that commit to the last (the whole replay's rate when only
+/// one file committed). Every one of `records` must be committed.
+pub fn timed_replay(
+    config: &sensei::config::Config,
+    data: &Path,
+    records: usize,
+) -> (sensei::pipeline::WriterReport, f64, f64) {
+    use std::sync::{Arc, Mutex};
+    use std::time::Instant;
+    let commits: Arc<Mutex<Vec<(Instant, usize)>>> = Arc::default();
+    let seen = commits.clone();
+    let on_file: sensei::pipeline::FileCallback = Box::new(move |_, outcome| {
+        if let sensei::pipeline::FileOutcome::Committed { records, .. } = outcome
+            && let Ok(mut v) = seen.lock()
+        {
+            v.push((Instant::now(), *records));
+        }
+    });
+    let start = Instant::now();
+    let report =
+        sensei::daemon::replay(config, &[data.to_path_buf()], Some(on_file)).expect("replay");
+    let seconds = start.elapsed().as_secs_f64();
+    assert_eq!(
+        report.records_committed as usize, records,
+        "every record committed"
+    );
+    let commits = commits.lock().expect("commits");
+    let steady = match (commits.first(), commits.last()) {
+        (Some(first), Some(last)) if last.0 > first.0 => {
+            let after_first: usize = commits.iter().skip(1).map(|c| c.1).sum();
+            after_first as f64 / (last.0 - first.0).as_secs_f64()
+        }
+        _ => records as f64 / seconds,
+    };
+    (report, seconds, steady)
+}

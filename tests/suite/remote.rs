@@ -339,16 +339,7 @@ fn a_server_killed_mid_run_costs_no_record_and_is_probed_until_it_answers(kind: 
 
     // It comes back on the same port: a probe finds it and the samples go to it again.
     server.restart();
-    let mut n = 0;
-    crate::common::wait_until(WAIT, "teacher samples answered again", || {
-        n += 1;
-        site.deliver(
-            &format!("d{n}.jsonl"),
-            &crate::common::jsonl(&format!("d{n}"), 10),
-        );
-        wait_until_records(&site, 160 + 10 * n);
-        site.query_i64("SELECT count(*) FROM records WHERE sampled = 1 AND record_id LIKE 'd%'") > 0
-    });
+    let n = deliver_until_answered(&site, 160);
     assert!(
         daemon.log_text().contains("answers again"),
         "{}",
@@ -375,6 +366,23 @@ pub(crate) fn wait_until_records(site: &Site, n: usize) {
     crate::common::wait_until(WAIT, &format!("{n} records committed"), || {
         site.db_path().exists() && site.records() == n as i64
     });
+}
+
+/// Delivers files of 10 records (`d1.jsonl`, `d2.jsonl`, …) after the `before` records counted
+/// so far, one at a time, until the teacher answers samples of them again (a probe of the
+/// circuit breaker found the server): returns how many files that took.
+pub(crate) fn deliver_until_answered(site: &Site, before: usize) -> usize {
+    let mut n = 0;
+    crate::common::wait_until(WAIT, "teacher samples answered again", || {
+        n += 1;
+        site.deliver(
+            &format!("d{n}.jsonl"),
+            &crate::common::jsonl(&format!("d{n}"), 10),
+        );
+        wait_until_records(site, before + 10 * n);
+        site.query_i64("SELECT count(*) FROM records WHERE sampled = 1 AND record_id LIKE 'd%'") > 0
+    });
+    n
 }
 
 /// A `[[challengers]]` entry for a model on a server (`url`, `model`) or in a file (`path`),

@@ -10,7 +10,10 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use super::remote::{WAIT, output, remote_teacher, sampled_codes, status_json, wait_until_records};
+use super::remote::{
+    WAIT, deliver_until_answered, output, remote_teacher, sampled_codes, status_json,
+    wait_until_records,
+};
 use crate::common::oip::{Kind, Server};
 use crate::common::{Site, fixture_model, jsonl, wait_until};
 
@@ -180,13 +183,7 @@ fn a_hung_server_is_left_alone_by_the_breaker_and_probed_after_it_wakes(kind: Ki
         Kind::KServe => std::fs::remove_file(&hold).unwrap(),
         Kind::Triton => server.resume(),
     }
-    let mut n = 0;
-    wait_until(WAIT, "teacher samples answered again", || {
-        n += 1;
-        site.deliver(&format!("d{n}.jsonl"), &jsonl(&format!("d{n}"), 10));
-        wait_until_records(&site, 208 + 10 * n);
-        site.query_i64("SELECT count(*) FROM records WHERE sampled = 1 AND record_id LIKE 'd%'") > 0
-    });
+    let n = deliver_until_answered(&site, 208);
     assert!(
         daemon.log_text().contains("answers again"),
         "{}",

@@ -192,15 +192,7 @@ fn check_challengers(config: &Config, models: &crate::model::Models, r: &mut Che
         }
         .map_err(|e| e.to_string())
         .and_then(|(what, m)| {
-            let problems = crate::model::model_problems(config, &role, m.as_ref(), &models.teacher);
-            if problems.is_empty() {
-                Ok((what, m))
-            } else {
-                Err(format!(
-                    "{role} cannot be compared with the teacher: {}",
-                    problems.join("; ")
-                ))
-            }
+            crate::model::comparable(config, &role, m.as_ref(), &models.teacher).map(|()| (what, m))
         });
         match loaded {
             Ok((what, m)) => {

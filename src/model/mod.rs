@@ -32,7 +32,7 @@ mod remote;
 pub use remote::{ConnectFailure, ReachChange, RemoteModel, remote_sha256};
 
 pub use pair::{
-    Models, compatibility_notes, compatibility_problems, load_models, model_problems,
+    Models, comparable, compatibility_notes, compatibility_problems, load_models, model_problems,
     shape_display, trial_run,
 };
 

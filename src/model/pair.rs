@@ -57,6 +57,25 @@ pub fn compatibility_problems(
     model_problems(config, "student", student, teacher)
 }
 
+/// [`model_problems`] as one error, for a shadow model that is left out when it has any:
+/// `"{role} cannot be compared with the teacher: …"`.
+pub fn comparable(
+    config: &Config,
+    role: &str,
+    model: &dyn Interface,
+    teacher: &dyn Interface,
+) -> Result<(), String> {
+    let problems = model_problems(config, role, model, teacher);
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{role} cannot be compared with the teacher: {}",
+            problems.join("; ")
+        ))
+    }
+}
+
 /// What makes `model` (the student, a challenger or a candidate, called `role` in the
 /// messages) impossible to compare with the teacher under this config.
 pub fn model_problems(

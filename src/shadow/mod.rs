@@ -140,17 +140,7 @@ impl ShadowSet {
                 }
                 Ok(_) => Model::load(runtime, &role, &model_config)
                     .map_err(|e| e.to_string())
-                    .and_then(|m| {
-                        let problems = crate::model::model_problems(config, &role, &m, teacher);
-                        if problems.is_empty() {
-                            Ok(m)
-                        } else {
-                            Err(format!(
-                                "{role} cannot be compared with the teacher: {}",
-                                problems.join("; ")
-                            ))
-                        }
-                    }),
+                    .and_then(|m| crate::model::comparable(config, &role, &m, teacher).map(|()| m)),
             };
             let file = file.ok();
             let failure = match loaded {
@@ -357,15 +347,7 @@ impl Interface for Judge {
 impl Judge {
     /// The model, or why it cannot be compared with the teacher.
     fn judge(&self, role: &str, model: RemoteModel) -> Result<RemoteModel, String> {
-        let problems = crate::model::model_problems(&self.config, role, &model, self);
-        if problems.is_empty() {
-            Ok(model)
-        } else {
-            Err(format!(
-                "{role} cannot be compared with the teacher: {}",
-                problems.join("; ")
-            ))
-        }
+        crate::model::comparable(&self.config, role, &model, self).map(|()| model)
     }
 }
 
